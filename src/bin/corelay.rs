@@ -1,0 +1,2 @@
+//! The corelay gateway binary.
+fn main() {}

@@ -1,0 +1,8 @@
+//! Sans-IO codecs: pure functions and small state machines over `&[u8]` / `&mut [u8]`.
+//!
+//! May not import: glommio, `std::net`, sockets, clocks, `crate::shard`, `crate::transport`.
+//! No allocation on any decode path (proved by `tests/no_alloc.rs`).
+
+pub mod handshake;
+pub mod media;
+pub mod ws;
