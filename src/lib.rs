@@ -15,7 +15,7 @@
 //!
 //! - [`proto`], [`ring`] and [`sdk`] build without the `runtime` feature; CI builds them
 //!   alone (`--no-default-features --features sdk`) and `tests/layering.rs` checks their imports.
-//! - `shard`, `transport`, `config` and `metrics` need the `runtime` feature (glommio, sockets).
+//! - `shard`, `config` and `metrics` need the `runtime` feature (glommio, sockets).
 
 pub mod proto;
 pub mod ring;
@@ -27,5 +27,3 @@ pub mod config;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod shard;
-#[cfg(feature = "runtime")]
-pub mod transport;

@@ -1,1 +1,365 @@
-//! config (being written).
+//! Typed gateway configuration: TOML with defaults, validated once at start.
+//!
+//! The library never reads environment variables; the binary applies `CORELAY_*` overrides and
+//! command-line flags on top of the file, then calls [`GatewayConfig::validate`].
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration value that was refused; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type...).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A key has a value outside its allowed range.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key name, e.g. `limits.max_frame_bytes`.
+        key: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Listeners, shard count, admin endpoint.
+    pub server: ServerConfig,
+    /// Socket options for listeners.
+    pub tcp: TcpConfig,
+    /// Per-connection and per-shard limits.
+    pub limits: LimitsConfig,
+    /// Handshake, heartbeat, idle and shutdown timing.
+    pub timeouts: TimeoutsConfig,
+    /// Where messages go: the in-process echo handler or backends over rings.
+    pub backend: BackendConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// WebSocket listen addresses; every shard binds each one with SO_REUSEPORT.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards (one pinned thread each); 0 = one per available CPU.
+    pub shards: usize,
+    /// First CPU to pin shard 0 to (shard i runs on `cpu_offset + i` modulo the CPU count),
+    /// so that several gateway processes on one host can use different cores.
+    pub cpu_offset: usize,
+    /// Pin shard threads to CPUs.
+    pub pin: bool,
+    /// Admin HTTP listener (metrics, load, health); `None` disables it.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            shards: 0,
+            cpu_offset: 0,
+            pin: true,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        }
+    }
+}
+
+/// `[tcp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// listen(2) backlog per shard listener.
+    pub backlog: u32,
+    /// TCP_NODELAY on accepted sockets.
+    pub nodelay: bool,
+    /// TCP_DEFER_ACCEPT seconds (0 = off): wake only when the request has arrived.
+    pub defer_accept_secs: u32,
+    /// TCP_FASTOPEN queue length (0 = off).
+    pub fastopen_queue: u32,
+    /// SO_RCVBUF for accepted sockets in bytes (0 = kernel default); small values save kernel
+    /// memory on idle-heavy hosts.
+    pub recv_buffer: u32,
+    /// SO_SNDBUF for accepted sockets in bytes (0 = kernel default).
+    pub send_buffer: u32,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            backlog: 4096,
+            nodelay: true,
+            defer_accept_secs: 0,
+            fastopen_queue: 0,
+            recv_buffer: 0,
+            send_buffer: 0,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections one shard holds at most; further accepts get `503` and are closed.
+    pub max_connections_per_shard: u32,
+    /// Connections one source IP may hold per shard (0 = unlimited); further ones get `429`.
+    pub max_connections_per_ip: u32,
+    /// Largest HTTP upgrade request head in bytes.
+    pub max_handshake_bytes: usize,
+    /// Largest WebSocket frame payload (close 1009 above it).
+    pub max_frame_bytes: u64,
+    /// Largest reassembled WebSocket message (close 1009 above it).
+    pub max_message_bytes: u64,
+    /// Outbound bytes queued for one connection before it is closed as a slow consumer (1008).
+    pub max_outbound_bytes: usize,
+    /// Per-shard read buffer size in bytes (shared by all connections of the shard).
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_shard: 1_000_000,
+            max_connections_per_ip: 0,
+            max_handshake_bytes: 8192,
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+            max_outbound_bytes: 4 << 20,
+            read_buffer_bytes: 64 << 10,
+        }
+    }
+}
+
+/// `[timeouts]` (milliseconds)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// A connection must complete its upgrade request within this time.
+    pub handshake_ms: u64,
+    /// Close (1001) a connection from which nothing was received for this long.
+    pub idle_ms: u64,
+    /// Send a ping after this much silence (0 = never; clients are then expected to ping).
+    pub ping_interval_ms: u64,
+    /// How long to wait for the peer's close frame / EOF after we started closing.
+    pub close_ms: u64,
+    /// Graceful shutdown: how long to wait for close handshakes before exiting.
+    pub shutdown_ms: u64,
+    /// Timing-wheel tick: the resolution of every timeout above.
+    pub tick_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_ms: 10_000,
+            idle_ms: 120_000,
+            ping_interval_ms: 30_000,
+            close_ms: 5_000,
+            shutdown_ms: 10_000,
+            tick_ms: 100,
+        }
+    }
+}
+
+/// How connection events are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendMode {
+    /// In-process echo handler (tests, benchmarks, conformance).
+    Echo,
+    /// Backends attached over shared-memory rings.
+    #[default]
+    Ring,
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// `echo` or `ring`.
+    pub mode: BackendMode,
+    /// Unix socket backends attach to.
+    pub attach_socket: PathBuf,
+    /// Uids allowed to attach (checked with SO_PEERCRED); empty = the gateway's own uid only.
+    pub allow_uids: Vec<u32>,
+    /// Bytes of each ring (power of two), per shard and backend, each direction.
+    pub ring_bytes: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            mode: BackendMode::Ring,
+            attach_socket: PathBuf::from("/tmp/corelay.sock"),
+            allow_uids: Vec::new(),
+            ring_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `corelay=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Check every value once; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.is_empty() {
+            return Err(invalid("server.listen", "at least one address is required"));
+        }
+        if self.server.shards > 256 {
+            return Err(invalid("server.shards", "at most 256 shards (8-bit shard id)"));
+        }
+        if self.tcp.backlog == 0 {
+            return Err(invalid("tcp.backlog", "must be > 0"));
+        }
+        let l = &self.limits;
+        if l.max_connections_per_shard == 0 || l.max_connections_per_shard > (1 << 31) {
+            return Err(invalid("limits.max_connections_per_shard", "must be in 1..=2^31"));
+        }
+        if !(256..=1 << 20).contains(&l.max_handshake_bytes) {
+            return Err(invalid("limits.max_handshake_bytes", "must be in 256..=1048576"));
+        }
+        if l.max_frame_bytes == 0 {
+            return Err(invalid("limits.max_frame_bytes", "must be > 0"));
+        }
+        if l.max_message_bytes < l.max_frame_bytes.min(1 << 30) && l.max_message_bytes == 0 {
+            return Err(invalid("limits.max_message_bytes", "must be > 0"));
+        }
+        if l.max_message_bytes > 1 << 30 {
+            return Err(invalid("limits.max_message_bytes", "at most 1 GiB"));
+        }
+        if l.max_outbound_bytes < 1024 {
+            return Err(invalid("limits.max_outbound_bytes", "must be >= 1024"));
+        }
+        if !(4096..=16 << 20).contains(&l.read_buffer_bytes) {
+            return Err(invalid("limits.read_buffer_bytes", "must be in 4096..=16777216"));
+        }
+        if l.read_buffer_bytes < l.max_handshake_bytes {
+            return Err(invalid(
+                "limits.read_buffer_bytes",
+                "must be >= limits.max_handshake_bytes",
+            ));
+        }
+        let t = &self.timeouts;
+        if !(1..=10_000).contains(&t.tick_ms) {
+            return Err(invalid("timeouts.tick_ms", "must be in 1..=10000"));
+        }
+        for (key, v) in [
+            ("timeouts.handshake_ms", t.handshake_ms),
+            ("timeouts.idle_ms", t.idle_ms),
+            ("timeouts.close_ms", t.close_ms),
+        ] {
+            if v < t.tick_ms {
+                return Err(invalid(key, format!("must be >= timeouts.tick_ms ({})", t.tick_ms)));
+            }
+        }
+        if t.ping_interval_ms != 0 && t.ping_interval_ms >= t.idle_ms {
+            return Err(invalid(
+                "timeouts.ping_interval_ms",
+                "must be 0 (no server pings) or < timeouts.idle_ms",
+            ));
+        }
+        if self.backend.ring_bytes < 4096 || !self.backend.ring_bytes.is_power_of_two() {
+            return Err(invalid("backend.ring_bytes", "must be a power of two >= 4096"));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Shard count after resolving `0` to the number of available CPUs.
+    pub fn shard_count(&self) -> usize {
+        if self.server.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.server.shards
+        }
+    }
+
+    /// A timeout in milliseconds as a [`Duration`].
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        GatewayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../../corelay.toml");
+        let c = GatewayConfig::from_toml(text).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_refused() {
+        let e = GatewayConfig::from_toml("[server]\nlisten_addr = []\n").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let c = GatewayConfig::from_toml("[timeouts]\ntick_ms = 0\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("timeouts.tick_ms"), "{e}");
+        let c = GatewayConfig::from_toml("[backend]\nring_bytes = 5000\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("backend.ring_bytes"));
+    }
+}

@@ -1,1 +1,56 @@
-//! metrics (being written).
+//! Per-shard counters: plain integers owned by one shard (no atomics, no contention), copied
+//! out and summed across shards when scraped.
+
+use std::collections::BTreeMap;
+
+/// Counters of one shard.
+#[derive(Debug, Clone, Default)]
+pub struct ShardMetrics {
+    /// Connections accepted into the table.
+    pub opened: u64,
+    /// Connections removed from the table.
+    pub closed: u64,
+    /// Upgrades completed.
+    pub handshakes_ok: u64,
+    /// Failed upgrades by cause.
+    pub handshake_failures: BTreeMap<&'static str, u64>,
+    /// Closes of open connections by close code (1006 = dropped without a close frame).
+    pub closes_by_code: BTreeMap<u16, u64>,
+    /// Protocol errors by the close code they caused (1002, 1007, 1009).
+    pub protocol_errors: BTreeMap<u16, u64>,
+    /// Accepts refused because the shard was full.
+    pub refused_full: u64,
+    /// Accepts refused by the per-IP cap.
+    pub refused_per_ip: u64,
+    /// Connections closed with 1008 because their outbound queue passed its bound.
+    pub slow_consumer_closes: u64,
+    /// Connections closed for silence.
+    pub idle_closes: u64,
+    /// Server pings sent.
+    pub pings_sent: u64,
+    /// Data messages received.
+    pub messages_in: u64,
+    /// Data messages sent.
+    pub messages_out: u64,
+    /// Bytes read from sockets.
+    pub bytes_in: u64,
+    /// Payload bytes of data messages sent.
+    pub bytes_out: u64,
+}
+
+impl ShardMetrics {
+    /// Count a close of an open connection.
+    pub fn count_close(&mut self, code: u16) {
+        *self.closes_by_code.entry(code).or_default() += 1;
+    }
+
+    /// Count a failed upgrade.
+    pub fn count_handshake_failure(&mut self, cause: &'static str) {
+        *self.handshake_failures.entry(cause).or_default() += 1;
+    }
+
+    /// Count a protocol error.
+    pub fn count_protocol_error(&mut self, code: u16) {
+        *self.protocol_errors.entry(code).or_default() += 1;
+    }
+}

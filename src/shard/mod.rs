@@ -1,1 +1,359 @@
-//! shard (being written).
+//! Thread-per-core runtime: one glommio `LocalExecutor` per shard, pinned to a core, each with
+//! its own listeners (SO_REUSEPORT), connection table, timing wheel, epoll set and handler.
+//! Nothing on the data path crosses shards; the only shared objects are each shard's control
+//! block (shutdown flag + eventfd), touched at start-up and shutdown.
+//!
+//! May not be imported by `proto`, `ring` or `sdk`.
+
+pub mod conn;
+pub mod conn_table;
+pub mod handler;
+pub mod listener;
+pub mod reactor;
+pub mod timers;
+
+use crate::config::GatewayConfig;
+use crate::proto::handshake::HandshakeLimits;
+use crate::proto::ws::{DecoderConfig, Role};
+use conn::{ShardIo, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER};
+use conn_table::ConnId;
+use glommio::{LocalExecutorBuilder, Placement};
+use handler::Handler;
+use reactor::{Interest, Ready};
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Builds each shard's handler on that shard's thread.
+pub type HandlerFactory = Arc<dyn Fn(u8) -> Box<dyn Handler> + Send + Sync>;
+
+/// Start-up/shutdown control shared between the main thread and one shard (never touched on
+/// the data path).
+struct Control {
+    efd: OwnedFd,
+    shutdown: AtomicBool,
+}
+
+impl Control {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; result checked and owned immediately.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: fd is fresh and owned by nobody else.
+            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            shutdown: AtomicBool::new(false),
+        })
+    }
+
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 (non-blocking eventfd).
+        unsafe { libc::read(self.efd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// A running gateway: its shard threads and their control blocks.
+pub struct Gateway {
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    controls: Vec<Arc<Control>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Gateway {
+    /// Bind every listener for every shard, then start the shards. Listeners are bound here
+    /// (not in the shards) so that a port 0 resolves to one port shared by all shards.
+    pub fn start(cfg: &GatewayConfig, handlers: HandlerFactory) -> io::Result<Self> {
+        let n = cfg.shard_count();
+        if n == 0 || n > 255 {
+            return Err(io::Error::other("shard count must be 1..=255"));
+        }
+        let mut per_shard: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for &addr in &cfg.server.listen {
+            let first = listener::bind(addr, &cfg.tcp)?;
+            let actual = first
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+            addrs.push(actual);
+            per_shard[0].push(first.into());
+            for fds in per_shard.iter_mut().skip(1) {
+                fds.push(listener::bind(actual, &cfg.tcp)?.into());
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let mut threads = Vec::new();
+        let mut controls = Vec::new();
+        for (id, listeners) in per_shard.into_iter().enumerate() {
+            let control = Arc::new(Control::new()?);
+            controls.push(control.clone());
+            let placement = if cfg.server.pin {
+                Placement::Fixed((cfg.server.cpu_offset + id) % cpus)
+            } else {
+                Placement::Unbound
+            };
+            let cfg = cfg.clone();
+            let handlers = handlers.clone();
+            let t = LocalExecutorBuilder::new(placement)
+                .name(&format!("corelay-shard{id}"))
+                .spawn(move || async move {
+                    if let Err(e) = run_shard(id as u8, cfg, listeners, control, handlers).await {
+                        tracing::error!(shard = id, error = %e, "shard failed");
+                    }
+                })
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            threads.push(t);
+        }
+        Ok(Self {
+            threads,
+            controls,
+            addrs,
+        })
+    }
+
+    /// The bound listen addresses (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Ask every shard to shut down gracefully (stop accepting, close 1001, wait, exit).
+    pub fn shutdown(&self) {
+        for c in &self.controls {
+            c.shutdown.store(true, Ordering::SeqCst);
+            c.signal();
+        }
+    }
+
+    /// Wait for every shard thread to finish.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Resolve config durations into ticks.
+fn settings(cfg: &GatewayConfig) -> ShardSettings {
+    let t = &cfg.timeouts;
+    let ticks = |ms: u64| -> u32 { ms.div_ceil(t.tick_ms).min(u32::MAX as u64 / 4) as u32 };
+    ShardSettings {
+        decoder: DecoderConfig {
+            max_frame_size: cfg.limits.max_frame_bytes,
+            max_message_size: cfg.limits.max_message_bytes,
+            allowed_rsv: 0,
+            role: Role::Server,
+        },
+        handshake: HandshakeLimits {
+            max_header_bytes: cfg.limits.max_handshake_bytes,
+            ..HandshakeLimits::default()
+        },
+        max_outbound: cfg.limits.max_outbound_bytes,
+        max_per_ip: cfg.limits.max_connections_per_ip,
+        handshake_ticks: ticks(t.handshake_ms),
+        ping_ticks: if t.ping_interval_ms == 0 {
+            0
+        } else {
+            ticks(t.ping_interval_ms)
+        },
+        idle_ticks: ticks(t.idle_ms),
+        close_ticks: ticks(t.close_ms),
+        read_budget: 16,
+    }
+}
+
+struct State {
+    io: ShardIo,
+    handler: Box<dyn Handler>,
+    listeners: Vec<OwnedFd>,
+    control: Arc<Control>,
+    exit: bool,
+    shutdown_deadline: Option<Instant>,
+    shutdown_after: Duration,
+}
+
+async fn run_shard(
+    id: u8,
+    cfg: GatewayConfig,
+    listeners: Vec<OwnedFd>,
+    control: Arc<Control>,
+    handlers: HandlerFactory,
+) -> io::Result<()> {
+    let (poller, mut waker) = reactor::new(1024)?;
+    poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
+    for (i, l) in listeners.iter().enumerate() {
+        poller.add(l.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
+    }
+    let io = ShardIo::new(
+        id,
+        settings(&cfg),
+        cfg.limits.max_connections_per_shard,
+        poller,
+        cfg.limits.read_buffer_bytes,
+    );
+    let handler = handlers(id);
+    let state = Rc::new(RefCell::new(State {
+        io,
+        handler,
+        listeners,
+        control,
+        exit: false,
+        shutdown_deadline: None,
+        shutdown_after: Duration::from_millis(cfg.timeouts.shutdown_ms),
+    }));
+    tracing::info!(shard = id, "shard started");
+
+    let tick = Duration::from_millis(cfg.timeouts.tick_ms);
+    let ticker_state = state.clone();
+    let ticker = glommio::spawn_local(async move {
+        let start = Instant::now();
+        let mut due: Vec<ConnId> = Vec::new();
+        loop {
+            glommio::timer::sleep(tick).await;
+            let mut st = ticker_state.borrow_mut();
+            let st = &mut *st;
+            if st.exit {
+                break;
+            }
+            let now = (start.elapsed().as_millis() / tick.as_millis().max(1)) as u32;
+            conn::on_tick(&mut st.io, st.handler.as_mut(), now, &mut due);
+            st.io.flush();
+            if let Some(deadline) = st.shutdown_deadline {
+                if st.io.connections() == 0 || Instant::now() >= deadline {
+                    conn::force_close_all(&mut st.io);
+                    st.exit = true;
+                    st.control.signal();
+                    break;
+                }
+            }
+        }
+    });
+
+    let mut ready: Vec<Ready> = Vec::with_capacity(1024);
+    loop {
+        let drained = {
+            let mut st = state.borrow_mut();
+            run_round(&mut st, &mut ready)?
+        };
+        if state.borrow().exit {
+            break;
+        }
+        if drained {
+            waker.wait().await?;
+        } else {
+            glommio::executor().yield_now().await;
+        }
+    }
+    ticker.await;
+    tracing::info!(shard = id, "shard stopped");
+    Ok(())
+}
+
+/// One round: drain epoll (bounded), then the ready list (bounded). Returns whether both are
+/// empty, i.e. whether it is safe to sleep.
+fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
+    let batch = st.io.poller.batch();
+    let mut epoll_drained = false;
+    for _ in 0..8 {
+        ready.clear();
+        let n = st.io.poller.poll_now(ready)?;
+        for r in ready.iter() {
+            dispatch(st, *r);
+        }
+        st.io.flush();
+        if n < batch {
+            epoll_drained = true;
+            break;
+        }
+    }
+    // Connections that were cut off by their read budget get another turn.
+    let pending = st.io.ready.len().min(4096);
+    for _ in 0..pending {
+        let Some(tok) = st.io.ready.pop_front() else {
+            break;
+        };
+        dispatch(
+            st,
+            Ready {
+                token: tok,
+                readable: true,
+                writable: false,
+            },
+        );
+    }
+    st.io.flush();
+    Ok(epoll_drained && st.io.ready.is_empty())
+}
+
+fn dispatch(st: &mut State, r: Ready) {
+    let tok = r.token;
+    if tok & conn::SPECIAL == conn::SPECIAL {
+        let idx = (tok & 0xFFFF_FFFF) as u32;
+        match tok & !0xFFFF_FFFF {
+            TOK_CONTROL => {
+                st.control.drain();
+                if st.control.shutdown.load(Ordering::SeqCst) && st.shutdown_deadline.is_none() {
+                    begin_shutdown(st);
+                }
+            }
+            TOK_LISTENER => accept_some(st, idx),
+            TOK_HANDLER => st.handler.on_handler_fd(&mut st.io, idx),
+            _ => {}
+        }
+        return;
+    }
+    let id = ConnId(tok);
+    if r.writable {
+        st.io.write_queued(id);
+    }
+    if r.readable {
+        conn::on_readable(&mut st.io, st.handler.as_mut(), id);
+    }
+}
+
+fn accept_some(st: &mut State, idx: u32) {
+    let Some(l) = st.listeners.get(idx as usize) else {
+        return;
+    };
+    let fd = l.as_raw_fd();
+    for _ in 0..256 {
+        match listener::accept(fd) {
+            Ok(Some((sock, peer))) => st.io.admit(sock, peer),
+            Ok(None) => return,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOMEM: log and retry later rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                return;
+            }
+        }
+    }
+    // More may be queued: come back after other work (edge-triggered, so no new edge).
+    st.io.ready.push_back(TOK_LISTENER | idx as u64);
+}
+
+fn begin_shutdown(st: &mut State) {
+    tracing::info!(
+        shard = st.io.shard,
+        connections = st.io.connections(),
+        "shutting down"
+    );
+    for l in std::mem::take(&mut st.listeners) {
+        st.io.poller.remove(l.as_raw_fd());
+    }
+    conn::start_shutdown(&mut st.io, st.handler.as_mut());
+    st.io.flush();
+    st.shutdown_deadline = Some(Instant::now() + st.shutdown_after);
+}

@@ -1,0 +1,1102 @@
+//! Connection records and the per-shard I/O state ([`ShardIo`]): reading into the shared
+//! scratch buffer, driving the handshake parser and frame decoder, queueing and flushing
+//! output, closing.
+//!
+//! Memory rule (design §4): an idle connection is only its [`Conn`] record (in the slab) and
+//! one wheel entry. Everything else (a leftover partial frame, a fragmented message being
+//! assembled, unsent output, a stalled message) lives in [`Extra`], allocated when one of
+//! them exists and freed when all are empty.
+
+use super::conn_table::{ConnId, ConnTable};
+use super::handler::{Delivery, Handler, OpenDecision, OpenInfo};
+use super::reactor::{Interest, Poller};
+use super::timers::{Tick, Wheel};
+use crate::metrics::ShardMetrics;
+use crate::proto::handshake::{self, HandshakeLimits};
+use crate::proto::ws::{self, DataKind, Decoder, DecoderConfig, Event, OpCode};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Connection lifecycle (RFC 6455 §4, §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    /// Waiting for a complete upgrade request.
+    Handshake,
+    /// Upgrade request valid; the handler (backend) has not decided yet.
+    AwaitOpen,
+    /// WebSocket open.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// Flushing what is queued, then half-closing and discarding input until EOF.
+    Draining,
+}
+
+const F_WRITE_BLOCKED: u8 = 1; // last send hit EAGAIN; wait for EPOLLOUT
+const F_READ_PAUSED: u8 = 2; // stalled by backpressure, or awaiting the open decision
+const F_PING_OUT: u8 = 4; // we sent a ping and have heard nothing since
+const F_SHUT_WR: u8 = 8; // shutdown(SHUT_WR) done
+const F_DIRTY: u8 = 16; // in the flush list
+const F_READ_PENDING: u8 = 32; // edge seen but not read to EAGAIN (budget or pause)
+const F_OPENED: u8 = 64; // the upgrade completed (close codes are counted for these)
+
+/// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
+pub struct Conn {
+    fd: OwnedFd,
+    state: ConnState,
+    flags: u8,
+    close_code: u16,
+    last_rx: Tick,
+    /// Deadline for the handshake / closing states.
+    deadline: Tick,
+    /// Index into the per-IP table, or `u32::MAX`.
+    ip_slot: u32,
+    decoder: Decoder,
+    extra: Option<Box<Extra>>,
+}
+
+/// Per-connection buffers that exist only while they hold something.
+#[derive(Default)]
+pub struct Extra {
+    /// Unconsumed input (partial frame header, control frame or request head).
+    rx: Vec<u8>,
+    /// A fragmented data message being assembled.
+    msg: Vec<u8>,
+    /// Output not yet accepted by the socket, from `tx_pos`.
+    tx: Vec<u8>,
+    tx_pos: usize,
+    /// A complete message the handler could not take yet (backpressure).
+    stalled: Option<(DataKind, Vec<u8>)>,
+    /// Sec-WebSocket-Accept value kept while the open decision is pending.
+    accept_key: Option<[u8; 28]>,
+    peer: Option<SocketAddr>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+            && self.msg.is_empty()
+            && self.tx.len() == self.tx_pos
+            && self.stalled.is_none()
+            && self.accept_key.is_none()
+    }
+}
+
+impl Conn {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    fn release_extra_if_empty(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
+        }
+    }
+
+    fn tx_queued(&self) -> usize {
+        self.extra.as_ref().map_or(0, |e| e.tx.len() - e.tx_pos)
+    }
+
+    /// Current lifecycle state.
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+}
+
+/// Timing and limits resolved once at shard start.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Frame decoder limits.
+    pub decoder: DecoderConfig,
+    /// Upgrade request limits.
+    pub handshake: HandshakeLimits,
+    /// Outbound queue bound per connection.
+    pub max_outbound: usize,
+    /// Per-IP cap (0 = none).
+    pub max_per_ip: u32,
+    /// Ticks allowed for the handshake.
+    pub handshake_ticks: Tick,
+    /// Ticks of silence before a server ping (0 = no pings).
+    pub ping_ticks: Tick,
+    /// Ticks of silence before closing.
+    pub idle_ticks: Tick,
+    /// Ticks allowed for a close handshake / drain.
+    pub close_ticks: Tick,
+    /// Reads per connection per readiness event before yielding to others.
+    pub read_budget: u32,
+}
+
+/// Errors from [`ShardIo::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The id is stale or belongs to another shard.
+    #[error("no such connection")]
+    NoConnection,
+    /// The connection is not open (handshake pending, or closing).
+    #[error("connection not open")]
+    NotOpen,
+    /// The connection passed its outbound bound and was closed with 1008.
+    #[error("slow consumer closed")]
+    SlowConsumer,
+}
+
+/// Token namespace: connection ids use shard ids 0..=254; 255 marks the shard's own fds.
+pub(crate) const SPECIAL: u64 = 0xFF << 56;
+pub(crate) const TOK_CONTROL: u64 = SPECIAL | (1 << 32);
+pub(crate) const TOK_LISTENER: u64 = SPECIAL | (2 << 32);
+pub(crate) const TOK_HANDLER: u64 = SPECIAL | (3 << 32);
+
+/// Everything of a shard except its handler: the handler acts through this.
+pub struct ShardIo {
+    /// Shard id.
+    pub shard: u8,
+    pub(crate) settings: ShardSettings,
+    pub(crate) conns: ConnTable<Conn>,
+    pub(crate) wheel: Wheel,
+    pub(crate) poller: Poller,
+    pub(crate) now: Tick,
+    /// Output staged during one batch: (connection, start, end) into `out`.
+    out_segs: Vec<(ConnId, u32, u32)>,
+    out: Vec<u8>,
+    /// Connections with queued output after staging, to retry on EPOLLOUT.
+    dirty: Vec<ConnId>,
+    /// Connections that stopped reading for backpressure.
+    stalled: Vec<ConnId>,
+    /// Readable connections not yet read to EAGAIN.
+    pub(crate) ready: std::collections::VecDeque<u64>,
+    ips: HashMap<IpAddr, (u32, u32), ahash::RandomState>,
+    ip_slots: Vec<Option<IpAddr>>,
+    ip_free: Vec<u32>,
+    /// Per-shard counters (plain integers; summed across shards on scrape).
+    pub metrics: ShardMetrics,
+    pub(crate) shutting_down: bool,
+    scratch: Vec<u8>,
+}
+
+fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let mut hdr = [0u8; ws::MAX_HEADER_LEN];
+    let n = ws::write_header(&mut hdr, true, opcode, payload.len(), None);
+    out.extend_from_slice(&hdr[..n]);
+    out.extend_from_slice(payload);
+}
+
+/// Length of the unmasked server frame starting at `buf[0]`, if its header is complete.
+fn server_frame_len(buf: &[u8]) -> Option<usize> {
+    let b1 = *buf.get(1)? & 0x7f;
+    let (hdr, len) = match b1 {
+        126 => (4, u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize),
+        127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize),
+        n => (2, n as usize),
+    };
+    Some(hdr + len)
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl ShardIo {
+    /// New shard state.
+    pub fn new(
+        shard: u8,
+        settings: ShardSettings,
+        max_conns: u32,
+        poller: Poller,
+        read_buffer: usize,
+    ) -> Self {
+        Self {
+            shard,
+            settings,
+            conns: ConnTable::new(shard, max_conns),
+            wheel: Wheel::new(4096),
+            poller,
+            now: 0,
+            out_segs: Vec::new(),
+            out: Vec::new(),
+            dirty: Vec::new(),
+            stalled: Vec::new(),
+            ready: Default::default(),
+            ips: HashMap::default(),
+            ip_slots: Vec::new(),
+            ip_free: Vec::new(),
+            metrics: ShardMetrics::default(),
+            shutting_down: false,
+            scratch: vec![0; read_buffer],
+        }
+    }
+
+    /// Open connections (any state).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Register a handler-owned fd (e.g. a ring eventfd) in this shard's epoll set; readiness
+    /// comes back as [`Handler::on_handler_fd`] with `index`.
+    pub fn register_handler_fd(&self, fd: RawFd, index: u32) -> io::Result<()> {
+        self.poller.add(fd, TOK_HANDLER | index as u64, Interest::Read)
+    }
+
+    /// Remove a handler-owned fd from the epoll set.
+    pub fn deregister_fd(&self, fd: RawFd) {
+        self.poller.remove(fd);
+    }
+
+    /// Peer address of a connection whose open decision is pending.
+    pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.conns.get(id)?.extra.as_ref()?.peer
+    }
+
+    // ---------------------------------------------------------------- accepting
+
+    /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
+    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr) {
+        if self.shutting_down {
+            return;
+        }
+        let ip_slot = if self.settings.max_per_ip > 0 {
+            match self.ip_acquire(peer.ip()) {
+                Some(s) => s,
+                None => {
+                    self.metrics.refused_per_ip += 1;
+                    let _ = send(fd.as_raw_fd(), b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    return;
+                }
+            }
+        } else {
+            u32::MAX
+        };
+        if self.conns.is_full() {
+            self.metrics.refused_full += 1;
+            let _ = send(fd.as_raw_fd(), b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            self.ip_release(ip_slot);
+            return;
+        }
+        let deadline = self.now + self.settings.handshake_ticks;
+        let raw = fd.as_raw_fd();
+        let Some(id) = self.conns.insert_with(|_| Conn {
+            fd,
+            state: ConnState::Handshake,
+            flags: 0,
+            close_code: 0,
+            last_rx: 0,
+            deadline,
+            ip_slot,
+            decoder: Decoder::new(),
+            extra: Some(Box::new(Extra {
+                peer: Some(peer),
+                ..Default::default()
+            })),
+        }) else {
+            unreachable!("capacity checked above");
+        };
+        if let Err(e) = self.poller.add(raw, id.0, Interest::ReadWrite) {
+            tracing::warn!(error = %e, "epoll add failed");
+            self.destroy(id);
+            return;
+        }
+        self.metrics.opened += 1;
+        self.wheel.schedule(id, deadline);
+    }
+
+    fn ip_acquire(&mut self, ip: IpAddr) -> Option<u32> {
+        if let Some((slot, count)) = self.ips.get_mut(&ip) {
+            if *count >= self.settings.max_per_ip {
+                return None;
+            }
+            *count += 1;
+            return Some(*slot);
+        }
+        let slot = match self.ip_free.pop() {
+            Some(s) => {
+                self.ip_slots[s as usize] = Some(ip);
+                s
+            }
+            None => {
+                self.ip_slots.push(Some(ip));
+                (self.ip_slots.len() - 1) as u32
+            }
+        };
+        self.ips.insert(ip, (slot, 1));
+        Some(slot)
+    }
+
+    fn ip_release(&mut self, slot: u32) {
+        let Some(Some(ip)) = self.ip_slots.get(slot as usize).copied() else {
+            return;
+        };
+        if let Some((_, count)) = self.ips.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.ips.remove(&ip);
+                self.ip_slots[slot as usize] = None;
+                self.ip_free.push(slot);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- output
+
+    fn stage(&mut self, id: ConnId, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.out.len() as u32;
+        write(&mut self.out);
+        let end = self.out.len() as u32;
+        match self.out_segs.last_mut() {
+            Some((last, _, e)) if *last == id && *e == start => *e = end,
+            _ => self.out_segs.push((id, start, end)),
+        }
+    }
+
+    /// Queue a text or binary message to an open connection.
+    pub fn send(&mut self, id: ConnId, kind: DataKind, payload: &[u8]) -> Result<(), SendError> {
+        let conn = self.conns.get(id).ok_or(SendError::NoConnection)?;
+        if conn.state != ConnState::Open {
+            return Err(SendError::NotOpen);
+        }
+        let queued = conn.tx_queued();
+        if queued + payload.len() > self.settings.max_outbound {
+            self.metrics.slow_consumer_closes += 1;
+            self.close_slow(id);
+            return Err(SendError::SlowConsumer);
+        }
+        let op = match kind {
+            DataKind::Text => OpCode::Text,
+            DataKind::Binary => OpCode::Binary,
+        };
+        self.metrics.messages_out += 1;
+        self.metrics.bytes_out += payload.len() as u64;
+        self.stage(id, |out| frame_into(out, op, payload));
+        Ok(())
+    }
+
+    fn send_control(&mut self, id: ConnId, op: OpCode, payload: &[u8]) {
+        self.stage(id, |out| frame_into(out, op, payload));
+    }
+
+    /// Start the closing handshake with `code` (no-op if already closing).
+    pub fn close(&mut self, id: ConnId, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match conn.state {
+            ConnState::Open => {
+                conn.state = ConnState::Closing;
+                if conn.close_code == 0 {
+                    conn.close_code = code;
+                }
+                conn.deadline = self.now + self.settings.close_ticks;
+                let mut p = [0u8; 125];
+                let n = ws::write_close_payload(&mut p, code, reason);
+                self.send_control(id, OpCode::Close, &p[..n]);
+            }
+            ConnState::Handshake | ConnState::AwaitOpen => self.destroy(id),
+            ConnState::Closing | ConnState::Draining => {}
+        }
+    }
+
+    /// Fail the connection (protocol error): send a close frame, then drain and close
+    /// without waiting for the peer's close frame.
+    fn fail(&mut self, id: ConnId, code: u16, reason: &str) {
+        self.close(id, code, reason);
+        self.begin_drain(id);
+    }
+
+    fn begin_drain(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.state = ConnState::Draining;
+            conn.deadline = self.now + self.settings.close_ticks;
+            // Buffered partial input and message state are meaningless now.
+            if let Some(e) = conn.extra.as_mut() {
+                e.rx = Vec::new();
+                e.msg = Vec::new();
+                e.stalled = None;
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    fn close_slow(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.state != ConnState::Open {
+            return;
+        }
+        // Keep only the frame that is partly on the wire (cutting it would corrupt the
+        // stream), drop the rest, and put the close frame right behind it.
+        if let Some(e) = conn.extra.as_mut() {
+            let mut pos = 0;
+            while pos < e.tx_pos {
+                match server_frame_len(&e.tx[pos..]) {
+                    Some(n) => pos += n,
+                    None => break,
+                }
+            }
+            e.tx.truncate(pos.min(e.tx.len()));
+            e.tx.shrink_to_fit();
+        }
+        // Staged but unflushed output for this connection is dropped too.
+        for seg in self.out_segs.iter_mut().filter(|s| s.0 == id) {
+            seg.2 = seg.1;
+        }
+        self.fail(id, 1008, "slow consumer");
+    }
+
+    /// Complete a pending upgrade (the handler returned [`OpenDecision::Pending`]).
+    pub fn accept(&mut self, id: ConnId, protocol: Option<&str>) -> bool {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if conn.state != ConnState::AwaitOpen {
+            return false;
+        }
+        let Some(key) = conn.extra.as_mut().and_then(|e| e.accept_key.take()) else {
+            return false;
+        };
+        conn.state = ConnState::Open;
+        conn.flags = (conn.flags & !F_READ_PAUSED) | F_OPENED;
+        conn.last_rx = self.now;
+        self.metrics.handshakes_ok += 1;
+        self.stage(id, |out| write_101_with_accept(out, &key, protocol));
+        self.schedule_ready(id);
+        true
+    }
+
+    /// Refuse a pending upgrade with an HTTP status.
+    pub fn reject(&mut self, id: ConnId, status: u16) -> bool {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if conn.state != ConnState::AwaitOpen {
+            return false;
+        }
+        self.metrics.count_handshake_failure("rejected");
+        self.stage(id, |out| write_status(out, status));
+        self.begin_drain(id);
+        true
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.flags & F_DIRTY == 0 {
+                c.flags |= F_DIRTY;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Write everything staged this batch, then retry connections with queued output.
+    pub fn flush(&mut self) {
+        let segs = std::mem::take(&mut self.out_segs);
+        let out = std::mem::take(&mut self.out);
+        for &(id, s, e) in &segs {
+            if s == e {
+                continue;
+            }
+            let data = &out[s as usize..e as usize];
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if conn.tx_queued() > 0 || conn.flags & F_WRITE_BLOCKED != 0 {
+                let x = conn.extra();
+                x.tx.extend_from_slice(data);
+                self.mark_dirty(id);
+                continue;
+            }
+            match send(conn.fd.as_raw_fd(), data) {
+                Ok(n) if n == data.len() => {}
+                Ok(n) => {
+                    conn.flags |= F_WRITE_BLOCKED;
+                    conn.extra().tx.extend_from_slice(&data[n..]);
+                    self.mark_dirty(id);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags |= F_WRITE_BLOCKED;
+                    conn.extra().tx.extend_from_slice(data);
+                    self.mark_dirty(id);
+                }
+                Err(_) => {
+                    self.abort(id, 1006);
+                    continue;
+                }
+            }
+            if self.conns.get(id).is_some_and(|c| c.tx_queued() > self.settings.max_outbound) {
+                self.metrics.slow_consumer_closes += 1;
+                self.close_slow(id);
+            }
+        }
+        // Keep the staging allocations for the next batch, but not a burst-sized one.
+        let mut out = out;
+        out.clear();
+        if out.capacity() > 1 << 20 {
+            out.shrink_to(64 << 10);
+        }
+        self.out = out;
+        let mut segs = segs;
+        segs.clear();
+        self.out_segs = segs;
+
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.flags &= !F_DIRTY;
+            }
+            self.write_queued(id);
+        }
+        // Writing may have dirtied more (a drain finishing); they are handled next flush.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Send queued output of one connection (on EPOLLOUT or after staging).
+    pub(crate) fn write_queued(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let fd = conn.fd.as_raw_fd();
+        if let Some(x) = conn.extra.as_mut() {
+            while x.tx_pos < x.tx.len() {
+                match send(fd, &x.tx[x.tx_pos..]) {
+                    Ok(n) => x.tx_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flags |= F_WRITE_BLOCKED;
+                        return;
+                    }
+                    Err(_) => {
+                        self.abort(id, 1006);
+                        return;
+                    }
+                }
+            }
+            x.tx = Vec::new();
+            x.tx_pos = 0;
+        }
+        conn.flags &= !F_WRITE_BLOCKED;
+        conn.release_extra_if_empty();
+        if conn.state == ConnState::Draining && conn.flags & F_SHUT_WR == 0 {
+            conn.flags |= F_SHUT_WR;
+            // SAFETY: fd is owned by the connection and open.
+            unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        }
+    }
+
+    // ---------------------------------------------------------------- teardown
+
+    /// Close the socket and forget the connection (no close frame). `code` is reported to
+    /// metrics when the connection had been open.
+    fn abort(&mut self, id: ConnId, code: u16) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.close_code == 0 {
+                c.close_code = code;
+            }
+        }
+        self.destroy(id);
+    }
+
+    pub(crate) fn destroy(&mut self, id: ConnId) -> Option<ConnState> {
+        let conn = self.conns.remove(id)?;
+        self.poller.remove(conn.fd.as_raw_fd());
+        if conn.ip_slot != u32::MAX {
+            self.ip_release(conn.ip_slot);
+        }
+        if conn.flags & F_OPENED != 0 {
+            let code = if conn.close_code == 0 { 1006 } else { conn.close_code };
+            self.metrics.count_close(code);
+        }
+        self.metrics.closed += 1;
+        Some(conn.state)
+        // conn (and its fd) dropped here
+    }
+
+    /// Conns whose reading was paused for backpressure get their stalled message offered
+    /// again; call when the handler has room.
+    pub fn resume_stalled(&mut self) -> Vec<ConnId> {
+        let ids = std::mem::take(&mut self.stalled);
+        for &id in &ids {
+            self.schedule_ready(id);
+        }
+        ids
+    }
+
+    fn schedule_ready(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.flags |= F_READ_PENDING;
+            self.ready.push_back(id.0);
+        }
+    }
+}
+
+fn write_101_with_accept(out: &mut Vec<u8>, accept: &[u8; 28], protocol: Option<&str>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
+    out.extend_from_slice(accept);
+    if let Some(p) = protocol {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+fn write_status(out: &mut Vec<u8>, status: u16) {
+    let mut buf = [0u8; 256];
+    if let Ok(n) = handshake::write_status(&mut buf, status, &[]) {
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+// -------------------------------------------------------------------- input
+
+/// Read and process everything readable on `id` (up to the read budget).
+pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+    let budget = io.settings.read_budget;
+    let mut scratch = std::mem::take(&mut io.scratch);
+    let mut exhausted = true;
+    for _ in 0..budget {
+        let Some(conn) = io.conns.get_mut(id) else {
+            exhausted = false;
+            break;
+        };
+        conn.flags &= !F_READ_PENDING;
+        if conn.flags & F_READ_PAUSED != 0 {
+            exhausted = false;
+            break;
+        }
+        // Leftover input goes first, then new bytes right behind it.
+        let mut have = 0;
+        if let Some(x) = conn.extra.as_mut() {
+            have = x.rx.len();
+            scratch[..have].copy_from_slice(&x.rx);
+            x.rx.clear();
+        }
+        let fd = conn.fd.as_raw_fd();
+        let room = scratch.len() - have;
+        match recv(fd, &mut scratch[have..]) {
+            Ok(0) => {
+                on_eof(io, h, id);
+                exhausted = false;
+                break;
+            }
+            Ok(n) => {
+                io.metrics.bytes_in += n as u64;
+                let total = have + n;
+                let consumed = process(io, h, id, &mut scratch[..total]);
+                keep_leftover(io, id, &scratch[consumed..total]);
+                if n < room {
+                    exhausted = false;
+                    break; // short read: the socket is drained (a new edge will come)
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                keep_leftover(io, id, &scratch[..have]);
+                exhausted = false;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                keep_leftover(io, id, &scratch[..have]);
+            }
+            Err(_) => {
+                on_eof(io, h, id);
+                exhausted = false;
+                break;
+            }
+        }
+        if let Some(c) = io.conns.get_mut(id) {
+            c.release_extra_if_empty();
+        }
+    }
+    if let Some(c) = io.conns.get_mut(id) {
+        c.release_extra_if_empty();
+    }
+    // Budget used up with data possibly left: come back after others had their turn.
+    if let Some(c) = io.conns.get_mut(id) {
+        if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
+            c.flags |= F_READ_PENDING;
+            io.ready.push_back(id.0);
+        }
+    }
+    io.scratch = scratch;
+}
+
+fn keep_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
+    if let Some(c) = io.conns.get_mut(id) {
+        if c.state == ConnState::Draining {
+            return;
+        }
+        if !rest.is_empty() {
+            c.extra().rx.extend_from_slice(rest);
+        }
+    }
+}
+
+fn on_eof(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+    let Some(conn) = io.conns.get(id) else {
+        return;
+    };
+    match conn.state {
+        ConnState::Open | ConnState::Closing => {
+            h.on_close(io, id, 1006, "");
+            io.abort(id, 1006);
+        }
+        ConnState::AwaitOpen => {
+            h.on_close(io, id, 1006, "");
+            io.destroy(id);
+        }
+        ConnState::Handshake => {
+            io.metrics.count_handshake_failure("eof");
+            io.destroy(id);
+        }
+        ConnState::Draining => {
+            io.destroy(id);
+        }
+    }
+}
+
+/// Process input bytes; returns how many were consumed (the rest is kept as leftover).
+fn process(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
+    let Some(conn) = io.conns.get_mut(id) else {
+        return buf.len();
+    };
+    conn.last_rx = io.now;
+    conn.flags &= !F_PING_OUT;
+    match conn.state {
+        ConnState::Handshake => {
+            let used = process_handshake(io, h, id, buf);
+            match io.conns.get(id).map(|c| c.state) {
+                Some(ConnState::Open) => used + process_frames(io, h, id, &mut buf[used..]),
+                _ => used,
+            }
+        }
+        ConnState::AwaitOpen => 0,
+        ConnState::Open | ConnState::Closing => process_frames(io, h, id, buf),
+        ConnState::Draining => buf.len(),
+    }
+}
+
+fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
+    let limits = io.settings.handshake.clone();
+    let req = match handshake::parse_request(buf, &limits) {
+        Ok(None) => {
+            if buf.len() >= limits.max_header_bytes {
+                let err = handshake::HandshakeError::HeaderTooLarge;
+                refuse_handshake(io, id, &err);
+                return buf.len();
+            }
+            return 0;
+        }
+        Ok(Some(req)) => req,
+        Err(err) => {
+            refuse_handshake(io, id, &err);
+            return buf.len();
+        }
+    };
+    let head = req.head_len();
+    let peer = io
+        .peer(id)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let info = OpenInfo {
+        conn: id,
+        peer,
+        request: &req,
+    };
+    match h.on_open(io, &info) {
+        OpenDecision::Accept { protocol } => {
+            let key = handshake::accept_key(req.key());
+            let Some(conn) = io.conns.get_mut(id) else {
+                return buf.len();
+            };
+            conn.state = ConnState::Open;
+            conn.flags |= F_OPENED;
+            if let Some(x) = conn.extra.as_mut() {
+                x.peer = None;
+            }
+            io.metrics.handshakes_ok += 1;
+            io.stage(id, |out| write_101_with_accept(out, &key, protocol));
+            head
+        }
+        OpenDecision::Reject { status } => {
+            io.metrics.count_handshake_failure("rejected");
+            io.stage(id, |out| write_status(out, status));
+            io.begin_drain(id);
+            buf.len()
+        }
+        OpenDecision::Pending => {
+            let key = handshake::accept_key(req.key());
+            if let Some(conn) = io.conns.get_mut(id) {
+                conn.state = ConnState::AwaitOpen;
+                conn.flags |= F_READ_PAUSED;
+                conn.extra().accept_key = Some(key);
+            }
+            head
+        }
+    }
+}
+
+fn refuse_handshake(io: &mut ShardIo, id: ConnId, err: &handshake::HandshakeError) {
+    io.metrics.count_handshake_failure(err.cause());
+    let mut buf = [0u8; 512];
+    if let Ok(n) = handshake::write_error(&mut buf, err) {
+        io.stage(id, |out| out.extend_from_slice(&buf[..n]));
+    }
+    io.begin_drain(id);
+}
+
+fn process_frames(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
+    let cfg = io.settings.decoder.clone();
+    let Some(conn) = io.conns.get_mut(id) else {
+        return buf.len();
+    };
+    let mut dec = std::mem::replace(&mut conn.decoder, Decoder::new());
+    let mut off = 0;
+    let mut stop = false;
+    while !stop && off < buf.len() {
+        let (used, res) = dec.decode(&cfg, &mut buf[off..]);
+        off += used;
+        let ev = match res {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => {
+                let code = e.close_code();
+                h.on_close(io, id, code, "");
+                io.metrics.count_protocol_error(code);
+                io.fail(id, code, &e.to_string());
+                return buf.len();
+            }
+        };
+        stop = handle_event(io, h, id, ev);
+    }
+    if let Some(conn) = io.conns.get_mut(id) {
+        conn.decoder = dec;
+        if stop && conn.state == ConnState::Draining {
+            return buf.len();
+        }
+    } else {
+        return buf.len();
+    }
+    off
+}
+
+/// Returns true when the caller must stop decoding (connection paused, draining or gone).
+fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>) -> bool {
+    let Some(conn) = io.conns.get_mut(id) else {
+        return true;
+    };
+    let state = conn.state;
+    match ev {
+        Event::Data {
+            kind,
+            payload,
+            first,
+            last,
+        } => {
+            if state != ConnState::Open {
+                return false; // data after our close frame is discarded (RFC 6455 §5.5.1)
+            }
+            let assembling = conn.extra.as_ref().is_some_and(|x| !x.msg.is_empty());
+            if first && last && !assembling {
+                io.metrics.messages_in += 1;
+                return deliver(io, h, id, kind, payload);
+            }
+            let x = conn.extra();
+            x.msg.extend_from_slice(payload);
+            if last {
+                let msg = std::mem::take(&mut x.msg);
+                io.metrics.messages_in += 1;
+                return deliver(io, h, id, kind, &msg);
+            }
+            false
+        }
+        Event::Ping(p) => {
+            if state == ConnState::Open {
+                io.send_control(id, OpCode::Pong, p);
+            }
+            false
+        }
+        Event::Pong(_) => false,
+        Event::Close(frame) => {
+            let (code, reason) = frame.map_or((1005, ""), |f| (f.code, f.reason));
+            if state == ConnState::Open {
+                // Echo the peer's code (RFC 6455 §5.5.1), then drain.
+                let mut p = [0u8; 125];
+                let n = if frame.is_some() {
+                    ws::write_close_payload(&mut p, code, "")
+                } else {
+                    0
+                };
+                io.send_control(id, OpCode::Close, &p[..n]);
+                h.on_close(io, id, code, reason);
+            } else {
+                let ours = conn.close_code;
+                h.on_close(io, id, ours, "");
+            }
+            if let Some(c) = io.conns.get_mut(id) {
+                if c.close_code == 0 {
+                    c.close_code = code;
+                }
+            }
+            io.begin_drain(id);
+            true
+        }
+    }
+}
+
+fn deliver(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, kind: DataKind, payload: &[u8]) -> bool {
+    match h.on_message(io, id, kind, payload) {
+        Delivery::Taken => !io.conns.get(id).is_some_and(|c| c.state == ConnState::Open),
+        Delivery::Full => {
+            if let Some(c) = io.conns.get_mut(id) {
+                c.flags |= F_READ_PAUSED;
+                c.extra().stalled = Some((kind, payload.to_vec()));
+                io.stalled.push(id);
+            }
+            true
+        }
+    }
+}
+
+/// Offer a connection's stalled message again; returns false if still full.
+pub fn retry_stalled(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool {
+    let Some(c) = io.conns.get_mut(id) else {
+        return true;
+    };
+    let Some((kind, msg)) = c.extra.as_mut().and_then(|x| x.stalled.take()) else {
+        c.flags &= !F_READ_PAUSED;
+        return true;
+    };
+    match h.on_message(io, id, kind, &msg) {
+        Delivery::Taken => {
+            if let Some(c) = io.conns.get_mut(id) {
+                c.flags &= !F_READ_PAUSED;
+            }
+            true
+        }
+        Delivery::Full => {
+            if let Some(c) = io.conns.get_mut(id) {
+                c.extra().stalled = Some((kind, msg));
+                io.stalled.push(id);
+            }
+            false
+        }
+    }
+}
+
+// -------------------------------------------------------------------- timers
+
+/// Advance the wheel to `now` and act on every connection whose deadline passed.
+pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<ConnId>) {
+    io.now = now;
+    due.clear();
+    io.wheel.expire(now, due);
+    for &id in due.iter() {
+        let Some(c) = io.conns.get_mut(id) else {
+            continue;
+        };
+        let s = &io.settings;
+        let next = match c.state {
+            ConnState::Open => {
+                if s.ping_ticks > 0 && c.flags & F_PING_OUT == 0 {
+                    c.last_rx + s.ping_ticks
+                } else {
+                    c.last_rx + s.idle_ticks
+                }
+            }
+            _ => c.deadline,
+        };
+        if now < next {
+            io.wheel.schedule(id, next);
+            continue;
+        }
+        match c.state {
+            ConnState::Handshake | ConnState::AwaitOpen => {
+                let awaiting = c.state == ConnState::AwaitOpen;
+                io.metrics.count_handshake_failure("timeout");
+                if awaiting {
+                    h.on_close(io, id, 1006, "open timeout");
+                }
+                io.destroy(id);
+            }
+            ConnState::Open => {
+                if s.ping_ticks > 0 && c.flags & F_PING_OUT == 0 {
+                    c.flags |= F_PING_OUT;
+                    io.metrics.pings_sent += 1;
+                    io.send_control(id, OpCode::Ping, b"");
+                    let at = c_last_rx(io, id) + io.settings.idle_ticks;
+                    io.wheel.schedule(id, at);
+                } else {
+                    io.metrics.idle_closes += 1;
+                    h.on_close(io, id, 1001, "idle timeout");
+                    io.close(id, 1001, "idle timeout");
+                    let at = io.now + io.settings.close_ticks;
+                    io.wheel.schedule(id, at);
+                }
+            }
+            ConnState::Closing | ConnState::Draining => {
+                io.destroy(id);
+            }
+        }
+    }
+}
+
+fn c_last_rx(io: &ShardIo, id: ConnId) -> Tick {
+    io.conns.get(id).map_or(io.now, |c| c.last_rx)
+}
+
+/// Begin graceful shutdown: close 1001 to every open connection, drop the others.
+pub fn start_shutdown(io: &mut ShardIo, h: &mut dyn Handler) {
+    io.shutting_down = true;
+    h.on_shutdown(io);
+    for id in io.conns.ids() {
+        match io.conns.get(id).map(|c| c.state) {
+            Some(ConnState::Open) => {
+                h.on_close(io, id, 1001, "server shutdown");
+                io.close(id, 1001, "server shutdown");
+            }
+            Some(ConnState::Closing) | Some(ConnState::Draining) => {}
+            Some(ConnState::AwaitOpen) => {
+                h.on_close(io, id, 1006, "server shutdown");
+                io.destroy(id);
+            }
+            _ => {
+                io.destroy(id);
+            }
+        }
+    }
+}
+
+/// Close every remaining connection immediately (shutdown deadline passed).
+pub fn force_close_all(io: &mut ShardIo) {
+    for id in io.conns.ids() {
+        io.destroy(id);
+    }
+}
+
+/// Bytes of one connection record in the slab (for the memory report).
+pub const CONN_RECORD_BYTES: usize = ConnTable::<Conn>::ENTRY_BYTES;

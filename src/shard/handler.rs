@@ -1,0 +1,100 @@
+//! The seam between the connection engine and whatever decides what messages mean.
+//!
+//! The in-process [`EchoHandler`] and the shared-memory ring bridge to backends implement the
+//! same trait; the engine does not know which one it drives. A handler acts on connections
+//! only through [`ShardIo`] (send, close, accept, reject), by [`ConnId`].
+
+use super::conn::ShardIo;
+use super::conn_table::ConnId;
+use crate::proto::handshake::Request;
+use crate::proto::ws::DataKind;
+use std::net::SocketAddr;
+
+/// What the handler says about a new connection whose upgrade request was valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenDecision<'a> {
+    /// Complete the upgrade now, optionally selecting one of the offered subprotocols.
+    Accept {
+        /// Subprotocol to confirm (must be one the client offered).
+        protocol: Option<&'a str>,
+    },
+    /// Refuse with this HTTP status (e.g. 401, 403, 503).
+    Reject {
+        /// HTTP status code.
+        status: u16,
+    },
+    /// Decide later with [`ShardIo::accept`] / [`ShardIo::reject`] (a backend is asked).
+    Pending,
+}
+
+/// Whether the handler took a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Taken (handled or durably queued).
+    Taken,
+    /// Not taken: the handler is full. The engine keeps the message, stops reading this
+    /// connection, and offers it again after [`ShardIo::resume_stalled`].
+    Full,
+}
+
+/// Information about a connection whose upgrade request has been validated.
+pub struct OpenInfo<'a, 'b> {
+    /// The connection.
+    pub conn: ConnId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The parsed upgrade request (path, query, headers, offered subprotocols).
+    pub request: &'a Request<'b>,
+}
+
+/// Connection events from one shard. Implementations live on that shard's thread.
+pub trait Handler {
+    /// A valid upgrade request arrived.
+    fn on_open<'a>(&mut self, io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a>;
+
+    /// A complete text or binary message arrived (`payload` is borrowed from the read buffer).
+    fn on_message(
+        &mut self,
+        io: &mut ShardIo,
+        conn: ConnId,
+        kind: DataKind,
+        payload: &[u8],
+    ) -> Delivery;
+
+    /// The connection is gone (close code received, sent, or 1006 when it dropped).
+    fn on_close(&mut self, io: &mut ShardIo, conn: ConnId, code: u16, reason: &str);
+
+    /// One of the handler's own file descriptors registered with
+    /// [`ShardIo::register_handler_fd`] became readable.
+    fn on_handler_fd(&mut self, _io: &mut ShardIo, _index: u32) {}
+
+    /// Called when the shard starts shutting down.
+    fn on_shutdown(&mut self, _io: &mut ShardIo) {}
+}
+
+/// Echoes every message back on the same connection; accepts every upgrade, selecting the
+/// first offered subprotocol.
+#[derive(Debug, Default)]
+pub struct EchoHandler;
+
+impl Handler for EchoHandler {
+    fn on_open<'a>(&mut self, _io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
+        OpenDecision::Accept {
+            protocol: info.request.protocols().next(),
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        io: &mut ShardIo,
+        conn: ConnId,
+        kind: DataKind,
+        payload: &[u8],
+    ) -> Delivery {
+        // A failed send (connection closing or over its queue bound) is the engine's business.
+        let _ = io.send(conn, kind, payload);
+        Delivery::Taken
+    }
+
+    fn on_close(&mut self, _io: &mut ShardIo, _conn: ConnId, _code: u16, _reason: &str) {}
+}
