@@ -3,7 +3,10 @@
 //! May not import: glommio, `std::net`, sockets, clocks, `crate::shard`, `crate::transport`.
 //! No allocation on any decode path (proved by `tests/no_alloc.rs`).
 
+pub mod buf;
 pub mod conn_id;
 pub mod handshake;
 pub mod media;
 pub mod ws;
+
+pub use buf::BufferTooSmall;

@@ -1,0 +1,79 @@
+//! Payload (un)masking (RFC 6455 §5.3): XOR with a 4-byte key, word at a time.
+
+/// XORs `buf` with `mask`, where `buf[0]` is byte number `offset` of the frame payload
+/// (so a payload may be unmasked in chunks of any size). Masking is its own inverse.
+///
+/// Processes 32 bytes per iteration with 64-bit words (the compiler turns this into SSE2/AVX2
+/// on x86_64), then the tail byte by byte; correct for every alignment and length.
+#[inline]
+pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let rot = (offset & 3) as u32;
+    // Key as seen from buf[0]: byte j is mask[(offset + j) % 4].
+    let key32 = u32::from_le_bytes(mask).rotate_right(rot * 8);
+    if buf.len() < 8 {
+        apply_mask_small(buf, key32.to_le_bytes());
+        return;
+    }
+    apply_mask_words(buf, key32);
+}
+
+#[inline]
+fn apply_mask_small(buf: &mut [u8], key: [u8; 4]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b ^= key[i & 3];
+    }
+}
+
+#[inline]
+fn apply_mask_words(buf: &mut [u8], key32: u32) {
+    // from_le_bytes/to_le_bytes keep byte order, so the XOR is byte-wise regardless of endianness.
+    let k = u64::from_le_bytes({
+        let b = key32.to_le_bytes();
+        [b[0], b[1], b[2], b[3], b[0], b[1], b[2], b[3]]
+    });
+    let mut chunks = buf.chunks_exact_mut(32);
+    for c in &mut chunks {
+        for w in c.chunks_exact_mut(8) {
+            let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ k;
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let rest = chunks.into_remainder();
+    let mut words = rest.chunks_exact_mut(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ k;
+        w.copy_from_slice(&v.to_le_bytes());
+    }
+    // 32 and 8 are multiples of 4: the tail starts at key phase 0.
+    apply_mask_small(words.into_remainder(), key32.to_le_bytes());
+}
+
+/// Reference implementation (byte loop) used by tests.
+#[doc(hidden)]
+pub fn apply_mask_naive(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b ^= mask[(offset + i) & 3];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive_all_offsets_and_lengths() {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for start in 0..9 {
+            for len in 0..(data.len() - start) {
+                for off in 0..5 {
+                    let mut a = data[start..start + len].to_vec();
+                    let mut b = a.clone();
+                    apply_mask(&mut a, mask, off);
+                    apply_mask_naive(&mut b, mask, off);
+                    assert_eq!(a, b, "start {start} len {len} off {off}");
+                }
+            }
+        }
+    }
+}
