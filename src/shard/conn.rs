@@ -414,7 +414,9 @@ impl ShardIo {
                 let n = ws::write_close_payload(&mut p, code, reason);
                 self.send_control(id, OpCode::Close, &p[..n]);
             }
-            ConnState::Handshake | ConnState::AwaitOpen => self.destroy(id),
+            ConnState::Handshake | ConnState::AwaitOpen => {
+                self.destroy(id);
+            }
             ConnState::Closing | ConnState::Draining => {}
         }
     }
@@ -860,8 +862,28 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
     }
 }
 
+/// Metric label for a refused upgrade.
+fn handshake_cause(err: &handshake::HandshakeError) -> &'static str {
+    use handshake::HandshakeError as E;
+    match err {
+        E::MalformedHttp => "malformed_http",
+        E::HeaderTooLarge => "header_too_large",
+        E::TooManyHeaders => "too_many_headers",
+        E::MethodNotAllowed => "method",
+        E::UnsupportedHttpVersion => "http_version",
+        E::InvalidPath => "path",
+        E::MissingHost => "host",
+        E::DuplicateHeader => "duplicate_header",
+        E::NotWebSocketUpgrade => "upgrade_header",
+        E::ConnectionNotUpgrade => "connection_header",
+        E::MissingVersion | E::UnsupportedVersion => "version",
+        E::MissingKey | E::InvalidKey => "key",
+        E::InvalidHeaderValue => "header_value",
+    }
+}
+
 fn refuse_handshake(io: &mut ShardIo, id: ConnId, err: &handshake::HandshakeError) {
-    io.metrics.count_handshake_failure(err.cause());
+    io.metrics.count_handshake_failure(handshake_cause(err));
     let mut buf = [0u8; 512];
     if let Ok(n) = handshake::write_error(&mut buf, err) {
         io.stage(id, |out| out.extend_from_slice(&buf[..n]));

@@ -81,10 +81,31 @@ pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, SocketAddr)>> {
         }
         // SAFETY: accept4 returned a fresh descriptor we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the kernel filled `len` bytes of a sockaddr_storage.
-        let addr = unsafe { SockAddr::new(storage, len) }
-            .as_socket()
+        let addr = to_socket_addr(&storage, len)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         return Ok(Some((fd, addr)));
+    }
+}
+
+fn to_socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match s.ss_family as i32 {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: family AF_INET and length checked: the storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::from((
+                a.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: family AF_INET6 and length checked: the storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 =
+                unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
     }
 }

@@ -112,7 +112,10 @@ impl Waker {
         if !self.armed {
             self.arm()?;
         }
-        self.wake.read_at(0, 8).await.map_err(io::Error::other)?;
+        self.wake
+            .read_at(0, 8)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
         self.reap();
         Ok(())
     }
