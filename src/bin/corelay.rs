@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "corelay", version, about = "Thread-per-core WebSocket access gateway")]
+#[command(
+    name = "corelay",
+    version,
+    about = "Thread-per-core WebSocket access gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -117,6 +121,8 @@ fn init_tracing(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -144,7 +150,9 @@ fn serve(cfg: GatewayConfig, banner: bool) -> Result<()> {
     }
     if banner {
         let a = gw.local_addrs()[0];
-        println!("corelay demo is up: connect a WebSocket client to ws://{a}/ (every message is echoed)");
+        println!(
+            "corelay demo is up: connect a WebSocket client to ws://{a}/ (every message is echoed)"
+        );
         println!("  e.g. python3 -m websockets ws://{a}/    — stop with Ctrl-C");
     }
     let sig = signals.wait().context("waiting for signals")?;

@@ -256,17 +256,26 @@ impl GatewayConfig {
             return Err(invalid("server.listen", "at least one address is required"));
         }
         if self.server.shards > 256 {
-            return Err(invalid("server.shards", "at most 256 shards (8-bit shard id)"));
+            return Err(invalid(
+                "server.shards",
+                "at most 256 shards (8-bit shard id)",
+            ));
         }
         if self.tcp.backlog == 0 {
             return Err(invalid("tcp.backlog", "must be > 0"));
         }
         let l = &self.limits;
         if l.max_connections_per_shard == 0 || l.max_connections_per_shard > (1 << 31) {
-            return Err(invalid("limits.max_connections_per_shard", "must be in 1..=2^31"));
+            return Err(invalid(
+                "limits.max_connections_per_shard",
+                "must be in 1..=2^31",
+            ));
         }
         if !(256..=1 << 20).contains(&l.max_handshake_bytes) {
-            return Err(invalid("limits.max_handshake_bytes", "must be in 256..=1048576"));
+            return Err(invalid(
+                "limits.max_handshake_bytes",
+                "must be in 256..=1048576",
+            ));
         }
         if l.max_frame_bytes == 0 {
             return Err(invalid("limits.max_frame_bytes", "must be > 0"));
@@ -281,7 +290,10 @@ impl GatewayConfig {
             return Err(invalid("limits.max_outbound_bytes", "must be >= 1024"));
         }
         if !(4096..=16 << 20).contains(&l.read_buffer_bytes) {
-            return Err(invalid("limits.read_buffer_bytes", "must be in 4096..=16777216"));
+            return Err(invalid(
+                "limits.read_buffer_bytes",
+                "must be in 4096..=16777216",
+            ));
         }
         if l.read_buffer_bytes < l.max_handshake_bytes {
             return Err(invalid(
@@ -299,7 +311,10 @@ impl GatewayConfig {
             ("timeouts.close_ms", t.close_ms),
         ] {
             if v < t.tick_ms {
-                return Err(invalid(key, format!("must be >= timeouts.tick_ms ({})", t.tick_ms)));
+                return Err(invalid(
+                    key,
+                    format!("must be >= timeouts.tick_ms ({})", t.tick_ms),
+                ));
             }
         }
         if t.ping_interval_ms != 0 && t.ping_interval_ms >= t.idle_ms {
@@ -309,7 +324,10 @@ impl GatewayConfig {
             ));
         }
         if self.backend.ring_bytes < 4096 || !self.backend.ring_bytes.is_power_of_two() {
-            return Err(invalid("backend.ring_bytes", "must be a power of two >= 4096"));
+            return Err(invalid(
+                "backend.ring_bytes",
+                "must be a power of two >= 4096",
+            ));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
@@ -360,6 +378,10 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("timeouts.tick_ms"), "{e}");
         let c = GatewayConfig::from_toml("[backend]\nring_bytes = 5000\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("backend.ring_bytes"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("backend.ring_bytes"));
     }
 }

@@ -183,12 +183,47 @@ fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Index of the first frame boundary at or after `pos` in `tx` (which starts at a boundary).
+fn frame_boundary_at_or_after(tx: &[u8], pos: usize) -> usize {
+    let mut at = 0;
+    while at < pos {
+        match server_frame_len(&tx[at..]) {
+            Some(n) => at += n,
+            None => return tx.len(),
+        }
+    }
+    at.min(tx.len())
+}
+
+/// Drop the sent prefix of a long-lived queue, at a frame boundary, so a consumer that is
+/// slow but never fully drains cannot make the queue grow without bound.
+fn compact_tx(x: &mut Extra) {
+    if x.tx_pos < 64 << 10 || x.tx_pos * 2 < x.tx.len() {
+        return;
+    }
+    let mut at = 0;
+    while let Some(n) = server_frame_len(&x.tx[at..]) {
+        if at + n > x.tx_pos {
+            break;
+        }
+        at += n;
+    }
+    x.tx.drain(..at);
+    x.tx_pos -= at;
+}
+
 /// Length of the unmasked server frame starting at `buf[0]`, if its header is complete.
 fn server_frame_len(buf: &[u8]) -> Option<usize> {
     let b1 = *buf.get(1)? & 0x7f;
     let (hdr, len) = match b1 {
-        126 => (4, u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize),
-        127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize),
+        126 => (
+            4,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+        ),
         n => (2, n as usize),
     };
     Some(hdr + len)
@@ -259,7 +294,8 @@ impl ShardIo {
     /// Register a handler-owned fd (e.g. a ring eventfd) in this shard's epoll set; readiness
     /// comes back as [`Handler::on_handler_fd`] with `index`.
     pub fn register_handler_fd(&self, fd: RawFd, index: u32) -> io::Result<()> {
-        self.poller.add(fd, TOK_HANDLER | index as u64, Interest::Read)
+        self.poller
+            .add(fd, TOK_HANDLER | index as u64, Interest::Read)
     }
 
     /// Remove a handler-owned fd from the epoll set.
@@ -452,14 +488,8 @@ impl ShardIo {
         // Keep only the frame that is partly on the wire (cutting it would corrupt the
         // stream), drop the rest, and put the close frame right behind it.
         if let Some(e) = conn.extra.as_mut() {
-            let mut pos = 0;
-            while pos < e.tx_pos {
-                match server_frame_len(&e.tx[pos..]) {
-                    Some(n) => pos += n,
-                    None => break,
-                }
-            }
-            e.tx.truncate(pos.min(e.tx.len()));
+            let keep = frame_boundary_at_or_after(&e.tx, e.tx_pos);
+            e.tx.truncate(keep);
             e.tx.shrink_to_fit();
         }
         // Staged but unflushed output for this connection is dropped too.
@@ -514,8 +544,18 @@ impl ShardIo {
 
     /// Write everything staged this batch, then retry connections with queued output.
     pub fn flush(&mut self) {
-        let segs = std::mem::take(&mut self.out_segs);
-        let out = std::mem::take(&mut self.out);
+        // Flushing can stage more (a slow-consumer close frame); a few passes settle it.
+        for _ in 0..4 {
+            if self.out_segs.is_empty() && self.dirty.is_empty() {
+                return;
+            }
+            self.flush_once();
+        }
+    }
+
+    fn flush_once(&mut self) {
+        let mut segs = std::mem::take(&mut self.out_segs);
+        let mut out = std::mem::take(&mut self.out);
         for &(id, s, e) in &segs {
             if s == e {
                 continue;
@@ -528,52 +568,59 @@ impl ShardIo {
                 let x = conn.extra();
                 x.tx.extend_from_slice(data);
                 self.mark_dirty(id);
-                continue;
+            } else {
+                match send(conn.fd.as_raw_fd(), data) {
+                    Ok(n) if n == data.len() => {}
+                    Ok(n) => {
+                        // Queue the whole frame run with tx_pos past the sent part, so that
+                        // tx[0] stays a frame boundary (close_slow and compaction rely on it).
+                        conn.flags |= F_WRITE_BLOCKED;
+                        let x = conn.extra();
+                        x.tx.extend_from_slice(data);
+                        x.tx_pos = n;
+                        self.mark_dirty(id);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flags |= F_WRITE_BLOCKED;
+                        conn.extra().tx.extend_from_slice(data);
+                        self.mark_dirty(id);
+                    }
+                    Err(_) => {
+                        self.abort(id, 1006);
+                        continue;
+                    }
+                }
             }
-            match send(conn.fd.as_raw_fd(), data) {
-                Ok(n) if n == data.len() => {}
-                Ok(n) => {
-                    conn.flags |= F_WRITE_BLOCKED;
-                    conn.extra().tx.extend_from_slice(&data[n..]);
-                    self.mark_dirty(id);
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    conn.flags |= F_WRITE_BLOCKED;
-                    conn.extra().tx.extend_from_slice(data);
-                    self.mark_dirty(id);
-                }
-                Err(_) => {
-                    self.abort(id, 1006);
-                    continue;
-                }
-            }
-            if self.conns.get(id).is_some_and(|c| c.tx_queued() > self.settings.max_outbound) {
+            if self.conns.get(id).is_some_and(|c| {
+                c.state == ConnState::Open && c.tx_queued() > self.settings.max_outbound
+            }) {
                 self.metrics.slow_consumer_closes += 1;
                 self.close_slow(id);
             }
         }
-        // Keep the staging allocations for the next batch, but not a burst-sized one.
-        let mut out = out;
-        out.clear();
-        if out.capacity() > 1 << 20 {
-            out.shrink_to(64 << 10);
+        // Reuse the staging allocations unless something was staged meanwhile (which then
+        // goes out on the next pass); never keep a burst-sized buffer.
+        if self.out_segs.is_empty() {
+            segs.clear();
+            self.out_segs = segs;
         }
-        self.out = out;
-        let mut segs = segs;
-        segs.clear();
-        self.out_segs = segs;
+        if self.out.is_empty() {
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out.shrink_to(64 << 10);
+            }
+            self.out = out;
+        }
 
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
             if let Some(c) = self.conns.get_mut(id) {
                 c.flags &= !F_DIRTY;
             }
             self.write_queued(id);
         }
-        // Writing may have dirtied more (a drain finishing); they are handled next flush.
-        let mut dirty = dirty;
-        dirty.clear();
         if self.dirty.is_empty() {
+            dirty.clear();
             self.dirty = dirty;
         }
     }
@@ -590,6 +637,7 @@ impl ShardIo {
                     Ok(n) => x.tx_pos += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.flags |= F_WRITE_BLOCKED;
+                        compact_tx(x);
                         return;
                     }
                     Err(_) => {
@@ -607,6 +655,12 @@ impl ShardIo {
             conn.flags |= F_SHUT_WR;
             // SAFETY: fd is owned by the connection and open.
             unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+            // Normally we wait (up to close_ms) for the peer's FIN so that closing never
+            // resets data it has not read; when shutting down, a finished close handshake is
+            // enough.
+            if self.shutting_down {
+                self.destroy(id);
+            }
         }
     }
 
@@ -630,7 +684,11 @@ impl ShardIo {
             self.ip_release(conn.ip_slot);
         }
         if conn.flags & F_OPENED != 0 {
-            let code = if conn.close_code == 0 { 1006 } else { conn.close_code };
+            let code = if conn.close_code == 0 {
+                1006
+            } else {
+                conn.close_code
+            };
             self.metrics.count_close(code);
         }
         self.metrics.closed += 1;
@@ -804,7 +862,7 @@ fn process(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) ->
 }
 
 fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
-    let limits = io.settings.handshake.clone();
+    let limits = io.settings.handshake;
     let req = match handshake::parse_request(buf, &limits) {
         Ok(None) => {
             if buf.len() >= limits.max_header_bytes {
@@ -892,7 +950,7 @@ fn refuse_handshake(io: &mut ShardIo, id: ConnId, err: &handshake::HandshakeErro
 }
 
 fn process_frames(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
-    let cfg = io.settings.decoder.clone();
+    let cfg = io.settings.decoder;
     let Some(conn) = io.conns.get_mut(id) else {
         return buf.len();
     };
@@ -990,7 +1048,13 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
     }
 }
 
-fn deliver(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, kind: DataKind, payload: &[u8]) -> bool {
+fn deliver(
+    io: &mut ShardIo,
+    h: &mut dyn Handler,
+    id: ConnId,
+    kind: DataKind,
+    payload: &[u8],
+) -> bool {
     match h.on_message(io, id, kind, payload) {
         Delivery::Taken => !io.conns.get(id).is_some_and(|c| c.state == ConnState::Open),
         Delivery::Full => {

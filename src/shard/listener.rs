@@ -10,7 +10,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Bind `addr` with SO_REUSEADDR + SO_REUSEPORT, non-blocking, with the configured options.
 pub fn bind(addr: SocketAddr, tcp: &TcpConfig) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -26,10 +30,20 @@ pub fn bind(addr: SocketAddr, tcp: &TcpConfig) -> io::Result<Socket> {
         s.set_send_buffer_size(tcp.send_buffer as usize)?;
     }
     if tcp.defer_accept_secs > 0 {
-        setsockopt_int(&s, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, tcp.defer_accept_secs as i32)?;
+        setsockopt_int(
+            &s,
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            tcp.defer_accept_secs as i32,
+        )?;
     }
     if tcp.fastopen_queue > 0 {
-        setsockopt_int(&s, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, tcp.fastopen_queue as i32)?;
+        setsockopt_int(
+            &s,
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            tcp.fastopen_queue as i32,
+        )?;
     }
     s.bind(&SockAddr::from(addr))?;
     s.listen(tcp.backlog.min(i32::MAX as u32) as i32)?;
@@ -81,8 +95,8 @@ pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, SocketAddr)>> {
         }
         // SAFETY: accept4 returned a fresh descriptor we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let addr = to_socket_addr(&storage, len)
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr =
+            to_socket_addr(&storage, len).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         return Ok(Some((fd, addr)));
     }
 }
@@ -99,8 +113,7 @@ fn to_socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<So
         }
         libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: family AF_INET6 and length checked: the storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 =
-                unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
             Some(SocketAddr::from((
                 a.sin6_addr.s6_addr,
                 u16::from_be(a.sin6_port),

@@ -232,6 +232,7 @@ async fn run_shard(
             conn::on_tick(&mut st.io, st.handler.as_mut(), now, &mut due);
             st.io.flush();
             if let Some(deadline) = st.shutdown_deadline {
+                tracing::debug!(shard = st.io.shard, left = st.io.connections(), "draining");
                 if st.io.connections() == 0 || Instant::now() >= deadline {
                     conn::force_close_all(&mut st.io);
                     st.exit = true;
@@ -258,6 +259,7 @@ async fn run_shard(
         }
     }
     ticker.await;
+    waker.close().await;
     tracing::info!(shard = id, "shard stopped");
     Ok(())
 }

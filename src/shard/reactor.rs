@@ -4,8 +4,8 @@
 //! Why not one glommio task per connection: a parked task plus its reactor `Source` costs
 //! ~740 B per idle connection before any WebSocket state (design §4). Here an idle connection
 //! costs one epoll registration in the kernel (~144 B) and nothing in user space beyond its
-//! connection record. The epoll fd is watched by a tiny io_uring of our own (one multishot
-//! poll) with a registered eventfd; glommio awaits that eventfd with an ordinary read, so the
+//! connection record. The epoll fd is watched by a tiny io_uring of our own (a one-shot poll
+//! armed before each sleep) with a registered eventfd; glommio awaits that eventfd with an ordinary read, so the
 //! shard sleeps in glommio's own `io_uring_enter` and a busy shard makes no extra syscalls
 //! besides `epoll_wait`.
 
@@ -61,56 +61,50 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Create the epoll set, the wake eventfd and the io_uring watching them. Must be called
 /// on the shard's glommio executor (the eventfd is awaited there).
 pub fn new(batch: usize) -> io::Result<(Poller, Waker)> {
-        // SAFETY: plain syscall; the result is checked and owned immediately.
-        let epfd = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        // Blocking eventfd on purpose: io_uring returns EAGAIN for O_NONBLOCK files instead of
-        // waiting, and glommio's read must wait.
-        // SAFETY: plain syscall; the result is checked and handed to BufferedFile which owns it.
-        let efd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
-        let uring = IoUring::builder().build(8)?;
-        uring.submitter().register_eventfd(efd)?;
-        // SAFETY: efd is a fresh, valid descriptor that nothing else owns.
-        let wake = unsafe { BufferedFile::from_raw_fd(efd) };
-        let mut waker = Waker {
-            epfd: epfd.as_raw_fd(),
-            uring,
-            wake,
-            armed: false,
-        };
-        waker.arm()?;
-        let poller = Poller {
-            epfd,
-            events: Vec::with_capacity(batch.max(16)),
-        };
-        Ok((poller, waker))
+    // SAFETY: plain syscall; the result is checked and owned immediately.
+    let epfd = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+    // Blocking eventfd on purpose: io_uring returns EAGAIN for O_NONBLOCK files instead of
+    // waiting, and glommio's read must wait.
+    // SAFETY: plain syscall; the result is checked and handed to BufferedFile which owns it.
+    let efd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    let uring = IoUring::builder().build(8)?;
+    uring.submitter().register_eventfd(efd)?;
+    // SAFETY: efd is a fresh, valid descriptor that nothing else owns.
+    let wake = unsafe { BufferedFile::from_raw_fd(efd) };
+    let waker = Waker {
+        epfd: epfd.as_raw_fd(),
+        uring,
+        wake,
+        armed: false,
+    };
+    let poller = Poller {
+        epfd,
+        events: Vec::with_capacity(batch.max(16)),
+    };
+    Ok((poller, waker))
 }
 
 impl Waker {
-    fn arm(&mut self) -> io::Result<()> {
-        let sqe = opcode::PollAdd::new(types::Fd(self.epfd), libc::POLLIN as u32)
-            .multi(true)
-            .build()
-            .user_data(UD_EPOLL);
-        // SAFETY: the SQE carries no pointers, only the epoll fd; if that fd is closed first
-        // the kernel keeps its own reference until the request ends.
-        unsafe {
-            self.uring
-                .submission()
-                .push(&sqe)
-                .map_err(|_| io::Error::other("reactor ring full"))?;
-        }
-        self.uring.submit()?;
-        self.armed = true;
-        Ok(())
-    }
-
-    /// Sleep until the epoll set has (new) events. Call only after `poll_now` came back with
-    /// fewer than a full batch, i.e. the ready list was drained: the multishot poll fires on
-    /// new readiness, not on readiness left pending.
+    /// Sleep until the epoll set has events. Arms a one-shot poll on the epoll fd right before
+    /// sleeping: io_uring checks readiness when the poll is armed, so events that arrived
+    /// while the shard was busy (or were left pending) complete it at once. No wake-up can be
+    /// lost, and at most one completion is ever outstanding, so the tiny CQ cannot overflow.
     pub async fn wait(&mut self) -> io::Result<()> {
         self.reap();
         if !self.armed {
-            self.arm()?;
+            let sqe = opcode::PollAdd::new(types::Fd(self.epfd), libc::POLLIN as u32)
+                .build()
+                .user_data(UD_EPOLL);
+            // SAFETY: the SQE carries no pointers, only the epoll fd; if that fd is closed
+            // first the kernel keeps its own reference until the request ends.
+            unsafe {
+                self.uring
+                    .submission()
+                    .push(&sqe)
+                    .map_err(|_| io::Error::other("reactor ring full"))?;
+            }
+            self.uring.submit()?;
+            self.armed = true;
         }
         self.wake
             .read_at(0, 8)
@@ -120,9 +114,14 @@ impl Waker {
         Ok(())
     }
 
+    /// Release the wake eventfd through glommio (it must not be dropped while registered).
+    pub async fn close(self) {
+        let _ = self.wake.close().await;
+    }
+
     fn reap(&mut self) {
         for cqe in self.uring.completion() {
-            if cqe.user_data() == UD_EPOLL && !io_uring::cqueue::more(cqe.flags()) {
+            if cqe.user_data() == UD_EPOLL {
                 self.armed = false;
             }
         }
