@@ -53,7 +53,7 @@ row() { NAMES+=("$1"); CURS+=("$2"); RECS+=("$3"); STATS+=("$4"); WHYS+=("$5"); 
 # num_row KEY FAIL_BELOW WHY: scalar sysctl, WARN below REC, FAIL below FAIL_BELOW (0 = never FAIL).
 num_row() {
     local key=$1 failbelow=$2 why=$3 cur st
-    if ! cur=$(sysctl_read "$key"); then row "$key" "n/a" "${REC[$key]}" "N/A" "$READ_ERR; $why"; return; fi
+    if ! sysctl_get "$key"; then row "$key" "n/a" "${REC[$key]}" "N/A" "$READ_ERR; $why"; return; fi
     if (( failbelow > 0 && cur < failbelow )); then st=FAIL
     elif below "$key" "$cur"; then st=WARN
     else st=OK; fi
@@ -66,7 +66,7 @@ G=$(( N / 1000 ))k
 # --- file descriptors -------------------------------------------------------------------------
 num_row fs.file-max "${REC[fs.file-max]}" \
     "system-wide open files: N x 1.1 + 64k headroom for backends, logs, TIME_WAIT churn"
-if cur=$(sysctl_read fs.nr_open); then
+if sysctl_get fs.nr_open; then
     if (( cur < NOFILE_NEED )); then
         st=FAIL
         why="no process can get ${NOFILE_NEED} fds; raise it or run $(ceil_div "$N" $(( cur > FD_HEADROOM * 2 ? cur - FD_HEADROOM : 1 ))) processes (--processes)"
@@ -134,7 +134,7 @@ num_row net.ipv4.tcp_max_syn_backlog 0 \
     "half-open (SYN_RECV) queue during reconnect storms; beyond it syncookies take over"
 num_row net.core.netdev_max_backlog 0 \
     "per-CPU input queue before the stack (RPS); drops during bursts show in /proc/net/softnet_stat"
-if cur=$(sysctl_read net.ipv4.tcp_syncookies); then
+if sysctl_get net.ipv4.tcp_syncookies; then
     (( cur >= 1 )) && st=OK || st=WARN
     row net.ipv4.tcp_syncookies "$cur" ">= 1" "$st" "SYN floods and reconnect storms beyond tcp_max_syn_backlog"
 else
@@ -142,7 +142,7 @@ else
 fi
 
 # --- ports ------------------------------------------------------------------------------------
-if cur=$(sysctl_read net.ipv4.ip_local_port_range); then
+if sysctl_get net.ipv4.ip_local_port_range; then
     read -r lo hi <<<"$cur"
     ports=$(( hi - lo + 1 ))
     row net.ipv4.ip_local_port_range "$cur" "server: any; client: ${REC[net.ipv4.ip_local_port_range]}" OK \
@@ -152,7 +152,7 @@ else
 fi
 
 # --- memory -----------------------------------------------------------------------------------
-if cur=$(sysctl_read net.ipv4.tcp_mem); then
+if sysctl_get net.ipv4.tcp_mem; then
     read -r _ cp ch <<<"$cur"
     if (( ch < TCP_MEM_PRESSURE )); then st=FAIL; why="hard limit below ${G} x $(( TCP_BUF_BYTES_PER_CONN / 1024 )) KiB queued: sockets drop data/abort at N"
     elif below net.ipv4.tcp_mem "$cur"; then st=WARN; why="pages; pressure (2nd) should be >= N x ${TCP_BUF_BYTES_PER_CONN} B queued / ${PAGE} B page; now $(human_bytes $(( cp * PAGE )))"
@@ -162,7 +162,7 @@ else
     row net.ipv4.tcp_mem n/a "${REC[net.ipv4.tcp_mem]}" N/A "$READ_ERR (global sysctl: set on the host)"
 fi
 for k in net.ipv4.tcp_rmem net.ipv4.tcp_wmem; do
-    if cur=$(sysctl_read "$k"); then
+    if sysctl_get "$k"; then
         read -r mn _ <<<"$cur"
         if (( mn > 16384 )); then st=WARN; why="min (1st) is the per-socket floor under pressure: N x ${mn} B = $(human_bytes $(( N * mn ))); keep 4096"
         elif (( mn < 4096 )); then st=WARN; why="min below one page stalls sockets under memory pressure"
@@ -173,7 +173,7 @@ for k in net.ipv4.tcp_rmem net.ipv4.tcp_wmem; do
     fi
 done
 for k in net.core.rmem_default net.core.wmem_default; do
-    if cur=$(sysctl_read "$k"); then
+    if sysctl_get "$k"; then
         (( cur > 1048576 )) && st=WARN || st=OK
         row "$k" "$cur" "${REC[$k]} (<= 1 MiB)" "$st" "default buffer of non-TCP sockets (unix, UDP, SO_RCVBUF base); TCP uses tcp_rmem/tcp_wmem"
     else
@@ -201,7 +201,7 @@ row "memory ($mem_src)" "$(human_bytes "$mem_total")" ">= $(human_bytes $(( busy
     "idle: N x (${KERNEL_BYTES_PER_SOCKET} B kernel + ${USER_BYTES_PER_CONN} B corelay) = $(human_bytes "$idle_need"), + N x ${TCP_BUF_BYTES_PER_CONN} B buffers + 1 GiB"
 
 # --- conntrack --------------------------------------------------------------------------------
-if cur=$(sysctl_read net.netfilter.nf_conntrack_max); then
+if sysctl_get net.netfilter.nf_conntrack_max; then
     if (( cur < N )); then st=FAIL; why="table full -> 'nf_conntrack: table full, dropping packet'; raise, or bypass with raw-table NOTRACK (CT --notrack) on the gateway ports"
     elif below net.netfilter.nf_conntrack_max "$cur"; then st=WARN; why="N entries + TIME_WAIT/closing ones; or bypass with raw-table NOTRACK on the gateway ports"
     else st=OK; why="one entry (~320 B) per tracked connection; NOTRACK in the raw table avoids it entirely"; fi
@@ -211,13 +211,13 @@ else
 fi
 
 # --- TIME_WAIT --------------------------------------------------------------------------------
-if cur=$(sysctl_read net.ipv4.tcp_tw_reuse); then
+if sysctl_get net.ipv4.tcp_tw_reuse; then
     row net.ipv4.tcp_tw_reuse "$cur" "server: any; client: 1" OK \
         "only affects outgoing connect(): matters on the load generator, not for accepted sockets"
 else
     row net.ipv4.tcp_tw_reuse n/a "client: 1" N/A "$READ_ERR"
 fi
-if cur=$(sysctl_read net.ipv4.tcp_fin_timeout); then
+if sysctl_get net.ipv4.tcp_fin_timeout; then
     (( cur > 60 )) && st=WARN || st=OK
     row net.ipv4.tcp_fin_timeout "$cur" "<= ${REC[net.ipv4.tcp_fin_timeout]}" "$st" \
         "FIN_WAIT_2 lifetime of orphaned sockets after the gateway closes (not TIME_WAIT, which is fixed at 60 s)"
@@ -226,7 +226,7 @@ else
 fi
 num_row net.ipv4.tcp_max_tw_buckets 0 \
     "a drain/restart closing N conns server-side leaves N TIME_WAIT sockets (~200 B each) for 60 s; overflow skips TIME_WAIT"
-if cur=$(sysctl_read net.ipv4.tcp_keepalive_time); then
+if sysctl_get net.ipv4.tcp_keepalive_time; then
     (( cur > 900 )) && st=WARN || st=OK
     row net.ipv4.tcp_keepalive_time "$cur" "<= ${REC[net.ipv4.tcp_keepalive_time]}" "$st" \
         "NAT/LB idle mappings expire after 300-600 s; default for SO_KEEPALIVE sockets without TCP_KEEPIDLE (WebSocket pings also keep them)"

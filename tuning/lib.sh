@@ -1,7 +1,8 @@
 # shellcheck shell=bash disable=SC2034
-# (SC2034: the globals here are used by the scripts that source this file.)
+# Shared by check.sh and apply.sh: where sysctls live, how to read them, and the
 # recommended value of every setting as a function of the connection count.
 # Sourced, never executed. Bash >= 4.
+# (SC2034 is off: the globals here are used by the scripts that source this file.)
 
 # Sysctl root: /proc/sys, or a fake tree for tests (files named like /proc/sys entries).
 SYSCTL_ROOT="${CORELAY_SYSCTL_ROOT:-/proc/sys}"
@@ -62,6 +63,15 @@ sysctl_read() {
     echo "$*"
 }
 
+# sysctl_get KEY: like sysctl_read, but without a subshell so the reason survives: sets the
+# caller's `cur` to the value and returns 0, or sets READ_ERR and returns 1.
+sysctl_get() {
+    local _v
+    if _v=$(sysctl_read "$1"); then cur=$_v; return 0; fi
+    sysctl_read "$1" >/dev/null || true   # again, in this shell, to keep READ_ERR
+    return 1
+}
+
 page_size() { getconf PAGESIZE 2>/dev/null || echo 4096; }
 
 # ceil_div A B
@@ -119,13 +129,13 @@ APPLY_KEYS=(
 
 # raise_value CURRENT RECOMMENDED: element-wise max (values are space-separated integer lists).
 raise_value() {
-    local -a cur rec out=()
-    read -r -a cur <<<"$1"
-    read -r -a rec <<<"$2"
+    local -a have want out=()
+    read -r -a have <<<"$1"
+    read -r -a want <<<"$2"
     local i
-    for i in "${!rec[@]}"; do
-        local c=${cur[$i]:-0}
-        if is_uint "$c" && (( c >= rec[i] )); then out+=("$c"); else out+=("${rec[$i]}"); fi
+    for i in "${!want[@]}"; do
+        local c=${have[$i]:-0}
+        if is_uint "$c" && (( c >= want[i] )); then out+=("$c"); else out+=("${want[$i]}"); fi
     done
     echo "${out[*]}"
 }
