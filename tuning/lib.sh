@@ -148,3 +148,25 @@ below() {
 human_bytes() { # 1234567890 -> 1.1 GiB
     awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u, " "); i = 1; while (b >= 1024 && i < 5) { b /= 1024; i++ } printf (i == 1 ? "%d %s" : "%.1f %s"), b, u[i] }'
 }
+
+# nic_queue_irqs IFACE: prints "IRQ NAME" for each queue interrupt of a NIC, from /proc/interrupts.
+# virtio-net: the virtioN-input.K/-output.K vectors; PCI NICs: the device's msi_irqs minus
+# config/admin vectors; otherwise lines naming the interface (eth0-TxRx-3, mlx5_comp2@pci...).
+nic_queue_irqs() {
+    local ifc=$1 dev base irqs=""
+    dev=$(readlink -f "/sys/class/net/$ifc/device" 2>/dev/null) || return 0
+    base=${dev##*/}
+    if [[ "$base" =~ ^virtio[0-9]+$ ]]; then
+        awk -v p="$base" '$NF ~ "^" p "-(input|output)\\." { sub(":", "", $1); print $1, $NF }' /proc/interrupts
+        return 0
+    fi
+    if [[ -d "$dev/msi_irqs" ]]; then
+        irqs=$(find "$dev/msi_irqs" -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null)
+    fi
+    awk -v ifc="$ifc" -v irqs=" $irqs" '
+        { n = $1; sub(":", "", n) }
+        n !~ /^[0-9]+$/ { next }
+        $NF ~ /(config|async|ctrl|misc|event|fw|lsc)/ { next }
+        (irqs != " " && index(irqs, " " n " ")) || index($NF, ifc) { print n, $NF }
+    ' /proc/interrupts
+}
