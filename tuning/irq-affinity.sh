@@ -61,14 +61,14 @@ expand_cpus() {
 # cpus_to_mask "0 1 35" -> hex mask in the kernel's comma-separated 32-bit groups
 cpus_to_mask() {
     local -a words=()
-    local c max=0 i out=""
+    local c max=0 i mask=""
     for c in $1; do (( c > max )) && max=$c; done
     for (( i = 0; i <= max / 32; i++ )); do words[i]=0; done
     for c in $1; do words[c / 32]=$(( words[c / 32] | (1 << (c % 32)) )); done
     for (( i = max / 32; i >= 0; i-- )); do
-        if [[ -z "$out" ]]; then out=$(printf '%x' "${words[i]}"); else out+=$(printf ',%08x' "${words[i]}"); fi
+        if [[ -z "$mask" ]]; then mask=$(printf "%x" "${words[i]}"); else mask+=$(printf ",%08x" "${words[i]}"); fi
     done
-    echo "$out"
+    echo "$mask"
 }
 
 if [[ ! -e "/sys/class/net/$IFACE/device" ]]; then
