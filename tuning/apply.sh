@@ -165,6 +165,8 @@ persist_sysctl_content() {
     printf '# Raise-only: each value is max(value at install time, recommendation). See docs/tuning.md.\n'
     for key in "${APPLY_KEYS[@]}"; do
         [[ -n "${EFFECTIVE[$key]:-}" ]] || continue
+        # '-': sysctl --system skips keys the kernel lacks at boot (nf_conntrack not loaded yet)
+        if [[ "$key" == net.netfilter.* ]]; then printf -- '-'; fi
         printf '%s = %s\n' "$key" "${EFFECTIVE[$key]}"
     done
 }

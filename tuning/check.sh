@@ -255,7 +255,7 @@ else
     ncpu=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
     for nic in "${nics[@]}"; do
         rxq=$(find "/sys/class/net/$nic/queues" -maxdepth 1 -name 'rx-*' 2>/dev/null | wc -l)
-        irqs=$(grep -cE "(^|[[:space:]-])${nic}([-_:.]|$)|virtio[0-9]+-(input|output)" /proc/interrupts 2>/dev/null || true)
+        irqs=$(nic_queue_irqs "$nic" | wc -l)
         if (( rxq >= ncpu )); then st=OK; why="as many queues as cores: spread IRQs one per core (irq-affinity.sh)"
         elif (( ncpu > 1 )); then st=WARN; why="fewer queues than cores: RPS/XPS spreads protocol work (tuning/irq-affinity.sh $nic)"
         else st=OK; why="single core"; fi
