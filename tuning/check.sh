@@ -204,7 +204,7 @@ row "memory ($mem_src)" "$(human_bytes "$mem_total")" ">= $(human_bytes $(( busy
 if sysctl_get net.netfilter.nf_conntrack_max; then
     if (( cur < N )); then st=FAIL; why="table full -> 'nf_conntrack: table full, dropping packet'; raise, or bypass with raw-table NOTRACK (CT --notrack) on the gateway ports"
     elif below net.netfilter.nf_conntrack_max "$cur"; then st=WARN; why="N entries + TIME_WAIT/closing ones; or bypass with raw-table NOTRACK on the gateway ports"
-    else st=OK; why="one entry (~320 B) per tracked connection; NOTRACK in the raw table avoids it entirely"; fi
+    else st=OK; why="one entry (~256 B slab + hash bucket) per tracked connection; NOTRACK in the raw table avoids it entirely"; fi
     row net.netfilter.nf_conntrack_max "$cur" ">= ${REC[net.netfilter.nf_conntrack_max]}" "$st" "$why"
 else
     row net.netfilter.nf_conntrack_max n/a "${REC[net.netfilter.nf_conntrack_max]} if loaded" N/A "$READ_ERR: fine, no per-connection conntrack cost (if loaded later: size it or NOTRACK the gateway ports)"
@@ -225,7 +225,7 @@ else
     row net.ipv4.tcp_fin_timeout n/a "<= 30" N/A "$READ_ERR"
 fi
 num_row net.ipv4.tcp_max_tw_buckets 0 \
-    "a drain/restart closing N conns server-side leaves N TIME_WAIT sockets (~200 B each) for 60 s; overflow skips TIME_WAIT"
+    "a drain/restart closing N conns server-side leaves N TIME_WAIT sockets (~256 B each) for 60 s; overflow skips TIME_WAIT"
 if sysctl_get net.ipv4.tcp_keepalive_time; then
     (( cur > 900 )) && st=WARN || st=OK
     row net.ipv4.tcp_keepalive_time "$cur" "<= ${REC[net.ipv4.tcp_keepalive_time]}" "$st" \
