@@ -98,7 +98,12 @@ fn norm(s: &str) -> String {
 /// Reads KEYS under BASE; missing/unreadable entries are recorded as None.
 fn snapshot(base: &Path, keys: &[&str]) -> BTreeMap<String, Option<String>> {
     keys.iter()
-        .map(|k| (k.to_string(), fs::read_to_string(key_path(base, k)).ok().map(|v| norm(&v))))
+        .map(|k| {
+            (
+                k.to_string(),
+                fs::read_to_string(key_path(base, k)).ok().map(|v| norm(&v)),
+            )
+        })
         .collect()
 }
 
@@ -175,9 +180,21 @@ fn parse_check(out: &str) -> BTreeMap<String, (String, String, String)> {
         .lines()
         .find(|l| l.starts_with("SETTING "))
         .expect("header line SETTING CURRENT RECOMMENDED STATUS WHY");
-    let col = |name: &str| header.find(name).unwrap_or_else(|| panic!("column {name} in header"));
-    let (c_cur, c_rec, c_st, c_why) = (col("CURRENT"), col("RECOMMENDED"), col("STATUS"), col("WHY"));
-    assert!(c_cur < c_rec && c_rec < c_st && c_st < c_why, "column order: {header}");
+    let col = |name: &str| {
+        header
+            .find(name)
+            .unwrap_or_else(|| panic!("column {name} in header"))
+    };
+    let (c_cur, c_rec, c_st, c_why) = (
+        col("CURRENT"),
+        col("RECOMMENDED"),
+        col("STATUS"),
+        col("WHY"),
+    );
+    assert!(
+        c_cur < c_rec && c_rec < c_st && c_st < c_why,
+        "column order: {header}"
+    );
     let mut rows = BTreeMap::new();
     let mut in_table = false;
     for line in out.lines() {
@@ -202,7 +219,10 @@ fn parse_check(out: &str) -> BTreeMap<String, (String, String, String)> {
         let rec = line[c_rec.min(st.0)..st.0].trim().to_string();
         let why = line[st.0 + st.1.len() + 2..].trim();
         assert!(!why.is_empty(), "row without a why: {line}");
-        assert!(!cur.is_empty() && !rec.is_empty(), "row without current/recommended: {line}");
+        assert!(
+            !cur.is_empty() && !rec.is_empty(),
+            "row without current/recommended: {line}"
+        );
         rows.insert(name, (cur, rec, st.1.to_string()));
     }
     rows
@@ -216,10 +236,17 @@ fn check_lists_every_setting_with_current_and_recommended() {
     let text = stdout(&out);
     let rows = parse_check(&text);
     for want in CHECK_NAMES {
-        assert!(rows.keys().any(|k| k.starts_with(want)), "check.sh does not list {want}");
+        assert!(
+            rows.keys().any(|k| k.starts_with(want)),
+            "check.sh does not list {want}"
+        );
     }
     let fails = rows.values().filter(|r| r.2 == "FAIL").count();
-    assert_eq!(code == 1, fails > 0, "exit code {code} vs {fails} FAIL rows");
+    assert_eq!(
+        code == 1,
+        fails > 0,
+        "exit code {code} vs {fails} FAIL rows"
+    );
     // Missing/unreadable entries say n/a with a reason rather than failing the run.
     for (name, (cur, _, st)) in &rows {
         if cur == "n/a" {
@@ -232,8 +259,16 @@ fn check_lists_every_setting_with_current_and_recommended() {
     let j = stdout(&json);
     assert!(j.trim_start().starts_with('{') && j.trim_end().ends_with('}'));
     assert!(j.contains("\"checks\"") && j.contains("\"recommended\"") && j.contains("\"current\""));
-    for want in ["fs.file-max", "net.ipv4.tcp_mem", "transparent_hugepage", "cpu governor"] {
-        assert!(j.contains(&format!("\"name\": \"{want}")), "json lacks {want}");
+    for want in [
+        "fs.file-max",
+        "net.ipv4.tcp_mem",
+        "transparent_hugepage",
+        "cpu governor",
+    ] {
+        assert!(
+            j.contains(&format!("\"name\": \"{want}")),
+            "json lacks {want}"
+        );
     }
 }
 
@@ -246,7 +281,10 @@ fn check_math_scales_with_connections_and_handles_missing_entries() {
     let one = run("check.sh", &["--connections", "1000000"], &env);
     let r1 = parse_check(&stdout(&one));
     // 100000 < 1M x 1.1 + 64k: FAIL, and the exit code says so.
-    assert_eq!(r1["fs.file-max"], ("100000".into(), ">= 1165536".into(), "FAIL".into()));
+    assert_eq!(
+        r1["fs.file-max"],
+        ("100000".into(), ">= 1165536".into(), "FAIL".into())
+    );
     assert_eq!(one.status.code(), Some(1));
     assert_eq!(r1["net.core.somaxconn"].0, "128");
     assert_eq!(r1["net.ipv4.tcp_mem"].1, ">= 750000 1000000 1500000");
@@ -261,11 +299,18 @@ fn check_math_scales_with_connections_and_handles_missing_entries() {
     assert_eq!(r3["net.netfilter.nf_conntrack_max"].1, ">= 3815536");
 
     // 3M over 4 processes: each needs 750k + headroom fds, so nr_open 1048576 is enough.
-    let four = run("check.sh", &["--connections", "3000000", "--processes", "4"], &env);
+    let four = run(
+        "check.sh",
+        &["--connections", "3000000", "--processes", "4"],
+        &env,
+    );
     let r4 = parse_check(&stdout(&four));
     assert_eq!(r4["fs.nr_open"].2, "OK");
     let single = &r3["fs.nr_open"];
-    assert_eq!(single.2, "FAIL", "3M fds in one process cannot fit nr_open 1048576");
+    assert_eq!(
+        single.2, "FAIL",
+        "3M fds in one process cannot fit nr_open 1048576"
+    );
 
     let bad = run("check.sh", &["--connections", "abc"], &env);
     assert_eq!(bad.status.code(), Some(2));
@@ -278,7 +323,9 @@ fn assert_apply_line_format(line: &str) {
         let (old, new) = change.split_once(" -> ").expect("OLD -> NEW");
         !key.contains(' ') && !old.is_empty() && !new.is_empty()
     } else {
-        ["keep ", "skip ", "note ", "dry run: ", "would write "].iter().any(|p| line.starts_with(p))
+        ["keep ", "skip ", "note ", "dry run: ", "would write "]
+            .iter()
+            .any(|p| line.starts_with(p))
     };
     assert!(ok, "unexpected apply.sh line: {line:?}");
 }
@@ -295,11 +342,16 @@ fn apply_dry_run_changes_nothing_on_this_host() {
     for line in text.lines() {
         assert_apply_line_format(line);
     }
-    assert!(text.lines().any(|l| l.starts_with("dry run: ") && l.ends_with("nothing changed")));
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("dry run: ") && l.ends_with("nothing changed")));
     // Every planned change is a real raise of a value that is readable now.
     for line in text.lines().filter(|l| l.starts_with("would set ")) {
         let key = line["would set ".len()..].split(':').next().unwrap();
-        assert!(before.get(key).map(|v| v.is_some()).unwrap_or(false), "planned {key} unreadable");
+        assert!(
+            before.get(key).map(|v| v.is_some()).unwrap_or(false),
+            "planned {key} unreadable"
+        );
     }
 }
 
@@ -310,7 +362,10 @@ fn apply_dry_run_on_fake_root_prints_exact_plan_and_writes_nothing() {
     let etc = tmp.path().join("etc");
     fake_sysctl_root(&sys);
     let before = snapshot(&sys, APPLY_KEYS);
-    let env = [("CORELAY_SYSCTL_ROOT", sys.as_path()), ("CORELAY_ETC_DIR", etc.as_path())];
+    let env = [
+        ("CORELAY_SYSCTL_ROOT", sys.as_path()),
+        ("CORELAY_ETC_DIR", etc.as_path()),
+    ];
     let out = run("apply.sh", &["--dry-run", "--persist"], &env);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
@@ -322,7 +377,10 @@ fn apply_dry_run_on_fake_root_prints_exact_plan_and_writes_nothing() {
         "would set net.ipv4.tcp_syncookies: 0 -> 1",
         "keep net.ipv4.tcp_max_tw_buckets: 99999999 (recommended 1000000)",
     ] {
-        assert!(text.lines().any(|l| l == want), "missing plan line {want:?}");
+        assert!(
+            text.lines().any(|l| l == want),
+            "missing plan line {want:?}"
+        );
     }
     assert_eq!(before, snapshot(&sys, APPLY_KEYS));
     assert!(!etc.exists(), "--dry-run --persist wrote files");
@@ -336,10 +394,17 @@ fn apply_fake_root_raises_writes_revert_is_idempotent_and_reverts() {
     let orig = fake_sysctl_root(&sys);
     let original = snapshot(&sys, APPLY_KEYS);
     let revert = tmp.path().join("revert.conf");
-    let env = [("CORELAY_SYSCTL_ROOT", sys.as_path()), ("CORELAY_ETC_DIR", etc.as_path())];
+    let env = [
+        ("CORELAY_SYSCTL_ROOT", sys.as_path()),
+        ("CORELAY_ETC_DIR", etc.as_path()),
+    ];
     let rf = revert.to_str().unwrap();
 
-    let out = run("apply.sh", &["--connections", "1000000", "--revert-file", rf, "--persist"], &env);
+    let out = run(
+        "apply.sh",
+        &["--connections", "1000000", "--revert-file", rf, "--persist"],
+        &env,
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(read_key(&sys, "net.core.somaxconn"), "65535");
     assert_eq!(read_key(&sys, "net.ipv4.tcp_max_syn_backlog"), "65535");
@@ -352,8 +417,13 @@ fn apply_fake_root_raises_writes_revert_is_idempotent_and_reverts() {
     // Never lowered; check-only settings untouched.
     assert_eq!(read_key(&sys, "net.ipv4.tcp_max_tw_buckets"), "99999999");
     assert_eq!(read_key(&sys, "fs.nr_open"), "1048576");
-    assert_eq!(read_key(&sys, "net.ipv4.tcp_rmem"), norm(orig["net.ipv4.tcp_rmem"]));
-    assert!(stdout(&out).lines().any(|l| l == "set net.core.somaxconn: 128 -> 65535"));
+    assert_eq!(
+        read_key(&sys, "net.ipv4.tcp_rmem"),
+        norm(orig["net.ipv4.tcp_rmem"])
+    );
+    assert!(stdout(&out)
+        .lines()
+        .any(|l| l == "set net.core.somaxconn: 128 -> 65535"));
 
     // The revert file holds the previous values in sysctl.conf format.
     let rev = fs::read_to_string(&revert).expect("revert file written");
@@ -363,14 +433,22 @@ fn apply_fake_root_raises_writes_revert_is_idempotent_and_reverts() {
         "net.ipv4.tcp_mem = 10 20 30",
         "net.ipv4.tcp_syncookies = 0",
     ] {
-        assert!(rev.lines().any(|l| l == line), "revert file lacks {line:?}:\n{rev}");
+        assert!(
+            rev.lines().any(|l| l == line),
+            "revert file lacks {line:?}:\n{rev}"
+        );
     }
-    assert!(!rev.contains("tcp_max_tw_buckets"), "unchanged keys need no revert entry");
+    assert!(
+        !rev.contains("tcp_max_tw_buckets"),
+        "unchanged keys need no revert entry"
+    );
     let sysctl_d = etc.join("sysctl.d/90-corelay.conf");
     let limits_d = etc.join("security/limits.d/90-corelay.conf");
     let persisted = fs::read_to_string(&sysctl_d).expect("--persist sysctl.d file");
     assert!(persisted.lines().any(|l| l == "net.core.somaxconn = 65535"));
-    assert!(persisted.lines().any(|l| l == "net.ipv4.tcp_max_tw_buckets = 99999999"));
+    assert!(persisted
+        .lines()
+        .any(|l| l == "net.ipv4.tcp_max_tw_buckets = 99999999"));
     let limits = fs::read_to_string(&limits_d).expect("--persist limits.d file");
     assert!(limits.contains("nofile  1048576") && limits.contains("memlock unlimited"));
 
@@ -393,12 +471,17 @@ fn apply_fake_root_raises_writes_revert_is_idempotent_and_reverts() {
     // --revert --dry-run changes nothing; --revert restores the originals and removes persist files.
     let dry = run("apply.sh", &["--revert", rf, "--dry-run"], &env);
     assert_eq!(dry.status.code(), Some(0));
-    assert!(stdout(&dry).lines().any(|l| l == "would restore net.core.somaxconn: 65535 -> 128"));
+    assert!(stdout(&dry)
+        .lines()
+        .any(|l| l == "would restore net.core.somaxconn: 65535 -> 128"));
     assert_eq!(raised, snapshot(&sys, APPLY_KEYS));
     let back = run("apply.sh", &["--revert", rf], &env);
     assert_eq!(back.status.code(), Some(0));
     assert_eq!(original, snapshot(&sys, APPLY_KEYS));
-    assert!(!sysctl_d.exists() && !limits_d.exists(), "revert removes the persist files");
+    assert!(
+        !sysctl_d.exists() && !limits_d.exists(),
+        "revert removes the persist files"
+    );
 }
 
 #[test]
@@ -419,7 +502,10 @@ fn apply_in_new_user_and_network_namespace() {
             return;
         }
     }
-    let outer_ns = fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+    let outer_ns = fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let outer_somax = fs::read_to_string("/proc/sys/net/core/somaxconn").ok();
     let tmp = TempDir::new("netns");
     let rev = tmp.path().join("ns-revert.conf");
@@ -448,7 +534,10 @@ echo "reverted=$(cat $k)"
         .expect("unshare");
     let text = stdout(&out);
     eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!text.contains("SAME_NETNS"), "unshare -n did not give a new network namespace");
+    assert!(
+        !text.contains("SAME_NETNS"),
+        "unshare -n did not give a new network namespace"
+    );
     if text.contains("apply_rc=") && String::from_utf8_lossy(&out.stderr).contains("cannot write") {
         println!("SKIP apply_in_new_user_and_network_namespace: namespace root may not write net.core.somaxconn here");
         return;
@@ -462,12 +551,23 @@ echo "reverted=$(cat $k)"
     };
     let before: u64 = get("before").parse().unwrap();
     let after: u64 = get("after").parse().unwrap();
-    assert_eq!(after, before.max(65535), "somaxconn raised inside the namespace");
+    assert_eq!(
+        after,
+        before.max(65535),
+        "somaxconn raised inside the namespace"
+    );
     assert!(get("syn_after").parse::<u64>().unwrap() >= 65535);
     assert_eq!(get("idempotent"), "yes");
-    assert_eq!(get("reverted").parse::<u64>().unwrap(), before, "--revert restored somaxconn");
+    assert_eq!(
+        get("reverted").parse::<u64>().unwrap(),
+        before,
+        "--revert restored somaxconn"
+    );
     // And the host's own namespace never saw any of it.
-    assert_eq!(fs::read_to_string("/proc/sys/net/core/somaxconn").ok(), outer_somax);
+    assert_eq!(
+        fs::read_to_string("/proc/sys/net/core/somaxconn").ok(),
+        outer_somax
+    );
 }
 
 #[test]
@@ -475,7 +575,11 @@ fn irq_affinity_is_a_safe_noop_on_loopback() {
     let out = run("irq-affinity.sh", &["--dry-run", "lo"], &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("nothing to do"));
-    let missing = run("irq-affinity.sh", &["--dry-run", "corelay-no-such-if0"], &[]);
+    let missing = run(
+        "irq-affinity.sh",
+        &["--dry-run", "corelay-no-such-if0"],
+        &[],
+    );
     assert_eq!(missing.status.code(), Some(2));
     // Physical NICs: the dry-run plan only uses the documented line formats and writes nothing.
     if let Ok(rd) = fs::read_dir("/sys/class/net") {
@@ -488,9 +592,15 @@ fn irq_affinity_is_a_safe_noop_on_loopback() {
             assert_eq!(o.status.code(), Some(0));
             for l in stdout(&o).lines() {
                 assert!(
-                    ["would set ", "keep ", "skip ", "dry run: ", &format!("{name}: ")]
-                        .iter()
-                        .any(|p| l.starts_with(p)),
+                    [
+                        "would set ",
+                        "keep ",
+                        "skip ",
+                        "dry run: ",
+                        &format!("{name}: ")
+                    ]
+                    .iter()
+                    .any(|p| l.starts_with(p)),
                     "unexpected irq-affinity line {l:?}"
                 );
             }
@@ -515,7 +625,10 @@ fn units_and_config_files_carry_the_required_settings() {
         "RuntimeDirectory=corelay",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
     ] {
-        assert!(unit.lines().any(|l| l.starts_with(want)), "corelay.service lacks {want}");
+        assert!(
+            unit.lines().any(|l| l.starts_with(want)),
+            "corelay.service lacks {want}"
+        );
     }
     let tmpl = fs::read_to_string(script("corelay@.service")).unwrap();
     assert!(tmpl.contains("--config /etc/corelay/%i.toml"));
@@ -524,8 +637,14 @@ fn units_and_config_files_carry_the_required_settings() {
     let tmp = TempDir::new("sysctlconf");
     let sys = tmp.path().join("sys");
     let conf = fs::read_to_string(script("sysctl.conf")).unwrap();
-    for line in conf.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("bad sysctl.conf line {line}"));
+    for line in conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad sysctl.conf line {line}"));
         let p = key_path(&sys, k.trim().trim_start_matches('-'));
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, format!("{}\n", v.trim())).unwrap();
@@ -533,8 +652,15 @@ fn units_and_config_files_carry_the_required_settings() {
     for k in APPLY_KEYS {
         assert!(key_path(&sys, k).exists(), "sysctl.conf lacks {k}");
     }
-    let out = run("apply.sh", &["--dry-run"], &[("CORELAY_SYSCTL_ROOT", sys.as_path())]);
-    assert!(!stdout(&out).contains("would set"), "tuning/sysctl.conf is below the 1M recommendation");
+    let out = run(
+        "apply.sh",
+        &["--dry-run"],
+        &[("CORELAY_SYSCTL_ROOT", sys.as_path())],
+    );
+    assert!(
+        !stdout(&out).contains("would set"),
+        "tuning/sysctl.conf is below the 1M recommendation"
+    );
     let limits = fs::read_to_string(script("limits.conf")).unwrap();
     assert!(limits.contains("nofile") && limits.contains("memlock"));
 }
@@ -557,7 +683,12 @@ fn shell_scripts_are_shellcheck_clean() {
         .collect();
     scripts.sort();
     assert!(scripts.len() >= 4, "{scripts:?}");
-    let out = Command::new("shellcheck").arg("-x").args(&scripts).current_dir(root()).output().unwrap();
+    let out = Command::new("shellcheck")
+        .arg("-x")
+        .args(&scripts)
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "shellcheck:\n{}{}",
