@@ -235,7 +235,7 @@ else
 fi
 
 # --- CPU / IRQ --------------------------------------------------------------------------------
-if pgrep -x irqbalance >/dev/null 2>&1; then
+if proc_running irqbalance; then
     row irqbalance running "pinned by irq-affinity.sh, or irqbalance with banned CPUs" WARN \
         "irqbalance moves NIC IRQs onto shard cores and undoes tuning/irq-affinity.sh; stop it or use IRQBALANCE_BANNED_CPUS"
 else
@@ -254,7 +254,7 @@ if (( ${#nics[@]} == 0 )); then
 else
     ncpu=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
     for nic in "${nics[@]}"; do
-        rxq=$(find "/sys/class/net/$nic/queues" -maxdepth 1 -name 'rx-*' 2>/dev/null | wc -l)
+        rxq=$(find "/sys/class/net/$nic/queues" -maxdepth 1 -name 'rx-*' 2>/dev/null | wc -l || true)
         irqs=$(nic_queue_irqs "$nic" | wc -l)
         if (( rxq >= ncpu )); then st=OK; why="as many queues as cores: spread IRQs one per core (irq-affinity.sh)"
         elif (( ncpu > 1 )); then st=WARN; why="fewer queues than cores: RPS/XPS spreads protocol work (tuning/irq-affinity.sh $nic)"

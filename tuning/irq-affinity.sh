@@ -80,7 +80,7 @@ online=$(cat /sys/devices/system/cpu/online 2>/dev/null || echo 0)
 read -r -a CPUS <<<"$(expand_cpus "${CPULIST:-$online}")"
 ncpu=${#CPUS[@]}
 
-if pgrep -x irqbalance >/dev/null 2>&1; then
+if proc_running irqbalance; then
     echo "warning: irqbalance is running and will move these IRQs again; stop it or set IRQBALANCE_BANNED_CPUS" >&2
 fi
 if (( ! DRY )) && (( EUID != 0 )); then

@@ -157,7 +157,7 @@ nic_queue_irqs() {
     dev=$(readlink -f "/sys/class/net/$ifc/device" 2>/dev/null) || return 0
     base=${dev##*/}
     if [[ "$base" =~ ^virtio[0-9]+$ ]]; then
-        awk -v p="$base" '$NF ~ "^" p "-(input|output)\\." { sub(":", "", $1); print $1, $NF }' /proc/interrupts
+        awk -v p="$base" '$NF ~ "^" p "-(input|output)\\." { sub(":", "", $1); print $1, $NF }' /proc/interrupts 2>/dev/null || true
         return 0
     fi
     if [[ -d "$dev/msi_irqs" ]]; then
@@ -168,5 +168,16 @@ nic_queue_irqs() {
         n !~ /^[0-9]+$/ { next }
         $NF ~ /(config|async|ctrl|misc|event|fw|lsc)/ { next }
         (irqs != " " && index(irqs, " " n " ")) || index($NF, ifc) { print n, $NF }
-    ' /proc/interrupts
+    ' /proc/interrupts 2>/dev/null || true
+}
+
+# proc_running NAME: is a process with this comm running? (no procps needed: minimal containers)
+proc_running() {
+    local c name
+    for c in /proc/[0-9]*/comm; do
+        name=""
+        { read -r name < "$c"; } 2>/dev/null || true
+        [[ "$name" == "$1" ]] && return 0
+    done
+    return 1
 }
