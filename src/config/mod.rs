@@ -132,7 +132,8 @@ pub struct LimitsConfig {
     pub max_frame_bytes: u64,
     /// Largest reassembled WebSocket message (close 1009 above it).
     pub max_message_bytes: u64,
-    /// Outbound bytes queued for one connection before it is closed as a slow consumer (1008).
+    /// Unsent bytes a connection may have waiting when another message is queued to it;
+    /// past this it is closed as a slow consumer (1008) and its queue is freed.
     pub max_outbound_bytes: usize,
     /// Per-shard read buffer size in bytes (shared by all connections of the shard).
     pub read_buffer_bytes: usize,

@@ -414,8 +414,9 @@ impl ShardIo {
         if conn.state != ConnState::Open {
             return Err(SendError::NotOpen);
         }
-        let queued = conn.tx_queued();
-        if queued + payload.len() > self.settings.max_outbound {
+        // The bound is on the backlog already waiting when another message comes: one large
+        // message to a client that keeps up is fine, a client that stops reading is not.
+        if conn.tx_queued() > self.settings.max_outbound {
             self.metrics.slow_consumer_closes += 1;
             self.close_slow(id);
             return Err(SendError::SlowConsumer);
@@ -592,7 +593,8 @@ impl ShardIo {
                 }
             }
             if self.conns.get(id).is_some_and(|c| {
-                c.state == ConnState::Open && c.tx_queued() > self.settings.max_outbound
+                c.state == ConnState::Open
+                    && c.tx_queued() > self.settings.max_outbound + data.len()
             }) {
                 self.metrics.slow_consumer_closes += 1;
                 self.close_slow(id);
