@@ -767,7 +767,8 @@ pub enum VideoHeaderSpec {
         /// Composition time offset (24-bit signed).
         composition_time: i32,
     },
-    /// Enhanced-RTMP `ExVideoTagHeader`: 5 bytes, plus 3 for AVC/HEVC `CodedFrames`.
+    /// Enhanced-RTMP `ExVideoTagHeader`: 5 bytes, plus 3 for AVC/HEVC `CodedFrames`
+    /// (command frames other than metadata are rejected).
     Ex {
         /// Frame type (0–7).
         frame_type: VideoFrameType,
@@ -819,6 +820,12 @@ pub fn write_video_header(out: &mut [u8], spec: &VideoHeaderSpec) -> Result<usiz
             if ft > 7 || packet_type > 5 {
                 return Err(FlvError::OutOfRange(
                     "ex frame type above 7 or packet type above 5",
+                ));
+            }
+            if frame_type == VideoFrameType::Command && packet_type != EX_METADATA {
+                // A command frame carries a command byte instead of a FourCC.
+                return Err(FlvError::OutOfRange(
+                    "ex command frames are not written here",
                 ));
             }
             let codec = VideoCodec::FourCc(fourcc);

@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 BITEXACT=(-fflags +bitexact -flags:v +bitexact -flags:a +bitexact -map_metadata -1)
-SRC=(-f lavfi -i "testsrc=size=160x120:rate=25:duration=2" -f lavfi -i "sine=frequency=440:sample_rate=44100:duration=2")
+SRC=(-f lavfi -i "testsrc=size=160x120:rate=25:duration=3" -f lavfi -i "sine=frequency=440:sample_rate=44100:duration=3")
 ENC=(-c:v libx264 -preset veryfast -tune zerolatency -g 25 -keyint_min 25 -sc_threshold 0 -pix_fmt yuv420p -b:v 150k
      -c:a aac -b:a 32k -ac 1)
 
-# FLV: H.264 + AAC, GOP of 25 frames (2 s -> 2 keyframes ... plus the first).
+# FLV: H.264 + AAC, GOP of 25 frames: 3 s at 25 fps -> keyframes at frames 0, 25, 50.
 ffmpeg -hide_banner -loglevel error -y "${SRC[@]}" "${ENC[@]}" "${BITEXACT[@]}" -f flv sample.flv
 # MPEG-TS: same content, PIDs 0x100 (video) / 0x101 (audio), PMT 0x1000.
 ffmpeg -hide_banner -loglevel error -y "${SRC[@]}" "${ENC[@]}" "${BITEXACT[@]}" \
