@@ -207,7 +207,7 @@ fn rtp_and_rfc4571_do_not_allocate() {
         };
         let n = w.write(&mut writebuf).unwrap();
         let p = rtp::RtpPacket::parse(&writebuf[..n]).unwrap();
-        ext_els = p
+        let ext_els = p
             .extension()
             .unwrap()
             .elements()
