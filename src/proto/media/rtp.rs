@@ -84,6 +84,7 @@ pub struct RtpPacket<'a> {
 }
 
 /// Validates the header of `buf`; returns (ext_at, payload_start, payload_end).
+#[inline]
 fn layout(buf: &[u8]) -> Result<(Option<usize>, usize, usize), RtpError> {
     let have = buf.len();
     if have < RTP_FIXED_HEADER_LEN {
@@ -127,6 +128,7 @@ fn layout(buf: &[u8]) -> Result<(Option<usize>, usize, usize), RtpError> {
 
 impl<'a> RtpPacket<'a> {
     /// Parses and validates an RTP packet (the whole datagram/frame).
+    #[inline]
     pub fn parse(buf: &'a [u8]) -> Result<Self, RtpError> {
         let (ext_at, payload_start, payload_end) = layout(buf)?;
         Ok(Self {
@@ -138,46 +140,57 @@ impl<'a> RtpPacket<'a> {
     }
 
     /// The whole packet.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.buf
     }
     /// Version field (always 2 for a parsed packet).
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buf[0] >> 6
     }
     /// P bit.
+    #[inline]
     pub fn has_padding(&self) -> bool {
         self.buf[0] & 0x20 != 0
     }
     /// X bit.
+    #[inline]
     pub fn has_extension(&self) -> bool {
         self.ext_at.is_some()
     }
     /// M bit.
+    #[inline]
     pub fn marker(&self) -> bool {
         self.buf[1] & 0x80 != 0
     }
     /// Payload type (7 bits).
+    #[inline]
     pub fn payload_type(&self) -> u8 {
         self.buf[1] & 0x7F
     }
     /// Sequence number.
+    #[inline]
     pub fn sequence(&self) -> u16 {
         be16(self.buf, 2)
     }
     /// Media timestamp.
+    #[inline]
     pub fn timestamp(&self) -> u32 {
         be32(self.buf, 4)
     }
     /// Synchronization source.
+    #[inline]
     pub fn ssrc(&self) -> u32 {
         be32(self.buf, 8)
     }
     /// Number of CSRCs (CC field).
+    #[inline]
     pub fn csrc_count(&self) -> u8 {
         self.buf[0] & 0x0F
     }
     /// The CSRC identifiers.
+    #[inline]
     pub fn csrcs(&self) -> Csrcs<'a> {
         let end = RTP_FIXED_HEADER_LEN + 4 * usize::from(self.csrc_count());
         Csrcs {
@@ -185,6 +198,7 @@ impl<'a> RtpPacket<'a> {
         }
     }
     /// The header extension block, if the X bit is set.
+    #[inline]
     pub fn extension(&self) -> Option<Extension<'a>> {
         let at = self.ext_at?;
         let profile = be16(self.buf, at);
@@ -192,16 +206,19 @@ impl<'a> RtpPacket<'a> {
         Some(Extension { profile, data })
     }
     /// Length of the header (fixed part + CSRCs + extension).
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.payload_start
     }
     /// The payload, without padding.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         self.buf
             .get(self.payload_start..self.payload_end)
             .unwrap_or(&[])
     }
     /// Number of padding bytes (including the count byte), 0 if P is clear.
+    #[inline]
     pub fn padding_len(&self) -> usize {
         self.buf.len() - self.payload_end
     }
@@ -368,22 +385,27 @@ impl<'a> RtpPacketMut<'a> {
         }
     }
     /// Overwrites the SSRC.
+    #[inline]
     pub fn set_ssrc(&mut self, ssrc: u32) {
         self.buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
     }
     /// Overwrites the sequence number.
+    #[inline]
     pub fn set_sequence(&mut self, seq: u16) {
         self.buf[2..4].copy_from_slice(&seq.to_be_bytes());
     }
     /// Overwrites the timestamp.
+    #[inline]
     pub fn set_timestamp(&mut self, ts: u32) {
         self.buf[4..8].copy_from_slice(&ts.to_be_bytes());
     }
     /// Overwrites the marker bit.
+    #[inline]
     pub fn set_marker(&mut self, marker: bool) {
         self.buf[1] = (self.buf[1] & 0x7F) | (u8::from(marker) << 7);
     }
     /// Overwrites the payload type (only the low 7 bits of `pt` are used).
+    #[inline]
     pub fn set_payload_type(&mut self, pt: u8) {
         self.buf[1] = (self.buf[1] & 0x80) | (pt & 0x7F);
     }

@@ -69,6 +69,7 @@ impl Pcr {
     pub fn to_27mhz(self) -> u64 {
         self.base * 300 + u64::from(self.extension)
     }
+    #[inline]
     fn parse(b: &[u8]) -> Option<Self> {
         let b = b.get(..6)?;
         let base = (u64::from(b[0]) << 25)
@@ -109,8 +110,24 @@ pub struct AdaptationField<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Bytes the adaptation field needs after its length byte, given its flags byte.
+#[inline]
+fn af_required(af: &[u8]) -> usize {
+    match af.first() {
+        None => 0,
+        Some(&f) => {
+            1 + 6 * usize::from((f >> 4) & 1)
+                + 6 * usize::from((f >> 3) & 1)
+                + usize::from((f >> 2) & 1)
+        }
+    }
+}
+
 impl<'a> AdaptationField<'a> {
-    fn parse(b: &'a [u8]) -> Result<Self, TsError> {
+    /// Builds the view; `b` must be at least [`af_required`] long (checked by `TsPacket::parse`),
+    /// otherwise the missing optional fields read as absent.
+    #[inline]
+    fn new(b: &'a [u8]) -> Self {
         let mut af = Self {
             discontinuity: false,
             random_access: false,
@@ -121,38 +138,37 @@ impl<'a> AdaptationField<'a> {
             bytes: b,
         };
         let Some((&flags, mut rest)) = b.split_first() else {
-            return Ok(af);
+            return af;
         };
-        let bad = TsError::BadAdaptationField(b.len() as u8);
         af.discontinuity = flags & 0x80 != 0;
         af.random_access = flags & 0x40 != 0;
         af.es_priority = flags & 0x20 != 0;
         if flags & 0x10 != 0 {
-            af.pcr = Some(Pcr::parse(rest).ok_or(bad)?);
-            rest = &rest[6..];
+            af.pcr = Pcr::parse(rest);
+            rest = rest.get(6..).unwrap_or(&[]);
         }
         if flags & 0x08 != 0 {
-            af.opcr = Some(Pcr::parse(rest).ok_or(bad)?);
-            rest = &rest[6..];
+            af.opcr = Pcr::parse(rest);
+            rest = rest.get(6..).unwrap_or(&[]);
         }
         if flags & 0x04 != 0 {
-            af.splice_countdown = Some(*rest.first().ok_or(bad)? as i8);
+            af.splice_countdown = rest.first().map(|&c| c as i8);
         }
-        Ok(af)
+        af
     }
 }
 
-/// A 188-byte transport packet borrowed from the input.
+/// A 188-byte transport packet borrowed from the input (validated by [`TsPacket::parse`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TsPacket<'a> {
     bytes: &'a [u8; PACKET_LEN],
-    /// Start of the adaptation field body (after its length byte) and its end.
-    af: Option<(u8, u8)>,
-    payload_start: u8,
 }
 
 impl<'a> TsPacket<'a> {
-    /// Parses the first 188 bytes of `buf`.
+    /// Parses the first 188 bytes of `buf`: sync byte, `adaptation_field_control` not reserved,
+    /// adaptation field within the packet and long enough for the optional fields its flags
+    /// announce.
+    #[inline]
     pub fn parse(buf: &'a [u8]) -> Result<Self, TsError> {
         let Some(bytes) = buf.first_chunk::<PACKET_LEN>() else {
             return Err(TsError::Truncated(buf.len()));
@@ -164,87 +180,94 @@ impl<'a> TsPacket<'a> {
         if afc == 0 {
             return Err(TsError::ReservedAdaptationFieldControl);
         }
-        let mut af = None;
-        let mut payload_start = 4u8;
         if afc & 0x02 != 0 {
+            // 183 fills the packet (an empty payload with AFC = 11 is tolerated).
             let len = bytes[4];
-            // 183 fills the packet; with a payload the field leaves at least... 0 bytes
-            // (an empty payload is tolerated as some muxers emit it).
-            if usize::from(len) > PACKET_LEN - 5 {
+            let Some(af) = bytes.get(5..5 + usize::from(len)) else {
+                return Err(TsError::BadAdaptationField(len));
+            };
+            if af_required(af) > af.len() {
                 return Err(TsError::BadAdaptationField(len));
             }
-            af = Some((5, 5 + len));
-            payload_start = 5 + len;
         }
-        let pkt = Self {
-            bytes,
-            af,
-            payload_start,
-        };
-        if let Some(a) = pkt.adaptation_field_bytes() {
-            AdaptationField::parse(a)?;
-        }
-        Ok(pkt)
+        Ok(Self { bytes })
     }
 
+    #[inline]
     fn adaptation_field_bytes(&self) -> Option<&'a [u8]> {
-        let (s, e) = self.af?;
-        self.bytes.get(usize::from(s)..usize::from(e))
+        if self.bytes[3] & 0x20 == 0 {
+            return None;
+        }
+        self.bytes.get(5..5 + usize::from(self.bytes[4]))
     }
 
     /// The raw 188 bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8; PACKET_LEN] {
         self.bytes
     }
     /// `transport_error_indicator`.
+    #[inline]
     pub fn transport_error(&self) -> bool {
         self.bytes[1] & 0x80 != 0
     }
     /// `payload_unit_start_indicator`.
+    #[inline]
     pub fn payload_unit_start(&self) -> bool {
         self.bytes[1] & 0x40 != 0
     }
     /// `transport_priority`.
+    #[inline]
     pub fn priority(&self) -> bool {
         self.bytes[1] & 0x20 != 0
     }
     /// 13-bit PID.
+    #[inline]
     pub fn pid(&self) -> u16 {
         (u16::from(self.bytes[1] & 0x1F) << 8) | u16::from(self.bytes[2])
     }
     /// `transport_scrambling_control` (0 = clear).
+    #[inline]
     pub fn scrambling(&self) -> u8 {
         self.bytes[3] >> 6
     }
     /// `continuity_counter`.
+    #[inline]
     pub fn continuity_counter(&self) -> u8 {
         self.bytes[3] & 0x0F
     }
     /// Whether the packet carries a payload (`adaptation_field_control` bit 0).
+    #[inline]
     pub fn has_payload(&self) -> bool {
         self.bytes[3] & 0x10 != 0
     }
     /// The adaptation field, if present.
+    #[inline]
     pub fn adaptation_field(&self) -> Option<AdaptationField<'a>> {
-        // Validated in `parse`.
-        AdaptationField::parse(self.adaptation_field_bytes()?).ok()
+        self.adaptation_field_bytes().map(AdaptationField::new)
     }
     /// The payload (empty slice if none).
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         if !self.has_payload() {
             return &[];
         }
-        self.bytes
-            .get(usize::from(self.payload_start)..)
-            .unwrap_or(&[])
+        let start = if self.bytes[3] & 0x20 != 0 {
+            5 + usize::from(self.bytes[4])
+        } else {
+            4
+        };
+        self.bytes.get(start..).unwrap_or(&[])
     }
     /// `discontinuity_indicator` of the adaptation field.
+    #[inline]
     pub fn discontinuity(&self) -> bool {
         self.adaptation_field_bytes()
             .and_then(|a| a.first())
             .is_some_and(|f| f & 0x80 != 0)
     }
     /// `random_access_indicator` of the adaptation field.
+    #[inline]
     pub fn random_access(&self) -> bool {
         self.adaptation_field_bytes()
             .and_then(|a| a.first())
