@@ -1,0 +1,222 @@
+//! Proves the media codecs never allocate: a counting global allocator counts the allocations
+//! made by the current thread while it parses, rewrites and writes the committed samples.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use corelay::proto::media::{flv, rfc4571, rtp, ts};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note() {
+    // `try_with`: the thread-locals may already be gone while a thread exits.
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the bookkeeping only touches
+// const-initialized thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` and returns its result and the number of allocations it made on this thread.
+fn count<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    ALLOCS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    let r = std::hint::black_box(f());
+    COUNTING.with(|c| c.set(false));
+    (r, ALLOCS.with(Cell::get))
+}
+
+const FLV: &[u8] = include_bytes!("data/media/sample.flv");
+const TS: &[u8] = include_bytes!("data/media/sample.ts");
+const RTP_CAPTURE: &[u8] = include_bytes!("data/media/sample.rtp4571");
+
+#[test]
+fn counter_sees_allocations() {
+    let (_, n) = count(|| std::hint::black_box(vec![1u8; 10]));
+    assert!(n >= 1);
+}
+
+#[test]
+fn flv_demux_does_not_allocate() {
+    let mut out = vec![0u8; FLV.len()];
+    let ((tags, keys, seq, written), allocs) = count(|| {
+        let mut d = flv::Demuxer::new();
+        let mut rest = FLV;
+        let (mut tags, mut keys, mut seq, mut w) = (0, 0, 0, 0);
+        loop {
+            match d.decode(rest) {
+                (n @ 1.., Ok(Some(ev))) => {
+                    match ev {
+                        flv::FlvEvent::Header(h) => w += h.write(&mut out[w..]).unwrap(),
+                        flv::FlvEvent::Tag(t) => {
+                            tags += 1;
+                            keys += usize::from(t.is_keyframe());
+                            seq += usize::from(t.is_sequence_header());
+                            let _ = t.info().unwrap();
+                            w += flv::write_tag(
+                                &mut out[w..],
+                                t.header.tag_type,
+                                t.header.timestamp,
+                                t.body,
+                            )
+                            .unwrap();
+                        }
+                    }
+                    rest = &rest[n..];
+                }
+                (_, r) => {
+                    r.unwrap();
+                    break;
+                }
+            }
+        }
+        (tags, keys, seq, w)
+    });
+    assert_eq!(allocs, 0);
+    assert!(tags > 100 && keys >= 3 && seq == 2);
+    assert_eq!(&out[..written], FLV);
+}
+
+#[test]
+fn ts_does_not_allocate() {
+    let mut garbage_then_ts = vec![0x47, 1, 2, 3];
+    garbage_then_ts.extend_from_slice(TS);
+    let mut out = [0u8; ts::PACKET_LEN];
+    let mut section = [0u8; 64];
+    let ((packets, streams, pcrs), allocs) = count(|| {
+        let mut f = ts::Framer::new();
+        let mut cc = ts::ContinuityTracker::<32>::new();
+        let mut pat = ts::SectionAssembler::new();
+        let mut pmt = ts::SectionAssembler::new();
+        let (mut packets, mut streams, mut pcrs, mut pmt_pid) = (0, 0, 0, None);
+        let mut rest = &garbage_then_ts[..];
+        loop {
+            let (n, r) = f.decode(rest);
+            if let Some(p) = r.unwrap() {
+                packets += 1;
+                let _ = cc.check(&p);
+                pcrs += usize::from(p.adaptation_field().and_then(|a| a.pcr).is_some());
+                if p.pid() == ts::PAT_PID {
+                    if let Some(s) = pat.push(&p).unwrap() {
+                        pmt_pid = ts::Pat::new(s).unwrap().first_pmt_pid();
+                    }
+                } else if Some(p.pid()) == pmt_pid {
+                    if let Some(s) = pmt.push(&p).unwrap() {
+                        streams = ts::Pmt::new(s).unwrap().streams().count();
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            rest = &rest[n..];
+        }
+        let spec = ts::PacketSpec {
+            pid: 0x100,
+            pcr: Some(ts::Pcr {
+                base: 1,
+                extension: 2,
+            }),
+            ..Default::default()
+        };
+        ts::write_packet(&mut out, &spec, &[1, 2, 3]).unwrap();
+        ts::write_section(&mut section, 0, 1, 0, &[0, 1, 0xF0, 0]).unwrap();
+        (packets, streams, pcrs)
+    });
+    assert_eq!(allocs, 0);
+    assert_eq!(packets, TS.len() / ts::PACKET_LEN);
+    assert_eq!(streams, 2);
+    assert!(pcrs > 0);
+}
+
+#[test]
+fn rtp_and_rfc4571_do_not_allocate() {
+    let mut scratch = vec![0u8; 70_000];
+    let mut writebuf = vec![0u8; 2048];
+    let payload = [0xAAu8; 1200];
+    let ((rtp_n, rtcp_n, ext_els), allocs) = count(|| {
+        let mut dec = rfc4571::Decoder::new();
+        let mut rest = RTP_CAPTURE;
+        let (mut rtp_n, mut rtcp_n) = (0, 0);
+        while let (n @ 1.., Ok(Some(frame))) = dec.decode(rest) {
+            rest = &rest[n..];
+            match rtp::demux(frame) {
+                rtp::Demux::Rtp => {
+                    let p = rtp::RtpPacket::parse(frame).unwrap();
+                    let _ = (p.csrcs().count(), p.payload().len());
+                    // Router path: copy into a reused buffer and rewrite in place.
+                    let buf = &mut scratch[..frame.len()];
+                    buf.copy_from_slice(frame);
+                    let mut m = rtp::RtpPacketMut::new(buf).unwrap();
+                    m.set_ssrc(1);
+                    m.set_sequence(2);
+                    m.set_timestamp(3);
+                    rtp_n += 1;
+                }
+                rtp::Demux::Rtcp => {
+                    rtcp_n += rtp::rtcp_packets(frame).filter(Result::is_ok).count();
+                }
+                rtp::Demux::Other => {}
+            }
+        }
+        // Writer + one-byte extension iteration + RFC 4571 encoder.
+        let els = [
+            rtp::ExtensionElement {
+                id: 1,
+                data: &[1, 2, 3],
+            },
+            rtp::ExtensionElement { id: 3, data: &[9] },
+        ];
+        let w = rtp::RtpWriter {
+            payload_type: 96,
+            extension: Some(rtp::ExtensionSpec::OneByte(&els)),
+            payload: &payload,
+            ..Default::default()
+        };
+        let n = w.write(&mut writebuf).unwrap();
+        let p = rtp::RtpPacket::parse(&writebuf[..n]).unwrap();
+        let ext_els = p
+            .extension()
+            .unwrap()
+            .elements()
+            .filter(Result::is_ok)
+            .count();
+        let _ = rfc4571::encode(&writebuf[..n], &mut scratch).unwrap();
+        (rtp_n, rtcp_n, ext_els)
+    });
+    assert_eq!(allocs, 0);
+    assert!(rtp_n > 100 && rtcp_n >= 1);
+    assert_eq!(ext_els, 2);
+}
