@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on Debian with Rust. Installs what it needs.
+#   bash tools/test.sh            everything (what CI runs)
+#   QUICK=1 bash tools/test.sh    skip the fuzz smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "layering: proto + ring + sdk build without the runtime (no glommio)"
+cargo build --no-default-features --features sdk --lib
+
+step "unit, property, integration and process tests"
+cargo test --workspace --no-fail-fast
+
+step "Autobahn|Testsuite 1.* - 11.* against the gateway in echo mode"
+cargo build --release --bin corelay
+port=$((20000 + RANDOM % 20000))
+./target/release/corelay run --echo --listen "127.0.0.1:$port" --shards 2 >/tmp/corelay-autobahn.log 2>&1 &
+gw=$!
+trap 'kill $gw 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q "listening on" /tmp/corelay-autobahn.log && break; sleep 0.1; done
+AUTOBAHN_EXCLUDE="12.* 13.*" AUTOBAHN_REPORT="${TMPDIR:-/tmp}/corelay-autobahn-report" \
+  bash "${AUTOBAHN_DIR:-../shared/autobahn}/run.sh" 127.0.0.1 "$port"
+kill -TERM $gw; wait $gw || true
+trap - EXIT
+
+if [ -z "${QUICK:-}" ] && [ -x tools/fuzz.sh ]; then
+  step "fuzz smoke run (bounded)"
+  FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash tools/fuzz.sh "${FUZZ_SECONDS:-10}"
+fi
+step "all tests passed"
