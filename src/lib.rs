@@ -22,6 +22,8 @@ pub mod ring;
 pub mod sdk;
 
 #[cfg(feature = "runtime")]
+pub mod admin;
+#[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod metrics;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 fn cfg(extra: &str) -> String {
     format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\npin = false\n{}\n[backend]\nmode = \"echo\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n{}\n[backend]\nmode = \"echo\"\n",
         extra
     )
 }
@@ -266,7 +266,7 @@ fn frame(p: &[u8]) -> Vec<u8> {
 fn per_ip_cap_refuses_with_429() {
     // One shard so the per-shard, per-IP count is the whole count.
     let g = Gw::start(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\npin = false\n[limits]\nmax_connections_per_ip = 3\n[backend]\nmode = \"echo\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n[limits]\nmax_connections_per_ip = 3\n[backend]\nmode = \"echo\"\n",
         &[],
     );
     let held: Vec<_> = (0..3).map(|_| Client::connect(g.addr, "/")).collect();

@@ -47,7 +47,11 @@ fn sans_io_layers_do_not_import_the_runtime() {
             }
         }
     }
-    assert!(bad.is_empty(), "runtime imports in sans-IO layers:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "runtime imports in sans-IO layers:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -57,7 +61,13 @@ fn proto_has_no_sockets_or_clocks() {
     rust_files(&root, &mut files);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        for word in ["std::net", "Instant::now", "SystemTime", "std::thread", "std::fs"] {
+        for word in [
+            "std::net",
+            "Instant::now",
+            "SystemTime",
+            "std::thread",
+            "std::fs",
+        ] {
             for (i, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
                 assert!(

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use corelay::admin;
 use corelay::config::{BackendMode, GatewayConfig};
 use corelay::shard::handler::{EchoHandler, Handler};
 use corelay::shard::{Gateway, HandlerFactory};
@@ -30,8 +31,11 @@ struct Overrides {
     #[arg(long)]
     shards: Option<usize>,
     /// Admin listener address.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
     admin: Option<SocketAddr>,
+    /// Do not start the admin listener.
+    #[arg(long)]
+    no_admin: bool,
     /// Serve every connection with the in-process echo handler.
     #[arg(long)]
     echo: bool,
@@ -97,6 +101,9 @@ fn apply_flags(cfg: &mut GatewayConfig, o: &Overrides) {
     if let Some(a) = o.admin {
         cfg.server.admin = Some(a);
     }
+    if o.no_admin {
+        cfg.server.admin = None;
+    }
     if o.echo {
         cfg.backend.mode = BackendMode::Echo;
     }
@@ -145,6 +152,18 @@ fn serve(cfg: GatewayConfig, banner: bool) -> Result<()> {
     signals.thread_block().context("blocking signals")?;
 
     let gw = Gateway::start(&cfg, factory(&cfg)?).context("starting shards")?;
+    if let Some(addr) = cfg.server.admin {
+        let state = admin::AdminState {
+            gateway: gw.handle(),
+            ready_requires_backend: cfg.server.ready_requires_backend,
+            baseline_rss: admin::process_rss(),
+            pages: Vec::new(),
+        };
+        let bound = admin::spawn(addr, state)
+            .with_context(|| format!("binding admin listener {addr} (server.admin)"))?;
+        tracing::info!("admin on http://{bound}/ (/metrics /load /healthz /readyz)");
+    }
+    // Logged last: tools and tests take this line as "ready".
     for a in gw.local_addrs() {
         tracing::info!(shards = cfg.shard_count(), "listening on ws://{a}/");
     }

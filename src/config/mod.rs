@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub pin: bool,
     /// Admin HTTP listener (metrics, load, health); `None` disables it.
     pub admin: Option<SocketAddr>,
+    /// `/readyz` answers 200 only while a backend is attached on every shard.
+    pub ready_requires_backend: bool,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             cpu_offset: 0,
             pin: true,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            ready_requires_backend: true,
         }
     }
 }

@@ -70,6 +70,32 @@ pub trait Handler {
 
     /// Called when the shard starts shutting down.
     fn on_shutdown(&mut self, _io: &mut ShardIo) {}
+
+    /// Gauges and counters of the handler (rings, backends) for metrics and readiness.
+    fn stats(&self) -> HandlerStats {
+        HandlerStats::default()
+    }
+}
+
+/// What a handler reports about itself on one shard.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HandlerStats {
+    /// Whether messages can be delivered (a backend is attached; always true for echo).
+    pub ready: bool,
+    /// Backends attached to this shard.
+    pub backends_attached: u64,
+    /// Backend attaches seen.
+    pub backend_attaches: u64,
+    /// Backend detaches seen (clean or not).
+    pub backend_detaches: u64,
+    /// Backends detached because their ring held garbage.
+    pub backend_corrupt_detaches: u64,
+    /// Bytes waiting in the gateway→backend rings.
+    pub ring_to_backend_bytes: u64,
+    /// Bytes waiting in the backend→gateway rings.
+    pub ring_to_gateway_bytes: u64,
+    /// Times the shard stopped reading sockets because a ring was full.
+    pub backpressure_pauses: u64,
 }
 
 /// Echoes every message back on the same connection; accepts every upgrade, selecting the
@@ -97,4 +123,11 @@ impl Handler for EchoHandler {
     }
 
     fn on_close(&mut self, _io: &mut ShardIo, _conn: ConnId, _code: u16, _reason: &str) {}
+
+    fn stats(&self) -> HandlerStats {
+        HandlerStats {
+            ready: true,
+            ..HandlerStats::default()
+        }
+    }
 }

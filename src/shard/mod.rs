@@ -13,12 +13,14 @@ pub mod reactor;
 pub mod timers;
 
 use crate::config::GatewayConfig;
+use crate::metrics::ShardMetrics;
 use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DecoderConfig, Role};
 use conn::{ShardIo, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER};
 use conn_table::ConnId;
 use glommio::{LocalExecutorBuilder, Placement};
 use handler::Handler;
+use handler::HandlerStats;
 use reactor::{Interest, Ready};
 use std::cell::RefCell;
 use std::io;
@@ -26,7 +28,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Builds each shard's handler on that shard's thread.
@@ -37,6 +39,28 @@ pub type HandlerFactory = Arc<dyn Fn(u8) -> Box<dyn Handler> + Send + Sync>;
 struct Control {
     efd: OwnedFd,
     shutdown: AtomicBool,
+    snapshot_wanted: AtomicBool,
+    snapshot: Mutex<Option<ShardSnapshot>>,
+    snapshot_ready: Condvar,
+}
+
+/// One shard's counters and gauges, copied out on request (admin path only).
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    /// Shard id.
+    pub shard: u8,
+    /// Counters.
+    pub metrics: ShardMetrics,
+    /// Connections in the table (any state).
+    pub connections: u64,
+    /// Table capacity (max_connections_per_shard).
+    pub capacity: u64,
+    /// Entries in the timing wheel (including stale ones not yet swept).
+    pub wheel_entries: u64,
+    /// Fraction of wall time the shard spent working since the previous snapshot.
+    pub busy_ratio: f64,
+    /// The handler's own figures.
+    pub handler: HandlerStats,
 }
 
 impl Control {
@@ -50,6 +74,9 @@ impl Control {
             // SAFETY: fd is fresh and owned by nobody else.
             efd: unsafe { OwnedFd::from_raw_fd(fd) },
             shutdown: AtomicBool::new(false),
+            snapshot_wanted: AtomicBool::new(false),
+            snapshot: Mutex::new(None),
+            snapshot_ready: Condvar::new(),
         })
     }
 
@@ -69,8 +96,59 @@ impl Control {
 /// A running gateway: its shard threads and their control blocks.
 pub struct Gateway {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
-    controls: Vec<Arc<Control>>,
+    handle: GatewayHandle,
     addrs: Vec<SocketAddr>,
+}
+
+/// A cloneable handle for the control path (admin endpoints, signals).
+#[derive(Clone)]
+pub struct GatewayHandle {
+    controls: Vec<Arc<Control>>,
+}
+
+impl GatewayHandle {
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.controls.len()
+    }
+
+    /// Ask every shard for its counters and wait (up to `timeout` in all) for the answers.
+    /// A shard that does not answer in time (stalled or gone) is `None`.
+    pub fn snapshot(&self, timeout: Duration) -> Vec<Option<ShardSnapshot>> {
+        for c in &self.controls {
+            c.snapshot_wanted.store(true, Ordering::SeqCst);
+            c.signal();
+        }
+        let deadline = Instant::now() + timeout;
+        self.controls
+            .iter()
+            .map(|c| {
+                let mut slot = c.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(s) = slot.take() {
+                        return Some(s);
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    slot = c
+                        .snapshot_ready
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            })
+            .collect()
+    }
+
+    /// Ask every shard to shut down gracefully (stop accepting, close 1001, wait, exit).
+    pub fn shutdown(&self) {
+        for c in &self.controls {
+            c.shutdown.store(true, Ordering::SeqCst);
+            c.signal();
+        }
+    }
 }
 
 impl Gateway {
@@ -120,9 +198,14 @@ impl Gateway {
         }
         Ok(Self {
             threads,
-            controls,
+            handle: GatewayHandle { controls },
             addrs,
         })
+    }
+
+    /// A handle for the control path.
+    pub fn handle(&self) -> GatewayHandle {
+        self.handle.clone()
     }
 
     /// The bound listen addresses (port 0 resolved).
@@ -132,10 +215,7 @@ impl Gateway {
 
     /// Ask every shard to shut down gracefully (stop accepting, close 1001, wait, exit).
     pub fn shutdown(&self) {
-        for c in &self.controls {
-            c.shutdown.store(true, Ordering::SeqCst);
-            c.signal();
-        }
+        self.handle.shutdown();
     }
 
     /// Wait for every shard thread to finish.
@@ -183,6 +263,9 @@ struct State {
     exit: bool,
     shutdown_deadline: Option<Instant>,
     shutdown_after: Duration,
+    capacity: u64,
+    busy: Duration,
+    window_start: Instant,
 }
 
 async fn run_shard(
@@ -213,6 +296,9 @@ async fn run_shard(
         exit: false,
         shutdown_deadline: None,
         shutdown_after: Duration::from_millis(cfg.timeouts.shutdown_ms),
+        capacity: cfg.limits.max_connections_per_shard as u64,
+        busy: Duration::ZERO,
+        window_start: Instant::now(),
     }));
     tracing::info!(shard = id, "shard started");
 
@@ -247,7 +333,10 @@ async fn run_shard(
     loop {
         let drained = {
             let mut st = state.borrow_mut();
-            run_round(&mut st, &mut ready)?
+            let t0 = Instant::now();
+            let drained = run_round(&mut st, &mut ready)?;
+            st.busy += t0.elapsed();
+            drained
         };
         if state.borrow().exit {
             break;
@@ -310,6 +399,9 @@ fn dispatch(st: &mut State, r: Ready) {
                 if st.control.shutdown.load(Ordering::SeqCst) && st.shutdown_deadline.is_none() {
                     begin_shutdown(st);
                 }
+                if st.control.snapshot_wanted.swap(false, Ordering::SeqCst) {
+                    publish_snapshot(st);
+                }
             }
             TOK_LISTENER => accept_some(st, idx),
             TOK_HANDLER => st.handler.on_handler_fd(&mut st.io, idx),
@@ -324,6 +416,34 @@ fn dispatch(st: &mut State, r: Ready) {
     if r.readable {
         conn::on_readable(&mut st.io, st.handler.as_mut(), id);
     }
+}
+
+fn publish_snapshot(st: &mut State) {
+    let now = Instant::now();
+    let wall = now.duration_since(st.window_start).as_secs_f64();
+    let busy_ratio = if wall > 0.0 {
+        (st.busy.as_secs_f64() / wall).min(1.0)
+    } else {
+        0.0
+    };
+    st.busy = Duration::ZERO;
+    st.window_start = now;
+    let snap = ShardSnapshot {
+        shard: st.io.shard,
+        metrics: st.io.metrics.clone(),
+        connections: st.io.connections() as u64,
+        capacity: st.capacity,
+        wheel_entries: st.io.wheel.len() as u64,
+        busy_ratio,
+        handler: st.handler.stats(),
+    };
+    let mut slot = st
+        .control
+        .snapshot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *slot = Some(snap);
+    st.control.snapshot_ready.notify_all();
 }
 
 fn accept_some(st: &mut State, idx: u32) {
