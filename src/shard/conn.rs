@@ -54,6 +54,12 @@ pub struct Conn {
     deadline: Tick,
     /// Index into the per-IP table, or `u32::MAX`.
     ip_slot: u32,
+    /// Requests (data messages) handed to the handler so far; the last one's seq.
+    seq_in: u32,
+    /// The next request seq whose reply goes out (replies leave in request order).
+    reply_next: u32,
+    /// Handler routing data (the backend slot a ring handler bound this connection to).
+    route: u8,
     decoder: Decoder,
     extra: Option<Box<Extra>>,
 }
@@ -72,6 +78,9 @@ pub struct Extra {
     stalled: Option<(DataKind, Vec<u8>)>,
     /// Sec-WebSocket-Accept value kept while the open decision is pending.
     accept_key: Option<[u8; 28]>,
+    /// Replies that arrived before the replies to earlier requests: (seq, kind, payload);
+    /// `None` kind = completion without a message.
+    reorder: Vec<(u32, Option<DataKind>, Vec<u8>)>,
     peer: Option<SocketAddr>,
 }
 
@@ -82,6 +91,7 @@ impl Extra {
             && self.tx.len() == self.tx_pos
             && self.stalled.is_none()
             && self.accept_key.is_none()
+            && self.reorder.is_empty()
     }
 }
 
@@ -141,6 +151,21 @@ pub enum SendError {
     /// The connection passed its outbound bound and was closed with 1008.
     #[error("slow consumer closed")]
     SlowConsumer,
+}
+
+/// What happened to a reply given to [`ShardIo::reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// Sent (with any buffered replies it unblocked).
+    Delivered,
+    /// Held until the replies to earlier requests arrive.
+    Buffered,
+    /// Its request was already answered (a replay after a backend restart): dropped.
+    Duplicate,
+    /// It answers a request that was never made: dropped.
+    Invalid,
+    /// The connection is gone.
+    NoConnection,
 }
 
 /// Token namespace: connection ids use shard ids 0..=254; 255 marks the shard's own fds.
@@ -308,6 +333,108 @@ impl ShardIo {
         self.conns.get(id)?.extra.as_ref()?.peer
     }
 
+    /// The handler's routing byte for a connection.
+    pub fn route(&self, id: ConnId) -> Option<u8> {
+        self.conns.get(id).map(|c| c.route)
+    }
+
+    /// Set the handler's routing byte for a connection.
+    pub fn set_route(&mut self, id: ConnId, route: u8) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.route = route;
+        }
+    }
+
+    /// The seq the next request of `id` will carry, and how many requests are unanswered.
+    pub fn next_request(&self, id: ConnId) -> Option<(u64, u32)> {
+        let c = self.conns.get(id)?;
+        Some((
+            c.seq_in as u64 + 1,
+            c.seq_in.wrapping_sub(c.reply_next).wrapping_add(1),
+        ))
+    }
+
+    /// Record that the request announced by [`ShardIo::next_request`] was handed on.
+    pub fn request_sent(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.seq_in = c.seq_in.wrapping_add(1);
+        }
+    }
+
+    /// Deliver the answer to request `seq` of `id` in request order: replies to later requests
+    /// wait for the earlier ones; a reply to an already answered request is a duplicate
+    /// (replayed by a restarted backend) and is dropped, so the client sees each reply once.
+    /// `kind = None` completes the request without sending anything.
+    pub fn reply(
+        &mut self,
+        id: ConnId,
+        seq: u64,
+        kind: Option<DataKind>,
+        payload: &[u8],
+    ) -> ReplyOutcome {
+        let Some(c) = self.conns.get_mut(id) else {
+            return ReplyOutcome::NoConnection;
+        };
+        if seq == 0 || seq > c.seq_in as u64 {
+            return ReplyOutcome::Invalid;
+        }
+        let seq = seq as u32;
+        if seq < c.reply_next {
+            return ReplyOutcome::Duplicate;
+        }
+        if seq > c.reply_next {
+            let x = c.extra();
+            if x.reorder.iter().any(|r| r.0 == seq) {
+                return ReplyOutcome::Duplicate;
+            }
+            let at = x.reorder.partition_point(|r| r.0 < seq);
+            x.reorder.insert(at, (seq, kind, payload.to_vec()));
+            let buffered: usize = x.reorder.iter().map(|r| r.2.len()).sum();
+            if buffered > self.settings.max_outbound {
+                self.metrics.slow_consumer_closes += 1;
+                self.close_slow(id);
+            }
+            return ReplyOutcome::Buffered;
+        }
+        c.reply_next = seq.wrapping_add(1);
+        if let Some(k) = kind {
+            let _ = self.send(id, k, payload);
+        }
+        // Release whatever this unblocked.
+        loop {
+            let Some(c) = self.conns.get_mut(id) else {
+                break;
+            };
+            let next = c.reply_next;
+            let Some(x) = c.extra.as_mut() else { break };
+            if x.reorder.first().is_none_or(|r| r.0 != next) {
+                break;
+            }
+            let (_, k, body) = x.reorder.remove(0);
+            c.reply_next = next.wrapping_add(1);
+            if let Some(k) = k {
+                let _ = self.send(id, k, &body);
+            }
+        }
+        if let Some(c) = self.conns.get_mut(id) {
+            c.release_extra_if_empty();
+        }
+        ReplyOutcome::Delivered
+    }
+
+    /// Resume reading one connection that the handler had refused with [`Delivery::Full`].
+    pub fn resume(&mut self, id: ConnId) {
+        if let Some(pos) = self.stalled.iter().position(|&s| s == id) {
+            self.stalled.swap_remove(pos);
+            self.schedule_ready(id);
+        }
+    }
+
+    /// Connections stalled by backpressure.
+    pub fn stalled_count(&self) -> usize {
+        self.stalled.len()
+    }
+
     // ---------------------------------------------------------------- accepting
 
     /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
@@ -343,6 +470,9 @@ impl ShardIo {
             last_rx: 0,
             deadline,
             ip_slot,
+            seq_in: 0,
+            reply_next: 1,
+            route: 0,
             decoder: Decoder::new(),
             extra: Some(Box::new(Extra {
                 peer: Some(peer),
@@ -742,6 +872,14 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
     let budget = io.settings.read_budget;
     let mut scratch = std::mem::take(&mut io.scratch);
     let mut exhausted = true;
+    let has_stalled = io
+        .conns
+        .get(id)
+        .is_some_and(|c| c.extra.as_ref().is_some_and(|x| x.stalled.is_some()));
+    if has_stalled && !retry_stalled(io, h, id) {
+        io.scratch = scratch;
+        return;
+    }
     for _ in 0..budget {
         let Some(conn) = io.conns.get_mut(id) else {
             exhausted = false;
@@ -778,7 +916,14 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                keep_leftover(io, id, &scratch[..have]);
+                // Leftover input may hold complete frames that were held back (paused for
+                // backpressure or a pending open): process it now, no new edge will come.
+                let consumed = if have > 0 {
+                    process(io, h, id, &mut scratch[..have])
+                } else {
+                    0
+                };
+                keep_leftover(io, id, &scratch[consumed..have]);
                 exhausted = false;
                 break;
             }
