@@ -119,8 +119,7 @@ pub struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
-    /// Builds a header list view from `(name, value)` pairs for encoding: use
-    /// [`OpenFields::headers`] instead; this is the decoded form.
+    /// Number of header pairs (build one for encoding with [`encode_headers`]).
     pub fn len(&self) -> usize {
         self.count as usize
     }
