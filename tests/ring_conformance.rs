@@ -140,7 +140,9 @@ fn claim_and_fill(k: BackingKind) {
     assert_eq!(r.payload, &payload_for(1, 100)[..]);
     p.be.rx.advance();
     // Abandoned claim leaves nothing behind.
-    drop(p.gw.tx.claim(50).unwrap().unwrap());
+    {
+        let _slot = p.gw.tx.claim(50).unwrap().unwrap();
+    }
     assert!(p.be.rx.peek().unwrap().is_none());
     // Reserved kinds are refused at commit.
     let slot = p.gw.tx.claim(0).unwrap().unwrap();
