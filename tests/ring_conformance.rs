@@ -626,3 +626,14 @@ fn region_create_validates_capacity() {
     assert_eq!(r.size() % 4096, 0);
     assert_eq!(r.layout().tg_offset, 128 + 384 + 1024);
 }
+
+#[test]
+fn eventfd_from_owned_rejects_other_fds() {
+    let f = std::fs::File::open("/dev/null").unwrap();
+    assert!(corelay::ring::EventFd::from_owned(OwnedFd::from(f)).is_err());
+    let e = corelay::ring::EventFd::new().unwrap();
+    let dup = e.try_clone_owned().unwrap();
+    let e2 = corelay::ring::EventFd::from_owned(dup).unwrap();
+    e2.signal().unwrap();
+    assert!(e.drain().unwrap());
+}

@@ -21,9 +21,18 @@ impl EventFd {
         Ok(Self(Arc::new(unsafe { OwnedFd::from_raw_fd(raw) })))
     }
 
-    /// Wraps an fd received from a peer (assumed to be an eventfd; a non-eventfd only makes
-    /// `signal`/`drain` fail with an error, never crash). Sets `O_NONBLOCK` on it.
+    /// Wraps an fd received from a peer. Checks (via `/proc/self/fd`) that it is an eventfd and
+    /// sets `O_NONBLOCK` on it.
     pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
+        // Refuse anything that is visibly not an eventfd (when /proc is available).
+        if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            if target.as_os_str() != "anon_inode:[eventfd]" {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "fd is not an eventfd",
+                ));
+            }
+        }
         // SAFETY: plain fcntl calls on a valid fd we own.
         unsafe {
             let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);

@@ -99,13 +99,6 @@ impl RingPtr {
         // SAFETY: `off < cap` and the data area is `cap` bytes inside the backing.
         unsafe { self.data.add(off as usize) }
     }
-    /// Raw base pointer of the data area (for tests that scribble on it).
-    pub(crate) fn data_ptr(&self) -> *mut u8 {
-        self.data
-    }
-    pub(crate) fn hdr_ptr(&self) -> *mut u8 {
-        self.hdr
-    }
 }
 
 fn corrupt(what: &'static str, pos: u64, value: u64) -> RingError {
@@ -811,21 +804,5 @@ impl Consumer {
                 return Ok(true);
             }
         }
-    }
-}
-
-/// Test-only access to raw ring memory (to inject corruption). Not part of the stable API.
-#[doc(hidden)]
-pub mod raw {
-    use super::*;
-
-    /// Base of the data area and the header of the ring this consumer reads.
-    pub fn consumer_ptrs(c: &Consumer) -> (*mut u8, *mut u8) {
-        (c.ring.hdr_ptr(), c.ring.data_ptr())
-    }
-
-    /// Base of the data area and the header of the ring this producer writes.
-    pub fn producer_ptrs(p: &Producer) -> (*mut u8, *mut u8) {
-        (p.ring.hdr_ptr(), p.ring.data_ptr())
     }
 }
