@@ -13,7 +13,7 @@
 
 /// Region magic: the ASCII bytes `CORELAY1` stored as they are (so `u64::from_le_bytes`).
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"CORELAY1");
-/// Layout version written in [`RegionHeader::version`].
+/// Layout version written in [`RegionHeader::version`] (offset [`region::VERSION`]).
 pub const LAYOUT_VERSION: u32 = 1;
 /// Size of the region header.
 pub const REGION_HEADER_SIZE: usize = 128;
@@ -138,7 +138,105 @@ pub const fn valid_capacity(cap: u64) -> bool {
     cap.is_power_of_two() && cap >= MIN_CAPACITY && cap <= MAX_CAPACITY
 }
 
+/// The region header as a `#[repr(C)]` struct. It documents the layout and is checked
+/// against the offset constants at compile time; the code itself reads fields through the
+/// constants (never a reference to the whole struct, because a peer may write it concurrently).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RegionHeader {
+    /// [`REGION_MAGIC`].
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`].
+    pub version: u32,
+    /// [`REGION_HEADER_SIZE`].
+    pub header_size: u32,
+    /// Total region size.
+    pub region_size: u64,
+    /// Shard id.
+    pub shard: u32,
+    /// Reserved flags (0).
+    pub flags: u32,
+    /// Offset of the `to_backend` ring header.
+    pub tb_offset: u64,
+    /// Capacity of `to_backend`.
+    pub tb_capacity: u64,
+    /// Offset of the `to_gateway` ring header.
+    pub tg_offset: u64,
+    /// Capacity of `to_gateway`.
+    pub tg_capacity: u64,
+    /// Creator's nonce.
+    pub generation: u64,
+    /// Zero.
+    pub reserved: [u8; 56],
+}
+
+/// The ring header as a `#[repr(C, align(128))]` struct (documentation + compile-time checks;
+/// the shared counters are accessed atomically through the offset constants).
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug)]
+pub struct RingHeader {
+    /// Data capacity in bytes (power of two).
+    pub capacity: u64,
+    /// Offset of the data area from this header (384).
+    pub data_offset: u64,
+    /// Zero.
+    pub reserved0: [u8; 112],
+    /// Producer's publish position (atomic).
+    pub tail: u64,
+    /// Producer is parked waiting for space (atomic).
+    pub space_parked: u32,
+    /// Zero.
+    pub reserved1: [u8; 116],
+    /// Consumer's read position (atomic, advisory).
+    pub head: u64,
+    /// Consumer's handled position (atomic).
+    pub committed: u64,
+    /// Consumer is parked waiting for data (atomic).
+    pub data_parked: u32,
+    /// Zero.
+    pub reserved2: [u8; 108],
+}
+
+/// The record header as a `#[repr(C)]` struct (little-endian fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    /// Payload length.
+    pub len: u32,
+    /// Kind.
+    pub kind: u16,
+    /// Flags.
+    pub flags: u16,
+    /// Connection id.
+    pub conn: u64,
+    /// Sequence number.
+    pub seq: u64,
+}
+
 const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<RegionHeader>() == REGION_HEADER_SIZE);
+    assert!(offset_of!(RegionHeader, magic) == region::MAGIC);
+    assert!(offset_of!(RegionHeader, version) == region::VERSION);
+    assert!(offset_of!(RegionHeader, header_size) == region::HEADER_SIZE);
+    assert!(offset_of!(RegionHeader, region_size) == region::REGION_SIZE);
+    assert!(offset_of!(RegionHeader, shard) == region::SHARD);
+    assert!(offset_of!(RegionHeader, flags) == region::FLAGS);
+    assert!(offset_of!(RegionHeader, tb_offset) == region::TB_OFFSET);
+    assert!(offset_of!(RegionHeader, tb_capacity) == region::TB_CAPACITY);
+    assert!(offset_of!(RegionHeader, tg_offset) == region::TG_OFFSET);
+    assert!(offset_of!(RegionHeader, tg_capacity) == region::TG_CAPACITY);
+    assert!(offset_of!(RegionHeader, generation) == region::GENERATION);
+    assert!(size_of::<RingHeader>() == RING_HEADER_SIZE);
+    assert!(offset_of!(RingHeader, capacity) == ring::CAPACITY);
+    assert!(offset_of!(RingHeader, data_offset) == ring::DATA_OFFSET);
+    assert!(offset_of!(RingHeader, tail) == ring::TAIL);
+    assert!(offset_of!(RingHeader, space_parked) == ring::SPACE_PARKED);
+    assert!(offset_of!(RingHeader, head) == ring::HEAD);
+    assert!(offset_of!(RingHeader, committed) == ring::COMMITTED);
+    assert!(offset_of!(RingHeader, data_parked) == ring::DATA_PARKED);
+    assert!(size_of::<RecordHeader>() == RECORD_HEADER);
+    assert!(offset_of!(RecordHeader, conn) == 8 && offset_of!(RecordHeader, seq) == 16);
     assert!(REGION_HEADER_SIZE == 128);
     assert!(region::GENERATION + 8 <= REGION_HEADER_SIZE);
     assert!(ring::DATA_OFFSET + 8 <= CACHE_PAD);
