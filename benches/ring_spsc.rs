@@ -10,7 +10,10 @@
 //!    across processes); histograms via `hdrhistogram`.
 //!
 //! Run: `cargo bench --bench ring_spsc --no-default-features --features sdk`
-//! (`CORELAY_BENCH_QUICK=1` shrinks the cross-process runs).
+//! (`CORELAY_BENCH_QUICK=1` shrinks the cross-process runs; `CORELAY_BENCH_XPROC_ONLY=1`
+//! skips criterion; `CORELAY_BENCH_RT=1` runs both ends of every cross-process test (ring
+//! and ZeroMQ, including libzmq's I/O threads) as SCHED_FIFO 1: needs root or CAP_SYS_NICE;
+//! beware RT throttling (`sched_rt_runtime_us`) on runs longer than ~1 s).
 
 use std::hint::black_box;
 use std::os::fd::AsFd;
@@ -33,6 +36,28 @@ fn pin(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Sets the calling thread's policy: `SCHED_FIFO` priority 1 when `rt` and
+/// `CORELAY_BENCH_RT` is set (the ring runs; keeps other tenants of a shared machine from
+/// preempting the spinning ends), else `SCHED_OTHER`.
+fn sched(rt: bool) {
+    let fifo = rt && std::env::var("CORELAY_BENCH_RT").is_ok();
+    let (policy, prio) = if fifo {
+        (libc::SCHED_FIFO, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let p = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: valid sched_param; pid 0 = calling thread.
+    unsafe { libc::sched_setscheduler(0, policy, &p) };
+}
+
+fn pin_rt(cpu: usize) {
+    pin(cpu);
+    sched(true);
 }
 
 fn now_ns() -> u64 {
@@ -209,7 +234,7 @@ fn wait_report(gw: &mut GatewaySide) -> Vec<u64> {
 
 fn ring_xproc_throughput(n: u64, size: usize) -> f64 {
     let (mut gw, mut child, g) = ring_parent("ring-thru", n, size);
-    pin(0);
+    pin_rt(0);
     // Wait for the child to be ready (it sends an empty report once attached).
     wait_report(&mut gw);
     let t = Instant::now();
@@ -218,6 +243,7 @@ fn ring_xproc_throughput(n: u64, size: usize) -> f64 {
     let el = t.elapsed();
     assert_eq!(rep[0], n);
     child.wait().unwrap();
+    sched(false);
     drop(g.listener);
     let _ = std::fs::remove_dir_all(&g.dir);
     let _ = (&g.region, &g.memfd, &g.bells);
@@ -227,7 +253,7 @@ fn ring_xproc_throughput(n: u64, size: usize) -> f64 {
 /// Sends `n` timestamped records paced `gap` apart; the child reports its latency histogram.
 fn ring_xproc_latency(role: &str, n: u64, size: usize, gap: Duration) -> Vec<u64> {
     let (mut gw, mut child, g) = ring_parent(role, n, size);
-    pin(0);
+    pin_rt(0);
     wait_report(&mut gw);
     let mut buf = vec![0u8; size - 24];
     for i in 0..n {
@@ -242,6 +268,7 @@ fn ring_xproc_latency(role: &str, n: u64, size: usize, gap: Duration) -> Vec<u64
     }
     let rep = wait_report(&mut gw);
     child.wait().unwrap();
+    sched(false);
     let _ = std::fs::remove_dir_all(&g.dir);
     rep
 }
@@ -264,7 +291,7 @@ fn hist_summary(h: &Histogram<u64>) -> Vec<u64> {
 }
 
 fn ring_child(role: &str) {
-    pin(1);
+    pin_rt(1);
     let sock = std::env::var("SOCK").unwrap();
     let n: u64 = std::env::var("N").unwrap().parse().unwrap();
     let att = attach::connect(sock).unwrap();
@@ -306,6 +333,8 @@ fn ring_child(role: &str) {
 // ---------------------------------------------------------------- ZeroMQ ipc:// ----------
 
 fn zmq_parent(role: &str, n: u64, size: usize, gap: Option<Duration>) -> (f64, Vec<u64>) {
+    // Before the context exists, so libzmq's I/O thread inherits the same policy.
+    sched(true);
     let dir = bench_dir(role);
     let ctx = zmq::Context::new();
     let push = ctx.socket(zmq::PUSH).unwrap();
@@ -333,14 +362,14 @@ fn zmq_parent(role: &str, n: u64, size: usize, gap: Option<Duration>) -> (f64, V
         buf[..8].copy_from_slice(&now_ns().to_le_bytes());
         push.send(&buf[..], 0).unwrap();
         if let Some(g) = gap {
-            while t0.elapsed() < g {
-                std::hint::spin_loop();
-            }
+            // Sleep (not spin) so libzmq's I/O thread gets this CPU to do the actual send.
+            std::thread::sleep(g.saturating_sub(t0.elapsed()));
         }
     }
     let rep = pull.recv_bytes(0).unwrap();
     let el = t.elapsed();
     child.wait().unwrap();
+    sched(false);
     let _ = std::fs::remove_dir_all(&dir);
     let v = rep
         .chunks_exact(8)
@@ -350,7 +379,7 @@ fn zmq_parent(role: &str, n: u64, size: usize, gap: Option<Duration>) -> (f64, V
 }
 
 fn zmq_child(_role: &str) {
-    pin(1);
+    sched(true);
     let n: u64 = std::env::var("N").unwrap().parse().unwrap();
     let ctx = zmq::Context::new();
     let pull = ctx.socket(zmq::PULL).unwrap();
@@ -358,6 +387,8 @@ fn zmq_child(_role: &str) {
     pull.set_rcvhwm(100_000).unwrap();
     pull.connect(&std::env::var("DOWN").unwrap()).unwrap();
     push.connect(&std::env::var("UP").unwrap()).unwrap();
+    // Pin after the sockets exist so libzmq's I/O thread is not pinned with us.
+    pin(1);
     push.send(&b"ready"[..], 0).unwrap();
     let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
     let mut msg = zmq::Message::new();
@@ -389,8 +420,10 @@ fn main() {
         }
         return;
     }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    if std::env::var("CORELAY_BENCH_XPROC_ONLY").is_err() {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
 
     let quick = std::env::var("CORELAY_BENCH_QUICK").is_ok();
     let (n64, n1k, nlat, npark, nz) = if quick {
