@@ -1,0 +1,630 @@
+//! Typed message payloads carried in ring records (sans-IO, zero-copy views).
+//!
+//! A record's `kind` selects the message, its `flags` carry per-kind bits, `conn` the
+//! connection id, `seq` the per-ring sequence number. All multi-byte integers are
+//! little-endian. Every decoder validates lengths and returns [`MsgError`]; none panics.
+//! Layouts are documented byte by byte in `docs/ring-protocol.md`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::error::RingError;
+use super::spsc::{Producer, Record};
+
+/// Message kinds (the record `kind` field).
+pub mod kind {
+    /// Padding (ring-level; never a message).
+    pub const PAD: u16 = 0;
+    /// G→B: a client connected (handshake pending).
+    pub const OPEN: u16 = 1;
+    /// G→B: a data message from the client.
+    pub const MESSAGE: u16 = 2;
+    /// G→B: the client connection is gone.
+    pub const CLOSED: u16 = 3;
+    /// B→G: accept the pending handshake.
+    pub const ACCEPT: u16 = 16;
+    /// B→G: reject the pending handshake.
+    pub const REJECT: u16 = 17;
+    /// B→G: send a message to one connection.
+    pub const SEND: u16 = 18;
+    /// B→G: close one connection.
+    pub const CLOSE: u16 = 19;
+    /// B→G: add a connection to a group.
+    pub const JOIN: u16 = 20;
+    /// B→G: remove a connection from a group.
+    pub const LEAVE: u16 = 21;
+    /// B→G: send to every member of a group.
+    pub const PUBLISH: u16 = 22;
+    /// B→G: liveness policy and beat.
+    pub const HEARTBEAT: u16 = 23;
+}
+
+/// Record flag bits.
+pub mod flags {
+    /// Payload is binary (else UTF-8 text). Message, Send, Publish.
+    pub const BINARY: u16 = 1 << 0;
+    /// Send: the payload starts with an 8-byte `in_reply_to` sequence number.
+    pub const IN_REPLY_TO: u16 = 1 << 1;
+    /// Bits defined for each kind (others must be zero).
+    pub(crate) const DATA_MASK: u16 = BINARY;
+    pub(crate) const SEND_MASK: u16 = BINARY | IN_REPLY_TO;
+}
+
+/// Why a payload could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MsgError {
+    /// Unknown record kind.
+    #[error("unknown kind {0}")]
+    UnknownKind(u16),
+    /// The payload ended before a field did.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// Bytes left over after the last field.
+    #[error("trailing bytes in {0}")]
+    Trailing(&'static str),
+    /// Flag bits not defined for this kind.
+    #[error("undefined flags {flags:#x} for kind {kind}")]
+    BadFlags {
+        /// Kind.
+        kind: u16,
+        /// Flags seen.
+        flags: u16,
+    },
+    /// An enumerated field has an undefined value.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// A field is too long to encode (u16 length prefix).
+    #[error("field too long: {0}")]
+    TooLong(&'static str),
+}
+
+/// Text or binary data frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// UTF-8 text (not validated here).
+    Text,
+    /// Binary.
+    Binary,
+}
+
+impl DataKind {
+    fn from_flags(f: u16) -> Self {
+        if f & flags::BINARY != 0 {
+            DataKind::Binary
+        } else {
+            DataKind::Text
+        }
+    }
+    fn flag(self) -> u16 {
+        match self {
+            DataKind::Text => 0,
+            DataKind::Binary => flags::BINARY,
+        }
+    }
+}
+
+/// Client address in an [`Msg::Open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// Unknown / not IP (e.g. a Unix socket).
+    Unknown,
+    /// IPv4 or IPv6 address and port.
+    Ip(SocketAddr),
+}
+
+/// Header name/value pairs of an [`Msg::Open`], iterated lazily from the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headers<'a> {
+    count: u16,
+    bytes: &'a [u8],
+}
+
+impl<'a> Headers<'a> {
+    /// Number of header pairs (build one for encoding with [`encode_headers`]).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Iterates `(name, value)` pairs (already validated at decode time).
+    pub fn iter(&self) -> HeaderIter<'a> {
+        HeaderIter {
+            left: self.count,
+            r: Reader { b: self.bytes },
+        }
+    }
+}
+
+/// Iterator over [`Headers`].
+#[derive(Clone, Debug)]
+pub struct HeaderIter<'a> {
+    left: u16,
+    r: Reader<'a>,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let n = self.r.lp("header name").ok()?;
+        let v = self.r.lp("header value").ok()?;
+        Some((n, v))
+    }
+}
+
+/// A decoded message; borrows from the record payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Msg<'a> {
+    /// G→B: new client connection awaiting Accept/Reject. `conn` is in the record header.
+    Open {
+        /// Client address.
+        peer: PeerAddr,
+        /// Request path (without query).
+        path: &'a [u8],
+        /// Query string (without `?`), possibly empty.
+        query: &'a [u8],
+        /// Selected request headers.
+        headers: Headers<'a>,
+    },
+    /// G→B: one client message.
+    Message {
+        /// Text or binary.
+        data: DataKind,
+        /// The message bytes.
+        payload: &'a [u8],
+    },
+    /// G→B: the client connection closed.
+    Closed {
+        /// WebSocket close code (1006 if abnormal).
+        code: u16,
+        /// Close reason.
+        reason: &'a [u8],
+    },
+    /// B→G: accept the handshake.
+    Accept {
+        /// Chosen subprotocol, if any.
+        subprotocol: Option<&'a [u8]>,
+    },
+    /// B→G: reject the handshake.
+    Reject {
+        /// HTTP status (before the upgrade) or close code.
+        status: u16,
+        /// Reason text.
+        reason: &'a [u8],
+    },
+    /// B→G: send to one connection.
+    Send {
+        /// Sequence number of the gateway record this answers, if any.
+        in_reply_to: Option<u64>,
+        /// Text or binary.
+        data: DataKind,
+        /// Message bytes.
+        payload: &'a [u8],
+    },
+    /// B→G: close a connection.
+    Close {
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: &'a [u8],
+    },
+    /// B→G: add `conn` to a group.
+    Join {
+        /// Group id.
+        group: u64,
+    },
+    /// B→G: remove `conn` from a group.
+    Leave {
+        /// Group id.
+        group: u64,
+    },
+    /// B→G: fan out to a group.
+    Publish {
+        /// Group id.
+        group: u64,
+        /// Text or binary.
+        data: DataKind,
+        /// Message bytes.
+        payload: &'a [u8],
+    },
+    /// B→G: liveness policy; each heartbeat also counts as a beat.
+    Heartbeat {
+        /// Interval at which the backend sends heartbeats.
+        interval_ms: u32,
+        /// The gateway declares the backend dead after this long without one.
+        timeout_ms: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], MsgError> {
+        if self.b.len() < n {
+            return Err(MsgError::Truncated(what));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, MsgError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, MsgError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, MsgError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn lp(&mut self, what: &'static str) -> Result<&'a [u8], MsgError> {
+        let n = self.u16(what)? as usize;
+        self.take(n, what)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+    fn end(&self, what: &'static str) -> Result<(), MsgError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(MsgError::Trailing(what))
+        }
+    }
+}
+
+fn check_flags(kind: u16, f: u16, allowed: u16) -> Result<(), MsgError> {
+    if f & !allowed != 0 {
+        Err(MsgError::BadFlags { kind, flags: f })
+    } else {
+        Ok(())
+    }
+}
+
+/// Fixed part of the Open payload: family u8, reserved u8, port u16, addr [u8; 16].
+const OPEN_FIXED: usize = 20;
+
+impl<'a> Msg<'a> {
+    /// Decodes a payload given the record's `kind` and `flags`.
+    pub fn decode(kind: u16, f: u16, payload: &'a [u8]) -> Result<Msg<'a>, MsgError> {
+        let mut r = Reader { b: payload };
+        let m = match kind {
+            kind::OPEN => {
+                check_flags(kind, f, 0)?;
+                let fam = r.take(1, "open.family")?[0];
+                r.take(1, "open.reserved")?;
+                let port = r.u16("open.port")?;
+                let a = r.take(16, "open.addr")?;
+                let peer = match fam {
+                    0 => PeerAddr::Unknown,
+                    4 => PeerAddr::Ip(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+                        port,
+                    )),
+                    6 => {
+                        let mut o = [0u8; 16];
+                        o.copy_from_slice(a);
+                        PeerAddr::Ip(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
+                    }
+                    _ => return Err(MsgError::Invalid("open.family")),
+                };
+                let path = r.lp("open.path")?;
+                let query = r.lp("open.query")?;
+                let count = r.u16("open.header_count")?;
+                let start = r.b;
+                for _ in 0..count {
+                    r.lp("open.header name")?;
+                    r.lp("open.header value")?;
+                }
+                let used = start.len() - r.b.len();
+                r.end("open")?;
+                Msg::Open {
+                    peer,
+                    path,
+                    query,
+                    headers: Headers {
+                        count,
+                        bytes: &start[..used],
+                    },
+                }
+            }
+            kind::MESSAGE => {
+                check_flags(kind, f, flags::DATA_MASK)?;
+                Msg::Message {
+                    data: DataKind::from_flags(f),
+                    payload: r.rest(),
+                }
+            }
+            kind::CLOSED | kind::CLOSE | kind::REJECT => {
+                check_flags(kind, f, 0)?;
+                let code = r.u16("code")?;
+                let reason = r.rest();
+                match kind {
+                    kind::CLOSED => Msg::Closed { code, reason },
+                    kind::CLOSE => Msg::Close { code, reason },
+                    _ => Msg::Reject {
+                        status: code,
+                        reason,
+                    },
+                }
+            }
+            kind::ACCEPT => {
+                check_flags(kind, f, 0)?;
+                let p = r.rest();
+                Msg::Accept {
+                    subprotocol: if p.is_empty() { None } else { Some(p) },
+                }
+            }
+            kind::SEND => {
+                check_flags(kind, f, flags::SEND_MASK)?;
+                let in_reply_to = if f & flags::IN_REPLY_TO != 0 {
+                    Some(r.u64("send.in_reply_to")?)
+                } else {
+                    None
+                };
+                Msg::Send {
+                    in_reply_to,
+                    data: DataKind::from_flags(f),
+                    payload: r.rest(),
+                }
+            }
+            kind::JOIN | kind::LEAVE => {
+                check_flags(kind, f, 0)?;
+                let group = r.u64("group")?;
+                r.end("join/leave")?;
+                if kind == kind::JOIN {
+                    Msg::Join { group }
+                } else {
+                    Msg::Leave { group }
+                }
+            }
+            kind::PUBLISH => {
+                check_flags(kind, f, flags::DATA_MASK)?;
+                let group = r.u64("publish.group")?;
+                Msg::Publish {
+                    group,
+                    data: DataKind::from_flags(f),
+                    payload: r.rest(),
+                }
+            }
+            kind::HEARTBEAT => {
+                check_flags(kind, f, 0)?;
+                let interval_ms = r.u32("heartbeat.interval")?;
+                let timeout_ms = r.u32("heartbeat.timeout")?;
+                r.end("heartbeat")?;
+                Msg::Heartbeat {
+                    interval_ms,
+                    timeout_ms,
+                }
+            }
+            k => return Err(MsgError::UnknownKind(k)),
+        };
+        Ok(m)
+    }
+
+    /// Decodes a ring record.
+    pub fn from_record(rec: &Record<'a>) -> Result<Msg<'a>, MsgError> {
+        Msg::decode(rec.kind, rec.flags, rec.payload)
+    }
+
+    /// The record kind for this message.
+    pub fn kind(&self) -> u16 {
+        match self {
+            Msg::Open { .. } => kind::OPEN,
+            Msg::Message { .. } => kind::MESSAGE,
+            Msg::Closed { .. } => kind::CLOSED,
+            Msg::Accept { .. } => kind::ACCEPT,
+            Msg::Reject { .. } => kind::REJECT,
+            Msg::Send { .. } => kind::SEND,
+            Msg::Close { .. } => kind::CLOSE,
+            Msg::Join { .. } => kind::JOIN,
+            Msg::Leave { .. } => kind::LEAVE,
+            Msg::Publish { .. } => kind::PUBLISH,
+            Msg::Heartbeat { .. } => kind::HEARTBEAT,
+        }
+    }
+
+    /// The record flags for this message.
+    pub fn flags(&self) -> u16 {
+        match self {
+            Msg::Message { data, .. } | Msg::Publish { data, .. } => data.flag(),
+            Msg::Send {
+                in_reply_to, data, ..
+            } => {
+                data.flag()
+                    | if in_reply_to.is_some() {
+                        flags::IN_REPLY_TO
+                    } else {
+                        0
+                    }
+            }
+            _ => 0,
+        }
+    }
+
+    /// Encoded payload length in bytes.
+    pub fn encoded_len(&self) -> Result<usize, MsgError> {
+        Ok(match self {
+            Msg::Open {
+                path,
+                query,
+                headers,
+                ..
+            } => {
+                check_lp(path, "open.path")?;
+                check_lp(query, "open.query")?;
+                OPEN_FIXED + 2 + path.len() + 2 + query.len() + 2 + headers.bytes.len()
+            }
+            Msg::Message { payload, .. } => payload.len(),
+            Msg::Closed { reason, .. } | Msg::Close { reason, .. } | Msg::Reject { reason, .. } => {
+                2 + reason.len()
+            }
+            Msg::Accept { subprotocol } => subprotocol.map_or(0, |s| s.len()),
+            Msg::Send {
+                in_reply_to,
+                payload,
+                ..
+            } => in_reply_to.map_or(0, |_| 8) + payload.len(),
+            Msg::Join { .. } | Msg::Leave { .. } => 8,
+            Msg::Publish { payload, .. } => 8 + payload.len(),
+            Msg::Heartbeat { .. } => 8,
+        })
+    }
+
+    /// Writes the payload into `out`, which must be exactly [`encoded_len`](Self::encoded_len)
+    /// bytes long.
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), MsgError> {
+        if out.len() != self.encoded_len()? {
+            return Err(MsgError::Invalid("output length"));
+        }
+        let mut w = Writer { b: out, at: 0 };
+        match self {
+            Msg::Open {
+                peer,
+                path,
+                query,
+                headers,
+            } => {
+                match peer {
+                    PeerAddr::Unknown => w.put(&[0u8; 20]),
+                    PeerAddr::Ip(sa) => {
+                        let mut a = [0u8; 16];
+                        let fam = match sa.ip() {
+                            IpAddr::V4(v4) => {
+                                a[..4].copy_from_slice(&v4.octets());
+                                4u8
+                            }
+                            IpAddr::V6(v6) => {
+                                a = v6.octets();
+                                6u8
+                            }
+                        };
+                        w.put(&[fam, 0]);
+                        w.put(&sa.port().to_le_bytes());
+                        w.put(&a);
+                    }
+                }
+                w.lp(path);
+                w.lp(query);
+                w.put(&headers.count.to_le_bytes());
+                w.put(headers.bytes);
+            }
+            Msg::Message { payload, .. } => w.put(payload),
+            Msg::Closed { code, reason }
+            | Msg::Close { code, reason }
+            | Msg::Reject {
+                status: code,
+                reason,
+            } => {
+                w.put(&code.to_le_bytes());
+                w.put(reason);
+            }
+            Msg::Accept { subprotocol } => w.put(subprotocol.unwrap_or(&[])),
+            Msg::Send {
+                in_reply_to,
+                payload,
+                ..
+            } => {
+                if let Some(s) = in_reply_to {
+                    w.put(&s.to_le_bytes());
+                }
+                w.put(payload);
+            }
+            Msg::Join { group } | Msg::Leave { group } => w.put(&group.to_le_bytes()),
+            Msg::Publish { group, payload, .. } => {
+                w.put(&group.to_le_bytes());
+                w.put(payload);
+            }
+            Msg::Heartbeat {
+                interval_ms,
+                timeout_ms,
+            } => {
+                w.put(&interval_ms.to_le_bytes());
+                w.put(&timeout_ms.to_le_bytes());
+            }
+        }
+        debug_assert_eq!(w.at, w.b.len());
+        Ok(())
+    }
+}
+
+fn check_lp(b: &[u8], what: &'static str) -> Result<(), MsgError> {
+    if b.len() > u16::MAX as usize {
+        Err(MsgError::TooLong(what))
+    } else {
+        Ok(())
+    }
+}
+
+struct Writer<'a> {
+    b: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, s: &[u8]) {
+        self.b[self.at..self.at + s.len()].copy_from_slice(s);
+        self.at += s.len();
+    }
+    fn lp(&mut self, s: &[u8]) {
+        self.put(&(s.len() as u16).to_le_bytes());
+        self.put(s);
+    }
+}
+
+/// Encodes a header list for [`Msg::Open`] into `buf` and returns the view to put in the
+/// message. Fails if a name or value exceeds 65535 bytes or there are more than 65535 pairs.
+pub fn encode_headers<'b>(
+    pairs: &[(&[u8], &[u8])],
+    buf: &'b mut Vec<u8>,
+) -> Result<Headers<'b>, MsgError> {
+    if pairs.len() > u16::MAX as usize {
+        return Err(MsgError::TooLong("header count"));
+    }
+    buf.clear();
+    for (n, v) in pairs {
+        check_lp(n, "header name")?;
+        check_lp(v, "header value")?;
+        buf.extend_from_slice(&(n.len() as u16).to_le_bytes());
+        buf.extend_from_slice(n);
+        buf.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        buf.extend_from_slice(v);
+    }
+    Ok(Headers {
+        count: pairs.len() as u16,
+        bytes: buf,
+    })
+}
+
+/// Why [`push`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// Ring error (too large, corrupt peer).
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// Message cannot be encoded.
+    #[error(transparent)]
+    Msg(#[from] MsgError),
+}
+
+/// Encodes `msg` straight into a claimed ring slot and publishes it. `Ok(false)` if full.
+pub fn push(p: &mut Producer, conn: u64, seq: u64, msg: &Msg<'_>) -> Result<bool, PushError> {
+    let len = msg.encoded_len()?;
+    let Some(mut slot) = p.claim(len)? else {
+        return Ok(false);
+    };
+    msg.encode(slot.payload())?;
+    slot.commit(msg.kind(), msg.flags(), conn, seq)?;
+    Ok(true)
+}
