@@ -32,7 +32,7 @@ fn stream(op: OpCode, size: usize) -> (Vec<u8>, usize) {
     };
     let mut payload = payload;
     // Never cut a text payload inside a code point.
-    while std::str::from_utf8(&payload).is_err() {
+    while op == OpCode::Text && std::str::from_utf8(&payload).is_err() {
         let n = payload.len();
         payload[n - 1] = b' ';
     }
