@@ -6,7 +6,7 @@ use sha1::{Digest, Sha1};
 /// GUID appended to the client key before hashing.
 pub const WS_GUID: &[u8; 36] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// `base64(sha1(key ++ GUID))`, e.g. `dGhlIHNhbXBsZSBub25jZQ==` → `s3pPLMBiTxaQ9kYGJzzhZRbK+xo=`.
+/// `base64(sha1(key ++ GUID))`, e.g. `dGhlIHNhbXBsZSBub25jZQ==` → `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`.
 #[inline]
 pub fn accept_key(key: &[u8]) -> [u8; 28] {
     let mut h = Sha1::new();
@@ -43,7 +43,7 @@ mod tests {
     fn rfc_6455_example() {
         assert_eq!(
             &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            b"s3pPLMBiTxaQ9kYGJzzhZRbK+xo="
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

@@ -14,10 +14,8 @@ pub(crate) enum Utf8Check {
 #[inline]
 pub(crate) fn check(b: &[u8]) -> Result<(), Utf8Check> {
     // Short chunks: an ASCII scan beats the SIMD validator's setup cost.
-    if b.len() < 64 {
-        if b.iter().all(|&c| c < 0x80) {
-            return Ok(());
-        }
+    if b.len() < 64 && b.iter().all(|&c| c < 0x80) {
+        return Ok(());
     }
     if simdutf8::basic::from_utf8(b).is_ok() {
         return Ok(());
