@@ -4,12 +4,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use corelay::admin;
 use corelay::config::{BackendMode, GatewayConfig};
+use corelay::shard::bridge::RingHandler;
 use corelay::shard::handler::{EchoHandler, Handler};
+use corelay::shard::hub::Hub;
 use corelay::shard::{Gateway, HandlerFactory};
 use nix::sys::signal::{SigSet, Signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +58,15 @@ enum Cmd {
     Demo {
         #[command(flatten)]
         o: Overrides,
+    },
+    /// Run the demo backend (rooms on /room/NAME, echo elsewhere) attached to a gateway.
+    Backend {
+        /// The gateway's attach socket.
+        #[arg(long, value_name = "PATH")]
+        attach: PathBuf,
+        /// Require this token (`?token=` or `Authorization: Bearer`).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Print the effective configuration checks and exit.
     Check {
@@ -133,16 +145,41 @@ fn init_tracing(level: &str) {
         .init();
 }
 
-fn factory(cfg: &GatewayConfig) -> Result<HandlerFactory> {
+/// The handler factory, plus the hub to start once the shards run (ring mode).
+fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>)> {
     match cfg.backend.mode {
-        BackendMode::Echo => Ok(Arc::new(|_| Box::new(EchoHandler) as Box<dyn Handler>)),
-        BackendMode::Ring => anyhow::bail!(
-            "backend.mode = \"ring\" needs the ring bridge; use --echo (or backend.mode = \"echo\")"
-        ),
+        BackendMode::Echo => Ok((
+            Arc::new(|_| Box::new(EchoHandler) as Box<dyn Handler>),
+            None,
+        )),
+        BackendMode::Ring => {
+            let hub = Hub::bind(&cfg.backend, cfg.shard_count()).with_context(|| {
+                format!(
+                    "binding the backend attach socket {} (backend.attach_socket)",
+                    cfg.backend.attach_socket.display()
+                )
+            })?;
+            let sides: Arc<Vec<Mutex<Option<_>>>> = Arc::new(
+                (0..cfg.shard_count())
+                    .map(|i| Mutex::new(hub.initial_side(i)))
+                    .collect(),
+            );
+            let shared = hub.shared();
+            let bcfg = cfg.backend.clone();
+            let f: HandlerFactory = Arc::new(move |shard| {
+                let slot0 = sides
+                    .get(shard as usize)
+                    .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take());
+                Box::new(RingHandler::new(&bcfg, shared.clone(), slot0)) as Box<dyn Handler>
+            });
+            Ok((f, Some(hub)))
+        }
     }
 }
 
-fn serve(cfg: GatewayConfig, banner: bool) -> Result<()> {
+const DEMO_PAGE: &str = include_str!("../../examples/demo/index.html");
+
+fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
     init_tracing(&cfg.log.level);
     // Block the shutdown signals before any thread starts, so every shard inherits the mask
     // and only this thread receives them (in sigwait below).
@@ -151,45 +188,123 @@ fn serve(cfg: GatewayConfig, banner: bool) -> Result<()> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().context("blocking signals")?;
 
-    let gw = Gateway::start(&cfg, factory(&cfg)?).context("starting shards")?;
+    let (handlers, hub) = factory(&cfg)?;
+    let gw = Gateway::start(&cfg, handlers).context("starting shards")?;
+    let ws = gw.local_addrs()[0];
+    let hub_shared = hub.as_ref().map(|h| h.shared());
+    if let Some(hub) = hub {
+        hub.spawn(gw.handle()).context("starting the backend hub")?;
+    }
+    let mut admin_url = None;
     if let Some(addr) = cfg.server.admin {
+        let page = DEMO_PAGE.replace("{{WS_URL}}", &format!("ws://{ws}"));
         let state = admin::AdminState {
             gateway: gw.handle(),
-            ready_requires_backend: cfg.server.ready_requires_backend,
+            ready_requires_backend: cfg.server.ready_requires_backend
+                && cfg.backend.mode == BackendMode::Ring,
             baseline_rss: admin::process_rss(),
-            pages: Vec::new(),
+            pages: vec![admin::Page {
+                path: "/",
+                content_type: "text/html; charset=utf-8",
+                body: Arc::new(page.into_bytes()),
+            }],
         };
         let bound = admin::spawn(addr, state)
             .with_context(|| format!("binding admin listener {addr} (server.admin)"))?;
         tracing::info!("admin on http://{bound}/ (/metrics /load /healthz /readyz)");
+        admin_url = Some(bound);
+    }
+    let mut backend = None;
+    if demo {
+        let exe = std::env::current_exe().context("locating the corelay binary")?;
+        let child = std::process::Command::new(exe)
+            .arg("backend")
+            .arg("--attach")
+            .arg(&cfg.backend.attach_socket)
+            .env("CORELAY_LOG", &cfg.log.level)
+            .spawn()
+            .context("starting the demo backend process")?;
+        tracing::info!(
+            pid = child.id(),
+            "demo backend started as a separate process"
+        );
+        backend = Some(child);
     }
     // Logged last: tools and tests take this line as "ready".
     for a in gw.local_addrs() {
         tracing::info!(shards = cfg.shard_count(), "listening on ws://{a}/");
     }
-    if banner {
-        let a = gw.local_addrs()[0];
-        println!(
-            "corelay demo is up: connect a WebSocket client to ws://{a}/ (every message is echoed)"
-        );
-        println!("  e.g. python3 -m websockets ws://{a}/    — stop with Ctrl-C");
+    if demo {
+        println!();
+        println!("corelay demo is up (gateway + demo backend in its own process):");
+        println!("  ws://{ws}/            echo: every message comes back (through the backend)");
+        println!("  ws://{ws}/room/NAME   chat room: messages go to everyone in the room");
+        if let Some(a) = admin_url {
+            println!(
+                "  http://{a}/           chat page for a browser; /metrics /load /healthz /readyz"
+            );
+        }
+        println!("  try: python3 -m websockets ws://{ws}/      (stop with Ctrl-C)");
+        println!();
     }
     let sig = signals.wait().context("waiting for signals")?;
     tracing::info!(signal = ?sig, "shutting down");
     gw.shutdown();
     gw.join();
+    if let Some(h) = hub_shared {
+        h.stop();
+    }
+    if let Some(mut child) = backend {
+        // The backend sees the gateway go away and exits; make sure.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
     tracing::info!("bye");
     Ok(())
+}
+
+fn run_backend(attach: &std::path::Path, token: Option<String>) -> Result<()> {
+    init_tracing(&std::env::var("CORELAY_LOG").unwrap_or_else(|_| "info".into()));
+    // The gateway may still be starting: retry the attach for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut backend = loop {
+        match corelay::sdk::Backend::attach(attach) {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "attach failed, retrying");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).context("attaching to the gateway"),
+        }
+    };
+    tracing::info!(shards = backend.shards(), "demo backend attached");
+    let mut service = corelay::sdk::demo::DemoService::new(token);
+    match backend.run(&mut service) {
+        Err(corelay::sdk::SdkError::GatewayGone) => {
+            tracing::info!("gateway went away; demo backend exits");
+            Ok(())
+        }
+        r => r.context("serving"),
+    }
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false),
-        Cmd::Demo { mut o } => {
-            o.echo = true;
-            serve(load(None, Some(&o))?, true)
+        Cmd::Demo { o } => {
+            let mut cfg = load(None, Some(&o))?;
+            if !o.echo {
+                cfg.backend.mode = BackendMode::Ring;
+                cfg.backend.attach_socket =
+                    std::env::temp_dir().join(format!("corelay-demo-{}.sock", std::process::id()));
+            }
+            serve(cfg, !o.echo)
         }
+        Cmd::Backend { attach, token } => run_backend(&attach, token),
         Cmd::Check { config } => {
             let cfg = load(config.as_ref(), None)?;
             println!("configuration OK ({} shards)", cfg.shard_count());

@@ -210,6 +210,13 @@ pub struct BackendConfig {
     pub allow_uids: Vec<u32>,
     /// Bytes of each ring (power of two), per shard and backend, each direction.
     pub ring_bytes: usize,
+    /// Backend processes attached at once (each gets its own rings on every shard).
+    pub max_backends: usize,
+    /// Requests per connection a backend may have unanswered; past it the connection's
+    /// reading pauses until replies arrive (bounds the reorder buffer).
+    pub reorder_window: u32,
+    /// Request headers forwarded to the backend in `Open` (lower-case names).
+    pub forward_headers: Vec<String>,
 }
 
 impl Default for BackendConfig {
@@ -219,6 +226,18 @@ impl Default for BackendConfig {
             attach_socket: PathBuf::from("/tmp/corelay.sock"),
             allow_uids: Vec::new(),
             ring_bytes: 4 << 20,
+            max_backends: 16,
+            reorder_window: 64,
+            forward_headers: [
+                "origin",
+                "user-agent",
+                "authorization",
+                "cookie",
+                "x-forwarded-for",
+                "sec-websocket-protocol",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -332,6 +351,12 @@ impl GatewayConfig {
                 "backend.ring_bytes",
                 "must be a power of two >= 4096",
             ));
+        }
+        if !(1..=255).contains(&self.backend.max_backends) {
+            return Err(invalid("backend.max_backends", "must be in 1..=255"));
+        }
+        if !(1..=1 << 20).contains(&self.backend.reorder_window) {
+            return Err(invalid("backend.reorder_window", "must be in 1..=1048576"));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));

@@ -184,6 +184,12 @@ impl Producer {
         self.ring.max_payload()
     }
 
+    /// Bytes written but not yet committed by the consumer, as last seen (no shared-memory
+    /// access; for metrics).
+    pub fn queued_bytes(&self) -> u64 {
+        self.tail.saturating_sub(self.committed)
+    }
+
     /// The local tail position (including unflushed records).
     pub fn position(&self) -> u64 {
         self.tail
@@ -592,6 +598,12 @@ impl Consumer {
     /// Lowers the largest payload accepted from the producer (bigger → `Corrupt`).
     pub fn set_max_payload(&mut self, max: usize) {
         self.max_payload = max.min(self.ring.max_payload());
+    }
+
+    /// Bytes published by the producer and not yet read, as last seen (no shared-memory
+    /// access; for metrics).
+    pub fn queued_bytes(&self) -> u64 {
+        self.tail.saturating_sub(self.head)
     }
 
     /// Current read position.

@@ -1,1 +1,445 @@
-//! Backend SDK (being written).
+//! Backend SDK: attach to a gateway over its Unix socket and serve its connections through
+//! the shared-memory rings. No async runtime: a blocking [`Backend::run`] loop, or
+//! [`Backend::wake_fds`] + [`Backend::poll`] to drive it from any event loop.
+//!
+//! Depends only on `proto` and `ring` (never on the gateway runtime).
+//!
+//! Protocol duties the SDK fulfils for you (docs/ring-protocol.md):
+//! - every request (`Message`) gets exactly one completion: your [`Ctx::reply`], or an empty
+//!   completion when you did not reply, so the gateway can keep replies in request order;
+//! - records are committed only after the replies they caused are published, so a backend
+//!   killed at any instant loses nothing: its successor gets every uncommitted request again,
+//!   and the gateway drops replies to requests already answered.
+
+pub mod demo;
+
+pub use crate::proto::conn_id::ConnId;
+pub use crate::ring::msg::{DataKind, Headers, PeerAddr};
+
+use crate::ring::attach::{self, Attached};
+use crate::ring::msg::{self, Msg};
+use crate::ring::{Consumer, Doorbells, Producer, Region};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Errors of the SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    /// Attaching failed.
+    #[error("attach: {0}")]
+    Attach(#[from] crate::ring::AttachError),
+    /// A ring is corrupt or misused.
+    #[error("ring: {0}")]
+    Ring(#[from] crate::ring::RingError),
+    /// The gateway closed the attach socket (it exited).
+    #[error("the gateway went away")]
+    GatewayGone,
+    /// I/O error.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a service says about a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Complete the upgrade (optionally confirming a subprotocol).
+    Accept(Option<String>),
+    /// Refuse with an HTTP status (e.g. 401, 403).
+    Reject(u16),
+}
+
+/// A new connection's upgrade request.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenRequest<'a> {
+    /// Client address.
+    pub peer: PeerAddr,
+    /// Request path, e.g. `/room/lobby`.
+    pub path: &'a str,
+    /// Query string without `?` (may be empty).
+    pub query: &'a str,
+    /// Forwarded request headers.
+    pub headers: Headers<'a>,
+}
+
+impl<'a> OpenRequest<'a> {
+    /// First forwarded header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Value of a query parameter (no percent-decoding).
+    pub fn query_param(&self, name: &str) -> Option<&'a str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Your business logic. Every method has a default, so implement what you need.
+pub trait Service {
+    /// A client wants to connect: authenticate it here.
+    fn on_open(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _req: &OpenRequest<'_>) -> Verdict {
+        Verdict::Accept(None)
+    }
+
+    /// A message from a client. Answer with [`Ctx::reply`] (delivered in request order), or
+    /// act otherwise (publish, send...); the SDK completes the request either way.
+    fn on_message(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _kind: DataKind, _payload: &[u8]) {}
+
+    /// A client connection is gone (close code; 1006 if it dropped).
+    fn on_closed(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _code: u16, _reason: &[u8]) {}
+}
+
+struct Link {
+    _region: Region,
+    bells: Doorbells,
+}
+
+/// What a service can do while handling an event.
+pub struct Ctx<'a> {
+    txs: &'a mut [Producer],
+    current: Option<(ConnId, u64)>,
+    replied: bool,
+    error: Option<SdkError>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, shard: usize, conn: ConnId, seq: u64, m: &Msg<'_>) {
+        if self.error.is_some() {
+            return;
+        }
+        let Some(tx) = self.txs.get_mut(shard) else {
+            return;
+        };
+        loop {
+            match msg::push(tx, conn.0, seq, m) {
+                Ok(true) => return,
+                Ok(false) => {
+                    // The gateway drains its ring continuously; wait for room.
+                    tx.flush();
+                    if let Err(e) = tx.wait_for_space(
+                        m.encoded_len().unwrap_or(0),
+                        Some(Duration::from_millis(100)),
+                    ) {
+                        self.error = Some(e.into());
+                        return;
+                    }
+                }
+                Err(msg::PushError::Ring(e)) => {
+                    self.error = Some(e.into());
+                    return;
+                }
+                Err(msg::PushError::Msg(_)) => return,
+            }
+        }
+    }
+
+    /// Answer the request being handled (in [`Service::on_message`]): delivered to the client
+    /// after the answers to its earlier requests. Only the first reply counts.
+    pub fn reply(&mut self, kind: DataKind, payload: &[u8]) {
+        let Some((conn, seq)) = self.current else {
+            return;
+        };
+        if self.replied {
+            return self.send(conn, kind, payload);
+        }
+        self.replied = true;
+        let m = Msg::Send {
+            in_reply_to: Some(seq),
+            data: kind,
+            payload,
+        };
+        self.push(conn.shard() as usize, conn, 0, &m);
+    }
+
+    /// Send a message to any connection now (not ordered with replies).
+    pub fn send(&mut self, conn: ConnId, kind: DataKind, payload: &[u8]) {
+        let m = Msg::Send {
+            in_reply_to: None,
+            data: kind,
+            payload,
+        };
+        self.push(conn.shard() as usize, conn, 0, &m);
+    }
+
+    /// Close a connection with a WebSocket close code.
+    pub fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
+        let m = Msg::Close {
+            code,
+            reason: reason.as_bytes(),
+        };
+        self.push(conn.shard() as usize, conn, 0, &m);
+    }
+
+    /// Add a connection to a group.
+    pub fn join(&mut self, conn: ConnId, group: u64) {
+        self.push(conn.shard() as usize, conn, 0, &Msg::Join { group });
+    }
+
+    /// Remove a connection from a group.
+    pub fn leave(&mut self, conn: ConnId, group: u64) {
+        self.push(conn.shard() as usize, conn, 0, &Msg::Leave { group });
+    }
+
+    /// Send to every member of a group, on every shard (one record per shard; the gateway
+    /// fans out).
+    pub fn publish(&mut self, group: u64, kind: DataKind, payload: &[u8]) {
+        let m = Msg::Publish {
+            group,
+            data: kind,
+            payload,
+        };
+        for shard in 0..self.txs.len() {
+            self.push(shard, ConnId(0), 0, &m);
+        }
+    }
+}
+
+/// Group id for a name (stable FNV-1a hash; use the same in every backend).
+pub fn group_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An attached backend.
+pub struct Backend {
+    stream: UnixStream,
+    links: Vec<Link>,
+    txs: Vec<Producer>,
+    rxs: Vec<Consumer>,
+    heartbeat: Option<(u32, u32)>,
+}
+
+impl Backend {
+    /// Attach to the gateway listening on `path`.
+    pub fn attach(path: impl AsRef<Path>) -> Result<Backend, SdkError> {
+        let stream = UnixStream::connect(path.as_ref())?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let Attached { shards, .. } = attach::handshake(&stream)?;
+        let mut links = Vec::new();
+        let mut txs = Vec::new();
+        let mut rxs = Vec::new();
+        let mut sorted = shards;
+        sorted.sort_by_key(|s| s.shard);
+        for (i, s) in sorted.into_iter().enumerate() {
+            if s.shard as usize != i {
+                return Err(SdkError::Attach(crate::ring::AttachError::Protocol(
+                    "shards are not numbered 0..n",
+                )));
+            }
+            let side = s.backend_side()?;
+            txs.push(side.tx);
+            rxs.push(side.rx);
+            links.push(Link {
+                _region: s.region,
+                bells: s.bells,
+            });
+        }
+        stream.set_nonblocking(true)?;
+        Ok(Backend {
+            stream,
+            links,
+            txs,
+            rxs,
+            heartbeat: None,
+        })
+    }
+
+    /// Number of gateway shards (one ring pair each).
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Announce a liveness policy: the gateway stops routing new connections to this backend
+    /// when no heartbeat came for `timeout`. [`Backend::run`] then beats every `interval`.
+    pub fn set_heartbeat(&mut self, interval: Duration, timeout: Duration) {
+        self.heartbeat = Some((interval.as_millis() as u32, timeout.as_millis() as u32));
+    }
+
+    /// Readable file descriptors to watch in a foreign event loop: one per shard (data for
+    /// this backend), plus the attach socket (readable = the gateway went away). After they
+    /// fire, call [`Backend::poll`].
+    pub fn wake_fds(&self) -> Vec<RawFd> {
+        let mut v: Vec<RawFd> = self
+            .links
+            .iter()
+            .map(|l| l.bells.to_backend_data.as_raw_fd())
+            .collect();
+        v.push(self.stream.as_raw_fd());
+        v
+    }
+
+    fn gateway_alive(&self) -> bool {
+        let mut b = [0u8; 16];
+        match (&self.stream).read_probe(&mut b) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Handle everything available now without blocking; returns the records handled.
+    pub fn poll<S: Service + ?Sized>(&mut self, service: &mut S) -> Result<usize, SdkError> {
+        let mut handled = 0;
+        for shard in 0..self.rxs.len() {
+            let _ = self.links[shard].bells.to_backend_data.drain();
+            let rx = &mut self.rxs[shard];
+            rx.unpark();
+            for _ in 0..1024 {
+                let Some(rec) = rx.peek()? else { break };
+                let conn = ConnId(rec.conn);
+                let seq = rec.seq;
+                let mut ctx = Ctx {
+                    txs: &mut self.txs,
+                    current: None,
+                    replied: false,
+                    error: None,
+                };
+                match Msg::from_record(&rec) {
+                    Ok(Msg::Open {
+                        peer,
+                        path,
+                        query,
+                        headers,
+                    }) => {
+                        let req = OpenRequest {
+                            peer,
+                            path: std::str::from_utf8(path).unwrap_or(""),
+                            query: std::str::from_utf8(query).unwrap_or(""),
+                            headers,
+                        };
+                        let m = match service.on_open(&mut ctx, conn, &req) {
+                            Verdict::Accept(p) => {
+                                let bytes = p.map(String::into_bytes);
+                                let m = Msg::Accept {
+                                    subprotocol: bytes.as_deref(),
+                                };
+                                ctx.push(conn.shard() as usize, conn, 0, &m);
+                                None
+                            }
+                            Verdict::Reject(status) => Some(status),
+                        };
+                        if let Some(status) = m {
+                            let m = Msg::Reject {
+                                status,
+                                reason: b"",
+                            };
+                            ctx.push(conn.shard() as usize, conn, 0, &m);
+                        }
+                    }
+                    Ok(Msg::Message { data, payload }) => {
+                        ctx.current = Some((conn, seq));
+                        service.on_message(&mut ctx, conn, data, payload);
+                        if !ctx.replied {
+                            // Complete the request without a message (empty binary reply).
+                            let m = Msg::Send {
+                                in_reply_to: Some(seq),
+                                data: DataKind::Binary,
+                                payload: b"",
+                            };
+                            ctx.push(conn.shard() as usize, conn, 0, &m);
+                        }
+                    }
+                    Ok(Msg::Closed { code, reason }) => {
+                        service.on_closed(&mut ctx, conn, code, reason)
+                    }
+                    // Not for backends, or malformed: skip it (the gateway is trusted; a
+                    // record it did not mean is still not worth dying for).
+                    Ok(_) | Err(_) => {}
+                }
+                if let Some(e) = ctx.error {
+                    return Err(e);
+                }
+                rx.advance();
+                handled += 1;
+            }
+        }
+        // Publish the replies first, then commit: a crash in between re-delivers requests
+        // (answered twice, deduplicated by the gateway) but never loses one.
+        for tx in &mut self.txs {
+            tx.flush();
+        }
+        for rx in &mut self.rxs {
+            rx.commit();
+        }
+        Ok(handled)
+    }
+
+    /// Serve until the gateway goes away ([`SdkError::GatewayGone`]) or an error occurs.
+    pub fn run<S: Service + ?Sized>(&mut self, service: &mut S) -> Result<(), SdkError> {
+        let mut last_beat = std::time::Instant::now() - Duration::from_secs(3600);
+        loop {
+            if let Some((interval, timeout)) = self.heartbeat {
+                if last_beat.elapsed() >= Duration::from_millis(interval as u64) {
+                    last_beat = std::time::Instant::now();
+                    let m = Msg::Heartbeat {
+                        interval_ms: interval,
+                        timeout_ms: timeout,
+                    };
+                    let mut ctx = Ctx {
+                        txs: &mut self.txs,
+                        current: None,
+                        replied: false,
+                        error: None,
+                    };
+                    for shard in 0..ctx.txs.len() {
+                        ctx.push(shard, ConnId(0), 0, &m);
+                    }
+                    if let Some(e) = ctx.error {
+                        return Err(e);
+                    }
+                }
+            }
+            if self.poll(service)? > 0 {
+                continue;
+            }
+            // Nothing to do: announce that we sleep, re-check, then wait on the doorbells.
+            let mut parked = true;
+            for rx in &mut self.rxs {
+                if !rx.park()? {
+                    parked = false;
+                }
+            }
+            if !parked {
+                continue;
+            }
+            let mut fds: Vec<libc::pollfd> = self
+                .wake_fds()
+                .into_iter()
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let timeout = self
+                .heartbeat
+                .map_or(1000, |(i, _)| i.clamp(1, 1000) as i32);
+            // SAFETY: fds is a valid pollfd array for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if fds.last().is_some_and(|f| f.revents != 0) && !self.gateway_alive() {
+                return Err(SdkError::GatewayGone);
+            }
+        }
+    }
+}
+
+trait ReadProbe {
+    fn read_probe(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl ReadProbe for &UnixStream {
+    fn read_probe(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        let mut s: &UnixStream = self;
+        s.read(buf)
+    }
+}

@@ -316,6 +316,11 @@ impl ShardIo {
         self.conns.len()
     }
 
+    /// Ids of every connection (a snapshot).
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.conns.ids()
+    }
+
     /// Register a handler-owned fd (e.g. a ring eventfd) in this shard's epoll set; readiness
     /// comes back as [`Handler::on_handler_fd`] with `index`.
     pub fn register_handler_fd(&self, fd: RawFd, index: u32) -> io::Result<()> {

@@ -68,6 +68,12 @@ pub trait Handler {
     /// [`ShardIo::register_handler_fd`] became readable.
     fn on_handler_fd(&mut self, _io: &mut ShardIo, _index: u32) {}
 
+    /// A control-path message for this handler (e.g. a backend slot appeared).
+    fn on_control(&mut self, _io: &mut ShardIo, _msg: Box<dyn std::any::Any + Send>) {}
+
+    /// End of an I/O round: publish batched work (e.g. flush ring producers).
+    fn on_round_end(&mut self, _io: &mut ShardIo) {}
+
     /// Called when the shard starts shutting down.
     fn on_shutdown(&mut self, _io: &mut ShardIo) {}
 

@@ -5,9 +5,11 @@
 //!
 //! May not be imported by `proto`, `ring` or `sdk`.
 
+pub mod bridge;
 pub mod conn;
 pub mod conn_table;
 pub mod handler;
+pub mod hub;
 pub mod listener;
 pub mod reactor;
 pub mod timers;
@@ -22,6 +24,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use handler::Handler;
 use handler::HandlerStats;
 use reactor::{Interest, Ready};
+use std::any::Any;
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ struct Control {
     snapshot_wanted: AtomicBool,
     snapshot: Mutex<Option<ShardSnapshot>>,
     snapshot_ready: Condvar,
+    inbox: Mutex<Vec<Box<dyn Any + Send>>>,
 }
 
 /// One shard's counters and gauges, copied out on request (admin path only).
@@ -77,6 +81,7 @@ impl Control {
             snapshot_wanted: AtomicBool::new(false),
             snapshot: Mutex::new(None),
             snapshot_ready: Condvar::new(),
+            inbox: Mutex::new(Vec::new()),
         })
     }
 
@@ -140,6 +145,14 @@ impl GatewayHandle {
                 }
             })
             .collect()
+    }
+
+    /// Hand a control message to one shard's handler ([`Handler::on_control`]).
+    pub fn deliver(&self, shard: usize, msg: Box<dyn Any + Send>) {
+        if let Some(c) = self.controls.get(shard) {
+            c.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+            c.signal();
+        }
     }
 
     /// Ask every shard to shut down gracefully (stop accepting, close 1001, wait, exit).
@@ -316,6 +329,7 @@ async fn run_shard(
             }
             let now = (start.elapsed().as_millis() / tick.as_millis().max(1)) as u32;
             conn::on_tick(&mut st.io, st.handler.as_mut(), now, &mut due);
+            st.handler.on_round_end(&mut st.io);
             st.io.flush();
             if let Some(deadline) = st.shutdown_deadline {
                 tracing::debug!(shard = st.io.shard, left = st.io.connections(), "draining");
@@ -385,6 +399,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
             },
         );
     }
+    st.handler.on_round_end(&mut st.io);
     st.io.flush();
     Ok(epoll_drained && st.io.ready.is_empty())
 }
@@ -398,6 +413,12 @@ fn dispatch(st: &mut State, r: Ready) {
                 st.control.drain();
                 if st.control.shutdown.load(Ordering::SeqCst) && st.shutdown_deadline.is_none() {
                     begin_shutdown(st);
+                }
+                let inbox = std::mem::take(
+                    &mut *st.control.inbox.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                for msg in inbox {
+                    st.handler.on_control(&mut st.io, msg);
                 }
                 if st.control.snapshot_wanted.swap(false, Ordering::SeqCst) {
                     publish_snapshot(st);

@@ -1,0 +1,60 @@
+//! The demo service started by `corelay demo`: chat rooms on `/room/NAME` (every message is
+//! published to the room), echo on every other path, and optional token authentication.
+
+use super::{group_id, ConnId, Ctx, DataKind, OpenRequest, Service, Verdict};
+
+/// Rooms + echo (+ token check when `token` is set).
+#[derive(Debug, Default)]
+pub struct DemoService {
+    /// If set, clients must present `?token=...` or `Authorization: Bearer ...`.
+    pub token: Option<String>,
+    rooms: std::collections::HashMap<ConnId, u64>,
+}
+
+impl DemoService {
+    /// A demo service; `token` enables authentication.
+    pub fn new(token: Option<String>) -> Self {
+        Self {
+            token,
+            rooms: Default::default(),
+        }
+    }
+}
+
+/// Whether the request carries `token` (query `token=` or `Authorization: Bearer`).
+pub fn has_token(req: &OpenRequest<'_>, token: &str) -> bool {
+    let bearer = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .is_some_and(|v| v == token.as_bytes());
+    bearer || req.query_param("token") == Some(token)
+}
+
+impl Service for DemoService {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, req: &OpenRequest<'_>) -> Verdict {
+        if let Some(t) = &self.token {
+            if !has_token(req, t) {
+                return Verdict::Reject(401);
+            }
+        }
+        if let Some(room) = req.path.strip_prefix("/room/").filter(|r| !r.is_empty()) {
+            let g = group_id(room);
+            self.rooms.insert(conn, g);
+            // Joining before the accept is fine: the gateway knows the connection already.
+            ctx.join(conn, g);
+            return Verdict::Accept(None);
+        }
+        Verdict::Accept(None)
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, kind: DataKind, payload: &[u8]) {
+        match self.rooms.get(&conn) {
+            Some(&g) => ctx.publish(g, kind, payload),
+            None => ctx.reply(kind, payload),
+        }
+    }
+
+    fn on_closed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _code: u16, _reason: &[u8]) {
+        self.rooms.remove(&conn);
+    }
+}

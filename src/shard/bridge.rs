@@ -1,0 +1,596 @@
+//! The ring bridge: the [`Handler`] that hands connection events to backend processes over
+//! shared-memory rings and applies what they answer.
+//!
+//! - `Open`, `Message`, `Closed` go into the `to_backend` ring of the connection's slot
+//!   (sticky: a connection stays with the slot it was opened on). `Message` records carry the
+//!   connection's request seq (1, 2, ...), which replies name in `in_reply_to`.
+//! - Records from `to_gateway` are validated; a ring holding garbage gets its backend kicked,
+//!   its slot retired and the connections bound to it closed with 1011 — the gateway goes on.
+//! - A full ring stops reading the connection that could not hand its message on (and, as the
+//!   ring stays full, every other): backpressure, nothing accepted is dropped. The backend's
+//!   commit rings the space doorbell and reading resumes.
+//! - Replies leave in request order with duplicates (replays after a backend restart)
+//!   dropped ([`ShardIo::reply`]); a connection with `reorder_window` unanswered requests
+//!   stops reading until answers come.
+//! - `Publish` fans out here: one ring record reaches every member of the group on this shard.
+
+use super::conn::{ReplyOutcome, ShardIo};
+use super::conn_table::ConnId;
+use super::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
+use super::hub::{HubEvent, HubShared};
+use crate::config::BackendConfig;
+use crate::proto::ws::DataKind;
+use crate::ring::msg::{self, DataKind as RingKind, Msg, PeerAddr};
+use crate::ring::{Doorbells, GatewaySide};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Set<T> = HashSet<T, ahash::RandomState>;
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
+struct Slot {
+    side: GatewaySide,
+    bells: Doorbells,
+    attached: bool,
+    /// Parked waiting for ring space (the backend rings `to_backend_space`).
+    space_parked: bool,
+    heartbeat: Option<(Duration, Instant)>,
+    /// Doorbells are in the shard's epoll set.
+    registered: bool,
+}
+
+/// A `Closed` that did not fit in the ring yet (sent as soon as there is room).
+struct PendingClosed {
+    slot: u8,
+    conn: ConnId,
+    seq: u64,
+    code: u16,
+    reason: Vec<u8>,
+}
+
+/// Per-shard handler that talks to backends over rings.
+pub struct RingHandler {
+    slots: Vec<Option<Slot>>,
+    /// Slots whose rings were retired (corrupt): never used again.
+    dead: Set<u8>,
+    next_rr: usize,
+    groups: Map<u64, Set<ConnId>>,
+    memberships: Map<ConnId, Vec<u64>>,
+    pending_closed: VecDeque<PendingClosed>,
+    /// Connections that reached the reorder window (resumed when answers arrive).
+    window_stalled: Set<ConnId>,
+    window: u32,
+    forward: Vec<String>,
+    hub: Arc<HubShared>,
+    stats: HandlerStats,
+    scratch: Vec<u8>,
+}
+
+const DATA: u32 = 0;
+const SPACE: u32 = 1;
+/// Records handled per doorbell before yielding to the sockets (and coming back).
+const RX_BUDGET: usize = 4096;
+
+fn to_ring(k: DataKind) -> RingKind {
+    match k {
+        DataKind::Text => RingKind::Text,
+        DataKind::Binary => RingKind::Binary,
+    }
+}
+
+fn from_ring(k: RingKind) -> DataKind {
+    match k {
+        RingKind::Text => DataKind::Text,
+        RingKind::Binary => DataKind::Binary,
+    }
+}
+
+impl RingHandler {
+    /// A handler for one shard, starting with slot 0's rings (which hold messages until the
+    /// first backend attaches).
+    pub fn new(
+        cfg: &BackendConfig,
+        hub: Arc<HubShared>,
+        slot0: Option<(GatewaySide, Doorbells)>,
+    ) -> Self {
+        let mut h = Self {
+            slots: Vec::new(),
+            dead: Set::default(),
+            next_rr: 0,
+            groups: Map::default(),
+            memberships: Map::default(),
+            pending_closed: VecDeque::new(),
+            window_stalled: Set::default(),
+            window: cfg.reorder_window,
+            forward: cfg
+                .forward_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            hub,
+            stats: HandlerStats::default(),
+            scratch: Vec::new(),
+        };
+        if let Some((side, bells)) = slot0 {
+            h.slots.push(Some(Slot {
+                side,
+                bells,
+                attached: false,
+                space_parked: false,
+                heartbeat: None,
+                registered: false,
+            }));
+        }
+        h
+    }
+
+    fn register(&mut self, io: &mut ShardIo, slot: u8) {
+        let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        s.registered = true;
+        let base = slot as u32 * 2;
+        let ok = io
+            .register_handler_fd(s.bells.to_gateway_data.as_raw_fd(), base + DATA)
+            .and_then(|_| {
+                io.register_handler_fd(s.bells.to_backend_space.as_raw_fd(), base + SPACE)
+            });
+        if let Err(e) = ok {
+            tracing::error!(slot, error = %e, "cannot watch ring doorbells");
+        }
+        // Park the consumer so the backend's first publish rings the doorbell; anything
+        // already there (a takeover after a restart) is read right away.
+        self.drain_rx(io, slot);
+    }
+
+    /// Pick a slot for a new connection: attached and healthy slots in turn; with none, the
+    /// first usable slot (its messages wait there for a backend).
+    fn pick_slot(&mut self) -> Option<u8> {
+        let now = Instant::now();
+        let usable: Vec<u8> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                let alive = s
+                    .heartbeat
+                    .is_none_or(|(t, last)| now.duration_since(last) < t);
+                (s.attached && alive).then_some(i as u8)
+            })
+            .collect();
+        if !usable.is_empty() {
+            self.next_rr = self.next_rr.wrapping_add(1);
+            return Some(usable[self.next_rr % usable.len()]);
+        }
+        self.slots.iter().position(Option::is_some).map(|i| i as u8)
+    }
+
+    fn push(&mut self, slot: u8, conn: ConnId, seq: u64, m: &Msg<'_>) -> Result<bool, ()> {
+        let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+            return Err(());
+        };
+        match msg::push(&mut s.side.tx, conn.0, seq, m) {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                if !s.space_parked {
+                    s.space_parked = true;
+                    self.stats.backpressure_pauses += 1;
+                    // Ask the backend to ring `to_backend_space` when it frees room.
+                    let need = m.encoded_len().unwrap_or(0);
+                    if let Ok(false) = s.side.tx.park_for_space(need) {
+                        // Room appeared meanwhile: the next attempt will succeed.
+                        s.space_parked = false;
+                    }
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "cannot queue record");
+                Err(())
+            }
+        }
+    }
+
+    fn drain_rx(&mut self, io: &mut ShardIo, slot: u8) {
+        let Some(mut s) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let mut corrupt = None;
+        let mut handled = 0;
+        loop {
+            if handled == RX_BUDGET {
+                // Come back after the sockets had their turn.
+                let _ = s.bells.to_gateway_data.signal();
+                break;
+            }
+            match s.side.rx.peek() {
+                Ok(Some(rec)) => {
+                    let decoded = Msg::from_record(&rec);
+                    let conn = ConnId(rec.conn);
+                    match decoded {
+                        Ok(m) => {
+                            if let Err(why) = self.apply(io, &mut s.heartbeat, conn, m) {
+                                corrupt = Some(why);
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            corrupt = Some(format!("undecodable record: {e}"));
+                            break;
+                        }
+                    }
+                    s.side.rx.advance();
+                    handled += 1;
+                }
+                Ok(None) => match s.side.rx.park() {
+                    Ok(true) => break,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        corrupt = Some(e.to_string());
+                        break;
+                    }
+                },
+                Err(e) => {
+                    corrupt = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        s.side.rx.commit();
+        match corrupt {
+            None => self.slots[slot as usize] = Some(s),
+            Some(why) => self.retire(io, slot, s, &why),
+        }
+    }
+
+    /// A ring held garbage: stop using it, close its connections, have the hub kick the
+    /// backend. The gateway itself carries on.
+    fn retire(&mut self, io: &mut ShardIo, slot: u8, s: Slot, why: &str) {
+        tracing::error!(slot, reason = why, "backend ring corrupt: detaching it");
+        self.stats.backend_corrupt_detaches += 1;
+        if s.attached {
+            self.stats.backends_attached = self.stats.backends_attached.saturating_sub(1);
+        }
+        io.deregister_fd(s.bells.to_gateway_data.as_raw_fd());
+        io.deregister_fd(s.bells.to_backend_space.as_raw_fd());
+        self.dead.insert(slot);
+        self.pending_closed.retain(|p| p.slot != slot);
+        for id in io.connection_ids() {
+            if io.route(id) == Some(slot) {
+                io.close(id, 1011, "backend failed");
+            }
+        }
+        self.hub.kick(slot);
+        drop(s);
+    }
+
+    /// Apply one backend record. `Err` = protocol violation (the ring is treated as corrupt).
+    fn apply(
+        &mut self,
+        io: &mut ShardIo,
+        heartbeat: &mut Option<(Duration, Instant)>,
+        conn: ConnId,
+        m: Msg<'_>,
+    ) -> Result<(), String> {
+        match m {
+            Msg::Accept { subprotocol } => {
+                let p = subprotocol.and_then(|p| std::str::from_utf8(p).ok());
+                io.accept(conn, p);
+            }
+            Msg::Reject { status, reason } => {
+                if !io.reject(conn, status) {
+                    // Already open: a reject is a close with that code.
+                    if (1000..5000).contains(&status) {
+                        io.close(conn, status, &String::from_utf8_lossy(reason));
+                    }
+                }
+            }
+            Msg::Send {
+                in_reply_to,
+                data,
+                payload,
+            } => {
+                let k = from_ring(data);
+                match in_reply_to {
+                    Some(seq) => {
+                        // An empty binary reply completes the request without sending.
+                        let out = if payload.is_empty() && k == DataKind::Binary {
+                            None
+                        } else {
+                            Some(k)
+                        };
+                        if io.reply(conn, seq, out, payload) == ReplyOutcome::Invalid {
+                            tracing::debug!(?conn, seq, "reply to a request never made");
+                        }
+                        if self.window_stalled.contains(&conn)
+                            && io.next_request(conn).is_none_or(|(_, n)| n < self.window)
+                        {
+                            self.window_stalled.remove(&conn);
+                            io.resume(conn);
+                        }
+                    }
+                    None => {
+                        let _ = io.send(conn, k, payload);
+                    }
+                }
+            }
+            Msg::Close { code, reason } => {
+                io.close(conn, code, &String::from_utf8_lossy(reason));
+            }
+            Msg::Join { group } => {
+                if io.route(conn).is_some() {
+                    self.groups.entry(group).or_default().insert(conn);
+                    let g = self.memberships.entry(conn).or_default();
+                    if !g.contains(&group) {
+                        g.push(group);
+                    }
+                }
+            }
+            Msg::Leave { group } => {
+                self.leave(conn, group);
+            }
+            Msg::Publish {
+                group,
+                data,
+                payload,
+            } => {
+                if let Some(members) = self.groups.get(&group) {
+                    let k = from_ring(data);
+                    for &m in members {
+                        let _ = io.send(m, k, payload);
+                    }
+                }
+            }
+            Msg::Heartbeat {
+                interval_ms: _,
+                timeout_ms,
+            } => {
+                let t = Duration::from_millis(timeout_ms.max(1) as u64);
+                *heartbeat = Some((t, Instant::now()));
+            }
+            Msg::Open { .. } | Msg::Message { .. } | Msg::Closed { .. } => {
+                return Err(format!("gateway-bound kind {} from a backend", m.kind()));
+            }
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self, conn: ConnId, group: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.remove(&conn);
+            if g.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
+        if let Some(gs) = self.memberships.get_mut(&conn) {
+            gs.retain(|&x| x != group);
+            if gs.is_empty() {
+                self.memberships.remove(&conn);
+            }
+        }
+    }
+
+    fn flush_pending_closed(&mut self) {
+        while let Some(p) = self.pending_closed.pop_front() {
+            let m = Msg::Closed {
+                code: p.code,
+                reason: &p.reason,
+            };
+            if let Ok(false) = self.push(p.slot, p.conn, p.seq, &m) {
+                self.pending_closed.push_front(p);
+                break;
+            }
+        }
+    }
+}
+
+impl Handler for RingHandler {
+    fn on_open<'a>(&mut self, io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
+        let Some(slot) = self.pick_slot() else {
+            return OpenDecision::Reject { status: 503 };
+        };
+        let req = info.request;
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        for (name, value) in req.headers() {
+            if self.forward.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+                pairs.push((name.as_bytes(), value));
+            }
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let headers = match msg::encode_headers(&pairs, &mut buf) {
+            Ok(h) => h,
+            Err(_) => {
+                self.scratch = buf;
+                return OpenDecision::Reject { status: 431 };
+            }
+        };
+        let m = Msg::Open {
+            peer: PeerAddr::Ip(info.peer),
+            path: req.path().as_bytes(),
+            query: req.query().unwrap_or("").as_bytes(),
+            headers,
+        };
+        let r = self.push(slot, info.conn, 0, &m);
+        self.scratch = buf;
+        match r {
+            Ok(true) => {
+                io.set_route(info.conn, slot);
+                OpenDecision::Pending
+            }
+            Ok(false) => OpenDecision::Reject { status: 503 },
+            Err(()) => OpenDecision::Reject { status: 500 },
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        io: &mut ShardIo,
+        conn: ConnId,
+        kind: DataKind,
+        payload: &[u8],
+    ) -> Delivery {
+        let (Some(slot), Some((seq, unanswered))) = (io.route(conn), io.next_request(conn)) else {
+            return Delivery::Taken;
+        };
+        if self.dead.contains(&slot) {
+            return Delivery::Taken;
+        }
+        if unanswered >= self.window {
+            self.window_stalled.insert(conn);
+            return Delivery::Full;
+        }
+        let m = Msg::Message {
+            data: to_ring(kind),
+            payload,
+        };
+        match self.push(slot, conn, seq, &m) {
+            Ok(true) => {
+                io.request_sent(conn);
+                Delivery::Taken
+            }
+            Ok(false) => Delivery::Full,
+            Err(()) => {
+                io.close(conn, 1009, "message too large for the backend ring");
+                Delivery::Taken
+            }
+        }
+    }
+
+    fn on_close(&mut self, io: &mut ShardIo, conn: ConnId, code: u16, reason: &str) {
+        if let Some(gs) = self.memberships.remove(&conn) {
+            for g in gs {
+                if let Some(set) = self.groups.get_mut(&g) {
+                    set.remove(&conn);
+                    if set.is_empty() {
+                        self.groups.remove(&g);
+                    }
+                }
+            }
+        }
+        self.window_stalled.remove(&conn);
+        let Some(slot) = io.route(conn) else { return };
+        if self.dead.contains(&slot) {
+            return;
+        }
+        let seq = io.next_request(conn).map_or(0, |(s, _)| s - 1);
+        let reason = reason.as_bytes();
+        let reason = &reason[..reason.len().min(123)];
+        let m = Msg::Closed { code, reason };
+        if self.pending_closed.is_empty() {
+            if let Ok(true) | Err(()) = self.push(slot, conn, seq, &m) {
+                return;
+            }
+        }
+        self.pending_closed.push_back(PendingClosed {
+            slot,
+            conn,
+            seq,
+            code,
+            reason: reason.to_vec(),
+        });
+    }
+
+    fn on_handler_fd(&mut self, io: &mut ShardIo, index: u32) {
+        let slot = (index / 2) as u8;
+        if self.dead.contains(&slot) {
+            return;
+        }
+        let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if index % 2 == DATA {
+            let _ = s.bells.to_gateway_data.drain();
+            s.side.rx.unpark();
+            self.drain_rx(io, slot);
+        } else {
+            let _ = s.bells.to_backend_space.drain();
+            s.side.tx.unpark();
+            s.space_parked = false;
+            self.flush_pending_closed();
+            io.resume_stalled();
+        }
+    }
+
+    fn on_control(&mut self, io: &mut ShardIo, msg: Box<dyn std::any::Any + Send>) {
+        let Ok(ev) = msg.downcast::<HubEvent>() else {
+            return;
+        };
+        match *ev {
+            HubEvent::SlotReady { slot, side, bells } => {
+                let i = slot as usize;
+                if self.slots.len() <= i {
+                    self.slots.resize_with(i + 1, || None);
+                }
+                self.slots[i] = Some(Slot {
+                    side: *side,
+                    bells,
+                    attached: false,
+                    space_parked: false,
+                    heartbeat: None,
+                    registered: false,
+                });
+                self.register(io, slot);
+            }
+            HubEvent::Attached { slot, pid } => {
+                if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
+                    if !s.attached {
+                        s.attached = true;
+                        s.heartbeat = None;
+                        self.stats.backends_attached += 1;
+                    }
+                    self.stats.backend_attaches += 1;
+                    tracing::debug!(shard = io.shard, slot, pid, "backend attached");
+                    // The new backend may have left room or records behind; look now.
+                    let _ = s.bells.to_gateway_data.signal();
+                    let _ = s.bells.to_backend_space.signal();
+                }
+            }
+            HubEvent::Detached { slot } => {
+                if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
+                    if s.attached {
+                        s.attached = false;
+                        self.stats.backends_attached =
+                            self.stats.backends_attached.saturating_sub(1);
+                    }
+                    self.stats.backend_detaches += 1;
+                }
+            }
+        }
+    }
+
+    fn on_round_end(&mut self, io: &mut ShardIo) {
+        // Slots handed over at construction (slot 0) are registered on the first round.
+        let unregistered: Vec<u8> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].as_ref().is_some_and(|s| !s.registered))
+            .map(|i| i as u8)
+            .collect();
+        for slot in unregistered {
+            self.register(io, slot);
+        }
+        let (mut tb, mut tg) = (0, 0);
+        for s in self.slots.iter_mut().flatten() {
+            s.side.tx.flush();
+            tb += s.side.tx.queued_bytes();
+            tg += s.side.rx.queued_bytes();
+        }
+        self.stats.ring_to_backend_bytes = tb;
+        self.stats.ring_to_gateway_bytes = tg;
+    }
+
+    fn on_shutdown(&mut self, _io: &mut ShardIo) {
+        for s in self.slots.iter_mut().flatten() {
+            s.side.tx.flush();
+        }
+    }
+
+    fn stats(&self) -> HandlerStats {
+        HandlerStats {
+            ready: self.stats.backends_attached > 0,
+            ..self.stats
+        }
+    }
+}
