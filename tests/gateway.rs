@@ -239,16 +239,12 @@ fn slow_consumer_is_closed_with_1008() {
     c.sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut last = Msg::Eof;
-    loop {
+    let last = loop {
         match c.recv() {
             Msg::Binary(_) => continue,
-            m => {
-                last = m;
-                break;
-            }
+            m => break m,
         }
-    }
+    };
     assert!(matches!(last, Msg::Close(Some(1008), _)), "{last:?}");
     // The gateway is fine and serves others.
     let mut d = Client::connect(g.addr, "/");

@@ -406,10 +406,7 @@ impl ShardIo {
             let _ = self.send(id, k, payload);
         }
         // Release whatever this unblocked.
-        loop {
-            let Some(c) = self.conns.get_mut(id) else {
-                break;
-            };
+        while let Some(c) = self.conns.get_mut(id) {
             let next = c.reply_next;
             let Some(x) = c.extra.as_mut() else { break };
             if x.reorder.first().is_none_or(|r| r.0 != next) {

@@ -249,7 +249,6 @@ impl Client {
     /// Next complete message or control frame (messages reassembled).
     pub fn recv(&mut self) -> Msg {
         let mut msg: Vec<u8> = Vec::new();
-        let mut kind = DataKind::Binary;
         loop {
             while self.start < self.buf.len() {
                 let (used, r) = self.dec.decode(&self.cfg, &mut self.buf[self.start..]);
@@ -263,12 +262,11 @@ impl Client {
                 };
                 let out = match ev {
                     Event::Data {
-                        kind: k,
+                        kind,
                         payload,
                         last,
                         ..
                     } => {
-                        kind = k;
                         msg.extend_from_slice(payload);
                         if last {
                             Some(match kind {

@@ -783,7 +783,7 @@ impl SectionAssembler {
             return Ok(None);
         }
         let cc = pkt.continuity_counter();
-        let in_order = self.last_cc.map_or(true, |l| (l + 1) & 0x0F == cc);
+        let in_order = self.last_cc.is_none_or(|l| (l + 1) & 0x0F == cc);
         self.last_cc = Some(cc);
         let payload = pkt.payload();
         let data = if pkt.payload_unit_start() {

@@ -1,0 +1,348 @@
+//! The split, over real processes: a gateway in ring mode, backends as separate processes
+//! (the `corelay backend` demo service) or as this test process speaking the ring protocol.
+
+mod common;
+use common::*;
+use corelay::ring::msg::{self, DataKind, Msg as RMsg};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Split {
+    gw: Gw,
+    sock: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+fn split(extra: &str) -> Split {
+    let dir = TempDir::new("split");
+    let sock = dir.0.join("attach.sock");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n{extra}\n",
+        sock.display()
+    );
+    let gw = Gw::start(&toml, &[]);
+    Split {
+        gw,
+        sock,
+        _dir: dir,
+    }
+}
+
+fn backend(sock: &std::path::Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_corelay"))
+        .arg("backend")
+        .arg("--attach")
+        .arg(sock)
+        .args(args)
+        .env("CORELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_attached(s: &Split, n: f64) {
+    let admin = s.gw.admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(admin, "/metrics");
+        let v: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("corelay_backends_attached{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        if v >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backend did not attach: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(c: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    let _ = c.wait();
+}
+
+#[test]
+fn echo_and_rooms_through_a_backend_process() {
+    let s = split("");
+    let mut b = backend(&s.sock, &[]);
+    wait_attached(&s, 2.0);
+    let mut c = Client::connect(s.gw.addr, "/");
+    for i in 0..100 {
+        c.text(&format!("n{i}"));
+    }
+    for i in 0..100 {
+        assert_eq!(c.recv(), Msg::Text(format!("n{i}")));
+    }
+    // A room: every member on every shard gets each publish.
+    let mut members: Vec<Client> = (0..8)
+        .map(|_| Client::connect(s.gw.addr, "/room/r1"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    members[3].text("hi all");
+    for m in members.iter_mut() {
+        assert_eq!(m.recv(), Msg::Text("hi all".into()));
+    }
+    kill9(&mut b);
+}
+
+#[test]
+fn backend_decides_the_handshake() {
+    let s = split("");
+    let mut b = backend(&s.sock, &["--token", "s3cret"]);
+    wait_attached(&s, 2.0);
+    let (_s1, head) = raw_http(s.gw.addr, upgrade_request("/", "").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let mut ok = Client::connect(s.gw.addr, "/?token=s3cret");
+    ok.text("in");
+    assert_eq!(ok.recv(), Msg::Text("in".into()));
+    let mut ok2 = Client::try_connect(s.gw.addr, "/", "Authorization: Bearer s3cret\r\n").unwrap();
+    ok2.text("in2");
+    assert_eq!(ok2.recv(), Msg::Text("in2".into()));
+    kill9(&mut b);
+}
+
+#[test]
+fn messages_wait_for_a_backend_and_survive_kill_9() {
+    let s = split("[timeouts]\nhandshake_ms = 20000\n");
+    // No backend yet: the upgrade waits in the ring.
+    let addr = s.gw.addr;
+    let pending = std::thread::spawn(move || Client::connect(addr, "/"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = backend(&s.sock, &[]);
+    let mut c = pending.join().unwrap();
+    wait_attached(&s, 2.0);
+
+    // Stream numbered messages while the backend is killed and replaced ten times.
+    let total = 2000;
+    let mut sent = 0;
+    let mut got = Vec::new();
+    for round in 0..10 {
+        for _ in 0..total / 10 {
+            c.text(&format!("{sent}"));
+            sent += 1;
+        }
+        if round % 2 == 0 {
+            // Read some answers while the backend is alive.
+            for _ in 0..50 {
+                match c.recv_data() {
+                    Msg::Text(t) => got.push(t.parse::<u32>().unwrap()),
+                    m => panic!("unexpected {m:?}"),
+                }
+            }
+        }
+        kill9(&mut b);
+        std::thread::sleep(Duration::from_millis(50));
+        b = backend(&s.sock, &[]);
+    }
+    while got.len() < total {
+        match c.recv_data() {
+            Msg::Text(t) => got.push(t.parse::<u32>().unwrap()),
+            m => panic!("unexpected {m:?} after {} answers", got.len()),
+        }
+    }
+    // Exactly once, in order, on the same connection (no disconnect).
+    let want: Vec<u32> = (0..total as u32).collect();
+    assert_eq!(got, want);
+    c.text("still here");
+    assert_eq!(c.recv_data(), Msg::Text("still here".into()));
+    kill9(&mut b);
+}
+
+#[test]
+fn full_ring_pauses_reading_and_loses_nothing() {
+    // 4 KiB rings: a few dozen messages fill them while no backend is attached.
+    let s = {
+        let dir = TempDir::new("bp");
+        let sock = dir.0.join("a.sock");
+        let toml = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n[backend]\nmode = \"ring\"\nring_bytes = 4096\nattach_socket = \"{}\"\n[timeouts]\nhandshake_ms = 20000\n",
+            sock.display()
+        );
+        Split {
+            gw: Gw::start(&toml, &[]),
+            sock,
+            _dir: dir,
+        }
+    };
+    let mut b = backend(&s.sock, &[]);
+    let mut c = Client::connect(s.gw.addr, "/");
+    wait_attached(&s, 1.0);
+    kill9(&mut b);
+    std::thread::sleep(Duration::from_millis(100));
+    let payload = "x".repeat(200);
+    for i in 0..200 {
+        c.text(&format!("{i}:{payload}"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
+    let pauses: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("corelay_backpressure_pauses_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(pauses >= 1.0, "ring never filled:\n{body}");
+    let mut b = backend(&s.sock, &[]);
+    for i in 0..200 {
+        assert_eq!(c.recv_data(), Msg::Text(format!("{i}:{payload}")));
+    }
+    kill9(&mut b);
+}
+
+/// This test process acts as a backend with the raw ring API.
+/// The attach socket is returned too: the gateway takes its closing as the backend's death.
+fn raw_backend(
+    sock: &std::path::Path,
+) -> (
+    std::os::unix::net::UnixStream,
+    corelay::ring::attach::Attached,
+    Vec<corelay::ring::BackendSide>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = std::os::unix::net::UnixStream::connect(sock)
+            .map_err(corelay::ring::AttachError::from)
+            .and_then(|st| corelay::ring::attach::handshake(&st).map(|a| (st, a)));
+        match r {
+            Ok((st, a)) => {
+                let sides = a.shards.iter().map(|s| s.backend_side().unwrap()).collect();
+                return (st, a, sides);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("attach: {e}"),
+        }
+    }
+}
+
+#[test]
+fn out_of_order_answers_reach_the_client_in_order() {
+    let s = split("");
+    let (_st, _att, mut sides) = raw_backend(&s.sock);
+    let addr = s.gw.addr;
+    let client = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, "/");
+        for i in 0..5 {
+            c.text(&format!("q{i}"));
+        }
+        (0..5).map(|_| c.recv_data()).collect::<Vec<_>>()
+    });
+    // Collect the Open and five requests, then answer them in reverse order.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reqs: Vec<(usize, u64, u64, String)> = Vec::new();
+    while reqs.len() < 5 {
+        assert!(Instant::now() < deadline, "requests did not arrive");
+        for (i, side) in sides.iter_mut().enumerate() {
+            while let Some(rec) = side.rx.peek().unwrap() {
+                let (conn, seq) = (rec.conn, rec.seq);
+                match RMsg::from_record(&rec).unwrap() {
+                    RMsg::Open { .. } => {
+                        let m = RMsg::Accept { subprotocol: None };
+                        assert!(msg::push(&mut side.tx, conn, 0, &m).unwrap());
+                        side.tx.flush();
+                    }
+                    RMsg::Message { payload, .. } => {
+                        reqs.push((i, conn, seq, String::from_utf8(payload.to_vec()).unwrap()))
+                    }
+                    _ => {}
+                }
+                side.rx.advance();
+            }
+            side.rx.commit();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (i, conn, seq, text) in reqs.iter().rev() {
+        let answer = format!("a-{text}");
+        let m = RMsg::Send {
+            in_reply_to: Some(*seq),
+            data: DataKind::Text,
+            payload: answer.as_bytes(),
+        };
+        assert!(msg::push(&mut sides[*i].tx, *conn, 0, &m).unwrap());
+        sides[*i].tx.flush();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A duplicate of an answered request is dropped.
+    let (i, conn, seq, _) = &reqs[0];
+    let dup = RMsg::Send {
+        in_reply_to: Some(*seq),
+        data: DataKind::Text,
+        payload: b"duplicate",
+    };
+    assert!(msg::push(&mut sides[*i].tx, *conn, 0, &dup).unwrap());
+    sides[*i].tx.flush();
+    let got = client.join().unwrap();
+    let want: Vec<Msg> = (0..5).map(|i| Msg::Text(format!("a-q{i}"))).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn garbage_in_a_ring_detaches_the_backend_not_the_gateway() {
+    let s = split("");
+    let (_st, att, mut sides) = raw_backend(&s.sock);
+    wait_attached(&s, 2.0);
+    // A connection bound to the hostile backend.
+    let addr = s.gw.addr;
+    let victim = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, "/");
+        c.text("x");
+        c.recv_data()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    'outer: loop {
+        assert!(Instant::now() < deadline);
+        for side in sides.iter_mut() {
+            while let Some(rec) = side.rx.peek().unwrap() {
+                let conn = rec.conn;
+                if let Ok(RMsg::Open { .. }) = RMsg::from_record(&rec) {
+                    let m = RMsg::Accept { subprotocol: None };
+                    assert!(msg::push(&mut side.tx, conn, 0, &m).unwrap());
+                    side.tx.flush();
+                }
+                let is_msg = matches!(RMsg::from_record(&rec), Ok(RMsg::Message { .. }));
+                side.rx.advance();
+                if is_msg {
+                    break 'outer;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Publish one record whose header is garbage, in every to_gateway ring.
+    for (sh, side) in att.shards.iter().zip(sides.iter_mut()) {
+        let layout = sh.region.layout();
+        let pos = side.tx.position();
+        assert!(side
+            .tx
+            .try_push_deferred(msg::kind::SEND, 0, 1, 0, &[b"12345678"])
+            .unwrap());
+        // SAFETY: writing inside our own mapping of the region: the header of the record just
+        // written (not yet published) in the to_gateway data area.
+        unsafe {
+            let data = sh
+                .region
+                .raw_base()
+                .add(layout.tg_offset as usize + corelay::ring::layout::RING_HEADER_SIZE);
+            let at = (pos % layout.tg_capacity) as usize;
+            for k in 0..24 {
+                *data.add(at + k) = 0xA5;
+            }
+        }
+        side.tx.flush();
+    }
+    // The victim is closed with 1011; the gateway keeps serving with a new backend.
+    assert!(matches!(victim.join().unwrap(), Msg::Close(Some(1011), _)));
+    let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
+    assert!(
+        body.contains("corelay_backend_corrupt_detaches_total{shard="),
+        "{body}"
+    );
+    let mut b = backend(&s.sock, &[]);
+    wait_attached(&s, 2.0);
+    let mut c = Client::connect(s.gw.addr, "/");
+    c.text("alive");
+    assert_eq!(c.recv_data(), Msg::Text("alive".into()));
+    kill9(&mut b);
+}
