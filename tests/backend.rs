@@ -346,3 +346,59 @@ fn garbage_in_a_ring_detaches_the_backend_not_the_gateway() {
     assert_eq!(c.recv_data(), Msg::Text("alive".into()));
     kill9(&mut b);
 }
+
+fn example(name: &str, sock: &std::path::Path, extra: &[&str]) -> Child {
+    // target/<profile>/deps/backend-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    assert!(path.exists(), "{} not built (cargo test builds examples)", path.display());
+    Command::new(path)
+        .arg("--attach")
+        .arg(sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn example_backends_echo_auth_chat() {
+    // echo
+    let s = split("");
+    let mut b = example("echo_backend", &s.sock, &[]);
+    wait_attached(&s, 2.0);
+    let mut c = Client::connect(s.gw.addr, "/anything");
+    c.binary(&[1, 2, 3]);
+    assert_eq!(c.recv_data(), Msg::Binary(vec![1, 2, 3]));
+    kill9(&mut b);
+    drop(s);
+
+    // auth
+    let s = split("");
+    let mut b = example("auth_backend", &s.sock, &["--token", "t0k"]);
+    wait_attached(&s, 2.0);
+    let (_x, head) = raw_http(s.gw.addr, upgrade_request("/?token=nope", "").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let mut c = Client::connect(s.gw.addr, "/?token=t0k");
+    c.text("ok");
+    assert_eq!(c.recv_data(), Msg::Text("ok".into()));
+    kill9(&mut b);
+    drop(s);
+
+    // chat
+    let s = split("");
+    let mut b = example("chat_backend", &s.sock, &[]);
+    wait_attached(&s, 2.0);
+    let (_x, head) = raw_http(s.gw.addr, upgrade_request("/not-a-room", "").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let mut a = Client::connect(s.gw.addr, "/room/blue");
+    let mut bb = Client::connect(s.gw.addr, "/room/blue");
+    let mut other = Client::connect(s.gw.addr, "/room/red");
+    std::thread::sleep(Duration::from_millis(100));
+    a.text("to blue");
+    assert_eq!(a.recv_data(), Msg::Text("to blue".into()));
+    assert_eq!(bb.recv_data(), Msg::Text("to blue".into()));
+    other.text("to red");
+    assert_eq!(other.recv_data(), Msg::Text("to red".into()));
+    kill9(&mut b);
+}
