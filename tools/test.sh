@@ -15,6 +15,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
+command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
