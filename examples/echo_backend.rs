@@ -18,7 +18,10 @@ impl Service for Echo {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = attach_arg()?;
     let mut backend = Backend::attach(&path)?;
-    eprintln!("echo backend attached to {path} ({} shards)", backend.shards());
+    eprintln!(
+        "echo backend attached to {path} ({} shards)",
+        backend.shards()
+    );
     backend.run(&mut Echo)?;
     Ok(())
 }

@@ -350,8 +350,18 @@ fn garbage_in_a_ring_detaches_the_backend_not_the_gateway() {
 fn example(name: &str, sock: &std::path::Path, extra: &[&str]) -> Child {
     // target/<profile>/deps/backend-<hash> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(path.exists(), "{} not built (cargo test builds examples)", path.display());
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo test builds examples)",
+        path.display()
+    );
     Command::new(path)
         .arg("--attach")
         .arg(sock)
@@ -401,4 +411,29 @@ fn example_backends_echo_auth_chat() {
     other.text("to red");
     assert_eq!(other.recv_data(), Msg::Text("to red".into()));
     kill9(&mut b);
+}
+
+#[test]
+fn route_key_sends_messages_to_the_backend_of_their_route() {
+    let s = split("route_field = \"ns\"\nroutes = { chat = 7, auth = 9 }\n");
+    let mut default = backend(&s.sock, &["--tag", "default:"]);
+    wait_attached(&s, 2.0);
+    let mut chat = backend(&s.sock, &["--route", "7", "--tag", "chat:"]);
+    wait_attached(&s, 4.0);
+    let mut c = Client::connect(s.gw.addr, "/");
+    let keyed = r#"{"ns": "chat", "body": {"ns": "auth"}}"#;
+    c.text(keyed);
+    c.text(r#"{"ns": "other"}"#);
+    c.text("plain text");
+    c.text(r#"{"ns": "auth"}"#); // route 9 has no backend: the default takes it
+                                 // Replies come back in request order whichever backend answered.
+    assert_eq!(c.recv_data(), Msg::Text(format!("chat:{keyed}")));
+    assert_eq!(
+        c.recv_data(),
+        Msg::Text(r#"default:{"ns": "other"}"#.into())
+    );
+    assert_eq!(c.recv_data(), Msg::Text("default:plain text".into()));
+    assert_eq!(c.recv_data(), Msg::Text(r#"default:{"ns": "auth"}"#.into()));
+    kill9(&mut default);
+    kill9(&mut chat);
 }

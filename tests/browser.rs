@@ -84,7 +84,14 @@ fn two_browser_pages_chat_through_the_backend() {
     let g = Gw::start_cmd(
         "demo",
         "",
-        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--shards", "2"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ],
     );
     let admin = g.admin.expect("admin address");
     // The demo backend attaches asynchronously: wait until the gateway is ready.
@@ -122,7 +129,9 @@ fn two_browser_pages_chat_through_the_backend() {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("chromium did not start");
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("chromium did not start");
     let (ws, _) = tungstenite::connect(url.as_str()).unwrap();
     let mut cdp = Cdp { ws, next: 0 };
 
@@ -138,14 +147,22 @@ fn two_browser_pages_chat_through_the_backend() {
         sessions.push(s["sessionId"].as_str().unwrap().to_string());
     }
     for (i, s) in sessions.iter().enumerate() {
-        cdp.wait_true(s, "document.readyState === 'complete' && !!document.getElementById('join')", "page load");
+        cdp.wait_true(
+            s,
+            "document.readyState === 'complete' && !!document.getElementById('join')",
+            "page load",
+        );
         cdp.eval(
             s,
             &format!(
                 "document.getElementById('room').value = 'browsers'; document.getElementById('nick').value = 'p{i}'; document.getElementById('join').requestSubmit(); true"
             ),
         );
-        cdp.wait_true(s, "document.body.dataset.state === 'joined'", "joining the room");
+        cdp.wait_true(
+            s,
+            "document.body.dataset.state === 'joined'",
+            "joining the room",
+        );
     }
     cdp.eval(
         &sessions[0],

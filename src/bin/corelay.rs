@@ -67,6 +67,12 @@ enum Cmd {
         /// Require this token (`?token=` or `Authorization: Bearer`).
         #[arg(long)]
         token: Option<String>,
+        /// Route id this backend serves (see backend.routes; 0 = default).
+        #[arg(long, default_value_t = 0)]
+        route: u32,
+        /// Prefix every reply with this text (to tell backends apart).
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// Print the effective configuration checks and exit.
     Check {
@@ -266,12 +272,17 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
     Ok(())
 }
 
-fn run_backend(attach: &std::path::Path, token: Option<String>) -> Result<()> {
+fn run_backend(
+    attach: &std::path::Path,
+    token: Option<String>,
+    route: u32,
+    tag: Option<String>,
+) -> Result<()> {
     init_tracing(&std::env::var("CORELAY_LOG").unwrap_or_else(|_| "info".into()));
     // The gateway may still be starting: retry the attach for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut backend = loop {
-        match corelay::sdk::Backend::attach(attach) {
+        match corelay::sdk::Backend::attach_route(attach, route) {
             Ok(b) => break b,
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "attach failed, retrying");
@@ -282,6 +293,7 @@ fn run_backend(attach: &std::path::Path, token: Option<String>) -> Result<()> {
     };
     tracing::info!(shards = backend.shards(), "demo backend attached");
     let mut service = corelay::sdk::demo::DemoService::new(token);
+    service.tag = tag;
     match backend.run(&mut service) {
         Err(corelay::sdk::SdkError::GatewayGone) => {
             tracing::info!("gateway went away; demo backend exits");
@@ -304,7 +316,12 @@ fn main() -> Result<()> {
             }
             serve(cfg, !o.echo)
         }
-        Cmd::Backend { attach, token } => run_backend(&attach, token),
+        Cmd::Backend {
+            attach,
+            token,
+            route,
+            tag,
+        } => run_backend(&attach, token, route, tag),
         Cmd::Check { config } => {
             let cfg = load(config.as_ref(), None)?;
             println!("configuration OK ({} shards)", cfg.shard_count());

@@ -217,6 +217,10 @@ pub struct BackendConfig {
     pub reorder_window: u32,
     /// Request headers forwarded to the backend in `Open` (lower-case names).
     pub forward_headers: Vec<String>,
+    /// Top-level JSON string field of text messages used as the route key (empty = off).
+    pub route_field: String,
+    /// Route key value → route id of the backends that serve it.
+    pub routes: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for BackendConfig {
@@ -238,6 +242,8 @@ impl Default for BackendConfig {
             ]
             .map(String::from)
             .to_vec(),
+            route_field: String::new(),
+            routes: Default::default(),
         }
     }
 }
@@ -357,6 +363,18 @@ impl GatewayConfig {
         }
         if !(1..=1 << 20).contains(&self.backend.reorder_window) {
             return Err(invalid("backend.reorder_window", "must be in 1..=1048576"));
+        }
+        if self.backend.routes.values().any(|&r| r == 0) {
+            return Err(invalid(
+                "backend.routes",
+                "route ids must be > 0 (0 is the default route)",
+            ));
+        }
+        if !self.backend.routes.is_empty() && self.backend.route_field.is_empty() {
+            return Err(invalid(
+                "backend.route_field",
+                "required when backend.routes is set",
+            ));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));

@@ -7,6 +7,7 @@ pub mod buf;
 pub mod conn_id;
 pub mod handshake;
 pub mod media;
+pub mod route_key;
 pub mod ws;
 
 pub use buf::BufferTooSmall;

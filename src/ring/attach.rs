@@ -92,6 +92,17 @@ pub fn serve_one(
     allowlist: &[u32],
     offers: &[ShardOffer<'_>],
 ) -> Result<PeerCred, AttachError> {
+    let (peer, _route) = read_client_hello(stream, allowlist)?;
+    send_offers(stream, offers)?;
+    Ok(peer)
+}
+
+/// Gateway side, first half of [`serve_one`]: check the peer and read its hello. Returns the
+/// peer's credentials and the route id it serves (0 = the default route).
+pub fn read_client_hello(
+    stream: &UnixStream,
+    allowlist: &[u32],
+) -> Result<(PeerCred, u32), AttachError> {
     let cred =
         socket::getsockopt(stream, sockopt::PeerCredentials).map_err(std::io::Error::from)?;
     let peer = PeerCred {
@@ -122,6 +133,12 @@ pub fn serve_one(
         let _ = s.write_all(&server_hello(status::BAD_VERSION, 0));
         return Err(AttachError::BadVersion(v));
     }
+    Ok((peer, le32(&hello[12..16])))
+}
+
+/// Gateway side, second half of [`serve_one`]: the server hello, then the shard records.
+pub fn send_offers(stream: &UnixStream, offers: &[ShardOffer<'_>]) -> Result<(), AttachError> {
+    let mut s = stream;
     let n = u32::try_from(offers.len()).map_err(|_| AttachError::Protocol("too many shards"))?;
     s.write_all(&server_hello(status::OK, n))?;
     for o in offers {
@@ -152,7 +169,7 @@ pub fn serve_one(
             s.write_all(&rec[sent..])?;
         }
     }
-    Ok(peer)
+    Ok(())
 }
 
 /// One shard received by a backend.
@@ -189,8 +206,14 @@ pub fn connect(path: impl AsRef<Path>) -> Result<Attached, AttachError> {
     handshake(&s)
 }
 
-/// Backend side of the handshake on a connected stream.
+/// Backend side of the handshake on a connected stream (default route).
 pub fn handshake(stream: &UnixStream) -> Result<Attached, AttachError> {
+    handshake_route(stream, 0)
+}
+
+/// Backend side of the handshake, declaring the route id this backend serves (the gateway
+/// sends it the messages whose route key maps to `route`; 0 = the default route).
+pub fn handshake_route(stream: &UnixStream, route: u32) -> Result<Attached, AttachError> {
     let cred =
         socket::getsockopt(stream, sockopt::PeerCredentials).map_err(std::io::Error::from)?;
     let gateway = PeerCred {
@@ -202,6 +225,7 @@ pub fn handshake(stream: &UnixStream) -> Result<Attached, AttachError> {
     let mut hello = [0u8; CLIENT_HELLO];
     hello[..8].copy_from_slice(&ATTACH_MAGIC);
     hello[8..12].copy_from_slice(&ATTACH_VERSION.to_le_bytes());
+    hello[12..16].copy_from_slice(&route.to_le_bytes());
     s.write_all(&hello)?;
     let mut sh = [0u8; SERVER_HELLO];
     s.read_exact(&mut sh)?;

@@ -8,6 +8,8 @@ use super::{group_id, ConnId, Ctx, DataKind, OpenRequest, Service, Verdict};
 pub struct DemoService {
     /// If set, clients must present `?token=...` or `Authorization: Bearer ...`.
     pub token: Option<String>,
+    /// If set, echoed replies are prefixed with it (tells backends apart in tests and demos).
+    pub tag: Option<String>,
     rooms: std::collections::HashMap<ConnId, u64>,
 }
 
@@ -16,6 +18,7 @@ impl DemoService {
     pub fn new(token: Option<String>) -> Self {
         Self {
             token,
+            tag: None,
             rooms: Default::default(),
         }
     }
@@ -50,7 +53,14 @@ impl Service for DemoService {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, kind: DataKind, payload: &[u8]) {
         match self.rooms.get(&conn) {
             Some(&g) => ctx.publish(g, kind, payload),
-            None => ctx.reply(kind, payload),
+            None => match &self.tag {
+                Some(t) => {
+                    let mut v = t.as_bytes().to_vec();
+                    v.extend_from_slice(payload);
+                    ctx.reply(kind, &v);
+                }
+                None => ctx.reply(kind, payload),
+            },
         }
     }
 

@@ -219,11 +219,17 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Attach to the gateway listening on `path`.
+    /// Attach to the gateway listening on `path` (default route).
     pub fn attach(path: impl AsRef<Path>) -> Result<Backend, SdkError> {
+        Self::attach_route(path, 0)
+    }
+
+    /// Attach as a backend of route `route`: it receives the messages whose route key maps
+    /// to `route` in the gateway's `backend.routes` (0 = the default route).
+    pub fn attach_route(path: impl AsRef<Path>, route: u32) -> Result<Backend, SdkError> {
         let stream = UnixStream::connect(path.as_ref())?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let Attached { shards, .. } = attach::handshake(&stream)?;
+        let Attached { shards, .. } = attach::handshake_route(&stream, route)?;
         let mut links = Vec::new();
         let mut txs = Vec::new();
         let mut rxs = Vec::new();

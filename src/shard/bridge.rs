@@ -31,6 +31,7 @@ type Set<T> = HashSet<T, ahash::RandomState>;
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 struct Slot {
+    route: u32,
     side: GatewaySide,
     bells: Doorbells,
     attached: bool,
@@ -63,6 +64,8 @@ pub struct RingHandler {
     window_stalled: Set<ConnId>,
     window: u32,
     forward: Vec<String>,
+    route_field: String,
+    routes: Map<Vec<u8>, u32>,
     hub: Arc<HubShared>,
     stats: HandlerStats,
     scratch: Vec<u8>,
@@ -109,12 +112,19 @@ impl RingHandler {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            route_field: cfg.route_field.clone(),
+            routes: cfg
+                .routes
+                .iter()
+                .map(|(k, &v)| (k.as_bytes().to_vec(), v))
+                .collect(),
             hub,
             stats: HandlerStats::default(),
             scratch: Vec::new(),
         };
         if let Some((side, bells)) = slot0 {
             h.slots.push(Some(Slot {
+                route: 0,
                 side,
                 bells,
                 attached: false,
@@ -158,14 +168,38 @@ impl RingHandler {
                 let alive = s
                     .heartbeat
                     .is_none_or(|(t, last)| now.duration_since(last) < t);
-                (s.attached && alive).then_some(i as u8)
+                (s.attached && alive && s.route == 0).then_some(i as u8)
             })
             .collect();
         if !usable.is_empty() {
             self.next_rr = self.next_rr.wrapping_add(1);
             return Some(usable[self.next_rr % usable.len()]);
         }
-        self.slots.iter().position(Option::is_some).map(|i| i as u8)
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.route == 0))
+            .map(|i| i as u8)
+    }
+
+    /// The slot for a message with a route key: one of the route's slots, the same for every
+    /// message of the connection (chosen by its id).
+    fn keyed_slot(&self, conn: ConnId, payload: &[u8]) -> Option<u8> {
+        let key = crate::proto::route_key::json_field(payload, &self.route_field)?;
+        let route = *self.routes.get(key)?;
+        let slots: Vec<u8> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                s.as_ref().is_some_and(|s| s.route == route) && !self.dead.contains(&(*i as u8))
+            })
+            .map(|(i, _)| i as u8)
+            .collect();
+        if slots.is_empty() {
+            return None;
+        }
+        let h = conn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        Some(slots[h as usize % slots.len()])
     }
 
     fn push(&mut self, slot: u8, conn: ConnId, seq: u64, m: &Msg<'_>) -> Result<bool, ()> {
@@ -433,8 +467,13 @@ impl Handler for RingHandler {
         kind: DataKind,
         payload: &[u8],
     ) -> Delivery {
-        let (Some(slot), Some((seq, unanswered))) = (io.route(conn), io.next_request(conn)) else {
+        let (Some(own), Some((seq, unanswered))) = (io.route(conn), io.next_request(conn)) else {
             return Delivery::Taken;
+        };
+        let slot = if !self.route_field.is_empty() && kind == DataKind::Text {
+            self.keyed_slot(conn, payload).unwrap_or(own)
+        } else {
+            own
         };
         if self.dead.contains(&slot) {
             return Delivery::Taken;
@@ -520,12 +559,18 @@ impl Handler for RingHandler {
             return;
         };
         match *ev {
-            HubEvent::SlotReady { slot, side, bells } => {
+            HubEvent::SlotReady {
+                slot,
+                route,
+                side,
+                bells,
+            } => {
                 let i = slot as usize;
                 if self.slots.len() <= i {
                     self.slots.resize_with(i + 1, || None);
                 }
                 self.slots[i] = Some(Slot {
+                    route,
                     side: *side,
                     bells,
                     attached: false,

@@ -1335,3 +1335,24 @@ pub fn force_close_all(io: &mut ShardIo) {
 
 /// Bytes of one connection record in the slab (for the memory report).
 pub const CONN_RECORD_BYTES: usize = ConnTable::<Conn>::ENTRY_BYTES;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection user-space cost of an idle WebSocket: its slab entry plus one wheel
+    /// entry. Printed for docs/benchmarks.md; bounded so a careless field cannot bloat it.
+    #[test]
+    fn idle_connection_record_is_compact() {
+        let conn = std::mem::size_of::<Conn>();
+        let entry = CONN_RECORD_BYTES;
+        let wheel = super::super::timers::BYTES_PER_ENTRY;
+        let decoder = std::mem::size_of::<Decoder>();
+        println!(
+            "Conn {conn} B (decoder {decoder} B), slab entry {entry} B, wheel entry {wheel} B, total {} B",
+            entry + wheel
+        );
+        assert!(decoder <= 24);
+        assert!(entry + wheel <= 96, "{entry} + {wheel}");
+    }
+}

@@ -27,6 +27,8 @@ pub enum HubEvent {
     SlotReady {
         /// Slot number.
         slot: u8,
+        /// Route id served by the slot's backends (0 = default).
+        route: u32,
         /// The gateway's producer (to_backend) and consumer (to_gateway).
         side: Box<GatewaySide>,
         /// The region's doorbells (the shard registers two of them in its epoll set).
@@ -78,6 +80,7 @@ struct ShardRings {
 }
 
 struct Slot {
+    route: u32,
     rings: Vec<ShardRings>,
     backend: Option<(UnixStream, PeerCred)>,
     retired: bool,
@@ -99,6 +102,7 @@ pub struct Hub {
 fn create_slot(
     shards: usize,
     ring_bytes: u64,
+    route: u32,
 ) -> io::Result<(Slot, Vec<(GatewaySide, Doorbells)>)> {
     let mut rings = Vec::with_capacity(shards);
     let mut sides = Vec::with_capacity(shards);
@@ -118,6 +122,7 @@ fn create_slot(
     }
     Ok((
         Slot {
+            route,
             rings,
             backend: None,
             retired: false,
@@ -145,7 +150,7 @@ impl Hub {
             }
         }
         let listener = UnixListener::bind(&path)?;
-        let (slot0, sides) = create_slot(shards, cfg.ring_bytes as u64)?;
+        let (slot0, sides) = create_slot(shards, cfg.ring_bytes as u64, 0)?;
         Ok(Hub {
             listener,
             path,
@@ -289,15 +294,23 @@ impl Hub {
     fn attach(&mut self, stream: UnixStream, gw: &GatewayHandle) {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        // Take over a slot whose backend is gone (its messages are waiting), else a new one.
-        let slot = match self
+        let (cred, route) = match attach::read_client_hello(&stream, &self.allow) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend attach refused");
+                return;
+            }
+        };
+        // Take over a slot of the same route whose backend is gone (its messages are
+        // waiting), else a new one.
+        let free = self
             .slots
             .iter()
-            .position(|s| s.backend.is_none() && !s.retired)
-        {
+            .position(|s| s.backend.is_none() && !s.retired && s.route == route);
+        let slot = match free {
             Some(i) => i,
             None if self.slots.len() < self.max_backends => {
-                match create_slot(self.shards, self.ring_bytes) {
+                match create_slot(self.shards, self.ring_bytes, route) {
                     Ok((slot, sides)) => {
                         let id = self.slots.len();
                         self.slots.push(slot);
@@ -306,6 +319,7 @@ impl Hub {
                                 shard,
                                 Box::new(HubEvent::SlotReady {
                                     slot: id as u8,
+                                    route,
                                     side: Box::new(side),
                                     bells,
                                 }),
@@ -338,10 +352,16 @@ impl Hub {
                 bells: &r.bells,
             })
             .collect();
-        match attach::serve_one(&stream, &self.allow, &offers) {
-            Ok(cred) => {
+        match attach::send_offers(&stream, &offers) {
+            Ok(()) => {
                 let _ = stream.set_nonblocking(true);
-                tracing::info!(slot, pid = cred.pid, uid = cred.uid, "backend attached");
+                tracing::info!(
+                    slot,
+                    route,
+                    pid = cred.pid,
+                    uid = cred.uid,
+                    "backend attached"
+                );
                 self.slots[slot].backend = Some((stream, cred));
                 for shard in 0..self.shards {
                     gw.deliver(
@@ -353,7 +373,7 @@ impl Hub {
                     );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "backend attach refused"),
+            Err(e) => tracing::warn!(error = %e, "backend attach failed"),
         }
     }
 }
