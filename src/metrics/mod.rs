@@ -36,6 +36,9 @@ pub struct ShardMetrics {
     pub bytes_in: u64,
     /// Payload bytes of data messages sent.
     pub bytes_out: u64,
+    /// Times the tick watchdog found readiness pending while the I/O task slept (a lost
+    /// wake-up, recovered within one tick).
+    pub watchdog_wakes: u64,
 }
 
 impl ShardMetrics {

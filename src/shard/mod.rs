@@ -279,6 +279,13 @@ struct State {
     capacity: u64,
     busy: Duration,
     window_start: Instant,
+    /// The I/O task is parked in `Waker::wait`.
+    sleeping: bool,
+    /// Raw wake eventfd of the I/O task (the ticker's watchdog writes it).
+    wake_fd: i32,
+    /// An accept failed (EMFILE, ENOMEM...): retry on the next tick, since an edge-triggered
+    /// listener gets no new edge while its queue stays full.
+    accept_retry: bool,
 }
 
 async fn run_shard(
@@ -312,6 +319,9 @@ async fn run_shard(
         capacity: cfg.limits.max_connections_per_shard as u64,
         busy: Duration::ZERO,
         window_start: Instant::now(),
+        sleeping: false,
+        wake_fd: waker.wake_fd(),
+        accept_retry: false,
     }));
     tracing::info!(shard = id, "shard started");
 
@@ -329,8 +339,22 @@ async fn run_shard(
             }
             let now = (start.elapsed().as_millis() / tick.as_millis().max(1)) as u32;
             conn::on_tick(&mut st.io, st.handler.as_mut(), now, &mut due);
+            if std::mem::take(&mut st.accept_retry) {
+                for i in 0..st.listeners.len() {
+                    accept_some(st, i as u32);
+                }
+            }
             st.handler.on_round_end(&mut st.io);
             st.io.flush();
+            // Watchdog: readiness pending while the I/O task sleeps means its wake-up got
+            // lost somewhere between epoll, our io_uring and glommio. Kick it (bounded to one
+            // tick) and count it, so it shows in /metrics instead of stalling the shard.
+            if st.sleeping && st.io.poller.has_pending() {
+                st.io.metrics.watchdog_wakes += 1;
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to the shard's own eventfd.
+                unsafe { libc::write(st.wake_fd, (&one as *const u64).cast(), 8) };
+            }
             if let Some(deadline) = st.shutdown_deadline {
                 tracing::debug!(shard = st.io.shard, left = st.io.connections(), "draining");
                 if st.io.connections() == 0 || Instant::now() >= deadline {
@@ -356,7 +380,10 @@ async fn run_shard(
             break;
         }
         if drained {
-            waker.wait().await?;
+            state.borrow_mut().sleeping = true;
+            let r = waker.wait().await;
+            state.borrow_mut().sleeping = false;
+            r?;
         } else {
             glommio::executor().yield_now().await;
         }
@@ -477,8 +504,9 @@ fn accept_some(st: &mut State, idx: u32) {
             Ok(Some((sock, peer))) => st.io.admit(sock, peer),
             Ok(None) => return,
             Err(e) => {
-                // EMFILE/ENFILE/ENOMEM: log and retry later rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin.
+                tracing::warn!(error = %e, "accept failed; retrying next tick");
+                st.accept_retry = true;
                 return;
             }
         }

@@ -114,6 +114,11 @@ impl Waker {
         Ok(())
     }
 
+    /// The wake eventfd (writing 8 bytes to it wakes [`Waker::wait`]).
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
     /// Release the wake eventfd through glommio (it must not be dropped while registered).
     pub async fn close(self) {
         let _ = self.wake.close().await;
@@ -193,6 +198,17 @@ impl Poller {
         }
         self.events.clear();
         Ok(n)
+    }
+
+    /// Whether readiness is pending, without consuming it (level check of the epoll set).
+    pub fn has_pending(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.epfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
     }
 
     /// The most events one [`Poller::poll_now`] returns.
