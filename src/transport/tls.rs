@@ -674,112 +674,21 @@ impl TlsSession {
         if inner.flags & F_PEER_CLOSED != 0 {
             return Ok(buf.len());
         }
-        if inner.flags & F_STARTED == 0 {
-            let Some(&first) = buf.first() else {
-                return Ok(0);
-            };
-            if first != 0x16 {
+        // Input is untrusted: a panic inside rustls must cost this connection, not the shard.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_tls_inner(inner, buf, plain, out)
+        }));
+        match r {
+            Ok(r) => r,
+            Err(_) => {
                 inner.flags |= F_FAILED;
-                return Err(if looks_like_http(buf) {
-                    TlsError::PlaintextHttp
-                } else {
-                    TlsError::NotTls(first)
-                });
-            }
-            inner.flags |= F_STARTED;
-            if let Some(name) = client_hello_sni(buf) {
-                inner.sni = Some(name.to_ascii_lowercase().into_boxed_str());
+                tracing::error!("rustls panicked on peer input; connection dropped");
+                Err(TlsError::Protocol {
+                    error: rustls::Error::General("internal error (rustls panicked)".into()),
+                    alert_sent: false,
+                })
             }
         }
-        let mut pos = 0;
-        loop {
-            let UnbufferedStatus { discard, state } =
-                inner.conn.process_tls_records(&mut buf[pos..]);
-            let mut extra = 0;
-            let done = match state {
-                Err(error) => {
-                    return Err(fail(inner, error, out));
-                }
-                Ok(ConnectionState::ReadTraffic(mut rt)) => {
-                    while let Some(rec) = rt.next_record() {
-                        match rec {
-                            Ok(rec) => {
-                                plain.extend_from_slice(rec.payload);
-                                extra += rec.discard;
-                            }
-                            Err(error) => {
-                                drop(rt);
-                                return Err(fail(inner, error, out));
-                            }
-                        }
-                    }
-                    false
-                }
-                Ok(ConnectionState::ReadEarlyData(mut ed)) => {
-                    // Early data is disabled (max_early_data_size = 0); treat as data anyway.
-                    while let Some(rec) = ed.next_record() {
-                        match rec {
-                            Ok(rec) => {
-                                plain.extend_from_slice(rec.payload);
-                                extra += rec.discard;
-                            }
-                            Err(error) => {
-                                drop(ed);
-                                return Err(fail(inner, error, out));
-                            }
-                        }
-                    }
-                    false
-                }
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    append_with(out, 4096, |b| enc.encode(b), encode_needed).map_err(|e| {
-                        TlsError::Protocol {
-                            error: rustls::Error::General(format!("encode: {e}")),
-                            alert_sent: false,
-                        }
-                    })?;
-                    false
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    // The bytes are in `out`; the engine sends them after this call.
-                    t.done();
-                    false
-                }
-                Ok(ConnectionState::PeerClosed) => {
-                    inner.flags |= F_PEER_CLOSED;
-                    false
-                }
-                Ok(ConnectionState::Closed) => {
-                    inner.flags |= F_PEER_CLOSED;
-                    true
-                }
-                Ok(ConnectionState::BlockedHandshake) | Ok(ConnectionState::WriteTraffic(_)) => {
-                    true
-                }
-                Ok(_) => true,
-            };
-            pos += discard + extra;
-            if done {
-                break;
-            }
-        }
-        if inner.flags & F_PEER_CLOSED != 0 {
-            return Ok(buf.len());
-        }
-        if !inner.conn.is_handshaking() && holds_complete_record(&buf[pos..]) {
-            // rustls processed a complete record without releasing it: a post-handshake
-            // handshake message split across records is pending inside the deframer. Legit
-            // peers never do this (KeyUpdate is 5 bytes), and the unbuffered API cannot encrypt
-            // while it is pending, so refuse it.
-            inner.flags |= F_FAILED;
-            return Err(TlsError::Protocol {
-                error: rustls::Error::General(
-                    "fragmented post-handshake message is not supported".into(),
-                ),
-                alert_sent: false,
-            });
-        }
-        Ok(pos)
     }
 
     /// Encrypt application bytes (WebSocket frames) into TLS records appended to `out`.
@@ -848,6 +757,129 @@ impl TlsSession {
     pub fn shrink(&mut self) {}
 }
 
+fn read_tls_inner(
+    inner: &mut Inner,
+    buf: &mut [u8],
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<usize, TlsError> {
+    if inner.flags & F_STARTED == 0 {
+        let Some(&first) = buf.first() else {
+            return Ok(0);
+        };
+        if first != 0x16 {
+            inner.flags |= F_FAILED;
+            return Err(if looks_like_http(buf) {
+                TlsError::PlaintextHttp
+            } else {
+                TlsError::NotTls(first)
+            });
+        }
+        inner.flags |= F_STARTED;
+        if let Some(name) = client_hello_sni(buf) {
+            inner.sni = Some(name.to_ascii_lowercase().into_boxed_str());
+        }
+    }
+    let mut pos = 0;
+    loop {
+        let UnbufferedStatus { discard, state } = inner.conn.process_tls_records(&mut buf[pos..]);
+        let mut extra = 0;
+        let done = match state {
+            Err(error) => {
+                return Err(fail(inner, error, &mut buf[pos + discard..], out));
+            }
+            Ok(ConnectionState::ReadTraffic(mut rt)) => {
+                let mut failed = None;
+                while let Some(rec) = rt.next_record() {
+                    match rec {
+                        Ok(rec) => {
+                            plain.extend_from_slice(rec.payload);
+                            extra += rec.discard;
+                        }
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
+                        }
+                    }
+                }
+                drop(rt);
+                if let Some(error) = failed {
+                    return Err(fail(inner, error, &mut buf[pos + discard..], out));
+                }
+                false
+            }
+            Ok(ConnectionState::ReadEarlyData(mut ed)) => {
+                // Early data is disabled (max_early_data_size = 0): never offered, but
+                // drain it if it ever shows up.
+                let mut failed = None;
+                while let Some(rec) = ed.next_record() {
+                    match rec {
+                        Ok(rec) => {
+                            plain.extend_from_slice(rec.payload);
+                            extra += rec.discard;
+                        }
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
+                        }
+                    }
+                }
+                drop(ed);
+                if let Some(error) = failed {
+                    return Err(fail(inner, error, &mut buf[pos + discard..], out));
+                }
+                false
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                append_with(out, 4096, |b| enc.encode(b), encode_needed).map_err(|e| {
+                    TlsError::Protocol {
+                        error: rustls::Error::General(format!("encode: {e}")),
+                        alert_sent: false,
+                    }
+                })?;
+                false
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                // The bytes are in `out`; the engine sends them after this call.
+                t.done();
+                false
+            }
+            Ok(ConnectionState::PeerClosed) => {
+                inner.flags |= F_PEER_CLOSED;
+                false
+            }
+            Ok(ConnectionState::Closed) => {
+                inner.flags |= F_PEER_CLOSED;
+                true
+            }
+            Ok(ConnectionState::BlockedHandshake) | Ok(ConnectionState::WriteTraffic(_)) => true,
+            Ok(_) => true,
+        };
+        pos += discard + extra;
+        if done {
+            break;
+        }
+    }
+    if inner.flags & F_PEER_CLOSED != 0 {
+        // Anything after close_notify is ignored (RFC 8446 §6.1).
+        return Ok(buf.len());
+    }
+    if !inner.conn.is_handshaking() && holds_complete_record(&buf[pos..]) {
+        // rustls processed a complete record without releasing it: a post-handshake
+        // handshake message split across records is pending inside its deframer. Legit peers
+        // never do this (KeyUpdate is 5 bytes), and the unbuffered API cannot encrypt while
+        // it is pending, so refuse it.
+        inner.flags |= F_FAILED;
+        return Err(TlsError::Protocol {
+            error: rustls::Error::General(
+                "fragmented post-handshake message is not supported".into(),
+            ),
+            alert_sent: false,
+        });
+    }
+    Ok(pos)
+}
+
 /// Run `f` with a `WriteTraffic` state, first appending any pending TLS records (tickets,
 /// key updates) to `out` so they precede the new data.
 fn with_write_traffic<E: Into<WriteErr>>(
@@ -863,7 +895,7 @@ fn with_write_traffic<E: Into<WriteErr>>(
     loop {
         let UnbufferedStatus { state, .. } = inner.conn.process_tls_records(&mut []);
         match state {
-            Err(error) => return Err(fail(inner, error, out)),
+            Err(error) => return Err(fail(inner, error, &mut [], out)),
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 append_with(out, 4096, |b| enc.encode(b), encode_needed).map_err(|e| {
                     TlsError::Protocol {
@@ -916,13 +948,16 @@ impl From<EncryptError> for WriteErr {
 }
 
 /// Record a fatal rustls error; append the alert rustls queued (if any) to `out`.
-fn fail(inner: &mut Inner, error: rustls::Error, out: &mut Vec<u8>) -> TlsError {
+///
+/// `rest` is the input after the failing call's discard (the deframer's bookkeeping refers to
+/// it, so it must be presented again rather than an empty slice).
+fn fail(inner: &mut Inner, error: rustls::Error, rest: &mut [u8], out: &mut Vec<u8>) -> TlsError {
     inner.flags |= F_FAILED;
     let before = out.len();
     // rustls queues the fatal alert before reporting the error; it comes out as
-    // EncodeTlsData on the next call (which must not look at earlier input: pass none).
+    // EncodeTlsData on the next call, before any input is looked at.
     for _ in 0..4 {
-        let UnbufferedStatus { state, .. } = inner.conn.process_tls_records(&mut []);
+        let UnbufferedStatus { state, .. } = inner.conn.process_tls_records(rest);
         match state {
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 if append_with(out, 64, |b| enc.encode(b), encode_needed).is_err() {
