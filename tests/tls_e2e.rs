@@ -29,8 +29,13 @@ fn one_cert(tag: &str, kind: KeyKind) -> (TempDir, Generated, TlsSettings) {
 
 #[test]
 fn handshake_alpn_echo_tls13_and_tls12() {
-    for kind in [KeyKind::EcdsaP256, KeyKind::Rsa2048] {
-        let (_dir, g, s) = one_cert("basic", kind);
+    for (kind, rustls_records) in [
+        (KeyKind::EcdsaP256, false),
+        (KeyKind::Rsa2048, false),
+        (KeyKind::EcdsaP256, true),
+    ] {
+        let (_dir, g, mut s) = one_cert("basic", kind);
+        s.rustls_records = rustls_records;
         let server = EchoServer::start(TlsAcceptor::from_config(&s).unwrap());
         for (i, v) in [&rustls::version::TLS13, &rustls::version::TLS12]
             .into_iter()
@@ -47,7 +52,7 @@ fn handshake_alpn_echo_tls13_and_tls12() {
             close(c);
             let infos = server.wait_sessions(i + 1);
             let info = &infos[i];
-            assert_eq!(info.error, None, "{kind:?} {v:?}");
+            assert_eq!(info.error, None, "{kind:?} {v:?} rustls_records={rustls_records}");
             assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
             assert_eq!(info.sni.as_deref(), Some("localhost"));
             assert!(info.peer_closed);

@@ -5,6 +5,7 @@
 //!   turns one into plaintext and back. See `docs/tls.md`.
 
 pub mod der;
+mod record;
 pub mod tls;
 
 pub use tls::{

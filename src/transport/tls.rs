@@ -13,6 +13,7 @@
 //! The engine's contract, step by step, is in `docs/tls.md` ("Wiring").
 
 use super::der;
+use super::record::{Established, RecordError};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -60,6 +61,9 @@ pub struct TlsSettings {
     pub session_cache: usize,
     /// Refuse to load a certificate that is expired or not yet valid (default on).
     pub reject_expired: bool,
+    /// Keep rustls's own record layer after the handshake instead of the compact one
+    /// (`record.rs`): ~3.5 KB instead of ~1 KB per idle connection. For comparison/debugging.
+    pub rustls_records: bool,
 }
 
 impl Default for TlsSettings {
@@ -71,6 +75,7 @@ impl Default for TlsSettings {
             tickets: true,
             session_cache: 4096,
             reject_expired: true,
+            rustls_records: false,
         }
     }
 }
@@ -414,6 +419,8 @@ fn build_config(
     // time, and each stateful-cache ticket costs cache space.
     cfg.send_tls13_tickets = 1;
     cfg.max_early_data_size = 0;
+    // The established phase takes the traffic keys from rustls (record.rs); kTLS would too.
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
@@ -503,11 +510,12 @@ impl TlsAcceptor {
         let conn = UnbufferedServerConnection::new(config)
             .expect("rustls accepted this ServerConfig when it was built");
         TlsSession {
-            inner: Box::new(Inner {
+            state: State::Rustls(Box::new(Hs {
                 conn,
                 flags: 0,
                 sni: None,
-            }),
+                convert: !self.shared.settings.rustls_records,
+            })),
         }
     }
 
@@ -579,24 +587,51 @@ const F_SENT_CLOSE: u8 = 2;
 const F_FAILED: u8 = 4;
 const F_STARTED: u8 = 8;
 
-/// One connection's TLS state: a single heap allocation (`size_of` is one pointer).
+/// One connection's TLS state.
+///
+/// Two phases, one heap allocation each:
+/// - handshake: rustls's `UnbufferedServerConnection` (~1.1 KB + its handshake state);
+/// - established: rustls hands over the traffic keys and sequence numbers and the session
+///   protects records itself (`record.rs`, same aws-lc AEADs): ~200 B plus, for TLS 1.3,
+///   rustls's small key-update state. [`TlsSession::shrink`] also drops the AEAD contexts.
+///   With `TlsSettings::rustls_records` the session stays on rustls's record layer instead.
 pub struct TlsSession {
-    inner: Box<Inner>,
+    state: State,
 }
 
-struct Inner {
+enum State {
+    Rustls(Box<Hs>),
+    Established(Box<Est>),
+}
+
+/// Handshake phase (or the whole connection with `rustls_records`).
+struct Hs {
     conn: UnbufferedServerConnection,
     flags: u8,
     /// The client's SNI, read from the ClientHello (rustls's unbuffered API does not expose it).
     sni: Option<Box<str>>,
+    /// Hand over to `record.rs` once the handshake completes.
+    convert: bool,
 }
+
+/// Established phase.
+struct Est {
+    rec: Established,
+    flags: u8,
+    version: ProtocolVersion,
+    sni: Option<Box<str>>,
+}
+
+const F_ALPN: u8 = 16;
+const F_RESUMED: u8 = 32;
 
 impl fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsSession")
             .field("handshaking", &self.is_handshaking())
+            .field("established", &matches!(self.state, State::Established(_)))
             .field("sni", &self.sni())
-            .field("flags", &self.inner.flags)
+            .field("flags", &self.flags())
             .finish_non_exhaustive()
     }
 }
@@ -649,14 +684,21 @@ fn sealed_len(n: usize) -> usize {
 }
 
 impl TlsSession {
+    fn flags(&self) -> u8 {
+        match &self.state {
+            State::Rustls(h) => h.flags,
+            State::Established(e) => e.flags,
+        }
+    }
+
     /// Feed ciphertext read from the socket.
     ///
     /// `buf` holds the leftover from the previous call (as that call left it: records may
     /// have been decrypted in place) followed by newly received bytes. Decrypted application
-    /// bytes are appended to `plain`; TLS records to send (handshake, tickets, alerts) are
-    /// appended to `out`. Returns how many bytes of `buf` were consumed: the engine keeps
-    /// `buf[n..]` and presents it again, unchanged, in front of the next bytes it reads.
-    /// The session itself keeps no copy of partial records.
+    /// bytes are appended to `plain`; TLS records to send (handshake, tickets, alerts, key
+    /// updates) are appended to `out`. Returns how many bytes of `buf` were consumed: the
+    /// engine keeps `buf[n..]` and presents it again, unchanged, in front of the next bytes it
+    /// reads. The session itself keeps no copy of partial records.
     ///
     /// On a fatal error, `out` may have received an alert ([`TlsError::alert_sent`]): send
     /// it, then close. After the peer's close_notify ([`Self::peer_closed`]) all further input
@@ -667,98 +709,233 @@ impl TlsSession {
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<usize, TlsError> {
-        let inner = &mut *self.inner;
-        if inner.flags & F_FAILED != 0 {
+        let flags = self.flags();
+        if flags & F_FAILED != 0 {
             return Err(TlsError::Closed);
         }
-        if inner.flags & F_PEER_CLOSED != 0 {
+        if flags & F_PEER_CLOSED != 0 {
             return Ok(buf.len());
         }
-        // Input is untrusted: a panic inside rustls must cost this connection, not the shard.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read_tls_inner(inner, buf, plain, out)
+        // Input is untrusted: a panic on it must cost this connection, not the shard.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut self.state {
+            State::Rustls(hs) => read_tls_inner(hs, buf, plain, out),
+            State::Established(est) => read_established(est, buf, plain, out),
         }));
-        match r {
+        let r = match r {
             Ok(r) => r,
             Err(_) => {
-                inner.flags |= F_FAILED;
-                tracing::error!("rustls panicked on peer input; connection dropped");
-                Err(TlsError::Protocol {
-                    error: rustls::Error::General("internal error (rustls panicked)".into()),
+                self.set_failed();
+                tracing::error!("TLS layer panicked on peer input; connection dropped");
+                return Err(TlsError::Protocol {
+                    error: rustls::Error::General("internal error (panic)".into()),
                     alert_sent: false,
-                })
+                });
             }
+        };
+        if r.is_ok() {
+            if let State::Rustls(hs) = &self.state {
+                if hs.convert
+                    && hs.flags & (F_FAILED | F_PEER_CLOSED | F_SENT_CLOSE) == 0
+                    && !hs.conn.is_handshaking()
+                {
+                    self.establish()?;
+                }
+            }
+        }
+        r
+    }
+
+    fn set_failed(&mut self) {
+        match &mut self.state {
+            State::Rustls(h) => h.flags |= F_FAILED,
+            State::Established(e) => e.flags |= F_FAILED,
+        }
+    }
+
+    /// The handshake is done and nothing is pending: take the keys from rustls.
+    fn establish(&mut self) -> Result<(), TlsError> {
+        let placeholder = State::Established(Box::new(Est {
+            rec: Established::placeholder(),
+            flags: F_FAILED,
+            version: ProtocolVersion::TLSv1_3,
+            sni: None,
+        }));
+        let State::Rustls(hs) = std::mem::replace(&mut self.state, placeholder) else {
+            unreachable!("establish is called in the rustls phase");
+        };
+        let Hs {
+            conn, flags, sni, ..
+        } = *hs;
+        let mut flags = flags;
+        if conn.alpn_protocol().is_some() {
+            flags |= F_ALPN;
+        }
+        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            flags |= F_RESUMED;
+        }
+        let version = conn.protocol_version().unwrap_or(ProtocolVersion::TLSv1_3);
+        let converted = conn
+            .dangerous_into_kernel_connection()
+            .map_err(|e| format!("{e}"))
+            .and_then(|(secrets, kernel)| {
+                Established::new(secrets, kernel).ok_or_else(|| "unsupported cipher".to_string())
+            });
+        match converted {
+            Ok(rec) => {
+                self.state = State::Established(Box::new(Est {
+                    rec,
+                    flags,
+                    version,
+                    sni,
+                }));
+                Ok(())
+            }
+            Err(e) => Err(TlsError::Protocol {
+                error: rustls::Error::General(format!("taking over the record layer: {e}")),
+                alert_sent: false,
+            }),
         }
     }
 
     /// Encrypt application bytes (WebSocket frames) into TLS records appended to `out`.
     pub fn write_plain(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
-        let inner = &mut *self.inner;
-        if inner.flags & (F_FAILED | F_SENT_CLOSE) != 0 {
+        if self.flags() & (F_FAILED | F_SENT_CLOSE) != 0 {
             return Err(TlsError::Closed);
         }
-        if inner.conn.is_handshaking() {
-            return Err(TlsError::HandshakeIncomplete);
+        match &mut self.state {
+            State::Rustls(hs) => {
+                if hs.conn.is_handshaking() {
+                    return Err(TlsError::HandshakeIncomplete);
+                }
+                with_write_traffic(hs, out, |wt, out| {
+                    append_with(out, sealed_len(plain.len()), |b| wt.encrypt(plain, b), encrypt_needed)
+                })
+            }
+            State::Established(est) => est.rec.write(plain, out).map_err(|e| {
+                est.flags |= F_FAILED;
+                TlsError::Protocol {
+                    error: e.error,
+                    alert_sent: false,
+                }
+            }),
         }
-        with_write_traffic(inner, out, |wt, out| {
-            append_with(out, sealed_len(plain.len()), |b| wt.encrypt(plain, b), encrypt_needed)
-        })
     }
 
     /// Append a close_notify alert to `out` (no-op before the handshake completes or if one
     /// was already sent). The engine then flushes `out` and half-closes as usual.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) {
-        let inner = &mut *self.inner;
-        if inner.flags & (F_FAILED | F_SENT_CLOSE) != 0 || inner.conn.is_handshaking() {
+        if self.flags() & (F_FAILED | F_SENT_CLOSE) != 0 {
             return;
         }
-        let r = with_write_traffic(inner, out, |wt, out| {
-            append_with(out, 64, |b| wt.queue_close_notify(b), encrypt_needed)
-        });
-        if r.is_ok() {
-            inner.flags |= F_SENT_CLOSE;
+        match &mut self.state {
+            State::Rustls(hs) => {
+                if hs.conn.is_handshaking() {
+                    return;
+                }
+                let r = with_write_traffic(hs, out, |wt, out| {
+                    append_with(out, 64, |b| wt.queue_close_notify(b), encrypt_needed)
+                });
+                if r.is_ok() {
+                    hs.flags |= F_SENT_CLOSE;
+                }
+            }
+            State::Established(est) => {
+                est.rec.alert(false, rustls::AlertDescription::CloseNotify, out);
+                est.flags |= F_SENT_CLOSE;
+            }
         }
     }
 
     /// True until the handshake completes.
     pub fn is_handshaking(&self) -> bool {
-        self.inner.conn.is_handshaking()
+        match &self.state {
+            State::Rustls(hs) => hs.conn.is_handshaking(),
+            State::Established(_) => false,
+        }
     }
 
     /// The peer sent close_notify.
     pub fn peer_closed(&self) -> bool {
-        self.inner.flags & F_PEER_CLOSED != 0
+        self.flags() & F_PEER_CLOSED != 0
     }
 
     /// The server name the client asked for (SNI), lowercased.
     pub fn sni(&self) -> Option<&str> {
-        self.inner.sni.as_deref()
+        match &self.state {
+            State::Rustls(hs) => hs.sni.as_deref(),
+            State::Established(e) => e.sni.as_deref(),
+        }
     }
 
-    /// The negotiated ALPN protocol (`http/1.1`), if the client offered ALPN.
+    /// The negotiated ALPN protocol (`http/1.1`, the only one offered), if the client used ALPN.
     pub fn alpn(&self) -> Option<&[u8]> {
-        self.inner.conn.alpn_protocol()
+        match &self.state {
+            State::Rustls(hs) => hs.conn.alpn_protocol(),
+            State::Established(e) => (e.flags & F_ALPN != 0).then_some(&b"http/1.1"[..]),
+        }
     }
 
     /// `TLSv1_3` / `TLSv1_2` once negotiated.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.inner.conn.protocol_version()
+        match &self.state {
+            State::Rustls(hs) => hs.conn.protocol_version(),
+            State::Established(e) => Some(e.version),
+        }
     }
 
     /// The handshake resumed an earlier session (ticket or session id).
     pub fn resumed(&self) -> bool {
-        self.inner.conn.handshake_kind() == Some(HandshakeKind::Resumed)
+        match &self.state {
+            State::Rustls(hs) => hs.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            State::Established(e) => e.flags & F_RESUMED != 0,
+        }
     }
 
-    /// Release buffers an idle session does not need. With the unbuffered API an established
-    /// session owns no I/O buffers (partial records stay in the engine's leftover), so this
-    /// only drops the SNI copy's spare capacity; it exists so the engine's idle hook does not
-    /// depend on that.
-    pub fn shrink(&mut self) {}
+    /// Whether the session has left rustls for its own record layer (after the handshake).
+    pub fn is_compact(&self) -> bool {
+        matches!(self.state, State::Established(_))
+    }
+
+    /// Release what an idle session does not need: the AEAD contexts (~0.6 KB each, rebuilt
+    /// on the next record, ~0.2 µs). Call it when a connection goes idle, not after every
+    /// batch. No-op during the handshake and with `rustls_records`.
+    pub fn shrink(&mut self) {
+        if let State::Established(e) = &mut self.state {
+            e.rec.shrink();
+        }
+    }
+}
+
+/// Established phase input.
+fn read_established(
+    est: &mut Est,
+    buf: &mut [u8],
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<usize, TlsError> {
+    match est.rec.read(buf, plain, out) {
+        Ok((n, closed)) => {
+            if closed {
+                est.flags |= F_PEER_CLOSED;
+            }
+            Ok(n)
+        }
+        Err(RecordError { error, alert }) => {
+            est.flags |= F_FAILED;
+            let before = out.len();
+            if let Some(desc) = alert {
+                est.rec.alert(true, desc, out);
+            }
+            Err(TlsError::Protocol {
+                error,
+                alert_sent: out.len() > before,
+            })
+        }
+    }
 }
 
 fn read_tls_inner(
-    inner: &mut Inner,
+    inner: &mut Hs,
     buf: &mut [u8],
     plain: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -883,7 +1060,7 @@ fn read_tls_inner(
 /// Run `f` with a `WriteTraffic` state, first appending any pending TLS records (tickets,
 /// key updates) to `out` so they precede the new data.
 fn with_write_traffic<E: Into<WriteErr>>(
-    inner: &mut Inner,
+    inner: &mut Hs,
     out: &mut Vec<u8>,
     mut f: impl FnMut(
         &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
@@ -951,7 +1128,7 @@ impl From<EncryptError> for WriteErr {
 ///
 /// `rest` is the input after the failing call's discard (the deframer's bookkeeping refers to
 /// it, so it must be presented again rather than an empty slice).
-fn fail(inner: &mut Inner, error: rustls::Error, rest: &mut [u8], out: &mut Vec<u8>) -> TlsError {
+fn fail(inner: &mut Hs, error: rustls::Error, rest: &mut [u8], out: &mut Vec<u8>) -> TlsError {
     inner.flags |= F_FAILED;
     let before = out.len();
     // rustls queues the fatal alert before reporting the error; it comes out as
