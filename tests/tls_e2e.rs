@@ -56,8 +56,43 @@ fn handshake_alpn_echo_tls13_and_tls12() {
             assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
             assert_eq!(info.sni.as_deref(), Some("localhost"));
             assert!(info.peer_closed);
+            assert_eq!(info.compact, !rustls_records);
             assert_eq!(info.echoed, 14 + big.len());
         }
+    }
+}
+
+#[test]
+fn every_cipher_suite_and_key_updates() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let (_dir, g, s) = one_cert("suites", KeyKind::EcdsaP256);
+    let server = EchoServer::start(TlsAcceptor::from_config(&s).unwrap());
+    let suites = [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    for (i, suite) in suites.into_iter().enumerate() {
+        let cfg = client_config_full(std::slice::from_ref(&g.der), None, false, Some(suite));
+        let mut c = connect(server.addr, &cfg, "localhost").unwrap();
+        assert_eq!(c.conn.negotiated_cipher_suite(), Some(suite));
+        let msg: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(echo(&mut c, &msg), msg, "{suite:?}");
+        if c.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            // Client KeyUpdate (update_requested): the server must switch rx, answer with its
+            // own KeyUpdate and switch tx; echoes keep working both ways, repeatedly.
+            for round in 0..3 {
+                c.conn.refresh_traffic_keys().unwrap();
+                assert_eq!(echo(&mut c, b"after key update"), b"after key update", "{suite:?} {round}");
+            }
+        }
+        close(c);
+        let info = &server.wait_sessions(i + 1)[i];
+        assert_eq!(info.error, None, "{suite:?}");
+        assert!(info.compact && info.peer_closed, "{suite:?} {info:?}");
     }
 }
 

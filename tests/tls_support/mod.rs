@@ -107,6 +107,7 @@ pub struct SessionInfo {
     pub plaintext_http: bool,
     pub echoed: usize,
     pub peer_closed: bool,
+    pub compact: bool,
 }
 
 /// Loopback echo server: every accepted connection gets its own thread running an
@@ -235,6 +236,7 @@ pub fn serve(mut sock: TcpStream, mut sess: TlsSession) -> SessionInfo {
                     info.alpn = sess.alpn().map(<[u8]>::to_vec);
                     info.resumed = sess.resumed();
                     info.version = sess.protocol_version().map(|v| format!("{v:?}"));
+                    info.compact = sess.is_compact();
                 }
                 if !plain.is_empty() {
                     info.echoed += plain.len();
@@ -279,11 +281,25 @@ pub fn client_config_with(
     version: Option<&'static rustls::SupportedProtocolVersion>,
     resume: bool,
 ) -> Arc<rustls::ClientConfig> {
+    client_config_full(roots, version, resume, None)
+}
+
+/// Same, limited to one cipher suite when `suite` is given.
+pub fn client_config_full(
+    roots: &[CertificateDer<'static>],
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+    resume: bool,
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> Arc<rustls::ClientConfig> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(s) = suite {
+        provider.cipher_suites = vec![s];
+    }
+    let provider = Arc::new(provider);
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = match version {
         Some(v) => vec![v],
         None => rustls::DEFAULT_VERSIONS.to_vec(),
