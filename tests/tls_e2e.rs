@@ -4,9 +4,7 @@
 
 mod tls_support;
 
-use corelay::transport::{
-    looks_like_client_hello, SniCert, TlsAcceptor, TlsError, TlsSettings,
-};
+use corelay::transport::{looks_like_client_hello, SniCert, TlsAcceptor, TlsError, TlsSettings};
 use rustls::HandshakeKind;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -52,7 +50,10 @@ fn handshake_alpn_echo_tls13_and_tls12() {
             close(c);
             let infos = server.wait_sessions(i + 1);
             let info = &infos[i];
-            assert_eq!(info.error, None, "{kind:?} {v:?} rustls_records={rustls_records}");
+            assert_eq!(
+                info.error, None,
+                "{kind:?} {v:?} rustls_records={rustls_records}"
+            );
             assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
             assert_eq!(info.sni.as_deref(), Some("localhost"));
             assert!(info.peer_closed);
@@ -86,7 +87,11 @@ fn every_cipher_suite_and_key_updates() {
             // own KeyUpdate and switch tx; echoes keep working both ways, repeatedly.
             for round in 0..3 {
                 c.conn.refresh_traffic_keys().unwrap();
-                assert_eq!(echo(&mut c, b"after key update"), b"after key update", "{suite:?} {round}");
+                assert_eq!(
+                    echo(&mut c, b"after key update"),
+                    b"after key update",
+                    "{suite:?} {round}"
+                );
             }
         }
         close(c);
@@ -112,7 +117,11 @@ fn resumption_tickets_and_session_ids() {
         let server = EchoServer::start(TlsAcceptor::from_config(&s).unwrap());
         let cfg = client_config_with(std::slice::from_ref(&g.der), Some(v), true);
         let mut c1 = connect(server.addr, &cfg, "localhost").unwrap();
-        assert_eq!(c1.conn.handshake_kind(), Some(HandshakeKind::Full), "{what}");
+        assert_eq!(
+            c1.conn.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "{what}"
+        );
         // TLS 1.3 tickets arrive after the handshake: read the echo so they are processed.
         assert_eq!(echo(&mut c1, b"one"), b"one");
         close(c1);
@@ -166,7 +175,7 @@ fn sni_picks_certificates_unknown_gets_default() {
     }
     // An unknown name gets the default certificate (the client then refuses it, as it should:
     // the default cert does not cover that name).
-    let lax = client_config(&[d.der.clone()], None);
+    let lax = client_config(std::slice::from_ref(&d.der), None);
     let err = connect(server.addr, &lax, "unknown.test").unwrap_err();
     assert!(
         format!("{err}").contains("certificate") || format!("{err:?}").contains("NotValidForName"),
@@ -231,7 +240,10 @@ fn load_errors_name_the_file() {
     let e = TlsAcceptor::from_config(&settings(ec.clone(), ek.clone())).unwrap_err();
     assert!(matches!(e, TlsError::Expired { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("expired.crt") && msg.contains("2001-01-01"), "{msg}");
+    assert!(
+        msg.contains("expired.crt") && msg.contains("2001-01-01"),
+        "{msg}"
+    );
     println!("expired: {msg}");
     let mut lax = settings(ec, ek);
     lax.reject_expired = false;
@@ -283,7 +295,11 @@ fn reload_keeps_old_on_error_and_swaps_on_success() {
     let e = acceptor.reload().unwrap_err();
     assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
     let mut c2 = connect(server.addr, &cfg, "localhost").unwrap();
-    assert_eq!(peer_cert(&c2), first.der, "old cert kept after failed reloads");
+    assert_eq!(
+        peer_cert(&c2),
+        first.der,
+        "old cert kept after failed reloads"
+    );
     assert_eq!(echo(&mut c2, b"still old"), b"still old");
     close(c2);
 
@@ -326,7 +342,10 @@ fn watch_reloads_on_file_change() {
             break;
         }
     }
-    assert!(seen.is_some(), "watcher did not pick up the new certificate");
+    assert!(
+        seen.is_some(),
+        "watcher did not pick up the new certificate"
+    );
 }
 
 #[test]
@@ -345,7 +364,9 @@ fn plaintext_http_and_garbage_fail_cleanly() {
     assert!(matches!(e, TlsError::PlaintextHttp) && e.is_fatal(), "{e}");
     assert!(out.is_empty() && plain.is_empty());
     // Further input after a failure: an error, never a panic.
-    assert!(sess.read_tls(&mut [0x16, 3, 1], &mut plain, &mut out).is_err());
+    assert!(sess
+        .read_tls(&mut [0x16, 3, 1], &mut plain, &mut out)
+        .is_err());
 
     let mut sess = acceptor.new_session();
     let e = sess
@@ -359,20 +380,34 @@ fn plaintext_http_and_garbage_fail_cleanly() {
     let mut junk = vec![0x16, 3, 1, 0, 40];
     junk.extend((0..40u8).map(|i| i.wrapping_mul(97)));
     let e = sess.read_tls(&mut junk, &mut plain, &mut out).unwrap_err();
-    assert!(matches!(e, TlsError::Protocol { .. }) && e.is_fatal(), "{e}");
-    println!("garbage → {e} (cause {}), alert sent: {}", e.cause(), e.alert_sent());
+    assert!(
+        matches!(e, TlsError::Protocol { .. }) && e.is_fatal(),
+        "{e}"
+    );
+    println!(
+        "garbage → {e} (cause {}), alert sent: {}",
+        e.cause(),
+        e.alert_sent()
+    );
     // A well-framed ClientHello with a garbage body: decode_error alert for the peer.
     let mut sess = acceptor.new_session();
     let mut junk = vec![0x16, 3, 1, 0, 44, 1, 0, 0, 40];
     junk.extend((0..40u8).map(|i| i.wrapping_mul(97)));
     out.clear();
     let e = sess.read_tls(&mut junk, &mut plain, &mut out).unwrap_err();
-    assert!(matches!(e, TlsError::Protocol { .. }) && e.is_fatal(), "{e}");
+    assert!(
+        matches!(e, TlsError::Protocol { .. }) && e.is_fatal(),
+        "{e}"
+    );
     assert!(
         e.alert_sent() && out[0] == 0x15,
         "alert record expected for {e:?}, got {out:?}"
     );
-    println!("bad ClientHello → {e} (cause {}), alert {:02x?}", e.cause(), out);
+    println!(
+        "bad ClientHello → {e} (cause {}), alert {:02x?}",
+        e.cause(),
+        out
+    );
 
     // write_plain before the handshake: non-fatal refusal.
     let mut sess = acceptor.new_session();
@@ -387,7 +422,10 @@ fn plaintext_http_and_garbage_fail_cleanly() {
     let mut resp = Vec::new();
     let _ = sock.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 400") && text.contains("TLS"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 400") && text.contains("TLS"),
+        "{text}"
+    );
     let infos = server.wait_sessions(1);
     assert!(infos[0].plaintext_http, "{infos:?}");
 }
@@ -470,16 +508,13 @@ mod fuzz {
             let split = split.min(data.len());
             // Engine-like: first chunk, leftover re-presented with the rest.
             let mut buf = data[..split].to_vec();
-            match s.read_tls(&mut buf, &mut plain, &mut out) {
-                Ok(n) => {
-                    prop_assert!(n <= buf.len());
-                    let mut rest = buf[n..].to_vec();
-                    rest.extend_from_slice(&data[split..]);
-                    if let Ok(m) = s.read_tls(&mut rest, &mut plain, &mut out) {
-                        prop_assert!(m <= rest.len());
-                    }
+            if let Ok(n) = s.read_tls(&mut buf, &mut plain, &mut out) {
+                prop_assert!(n <= buf.len());
+                let mut rest = buf[n..].to_vec();
+                rest.extend_from_slice(&data[split..]);
+                if let Ok(m) = s.read_tls(&mut rest, &mut plain, &mut out) {
+                    prop_assert!(m <= rest.len());
                 }
-                Err(_) => {}
             }
             let _ = s.write_plain(b"x", &mut out);
             s.close_notify(&mut out);

@@ -34,7 +34,7 @@ struct CryptoInfoAesGcm128 {
 
 fn set_ulp(fd: i32) -> std::io::Result<()> {
     // SAFETY: valid fd, pointer/length to a live buffer.
-    let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, TCP_ULP, b"tls\0".as_ptr().cast(), 3) };
+    let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, TCP_ULP, c"tls".as_ptr().cast(), 3) };
     if r == 0 {
         Ok(())
     } else {
@@ -42,7 +42,12 @@ fn set_ulp(fd: i32) -> std::io::Result<()> {
     }
 }
 
-fn set_keys(fd: i32, dir: libc::c_int, seq: u64, s: &rustls::ConnectionTrafficSecrets) -> std::io::Result<()> {
+fn set_keys(
+    fd: i32,
+    dir: libc::c_int,
+    seq: u64,
+    s: &rustls::ConnectionTrafficSecrets,
+) -> std::io::Result<()> {
     let rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } = s else {
         return Err(std::io::Error::other("demo covers AES-128-GCM only"));
     };
@@ -78,7 +83,10 @@ fn set_keys(fd: i32, dir: libc::c_int, seq: u64, s: &rustls::ConnectionTrafficSe
 fn evidence() -> String {
     let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
     let config = std::process::Command::new("sh")
-        .args(["-c", "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_TLS[ =]'"])
+        .args([
+            "-c",
+            "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_TLS[ =]'",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();

@@ -19,7 +19,6 @@ use corelay::transport::{TlsAcceptor, TlsSession, TlsSettings};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
-use std::sync::Arc;
 use tls_support::*;
 
 struct Counting;
@@ -125,8 +124,7 @@ fn measure(
 ) -> Measured {
     TRACKED.with(|t| *t.borrow_mut() = [(0, 0); SLOTS]);
     let cfg = client_config(std::slice::from_ref(ca), Some(version));
-    let mut client =
-        rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut client = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
     let mut sess: TlsSession = tracked(|| acceptor.new_session());
     // Engine-owned buffers (not part of the session).
     let mut scratch = vec![0u8; 64 << 10];
@@ -135,7 +133,10 @@ fn measure(
     let mut out = Vec::with_capacity(16 << 10);
     let mut wire = Vec::new();
 
-    let mut pump = |client: &mut rustls::ClientConnection, sess: &mut TlsSession, plain: &mut Vec<u8>, out: &mut Vec<u8>| {
+    let mut pump = |client: &mut rustls::ClientConnection,
+                    sess: &mut TlsSession,
+                    plain: &mut Vec<u8>,
+                    out: &mut Vec<u8>| {
         for _ in 0..8 {
             wire.clear();
             while client.wants_write() {
@@ -177,7 +178,12 @@ fn measure(
     }
 
     let allocs: Vec<usize> = TRACKED.with(|t| {
-        let mut v: Vec<usize> = t.borrow().iter().filter(|s| s.0 != 0).map(|s| s.1).collect();
+        let mut v: Vec<usize> = t
+            .borrow()
+            .iter()
+            .filter(|s| s.0 != 0)
+            .map(|s| s.1)
+            .collect();
         v.sort_unstable_by(|a, b| b.cmp(a));
         v
     });
@@ -198,7 +204,12 @@ fn idle_session_memory() {
     if std::env::var_os(CHILD).is_none() {
         // Re-run this test in a child whose malloc frees eagerly (see the module docs).
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["idle_session_memory", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "idle_session_memory",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD, "1")
             .env(
                 "GLIBC_TUNABLES",
@@ -245,7 +256,11 @@ fn idle_session_memory() {
                 println!(
                     "{mode:>14} {name} {}: Rust heap {:>5} B in {:>2} allocations {:?}; \
                      malloc in use (incl. aws-lc, chunk headers) {:>5} B",
-                    if shrink { "after shrink()" } else { "no shrink()   " },
+                    if shrink {
+                        "after shrink()"
+                    } else {
+                        "no shrink()   "
+                    },
                     m.rust,
                     m.allocs.len(),
                     m.allocs,

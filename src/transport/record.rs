@@ -219,7 +219,11 @@ impl Established {
                 })?;
             out.extend_from_slice(tag.as_ref());
         } else {
-            let explicit = if self.tx.alg == Alg::Chacha20 { 0 } else { EXPLICIT };
+            let explicit = if self.tx.alg == Alg::Chacha20 {
+                0
+            } else {
+                EXPLICIT
+            };
             let len = explicit + payload.len() + TAG;
             out.reserve(5 + len);
             out.extend_from_slice(&[typ, 3, 3]);
@@ -231,7 +235,11 @@ impl Established {
             let tag = self
                 .tx
                 .ctx()
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    body,
+                )
                 .map_err(|_| RecordError {
                     error: rustls::Error::EncryptError,
                     alert: None,
@@ -275,7 +283,11 @@ impl Established {
         // The message goes out under the old key: seal it before swapping.
         let saved_limit = self.limit;
         self.limit = u64::MAX;
-        let r = self.seal(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, u8::from(request)], out);
+        let r = self.seal(
+            CT_HANDSHAKE,
+            &[HS_KEY_UPDATE, 0, 0, 1, u8::from(request)],
+            out,
+        );
         self.limit = saved_limit;
         r?;
         self.tx = Dir::new(seq, secrets).ok_or_else(|| RecordError {
@@ -299,7 +311,11 @@ impl Established {
             let rec = &mut buf[pos..];
             let typ = rec[0];
             let len = usize::from(u16::from_be_bytes([rec[3], rec[4]]));
-            let max = if self.tls13 { MAX_PLAIN + 256 } else { MAX_PLAIN + 2048 };
+            let max = if self.tls13 {
+                MAX_PLAIN + 256
+            } else {
+                MAX_PLAIN + 2048
+            };
             if len > max {
                 return Err(fatal(
                     rustls::Error::PeerSentOversizedRecord,
@@ -320,7 +336,10 @@ impl Established {
             let hdr: [u8; 5] = (&*hdr).try_into().expect("5 bytes");
             pos += 5 + len;
             if self.rx.seq >= self.limit && !self.tls13 {
-                return Err(fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac));
+                return Err(fatal(
+                    rustls::Error::DecryptError,
+                    AlertDescription::BadRecordMac,
+                ));
             }
             let nonce;
             let (inner_typ, payload): (u8, &mut [u8]) = if self.tls13 {
@@ -337,7 +356,9 @@ impl Established {
                     .rx
                     .ctx()
                     .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(hdr), body)
-                    .map_err(|_| fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac))?;
+                    .map_err(|_| {
+                        fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac)
+                    })?;
                 // Strip the zero padding; the last non-zero byte is the real type.
                 let Some(end) = p.iter().rposition(|&b| b != 0) else {
                     return Err(fatal(
@@ -354,9 +375,16 @@ impl Established {
                 let t = p[end];
                 (t, &mut p[..end])
             } else {
-                let explicit = if self.rx.alg == Alg::Chacha20 { 0 } else { EXPLICIT };
+                let explicit = if self.rx.alg == Alg::Chacha20 {
+                    0
+                } else {
+                    EXPLICIT
+                };
                 if body.len() < explicit + TAG {
-                    return Err(fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac));
+                    return Err(fatal(
+                        rustls::Error::DecryptError,
+                        AlertDescription::BadRecordMac,
+                    ));
                 }
                 let mut n = self.rx.nonce();
                 if explicit > 0 {
@@ -367,8 +395,14 @@ impl Established {
                 let p = self
                     .rx
                     .ctx()
-                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body[explicit..])
-                    .map_err(|_| fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac))?;
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        &mut body[explicit..],
+                    )
+                    .map_err(|_| {
+                        fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac)
+                    })?;
                 if p.len() > MAX_PLAIN {
                     return Err(fatal(
                         rustls::Error::PeerSentOversizedRecord,
@@ -451,7 +485,10 @@ impl Established {
                     AlertDescription::UnexpectedMessage,
                 ));
             }
-            let kernel = self.kernel.as_mut().expect("TLS 1.3 has a kernel connection");
+            let kernel = self
+                .kernel
+                .as_mut()
+                .expect("TLS 1.3 has a kernel connection");
             let (seq, secrets) = kernel.update_rx_secret().map_err(|e| RecordError {
                 error: e,
                 alert: Some(AlertDescription::InternalError),

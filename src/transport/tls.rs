@@ -371,8 +371,12 @@ fn build_config(
     resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let default =
-        load_certified_key(&provider, &settings.cert, &settings.key, settings.reject_expired)?;
+    let default = load_certified_key(
+        &provider,
+        &settings.cert,
+        &settings.key,
+        settings.reject_expired,
+    )?;
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     for entry in &settings.sni {
@@ -483,8 +487,7 @@ impl TlsAcceptor {
         } else {
             None
         };
-        let cache: Arc<dyn rustls::server::StoresServerSessions> = if settings.session_cache > 0
-        {
+        let cache: Arc<dyn rustls::server::StoresServerSessions> = if settings.session_cache > 0 {
             ServerSessionMemoryCache::new(settings.session_cache)
         } else {
             Arc::new(NoServerSessionStorage {})
@@ -569,7 +572,9 @@ impl TlsAcceptor {
                                 failed_at = None;
                             }
                             Err(e) => {
-                                tracing::error!("TLS reload failed, keeping the old certificates: {e}");
+                                tracing::error!(
+                                    "TLS reload failed, keeping the old certificates: {e}"
+                                );
                                 failed_at = Some(now);
                             }
                         }
@@ -808,7 +813,12 @@ impl TlsSession {
                     return Err(TlsError::HandshakeIncomplete);
                 }
                 with_write_traffic(hs, out, |wt, out| {
-                    append_with(out, sealed_len(plain.len()), |b| wt.encrypt(plain, b), encrypt_needed)
+                    append_with(
+                        out,
+                        sealed_len(plain.len()),
+                        |b| wt.encrypt(plain, b),
+                        encrypt_needed,
+                    )
                 })
             }
             State::Established(est) => est.rec.write(plain, out).map_err(|e| {
@@ -840,7 +850,8 @@ impl TlsSession {
                 }
             }
             State::Established(est) => {
-                est.rec.alert(false, rustls::AlertDescription::CloseNotify, out);
+                est.rec
+                    .alert(false, rustls::AlertDescription::CloseNotify, out);
                 est.flags |= F_SENT_CLOSE;
             }
         }
@@ -1167,7 +1178,7 @@ pub fn looks_like_client_hello(first: &[u8]) -> bool {
         [0x16, 3] | [0x16, 3, 0..=4] | [0x16, 3, 0..=4, _] => true,
         [0x16, 3, 0..=4, hi, lo, rest @ ..] => {
             let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-            len >= 4 && len <= MAX_TLS_RECORD_LEN - 5 && rest.first().is_none_or(|&t| t == 1)
+            (4..=MAX_TLS_RECORD_LEN - 5).contains(&len) && !matches!(rest.first(), Some(&t) if t != 1)
         }
         _ => false,
     }
@@ -1180,7 +1191,7 @@ pub fn looks_like_http(first: &[u8]) -> bool {
         .take(8)
         .take_while(|b| b.is_ascii_uppercase())
         .count();
-    method_len >= 3 && first.get(method_len).is_none_or(|&b| b == b' ')
+    method_len >= 3 && !matches!(first.get(method_len), Some(&b) if b != b' ')
 }
 
 /// The SNI host name in a ClientHello that fits in the first record, if any.

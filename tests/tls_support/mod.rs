@@ -256,9 +256,7 @@ pub fn serve(mut sock: TcpStream, mut sess: TlsSession) -> SessionInfo {
                     break;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                poll_in(sock.as_raw_fd(), 100)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => poll_in(sock.as_raw_fd(), 100),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
