@@ -487,14 +487,76 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// `read_tls` catches panics; the fuzzers must not be fooled by that.
+    fn no_panic<T>(r: Result<T, TlsError>) -> Result<T, TlsError> {
+        if let Err(e) = &r {
+            assert!(!e.to_string().contains("panic"), "internal panic: {e}");
+        }
+        r
+    }
+
+    static FUZZ_CERT: std::sync::OnceLock<rustls::pki_types::CertificateDer<'static>> =
+        std::sync::OnceLock::new();
+
     fn acceptor() -> &'static TlsAcceptor {
         static A: std::sync::OnceLock<(TempDir, TlsAcceptor)> = std::sync::OnceLock::new();
         &A.get_or_init(|| {
-            let (dir, _g, s) = one_cert("fuzz", KeyKind::EcdsaP256);
+            let (dir, g, s) = one_cert("fuzz", KeyKind::EcdsaP256);
+            let _ = FUZZ_CERT.set(g.der.clone());
             let a = TlsAcceptor::from_config(&s).unwrap();
             (dir, a)
         })
         .1
+    }
+
+    /// An in-memory established session (compact phase) and the client that talks to it.
+    fn established() -> (rustls::ClientConnection, corelay::transport::TlsSession) {
+        static CA: std::sync::OnceLock<rustls::pki_types::CertificateDer<'static>> =
+            std::sync::OnceLock::new();
+        let _ = acceptor();
+        let ca = CA.get_or_init(|| FUZZ_CERT.get().unwrap().clone());
+        let cfg = client_config(std::slice::from_ref(ca), None);
+        let mut c = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        let mut s = acceptor().new_session();
+        let (mut plain, mut out, mut wire) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..6 {
+            wire.clear();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            if !wire.is_empty() {
+                let n = s.read_tls(&mut wire, &mut plain, &mut out).unwrap();
+                assert_eq!(n, wire.len());
+            }
+            let mut r = &out[..];
+            while !r.is_empty() {
+                c.read_tls(&mut r).unwrap();
+            }
+            c.process_new_packets().unwrap();
+            out.clear();
+        }
+        assert!(s.is_compact());
+        (c, s)
+    }
+
+    #[test]
+    fn tampered_record_gets_bad_record_mac() {
+        let (mut c, mut s) = established();
+        std::io::Write::write_all(&mut c.writer(), b"hello").unwrap();
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        let e = no_panic(s.read_tls(&mut wire, &mut plain, &mut out)).unwrap_err();
+        assert!(e.is_fatal() && e.alert_sent() && plain.is_empty(), "{e}");
+        // The alert is a valid encrypted record the client can read: bad_record_mac.
+        let mut r = &out[..];
+        c.read_tls(&mut r).unwrap();
+        let err = c.process_new_packets().unwrap_err();
+        assert!(format!("{err:?}").contains("BadRecordMac"), "{err:?}");
     }
 
     proptest! {
@@ -508,13 +570,33 @@ mod fuzz {
             let split = split.min(data.len());
             // Engine-like: first chunk, leftover re-presented with the rest.
             let mut buf = data[..split].to_vec();
-            if let Ok(n) = s.read_tls(&mut buf, &mut plain, &mut out) {
+            if let Ok(n) = no_panic(s.read_tls(&mut buf, &mut plain, &mut out)) {
                 prop_assert!(n <= buf.len());
                 let mut rest = buf[n..].to_vec();
                 rest.extend_from_slice(&data[split..]);
-                if let Ok(m) = s.read_tls(&mut rest, &mut plain, &mut out) {
+                if let Ok(m) = no_panic(s.read_tls(&mut rest, &mut plain, &mut out)) {
                     prop_assert!(m <= rest.len());
                 }
+            }
+            let _ = s.write_plain(b"x", &mut out);
+            s.close_notify(&mut out);
+            prop_assert!(plain.is_empty());
+        }
+
+        #[test]
+        fn garbage_after_handshake_never_panics(typ in prop_oneof![Just(23u8), Just(21u8), Just(22u8), any::<u8>()],
+                                                body in proptest::collection::vec(any::<u8>(), 0..400),
+                                                cut in 0usize..420) {
+            let (_c, mut s) = established();
+            let mut rec = vec![typ, 3, 3, (body.len() >> 8) as u8, body.len() as u8];
+            rec.extend_from_slice(&body);
+            let cut = cut.min(rec.len());
+            let (mut plain, mut out) = (Vec::new(), Vec::new());
+            let mut first = rec[..cut].to_vec();
+            if let Ok(n) = no_panic(s.read_tls(&mut first, &mut plain, &mut out)) {
+                let mut rest = first[n..].to_vec();
+                rest.extend_from_slice(&rec[cut..]);
+                let _ = no_panic(s.read_tls(&mut rest, &mut plain, &mut out));
             }
             let _ = s.write_plain(b"x", &mut out);
             s.close_notify(&mut out);
@@ -527,8 +609,8 @@ mod fuzz {
             data.extend_from_slice(&body);
             let mut s = acceptor().new_session();
             let (mut plain, mut out) = (Vec::new(), Vec::new());
-            let _ = s.read_tls(&mut data, &mut plain, &mut out);
-            let _ = s.read_tls(&mut [0x17, 3, 3, 0, 1, 0], &mut plain, &mut out);
+            let _ = no_panic(s.read_tls(&mut data, &mut plain, &mut out));
+            let _ = no_panic(s.read_tls(&mut [0x17, 3, 3, 0, 1, 0], &mut plain, &mut out));
         }
     }
 }

@@ -1142,19 +1142,12 @@ impl From<EncryptError> for WriteErr {
 fn fail(inner: &mut Hs, error: rustls::Error, rest: &mut [u8], out: &mut Vec<u8>) -> TlsError {
     inner.flags |= F_FAILED;
     let before = out.len();
-    // rustls queues the fatal alert before reporting the error; it comes out as
-    // EncodeTlsData on the next call, before any input is looked at.
-    for _ in 0..4 {
-        let UnbufferedStatus { state, .. } = inner.conn.process_tls_records(rest);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                if append_with(out, 64, |b| enc.encode(b), encode_needed).is_err() {
-                    break;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-            _ => break,
-        }
+    // rustls queues the fatal alert before reporting the error; the next call returns it as
+    // EncodeTlsData without looking at the input. Call exactly once: a second call would
+    // deframe the input again (and, if that fails again, try to queue a second alert).
+    let UnbufferedStatus { state, .. } = inner.conn.process_tls_records(rest);
+    if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
+        let _ = append_with(out, 64, |b| enc.encode(b), encode_needed);
     }
     TlsError::Protocol {
         error,
