@@ -1171,7 +1171,8 @@ pub fn looks_like_client_hello(first: &[u8]) -> bool {
         [0x16, 3] | [0x16, 3, 0..=4] | [0x16, 3, 0..=4, _] => true,
         [0x16, 3, 0..=4, hi, lo, rest @ ..] => {
             let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-            (4..=MAX_TLS_RECORD_LEN - 5).contains(&len) && !matches!(rest.first(), Some(&t) if t != 1)
+            (4..=MAX_TLS_RECORD_LEN - 5).contains(&len)
+                && !matches!(rest.first(), Some(&t) if t != 1)
         }
         _ => false,
     }
