@@ -29,3 +29,5 @@ pub mod config;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod shard;
+#[cfg(feature = "tls")]
+pub mod transport;

@@ -1,0 +1,528 @@
+//! The post-handshake TLS record layer: what a [`super::TlsSession`] becomes once rustls has
+//! finished the handshake (the "user-space kTLS" state).
+//!
+//! rustls hands over the traffic keys and sequence numbers
+//! (`UnbufferedServerConnection::dangerous_into_kernel_connection`), plus a
+//! [`KernelConnection`] that derives the next secrets on a TLS 1.3 KeyUpdate. From then on
+//! records are protected here with aws-lc's AEADs (the same code rustls calls):
+//!
+//! - TLS 1.3 (RFC 8446 §5.2–5.3): nonce = iv ⊕ seq, AAD = record header, inner content type
+//!   after the plaintext; KeyUpdate handled both ways, plus a proactive KeyUpdate before the
+//!   AES-GCM confidentiality limit.
+//! - TLS 1.2 AES-GCM (RFC 5288) with the 8-byte explicit nonce, and ChaCha20-Poly1305
+//!   (RFC 7905); AAD = seq ‖ type ‖ version ‖ length.
+//!
+//! Why: an established rustls connection keeps ~2.3 KB of Rust heap (its handshake-era
+//! buffers and state) plus two aws-lc AEAD contexts (~0.6 KB each, C heap). This state keeps
+//! the raw keys (≤ 44 bytes per direction) and creates the AEAD contexts on demand;
+//! [`Established::shrink`] drops them when the connection goes idle.
+//!
+//! The same (keys, sequence numbers) are exactly what `setsockopt(SOL_TLS, TLS_TX/TLS_RX)`
+//! takes, and what a live-connection handover would pass to another process (docs/tls.md).
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, SupportedCipherSuite};
+
+pub(crate) const CT_ALERT: u8 = 21;
+pub(crate) const CT_HANDSHAKE: u8 = 22;
+pub(crate) const CT_APPDATA: u8 = 23;
+const HS_KEY_UPDATE: u8 = 24;
+const MAX_PLAIN: usize = 1 << 14;
+const TAG: usize = 16;
+const EXPLICIT: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Alg {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20,
+}
+
+impl Alg {
+    fn aead(self) -> &'static aead::Algorithm {
+        match self {
+            Alg::Aes128Gcm => &aead::AES_128_GCM,
+            Alg::Aes256Gcm => &aead::AES_256_GCM,
+            Alg::Chacha20 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+/// One direction's keys.
+pub(crate) struct Dir {
+    alg: Alg,
+    key_len: u8,
+    key: [u8; 32],
+    iv: [u8; NONCE_LEN],
+    pub(crate) seq: u64,
+    /// The aws-lc AEAD context, built on first use and dropped by `shrink` (~0.6 KB, C heap).
+    ctx: Option<LessSafeKey>,
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // Best-effort wipe of key material.
+        for b in self.key.iter_mut().chain(self.iv.iter_mut()) {
+            // SAFETY: `b` is a valid, aligned, exclusive reference.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+impl Dir {
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Option<Dir> {
+        let (alg, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Alg::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Alg::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (Alg::Chacha20, key, iv),
+            _ => return None,
+        };
+        let k = key.as_ref();
+        let i = iv.as_ref();
+        if k.len() > 32 || k.len() != alg.aead().key_len() || i.len() != NONCE_LEN {
+            return None;
+        }
+        let mut d = Dir {
+            alg,
+            key_len: k.len() as u8,
+            key: [0; 32],
+            iv: [0; NONCE_LEN],
+            seq,
+            ctx: None,
+        };
+        d.key[..k.len()].copy_from_slice(k);
+        d.iv.copy_from_slice(i);
+        Some(d)
+    }
+
+    fn ctx(&mut self) -> &LessSafeKey {
+        let (alg, key) = (self.alg, &self.key[..usize::from(self.key_len)]);
+        self.ctx.get_or_insert_with(|| {
+            LessSafeKey::new(UnboundKey::new(alg.aead(), key).expect("key length checked"))
+        })
+    }
+
+    fn nonce(&self) -> [u8; NONCE_LEN] {
+        let mut n = self.iv;
+        for (a, b) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *a ^= b;
+        }
+        n
+    }
+}
+
+fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+    let mut a = [0u8; 13];
+    a[..8].copy_from_slice(&seq.to_be_bytes());
+    a[8] = typ;
+    a[9] = 3;
+    a[10] = 3;
+    a[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    a
+}
+
+/// Why the record layer stopped; `alert` is what to tell the peer (already encrypted into
+/// `out` by [`Established::read`] when possible).
+#[derive(Debug)]
+pub(crate) struct RecordError {
+    pub(crate) error: rustls::Error,
+    pub(crate) alert: Option<AlertDescription>,
+}
+
+fn fatal(error: rustls::Error, alert: AlertDescription) -> RecordError {
+    RecordError {
+        error,
+        alert: Some(alert),
+    }
+}
+
+/// An established session without rustls's connection object.
+pub(crate) struct Established {
+    tls13: bool,
+    pub(crate) tx: Dir,
+    pub(crate) rx: Dir,
+    /// Records allowed per key (AES-GCM confidentiality limit; TLS 1.3 rekeys before it).
+    limit: u64,
+    /// TLS 1.3: derives the next traffic secrets on KeyUpdate. `None` for TLS 1.2.
+    kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+}
+
+impl Established {
+    /// Take over from rustls. `None` if the cipher suite has no implementation here (the
+    /// caller then stays on rustls's record layer).
+    pub(crate) fn new(
+        secrets: ExtractedSecrets,
+        kernel: KernelConnection<ServerConnectionData>,
+    ) -> Option<Established> {
+        let suite = kernel.negotiated_cipher_suite();
+        let (tls13, limit) = match suite {
+            SupportedCipherSuite::Tls13(s) => (true, s.common.confidentiality_limit),
+            SupportedCipherSuite::Tls12(s) => (false, s.common.confidentiality_limit),
+        };
+        let ExtractedSecrets {
+            tx: (tx_seq, tx),
+            rx: (rx_seq, rx),
+        } = secrets;
+        Some(Established {
+            tls13,
+            tx: Dir::new(tx_seq, tx)?,
+            rx: Dir::new(rx_seq, rx)?,
+            limit,
+            kernel: tls13.then(|| Box::new(kernel)),
+        })
+    }
+
+    /// Drop the AEAD contexts (rebuilt on the next record).
+    pub(crate) fn shrink(&mut self) {
+        self.tx.ctx = None;
+        self.rx.ctx = None;
+    }
+
+    /// Protect one record of `typ` carrying `payload` (≤ 2^14 bytes) and append it to `out`.
+    fn seal(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        debug_assert!(payload.len() <= MAX_PLAIN);
+        if self.tx.seq >= self.limit {
+            if self.tls13 && typ != CT_HANDSHAKE {
+                self.key_update_tx(false, out)?;
+            } else if !self.tls13 {
+                return Err(RecordError {
+                    error: rustls::Error::EncryptError,
+                    alert: None,
+                });
+            }
+        }
+        let nonce = self.tx.nonce();
+        let seq = self.tx.seq;
+        let start = out.len();
+        if self.tls13 {
+            let len = payload.len() + 1 + TAG;
+            out.reserve(5 + len);
+            out.extend_from_slice(&[CT_APPDATA, 3, 3]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.extend_from_slice(payload);
+            out.push(typ);
+            let (hdr, body) = out[start..].split_at_mut(5);
+            let hdr: [u8; 5] = hdr.try_into().expect("5 bytes");
+            let tag = self
+                .tx
+                .ctx()
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(hdr),
+                    body,
+                )
+                .map_err(|_| RecordError {
+                    error: rustls::Error::EncryptError,
+                    alert: None,
+                })?;
+            out.extend_from_slice(tag.as_ref());
+        } else {
+            let explicit = if self.tx.alg == Alg::Chacha20 {
+                0
+            } else {
+                EXPLICIT
+            };
+            let len = explicit + payload.len() + TAG;
+            out.reserve(5 + len);
+            out.extend_from_slice(&[typ, 3, 3]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.extend_from_slice(&nonce[4..4 + explicit]);
+            out.extend_from_slice(payload);
+            let aad = tls12_aad(seq, typ, payload.len());
+            let body = &mut out[start + 5 + explicit..];
+            let tag = self
+                .tx
+                .ctx()
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    body,
+                )
+                .map_err(|_| RecordError {
+                    error: rustls::Error::EncryptError,
+                    alert: None,
+                })?;
+            out.extend_from_slice(tag.as_ref());
+        }
+        self.tx.seq += 1;
+        Ok(())
+    }
+
+    /// Encrypt application data into as many records as needed.
+    pub(crate) fn write(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if plain.is_empty() {
+            return Ok(());
+        }
+        out.reserve(plain.len() + plain.len().div_ceil(MAX_PLAIN) * (5 + EXPLICIT + TAG + 1));
+        for chunk in plain.chunks(MAX_PLAIN) {
+            self.seal(CT_APPDATA, chunk, out)?;
+        }
+        Ok(())
+    }
+
+    /// Encrypt an alert.
+    pub(crate) fn alert(&mut self, fatal: bool, desc: AlertDescription, out: &mut Vec<u8>) {
+        let level = if fatal { 2 } else { 1 };
+        let _ = self.seal(CT_ALERT, &[level, u8::from(desc)], out);
+    }
+
+    /// Send our KeyUpdate (encrypted under the current key), then switch tx keys.
+    fn key_update_tx(&mut self, request: bool, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return Err(RecordError {
+                error: rustls::Error::EncryptError,
+                alert: None,
+            });
+        };
+        let (seq, secrets) = kernel.update_tx_secret().map_err(|e| RecordError {
+            error: e,
+            alert: Some(AlertDescription::InternalError),
+        })?;
+        // The message goes out under the old key: seal it before swapping.
+        let saved_limit = self.limit;
+        self.limit = u64::MAX;
+        let r = self.seal(
+            CT_HANDSHAKE,
+            &[HS_KEY_UPDATE, 0, 0, 1, u8::from(request)],
+            out,
+        );
+        self.limit = saved_limit;
+        r?;
+        self.tx = Dir::new(seq, secrets).ok_or_else(|| RecordError {
+            error: rustls::Error::General("key update: unsupported cipher".into()),
+            alert: Some(AlertDescription::InternalError),
+        })?;
+        Ok(())
+    }
+
+    /// Decrypt the complete records at the front of `buf` (in place); append application
+    /// data to `plain` and any response records (KeyUpdate) to `out`. Returns bytes consumed
+    /// and whether close_notify was received (everything after it is ignored).
+    pub(crate) fn read(
+        &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, bool), RecordError> {
+        let mut pos = 0;
+        while buf.len() - pos >= 5 {
+            let rec = &mut buf[pos..];
+            let typ = rec[0];
+            let len = usize::from(u16::from_be_bytes([rec[3], rec[4]]));
+            let max = if self.tls13 {
+                MAX_PLAIN + 256
+            } else {
+                MAX_PLAIN + 2048
+            };
+            if len > max {
+                return Err(fatal(
+                    rustls::Error::PeerSentOversizedRecord,
+                    AlertDescription::RecordOverflow,
+                ));
+            }
+            if rec[1] != 3 {
+                return Err(fatal(
+                    rustls::Error::General(format!("bad record version {}.{}", rec[1], rec[2])),
+                    AlertDescription::DecodeError,
+                ));
+            }
+            if rec.len() < 5 + len {
+                break;
+            }
+            let (hdr, rest) = rec.split_at_mut(5);
+            let body = &mut rest[..len];
+            let hdr: [u8; 5] = (&*hdr).try_into().expect("5 bytes");
+            pos += 5 + len;
+            if self.rx.seq >= self.limit && !self.tls13 {
+                return Err(fatal(
+                    rustls::Error::DecryptError,
+                    AlertDescription::BadRecordMac,
+                ));
+            }
+            let nonce;
+            let (inner_typ, payload): (u8, &mut [u8]) = if self.tls13 {
+                if typ != CT_APPDATA {
+                    return Err(fatal(
+                        rustls::Error::General(format!(
+                            "unexpected record type {typ} after the handshake"
+                        )),
+                        AlertDescription::UnexpectedMessage,
+                    ));
+                }
+                nonce = self.rx.nonce();
+                let p = self
+                    .rx
+                    .ctx()
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(hdr), body)
+                    .map_err(|_| {
+                        fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac)
+                    })?;
+                // Strip the zero padding; the last non-zero byte is the real type.
+                let Some(end) = p.iter().rposition(|&b| b != 0) else {
+                    return Err(fatal(
+                        rustls::Error::General("record without content type".into()),
+                        AlertDescription::UnexpectedMessage,
+                    ));
+                };
+                if end > MAX_PLAIN {
+                    return Err(fatal(
+                        rustls::Error::PeerSentOversizedRecord,
+                        AlertDescription::RecordOverflow,
+                    ));
+                }
+                let t = p[end];
+                (t, &mut p[..end])
+            } else {
+                let explicit = if self.rx.alg == Alg::Chacha20 {
+                    0
+                } else {
+                    EXPLICIT
+                };
+                if body.len() < explicit + TAG {
+                    return Err(fatal(
+                        rustls::Error::DecryptError,
+                        AlertDescription::BadRecordMac,
+                    ));
+                }
+                let mut n = self.rx.nonce();
+                if explicit > 0 {
+                    n[4..].copy_from_slice(&body[..EXPLICIT]);
+                }
+                nonce = n;
+                let aad = tls12_aad(self.rx.seq, typ, body.len() - explicit - TAG);
+                let p = self
+                    .rx
+                    .ctx()
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        &mut body[explicit..],
+                    )
+                    .map_err(|_| {
+                        fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac)
+                    })?;
+                if p.len() > MAX_PLAIN {
+                    return Err(fatal(
+                        rustls::Error::PeerSentOversizedRecord,
+                        AlertDescription::RecordOverflow,
+                    ));
+                }
+                (typ, p)
+            };
+            self.rx.seq += 1;
+            match inner_typ {
+                CT_APPDATA => plain.extend_from_slice(payload),
+                CT_ALERT => {
+                    if payload.len() != 2 {
+                        return Err(fatal(
+                            rustls::Error::General("malformed alert".into()),
+                            AlertDescription::DecodeError,
+                        ));
+                    }
+                    let desc = AlertDescription::from(payload[1]);
+                    if desc == AlertDescription::CloseNotify {
+                        return Ok((buf.len(), true));
+                    }
+                    if payload[0] == 1 && !self.tls13 {
+                        continue; // TLS 1.2 warning alerts are ignored
+                    }
+                    if desc == AlertDescription::UserCanceled {
+                        continue;
+                    }
+                    return Err(RecordError {
+                        error: rustls::Error::AlertReceived(desc),
+                        alert: None,
+                    });
+                }
+                CT_HANDSHAKE if self.tls13 => self.handshake(payload, out)?,
+                CT_HANDSHAKE => {
+                    // TLS 1.2 renegotiation (ClientHello): refused.
+                    return Err(fatal(
+                        rustls::Error::General("renegotiation is not supported".into()),
+                        AlertDescription::NoRenegotiation,
+                    ));
+                }
+                other => {
+                    return Err(fatal(
+                        rustls::Error::General(format!("unexpected content type {other}")),
+                        AlertDescription::UnexpectedMessage,
+                    ));
+                }
+            }
+        }
+        Ok((pos, false))
+    }
+
+    /// TLS 1.3 post-handshake messages from a client: only KeyUpdate is legal.
+    fn handshake(&mut self, mut msgs: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        while !msgs.is_empty() {
+            let [typ, a, b, c, rest @ ..] = msgs else {
+                return Err(fatal(
+                    rustls::Error::General("handshake message split across records".into()),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            };
+            let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+            if rest.len() < len {
+                return Err(fatal(
+                    rustls::Error::General("handshake message split across records".into()),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            }
+            let (body, next) = rest.split_at(len);
+            if *typ != HS_KEY_UPDATE || len != 1 || body[0] > 1 {
+                return Err(fatal(
+                    rustls::Error::General(format!("unexpected post-handshake message {typ}")),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            }
+            if !next.is_empty() {
+                // RFC 8446 §5.1: a key change must end its record.
+                return Err(fatal(
+                    rustls::Error::General("data after KeyUpdate in the same record".into()),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            }
+            let kernel = self
+                .kernel
+                .as_mut()
+                .expect("TLS 1.3 has a kernel connection");
+            let (seq, secrets) = kernel.update_rx_secret().map_err(|e| RecordError {
+                error: e,
+                alert: Some(AlertDescription::InternalError),
+            })?;
+            self.rx = Dir::new(seq, secrets).ok_or_else(|| RecordError {
+                error: rustls::Error::General("key update: unsupported cipher".into()),
+                alert: Some(AlertDescription::InternalError),
+            })?;
+            if body[0] == 1 {
+                self.key_update_tx(false, out)?;
+            }
+            msgs = next;
+        }
+        Ok(())
+    }
+}
+
+impl Established {
+    /// A dummy used only while swapping states (never used for I/O: its session is failed).
+    pub(crate) fn placeholder() -> Established {
+        let dir = || Dir {
+            alg: Alg::Aes128Gcm,
+            key_len: 16,
+            key: [0; 32],
+            iv: [0; NONCE_LEN],
+            seq: 0,
+            ctx: None,
+        };
+        Established {
+            tls13: true,
+            tx: dir(),
+            rx: dir(),
+            limit: 0,
+            kernel: None,
+        }
+    }
+}
