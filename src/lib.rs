@@ -29,5 +29,5 @@ pub mod config;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod shard;
-#[cfg(feature = "tls")]
+#[cfg(feature = "runtime")]
 pub mod transport;

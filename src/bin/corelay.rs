@@ -192,11 +192,28 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
     signals.thread_block().context("blocking signals")?;
 
+    let tls = match (&cfg.tls, cfg.server.tls_listen.is_empty()) {
+        (Some(t), false) => Some(
+            corelay::transport::TlsAcceptor::from_config(t)
+                .context("loading TLS certificates ([tls])")?,
+        ),
+        _ => None,
+    };
+    if let Some(acceptor) = &tls {
+        // Certificate files are also watched for changes (besides SIGHUP).
+        let _watch = acceptor.watch(std::time::Duration::from_secs(5));
+    }
     let (handlers, hub) = factory(&cfg)?;
-    let gw = Gateway::start(&cfg, handlers).context("starting shards")?;
-    let ws = gw.local_addrs()[0];
+    let gw = Gateway::start(&cfg, handlers, tls.clone()).context("starting shards")?;
+    let ws = gw
+        .local_addrs()
+        .first()
+        .or(gw.tls_addrs().first())
+        .copied()
+        .context("no listener")?;
     let hub_shared = hub.as_ref().map(|h| h.shared());
     if let Some(hub) = hub {
         hub.spawn(gw.handle()).context("starting the backend hub")?;
@@ -237,6 +254,9 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         backend = Some(child);
     }
     // Logged last: tools and tests take this line as "ready".
+    for a in gw.tls_addrs() {
+        tracing::info!(shards = cfg.shard_count(), "listening on wss://{a}/");
+    }
     for a in gw.local_addrs() {
         tracing::info!(shards = cfg.shard_count(), "listening on ws://{a}/");
     }
@@ -253,7 +273,22 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         println!("  try: python3 -m websockets ws://{ws}/      (stop with Ctrl-C)");
         println!();
     }
-    let sig = signals.wait().context("waiting for signals")?;
+    let sig = loop {
+        let sig = signals.wait().context("waiting for signals")?;
+        if sig != Signal::SIGHUP {
+            break sig;
+        }
+        // SIGHUP: reload certificates; new handshakes use them, open connections are untouched.
+        match &tls {
+            Some(t) => match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
+                }
+            },
+            None => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
+        }
+    };
     tracing::info!(signal = ?sig, "shutting down");
     gw.shutdown();
     gw.join();

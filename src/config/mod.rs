@@ -55,6 +55,8 @@ pub struct GatewayConfig {
     pub backend: BackendConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Certificates for the `server.tls_listen` listeners (wss).
+    pub tls: Option<crate::transport::TlsSettings>,
 }
 
 /// `[server]`
@@ -63,6 +65,8 @@ pub struct GatewayConfig {
 pub struct ServerConfig {
     /// WebSocket listen addresses; every shard binds each one with SO_REUSEPORT.
     pub listen: Vec<SocketAddr>,
+    /// TLS (wss) listen addresses; need `[tls]`.
+    pub tls_listen: Vec<SocketAddr>,
     /// Number of shards (one pinned thread each); 0 = one per available CPU.
     pub shards: usize,
     /// First CPU to pin shard 0 to (shard i runs on `cpu_offset + i` modulo the CPU count),
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls_listen: Vec::new(),
             shards: 0,
             cpu_offset: 0,
             pin: true,
@@ -281,8 +286,22 @@ impl GatewayConfig {
 
     /// Check every value once; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.is_empty() {
+        if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
             return Err(invalid("server.listen", "at least one address is required"));
+        }
+        if !self.server.tls_listen.is_empty() {
+            if self.tls.is_none() {
+                return Err(invalid(
+                    "tls",
+                    "server.tls_listen needs a [tls] section (cert, key)",
+                ));
+            }
+            if self.limits.read_buffer_bytes < crate::transport::MAX_TLS_RECORD_LEN + 1024 {
+                return Err(invalid(
+                    "limits.read_buffer_bytes",
+                    "must hold a whole TLS record (>= 17669) when server.tls_listen is set",
+                ));
+            }
         }
         if self.server.shards > 256 {
             return Err(invalid(

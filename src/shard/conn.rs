@@ -14,6 +14,7 @@ use super::timers::{Tick, Wheel};
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::{self, HandshakeLimits};
 use crate::proto::ws::{self, DataKind, Decoder, DecoderConfig, Event, OpCode};
+use crate::transport::{TlsAcceptor, TlsError, TlsSession};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +63,8 @@ pub struct Conn {
     route: u8,
     decoder: Decoder,
     extra: Option<Box<Extra>>,
+    /// TLS state of a wss connection.
+    tls: Option<Box<TlsSession>>,
 }
 
 /// Per-connection buffers that exist only while they hold something.
@@ -69,6 +72,8 @@ pub struct Conn {
 pub struct Extra {
     /// Unconsumed input (partial frame header, control frame or request head).
     rx: Vec<u8>,
+    /// Unconsumed TLS ciphertext (a partial record).
+    tls_rx: Vec<u8>,
     /// A fragmented data message being assembled.
     msg: Vec<u8>,
     /// Output not yet accepted by the socket, from `tx_pos`.
@@ -87,6 +92,7 @@ pub struct Extra {
 impl Extra {
     fn is_empty(&self) -> bool {
         self.rx.is_empty()
+            && self.tls_rx.is_empty()
             && self.msg.is_empty()
             && self.tx.len() == self.tx_pos
             && self.stalled.is_none()
@@ -199,6 +205,14 @@ pub struct ShardIo {
     pub metrics: ShardMetrics,
     pub(crate) shutting_down: bool,
     scratch: Vec<u8>,
+    /// TLS settings for connections from TLS listeners.
+    tls: Option<TlsAcceptor>,
+    /// Decrypted input of one read (TLS connections).
+    plain: Vec<u8>,
+    /// Plaintext staged for encryption (TLS connections).
+    tls_plain: Vec<u8>,
+    /// TLS records produced while reading (handshake, alerts, tickets).
+    tls_out: Vec<u8>,
 }
 
 fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
@@ -222,8 +236,14 @@ fn frame_boundary_at_or_after(tx: &[u8], pos: usize) -> usize {
 
 /// Drop the sent prefix of a long-lived queue, at a frame boundary, so a consumer that is
 /// slow but never fully drains cannot make the queue grow without bound.
-fn compact_tx(x: &mut Extra) {
+fn compact_tx(x: &mut Extra, frames: bool) {
     if x.tx_pos < 64 << 10 || x.tx_pos * 2 < x.tx.len() {
+        return;
+    }
+    if !frames {
+        // TLS records: nothing walks the queue, drop the sent prefix as it is.
+        x.tx.drain(..x.tx_pos);
+        x.tx_pos = 0;
         return;
     }
     let mut at = 0;
@@ -289,6 +309,7 @@ impl ShardIo {
         max_conns: u32,
         poller: Poller,
         read_buffer: usize,
+        tls: Option<TlsAcceptor>,
     ) -> Self {
         Self {
             shard,
@@ -308,6 +329,10 @@ impl ShardIo {
             metrics: ShardMetrics::default(),
             shutting_down: false,
             scratch: vec![0; read_buffer],
+            tls,
+            plain: Vec::new(),
+            tls_plain: Vec::new(),
+            tls_out: Vec::new(),
         }
     }
 
@@ -440,7 +465,7 @@ impl ShardIo {
     // ---------------------------------------------------------------- accepting
 
     /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
-    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr) {
+    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool) {
         if self.shutting_down {
             return;
         }
@@ -464,6 +489,11 @@ impl ShardIo {
         }
         let deadline = self.now + self.settings.handshake_ticks;
         let raw = fd.as_raw_fd();
+        let session = if tls {
+            self.tls.as_ref().map(|a| Box::new(a.new_session()))
+        } else {
+            None
+        };
         let Some(id) = self.conns.insert_with(|_| Conn {
             fd,
             state: ConnState::Handshake,
@@ -480,6 +510,7 @@ impl ShardIo {
                 peer: Some(peer),
                 ..Default::default()
             })),
+            tls: session,
         }) else {
             unreachable!("capacity checked above");
         };
@@ -530,14 +561,38 @@ impl ShardIo {
 
     // ---------------------------------------------------------------- output
 
-    fn stage(&mut self, id: ConnId, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.out.len() as u32;
-        write(&mut self.out);
+    fn push_seg(&mut self, id: ConnId, start: u32) {
         let end = self.out.len() as u32;
         match self.out_segs.last_mut() {
             Some((last, _, e)) if *last == id && *e == start => *e = end,
             _ => self.out_segs.push((id, start, end)),
         }
+    }
+
+    /// Stage output for `id`; encrypted first on TLS connections.
+    fn stage(&mut self, id: ConnId, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.out.len() as u32;
+        match self.conns.get_mut(id).and_then(|c| c.tls.as_mut()) {
+            Some(session) => {
+                let mut plain = std::mem::take(&mut self.tls_plain);
+                plain.clear();
+                write(&mut plain);
+                if let Err(e) = session.write_plain(&plain, &mut self.out) {
+                    tracing::debug!(?id, error = %e, "TLS write failed");
+                    self.out.truncate(start as usize);
+                }
+                self.tls_plain = plain;
+            }
+            None => write(&mut self.out),
+        }
+        self.push_seg(id, start);
+    }
+
+    /// Stage bytes that go to the socket as they are (TLS records from the session).
+    fn stage_raw(&mut self, id: ConnId, bytes: &[u8]) {
+        let start = self.out.len() as u32;
+        self.out.extend_from_slice(bytes);
+        self.push_seg(id, start);
     }
 
     /// Queue a text or binary message to an open connection.
@@ -598,6 +653,15 @@ impl ShardIo {
     }
 
     fn begin_drain(&mut self, id: ConnId) {
+        let mut notify = Vec::new();
+        if let Some(session) = self.conns.get_mut(id).and_then(|c| c.tls.as_mut()) {
+            if !session.is_handshaking() {
+                session.close_notify(&mut notify);
+            }
+        }
+        if !notify.is_empty() {
+            self.stage_raw(id, &notify);
+        }
         if let Some(conn) = self.conns.get_mut(id) {
             conn.state = ConnState::Draining;
             conn.deadline = self.now + self.settings.close_ticks;
@@ -616,6 +680,13 @@ impl ShardIo {
             return;
         };
         if conn.state != ConnState::Open {
+            return;
+        }
+        if conn.tls.is_some() {
+            // The queue holds TLS records: cutting one would fail the peer's integrity check,
+            // and a close frame cannot jump the queue. Drop the connection.
+            conn.close_code = 1008;
+            self.destroy(id);
             return;
         }
         // Keep only the frame that is partly on the wire (cutting it would corrupt the
@@ -765,13 +836,14 @@ impl ShardIo {
             return;
         };
         let fd = conn.fd.as_raw_fd();
+        let frames = conn.tls.is_none();
         if let Some(x) = conn.extra.as_mut() {
             while x.tx_pos < x.tx.len() {
                 match send(fd, &x.tx[x.tx_pos..]) {
                     Ok(n) => x.tx_pos += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.flags |= F_WRITE_BLOCKED;
-                        compact_tx(x);
+                        compact_tx(x, frames);
                         return;
                     }
                     Err(_) => {
@@ -871,6 +943,9 @@ fn write_status(out: &mut Vec<u8>, status: u16) {
 
 /// Read and process everything readable on `id` (up to the read budget).
 pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+    if io.conns.get(id).is_some_and(|c| c.tls.is_some()) {
+        return on_readable_tls(io, h, id);
+    }
     let budget = io.settings.read_budget;
     let mut scratch = std::mem::take(&mut io.scratch);
     let mut exhausted = true;
@@ -953,6 +1028,155 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
         }
     }
     io.scratch = scratch;
+}
+
+/// [`on_readable`] for wss: ciphertext into the scratch buffer, through the TLS session,
+/// then the same plaintext processing as ws.
+fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+    let budget = io.settings.read_budget;
+    let has_stalled = io
+        .conns
+        .get(id)
+        .is_some_and(|c| c.extra.as_ref().is_some_and(|x| x.stalled.is_some()));
+    if has_stalled && !retry_stalled(io, h, id) {
+        return;
+    }
+    let mut scratch = std::mem::take(&mut io.scratch);
+    let mut plain = std::mem::take(&mut io.plain);
+    let mut exhausted = true;
+    for _ in 0..budget {
+        let Some(conn) = io.conns.get_mut(id) else {
+            exhausted = false;
+            break;
+        };
+        conn.flags &= !F_READ_PENDING;
+        if conn.flags & F_READ_PAUSED != 0 {
+            exhausted = false;
+            break;
+        }
+        let mut have = 0;
+        plain.clear();
+        if let Some(x) = conn.extra.as_mut() {
+            have = x.tls_rx.len();
+            scratch[..have].copy_from_slice(&x.tls_rx);
+            x.tls_rx.clear();
+            // Plaintext left over (a partial frame) goes in front of what we decrypt.
+            plain.extend_from_slice(&x.rx);
+            x.rx.clear();
+        }
+        let fd = conn.fd.as_raw_fd();
+        let room = scratch.len() - have;
+        let n = match recv(fd, &mut scratch[have..]) {
+            Ok(0) => {
+                on_eof(io, h, id);
+                exhausted = false;
+                break;
+            }
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                // Plaintext held back by a pause may be complete now: process it.
+                let used = if plain.is_empty() {
+                    0
+                } else {
+                    process(io, h, id, &mut plain[..])
+                };
+                keep_leftover(io, id, &plain[used..]);
+                keep_tls_leftover(io, id, &scratch[..have]);
+                exhausted = false;
+                break;
+            }
+            Err(_) => {
+                on_eof(io, h, id);
+                exhausted = false;
+                break;
+            }
+        };
+        io.metrics.bytes_in += n as u64;
+        let total = have + n;
+        let mut out = std::mem::take(&mut io.tls_out);
+        out.clear();
+        let Some(session) = io.conns.get_mut(id).and_then(|c| c.tls.as_mut()) else {
+            break;
+        };
+        let res = session.read_tls(&mut scratch[..total], &mut plain, &mut out);
+        let peer_closed = session.peer_closed();
+        if !out.is_empty() {
+            io.stage_raw(id, &out);
+        }
+        io.tls_out = out;
+        match res {
+            Ok(consumed) => {
+                keep_tls_leftover(io, id, &scratch[consumed..total]);
+                if !plain.is_empty() {
+                    let used = process(io, h, id, &mut plain[..]);
+                    keep_leftover(io, id, &plain[used..]);
+                }
+                if peer_closed {
+                    on_eof(io, h, id);
+                    exhausted = false;
+                    break;
+                }
+            }
+            Err(e) => {
+                tls_failed(io, h, id, &e, &scratch[..total]);
+                exhausted = false;
+                break;
+            }
+        }
+        if let Some(c) = io.conns.get_mut(id) {
+            c.release_extra_if_empty();
+        }
+        if n < room {
+            exhausted = false;
+            break;
+        }
+    }
+    if let Some(c) = io.conns.get_mut(id) {
+        c.release_extra_if_empty();
+        if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
+            c.flags |= F_READ_PENDING;
+            io.ready.push_back(id.0);
+        }
+    }
+    io.scratch = scratch;
+    io.plain = plain;
+}
+
+fn keep_tls_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
+    if let Some(c) = io.conns.get_mut(id) {
+        if c.state != ConnState::Draining && !rest.is_empty() {
+            c.extra().tls_rx.extend_from_slice(rest);
+        }
+    }
+}
+
+/// A TLS error: answer plaintext HTTP with a clear 400, send the session's alert (already
+/// staged), and close.
+fn tls_failed(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, e: &TlsError, input: &[u8]) {
+    let Some(c) = io.conns.get(id) else { return };
+    let state = c.state;
+    if matches!(e, TlsError::PlaintextHttp) || crate::transport::looks_like_http(input) {
+        io.stage_raw(id, crate::transport::PLAINTEXT_ON_TLS_PORT_RESPONSE);
+    }
+    match state {
+        ConnState::Handshake => io.metrics.count_handshake_failure(e.cause()),
+        ConnState::AwaitOpen | ConnState::Open | ConnState::Closing => {
+            h.on_close(io, id, 1006, "tls error");
+        }
+        ConnState::Draining => {}
+    }
+    tracing::debug!(?id, error = %e, "TLS failure");
+    if let Some(c) = io.conns.get_mut(id) {
+        if c.close_code == 0 {
+            c.close_code = 1006;
+        }
+        c.state = ConnState::Draining;
+        c.deadline = io.now + io.settings.close_ticks;
+    }
+    io.mark_dirty(id);
 }
 
 fn keep_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
@@ -1279,6 +1503,10 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                 io.destroy(id);
             }
             ConnState::Open => {
+                if let Some(t) = c.tls.as_mut() {
+                    // Idle: let the TLS session drop what it rebuilds on the next record.
+                    t.shrink();
+                }
                 if s.ping_ticks > 0 && c.flags & F_PING_OUT == 0 {
                     c.flags |= F_PING_OUT;
                     io.metrics.pings_sent += 1;

@@ -103,6 +103,7 @@ pub struct Gateway {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     handle: GatewayHandle,
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
 }
 
 /// A cloneable handle for the control path (admin endpoints, signals).
@@ -167,23 +168,34 @@ impl GatewayHandle {
 impl Gateway {
     /// Bind every listener for every shard, then start the shards. Listeners are bound here
     /// (not in the shards) so that a port 0 resolves to one port shared by all shards.
-    pub fn start(cfg: &GatewayConfig, handlers: HandlerFactory) -> io::Result<Self> {
+    pub fn start(
+        cfg: &GatewayConfig,
+        handlers: HandlerFactory,
+        tls: Option<crate::transport::TlsAcceptor>,
+    ) -> io::Result<Self> {
         let n = cfg.shard_count();
         if n == 0 || n > 255 {
             return Err(io::Error::other("shard count must be 1..=255"));
         }
-        let mut per_shard: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<(OwnedFd, bool)>> = (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
-        for &addr in &cfg.server.listen {
+        let mut tls_addrs = Vec::new();
+        let plain = cfg.server.listen.iter().map(|a| (*a, false));
+        let secure = cfg.server.tls_listen.iter().map(|a| (*a, true));
+        for (addr, is_tls) in plain.chain(secure) {
             let first = listener::bind(addr, &cfg.tcp)?;
             let actual = first
                 .local_addr()?
                 .as_socket()
                 .ok_or_else(|| io::Error::other("listener has no inet address"))?;
-            addrs.push(actual);
-            per_shard[0].push(first.into());
+            if is_tls {
+                tls_addrs.push(actual);
+            } else {
+                addrs.push(actual);
+            }
+            per_shard[0].push((first.into(), is_tls));
             for fds in per_shard.iter_mut().skip(1) {
-                fds.push(listener::bind(actual, &cfg.tcp)?.into());
+                fds.push((listener::bind(actual, &cfg.tcp)?.into(), is_tls));
             }
         }
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -199,10 +211,13 @@ impl Gateway {
             };
             let cfg = cfg.clone();
             let handlers = handlers.clone();
+            let tls = tls.clone();
             let t = LocalExecutorBuilder::new(placement)
                 .name(&format!("corelay-shard{id}"))
                 .spawn(move || async move {
-                    if let Err(e) = run_shard(id as u8, cfg, listeners, control, handlers).await {
+                    if let Err(e) =
+                        run_shard(id as u8, cfg, listeners, control, handlers, tls).await
+                    {
                         tracing::error!(shard = id, error = %e, "shard failed");
                     }
                 })
@@ -213,6 +228,7 @@ impl Gateway {
             threads,
             handle: GatewayHandle { controls },
             addrs,
+            tls_addrs,
         })
     }
 
@@ -224,6 +240,11 @@ impl Gateway {
     /// The bound listen addresses (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound TLS (wss) listen addresses.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// Ask every shard to shut down gracefully (stop accepting, close 1001, wait, exit).
@@ -271,7 +292,7 @@ fn settings(cfg: &GatewayConfig) -> ShardSettings {
 struct State {
     io: ShardIo,
     handler: Box<dyn Handler>,
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<(OwnedFd, bool)>,
     control: Arc<Control>,
     exit: bool,
     shutdown_deadline: Option<Instant>,
@@ -291,13 +312,14 @@ struct State {
 async fn run_shard(
     id: u8,
     cfg: GatewayConfig,
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<(OwnedFd, bool)>,
     control: Arc<Control>,
     handlers: HandlerFactory,
+    tls: Option<crate::transport::TlsAcceptor>,
 ) -> io::Result<()> {
     let (poller, mut waker) = reactor::new(1024)?;
     poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
-    for (i, l) in listeners.iter().enumerate() {
+    for (i, (l, _)) in listeners.iter().enumerate() {
         poller.add(l.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
     }
     let io = ShardIo::new(
@@ -306,6 +328,7 @@ async fn run_shard(
         cfg.limits.max_connections_per_shard,
         poller,
         cfg.limits.read_buffer_bytes,
+        tls,
     );
     let handler = handlers(id);
     let state = Rc::new(RefCell::new(State {
@@ -495,13 +518,13 @@ fn publish_snapshot(st: &mut State) {
 }
 
 fn accept_some(st: &mut State, idx: u32) {
-    let Some(l) = st.listeners.get(idx as usize) else {
+    let Some((l, is_tls)) = st.listeners.get(idx as usize) else {
         return;
     };
-    let fd = l.as_raw_fd();
+    let (fd, is_tls) = (l.as_raw_fd(), *is_tls);
     for _ in 0..256 {
         match listener::accept(fd) {
-            Ok(Some((sock, peer))) => st.io.admit(sock, peer),
+            Ok(Some((sock, peer))) => st.io.admit(sock, peer, is_tls),
             Ok(None) => return,
             Err(e) => {
                 // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin.
@@ -521,7 +544,7 @@ fn begin_shutdown(st: &mut State) {
         connections = st.io.connections(),
         "shutting down"
     );
-    for l in std::mem::take(&mut st.listeners) {
+    for (l, _) in std::mem::take(&mut st.listeners) {
         st.io.poller.remove(l.as_raw_fd());
     }
     conn::start_shutdown(&mut st.io, st.handler.as_mut());

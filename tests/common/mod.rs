@@ -14,6 +14,7 @@ pub struct Gw {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
     pub log: mpsc::Receiver<String>,
     _dir: TempDir,
 }
@@ -90,6 +91,7 @@ impl Gw {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut addr = None;
         let mut admin = None;
+        let mut tls = None;
         while addr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
@@ -97,6 +99,14 @@ impl Gw {
                 .expect("gateway did not report its address");
             if let Some(rest) = line.split("listening on ws://").nth(1) {
                 addr = Some(
+                    rest.trim_end_matches(|c| c != '/')
+                        .trim_end_matches('/')
+                        .parse()
+                        .unwrap(),
+                );
+            }
+            if let Some(rest) = line.split("listening on wss://").nth(1) {
+                tls = Some(
                     rest.trim_end_matches(|c| c != '/')
                         .trim_end_matches('/')
                         .parse()
@@ -118,6 +128,7 @@ impl Gw {
             child,
             addr: addr.unwrap(),
             admin,
+            tls,
             log: rx,
             _dir: dir,
         }
