@@ -51,6 +51,10 @@ pub struct DensityArgs {
     /// Connect + handshake timeout per connection, seconds.
     #[arg(long, default_value_t = 20)]
     pub connect_timeout: u64,
+    /// Stop ramping when the host's MemAvailable falls below this many MiB (protects a shared
+    /// host from the OOM killer).
+    #[arg(long, default_value_t = 1536)]
+    pub min_available_mib: u64,
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -119,6 +123,8 @@ pub struct DensityResult {
     pub close_outcome: BTreeMap<String, u64>,
     /// Lost while open (whole run), by cause.
     pub lost: BTreeMap<String, u64>,
+    /// Why the ramp stopped early, if it did.
+    pub stopped_by: Option<String>,
     /// Whether every requested connection was held and answered the final ping.
     pub ok: bool,
 }
@@ -192,15 +198,21 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     let pb = bar(a.connections);
     let mut rows = Vec::new();
     let mut reached = 0u64;
+    let mut stopped_by: Option<String> = None;
     for s in 1..=steps {
         let target = (s * step).min(a.connections);
         let before = w.total().open;
         w.target(target);
         let t0 = Instant::now();
         let mut last_change = (before, Instant::now());
+        let mut low_mem = false;
         let ok = w.wait(
             Duration::from_secs(a.step_timeout),
             |t, _| {
+                if mem::available() < a.min_available_mib << 20 {
+                    low_mem = true;
+                    return true;
+                }
                 if t.open != last_change.0 {
                     last_change = (t.open, Instant::now());
                 }
@@ -218,6 +230,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         let t = w.total();
         let m = mem::sample(&pids);
         let held = t.open;
+        let row_failures = t.failures.clone();
         let du = m.gw_rss as i64 - baseline.gw_rss as i64;
         let da = m.gw_rss_anon as i64 - baseline.gw_rss_anon as i64;
         let dk = (m.slab + m.tcp_mem) as i64 - base_k;
@@ -252,7 +265,14 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         });
         rows.push(row);
         reached = held;
+        if low_mem {
+            pb.suspend(|| eprintln!("step {s}: MemAvailable below {} MiB: not ramping further", a.min_available_mib));
+            w.target(held);
+            stopped_by = Some(format!("MemAvailable < {} MiB at {held} connections", a.min_available_mib));
+            break;
+        }
         if !ok || held < target {
+            stopped_by = Some(format!("step {s} reached {held} of {target} (failures: {})", fmt_map(&row_failures)));
             pb.suspend(|| eprintln!("step {s}: stopped at {held} of {target}; not ramping further"));
             break;
         }
@@ -324,6 +344,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         closed_clean,
         close_outcome,
         lost: lost_before_close,
+        stopped_by,
         ok,
     })
 }

@@ -31,6 +31,12 @@ fn kb_field(text: &str, key: &str) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
+/// MemAvailable in bytes (u64::MAX when unreadable).
+pub fn available() -> u64 {
+    let mi = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    kb_field(&mi, "MemAvailable").unwrap_or(u64::MAX)
+}
+
 /// Reads VmRSS and RssAnon of one process; `None` if it is gone.
 pub fn proc_rss(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
