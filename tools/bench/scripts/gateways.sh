@@ -2,7 +2,8 @@
 # Start / stop N corelay gateway processes sharing ONE port with SO_REUSEPORT (multi-process mode),
 # for density runs on hosts where one process cannot hold enough fds.
 #
-#   tools/bench/scripts/gateways.sh start N PORT DIR [--shards S] [--cpus C] [--bin PATH] [--echo]
+#   tools/bench/scripts/gateways.sh start N PORT DIR [--shards S] [--cpus C] [--bin PATH]
+#                                   [--ping-interval-ms MS] [--ring]
 #   tools/bench/scripts/gateways.sh pids DIR       # comma-separated pids (for --gateway-pids)
 #   tools/bench/scripts/gateways.sh stop DIR       # SIGTERM all, wait (bounded), SIGKILL leftovers
 #
@@ -16,13 +17,14 @@ cmd=${1:-}; shift || true
 case "$cmd" in
 start)
     N=${1:?N}; PORT=${2:?PORT}; DIR=${3:?DIR}; shift 3
-    SHARDS=1; CPUS=$(nproc); BIN=${CORELAY_BIN:-corelay}; MODE=echo
+    SHARDS=1; CPUS=$(nproc); BIN=${CORELAY_BIN:-corelay}; MODE=echo; PING=30000
     while (( $# )); do
         case "$1" in
             --shards) SHARDS=$2; shift 2 ;;
             --cpus) CPUS=$2; shift 2 ;;
             --bin) BIN=$2; shift 2 ;;
             --ring) MODE=ring; shift ;;
+            --ping-interval-ms) PING=$2; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
@@ -34,6 +36,8 @@ listen = ["127.0.0.1:$PORT"]
 shards = $SHARDS
 cpu_offset = $(( (i * SHARDS) % CPUS ))
 pin = false
+[timeouts]
+ping_interval_ms = $PING
 [backend]
 mode = "$MODE"
 attach_socket = "$DIR/attach-$i.sock"

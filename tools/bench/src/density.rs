@@ -265,6 +265,11 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         });
         rows.push(row);
         reached = held;
+        if let Some(p) = &a.json {
+            // Partial result after every step: survives an interrupted run.
+            let partial = serde_json::json!({"partial": true, "command": &command, "steps": &rows});
+            let _ = std::fs::write(p, serde_json::to_vec_pretty(&partial).unwrap_or_default());
+        }
         if low_mem {
             pb.suspend(|| eprintln!("step {s}: MemAvailable below {} MiB: not ramping further", a.min_available_mib));
             w.target(held);

@@ -184,6 +184,16 @@ impl Workers {
     pub fn wait(
         &self,
         timeout: Duration,
+        done: impl FnMut(&Stats, &Self) -> bool,
+        tick: impl FnMut(&Stats),
+    ) -> bool {
+        self.wait_inner(timeout, true, done, tick)
+    }
+
+    fn wait_inner(
+        &self,
+        timeout: Duration,
+        abort_on_signal: bool,
         mut done: impl FnMut(&Stats, &Self) -> bool,
         mut tick: impl FnMut(&Stats),
     ) -> bool {
@@ -194,7 +204,7 @@ impl Workers {
             if done(&t, self) {
                 return true;
             }
-            if Instant::now() >= end || crate::worker::stopping() {
+            if Instant::now() >= end || (abort_on_signal && crate::worker::stopping()) {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -206,18 +216,25 @@ impl Workers {
     pub fn finish(mut self, clean: bool) -> Stats {
         if clean {
             self.send_all("close");
-            self.wait(
-                Duration::from_secs(15),
+            // Not cut short by SIGTERM/SIGINT: closing cleanly is what a stop asks for.
+            self.wait_inner(
+                Duration::from_secs(75),
+                false,
                 |t, w| (t.open == 0 && t.closing == 0 && t.pending == 0) || w.exited() == w.len(),
                 |_| {},
             );
         }
         self.send_all("quit");
-        let _ = self.wait(Duration::from_secs(15), |_, w| w.exited() == w.len(), |_| {});
+        let _ = self.wait_inner(
+            Duration::from_secs(15),
+            false,
+            |_, w| w.exited() == w.len(),
+            |_| {},
+        );
         let total = self.total();
+        let deadline = Instant::now() + Duration::from_secs(5);
         for k in &mut self.kids {
             k.stdin = None;
-            let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 match k.child.try_wait() {
                     Ok(Some(_)) => break,

@@ -59,6 +59,9 @@ pub struct WorkerArgs {
     /// Connect + handshake timeout in seconds.
     #[arg(long, default_value_t = 20)]
     pub connect_timeout: u64,
+    /// Close handshake timeout in seconds (all connections are closed at once at the end).
+    #[arg(long, default_value_t = 60)]
+    pub close_timeout: u64,
 }
 
 /// Runs the worker until quit/deadline/signal/EOF.
@@ -79,7 +82,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         sources,
         source_offset: a.source_offset,
         connect_timeout: Duration::from_secs(a.connect_timeout),
-        close_timeout: Duration::from_secs(5),
+        close_timeout: Duration::from_secs(a.close_timeout),
     })?;
     let deadline = Instant::now() + Duration::from_secs(a.deadline);
     // stdin non-blocking, read between polls.
@@ -183,7 +186,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             let _ = o.flush();
         }
         let close_done = p.stats.closing == 0 && p.open() == 0 && p.pending() == 0;
-        let close_expired = close_started.is_some_and(|t| t.elapsed() > Duration::from_secs(8));
+        let close_expired = close_started.is_some_and(|t| t.elapsed() > Duration::from_secs(a.close_timeout + 2));
         if quit && (!closing || close_done || close_expired) {
             break;
         }
