@@ -45,6 +45,11 @@ pub struct DensityArgs {
     /// Connects in flight per worker (default: 2048 / workers, at least 16).
     #[arg(long)]
     pub max_pending: Option<u64>,
+    /// Stop ramping after this many seconds in total (0 = no limit) and go on to the hold, the
+    /// ping round and the close round with what is held: keeps a run on a busy host bounded
+    /// without losing its final checks.
+    #[arg(long, default_value_t = 0)]
+    pub ramp_budget: u64,
     /// Give up on a step after this many seconds.
     #[arg(long, default_value_t = 180)]
     pub step_timeout: u64,
@@ -199,6 +204,8 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     let mut rows = Vec::new();
     let mut reached = 0u64;
     let mut stopped_by: Option<String> = None;
+    let ramp_start = Instant::now();
+    let ramp_end = (a.ramp_budget > 0).then(|| ramp_start + Duration::from_secs(a.ramp_budget));
     for s in 1..=steps {
         let target = (s * step).min(a.connections);
         let before = w.total().open;
@@ -206,8 +213,14 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         let t0 = Instant::now();
         let mut last_change = (before, Instant::now());
         let mut low_mem = false;
+        let step_timeout = match ramp_end {
+            Some(e) => e
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(a.step_timeout)),
+            None => Duration::from_secs(a.step_timeout),
+        };
         let ok = w.wait(
-            Duration::from_secs(a.step_timeout),
+            step_timeout,
             |t, _| {
                 if mem::available() < a.min_available_mib << 20 {
                     low_mem = true;
@@ -274,6 +287,12 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
             pb.suspend(|| eprintln!("step {s}: MemAvailable below {} MiB: not ramping further", a.min_available_mib));
             w.target(held);
             stopped_by = Some(format!("MemAvailable < {} MiB at {held} connections", a.min_available_mib));
+            break;
+        }
+        if !ok && ramp_end.is_some_and(|e| Instant::now() >= e) {
+            pb.suspend(|| eprintln!("step {s}: ramp budget of {} s used up at {held} connections", a.ramp_budget));
+            w.target(held);
+            stopped_by = Some(format!("--ramp-budget {} s used up at {held} connections", a.ramp_budget));
             break;
         }
         if !ok || held < target {
