@@ -317,7 +317,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     let before_ping = w.total();
     let round = 1;
     w.send_all(&format!("ping {round}"));
-    let ping_timeout = Duration::from_secs(30 + before_ping.open / 20_000);
+    let ping_timeout = Duration::from_secs(30 + before_ping.open / 10_000);
     let n = w.len();
     w.wait(
         ping_timeout,
