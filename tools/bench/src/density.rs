@@ -179,7 +179,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         .max_pending
         .unwrap_or((2048 / a.workers as u64).max(16));
     // Deadline: generous for the ramp, the hold and the final rounds; still bounded.
-    let deadline = steps * a.step_timeout + a.hold + 120;
+    let deadline = steps * a.step_timeout + a.hold + 400;
     let mut w = Workers::spawn(&Spec {
         url: a.url.clone(),
         workers: a.workers,
@@ -335,7 +335,6 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         pinged.ping_answered, pinged.ping_sent
     );
     let lost_before_close = pinged.lost.clone();
-    let ended_before: u64 = pinged.ended.values().sum();
     let fin = w.finish(true);
     let mut close_outcome = fin.ended.clone();
     for (k, v) in &fin.lost {
@@ -345,7 +344,6 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         }
     }
     let closed_clean = fin.ended.get("clean").copied().unwrap_or(0);
-    let _ = ended_before;
     eprintln!(
         "close: {closed_clean} clean of {} ({})",
         pinged.ping_sent,

@@ -38,9 +38,18 @@ pub struct Spec {
     pub connect_timeout: u64,
 }
 
+impl Spec {
+    /// Bound of the final close round (s): all connections send their close frame at once,
+    /// and a busy 2-core host completes only a few thousand close handshakes per second.
+    pub fn close_timeout(&self) -> u64 {
+        (30 + self.connections / 5_000).clamp(60, 240)
+    }
+}
+
 /// The running workers.
 pub struct Workers {
     kids: Vec<Kid>,
+    close_timeout: u64,
 }
 
 /// `n` split into `w` near-equal shares.
@@ -88,6 +97,8 @@ impl Workers {
                 .arg(s.client_ping.to_string())
                 .arg("--connect-timeout")
                 .arg(s.connect_timeout.to_string())
+                .arg("--close-timeout")
+                .arg(s.close_timeout().to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -112,7 +123,10 @@ impl Workers {
                 done,
             });
         }
-        Ok(Workers { kids })
+        Ok(Workers {
+            kids,
+            close_timeout: s.close_timeout(),
+        })
     }
 
     /// Number of workers.
@@ -218,7 +232,7 @@ impl Workers {
             self.send_all("close");
             // Not cut short by SIGTERM/SIGINT: closing cleanly is what a stop asks for.
             self.wait_inner(
-                Duration::from_secs(75),
+                Duration::from_secs(self.close_timeout + 15),
                 false,
                 |t, w| (t.open == 0 && t.closing == 0 && t.pending == 0) || w.exited() == w.len(),
                 |_| {},
