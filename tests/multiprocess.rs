@@ -19,7 +19,10 @@ fn cfg(listen: &str, cpu_offset: usize) -> String {
 /// Remote ports of the ESTABLISHED TCP sockets owned by `pid` whose local port is `port`.
 fn peer_ports(pid: u32, port: u16) -> HashSet<u16> {
     let mut inodes = HashSet::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(t) = std::fs::read_link(e.path()) {
             let t = t.to_string_lossy().into_owned();
             if let Some(i) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
@@ -48,7 +51,10 @@ fn two_processes_share_one_port() {
     let a = Gw::start(&cfg("127.0.0.1:0", 0), &[]);
     let port = a.addr.port();
     let b = Gw::start(&cfg(&format!("127.0.0.1:{port}"), 1), &[]);
-    assert_eq!(b.addr, a.addr, "second process must listen on the same port");
+    assert_eq!(
+        b.addr, a.addr,
+        "second process must listen on the same port"
+    );
 
     const N: usize = 400;
     let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(a.addr, "/")).collect();
@@ -62,8 +68,16 @@ fn two_processes_share_one_port() {
     // Which process holds which client (by the client's local port).
     let on_a = peer_ports(a.child.id(), port);
     let on_b = peer_ports(b.child.id(), port);
-    eprintln!("process A holds {}, process B holds {}", on_a.len(), on_b.len());
-    assert_eq!(on_a.len() + on_b.len(), N, "every connection is held by one of the two");
+    eprintln!(
+        "process A holds {}, process B holds {}",
+        on_a.len(),
+        on_b.len()
+    );
+    assert_eq!(
+        on_a.len() + on_b.len(),
+        N,
+        "every connection is held by one of the two"
+    );
     assert!(on_a.is_disjoint(&on_b));
     assert!(!on_a.is_empty(), "SO_REUSEPORT gave process A nothing");
     assert!(!on_b.is_empty(), "SO_REUSEPORT gave process B nothing");
@@ -78,7 +92,9 @@ fn two_processes_share_one_port() {
     let mut closed = 0;
     let mut echoed = 0;
     for (i, c) in clients.iter_mut().enumerate() {
-        c.sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        c.sock
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         let lport = c.sock.local_addr().unwrap().port();
         match owner[&lport] {
             'a' => {

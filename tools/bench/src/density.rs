@@ -175,9 +175,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     }
     let step = if a.step == 0 { a.connections } else { a.step };
     let steps = a.connections.div_ceil(step);
-    let max_pending = a
-        .max_pending
-        .unwrap_or((2048 / a.workers as u64).max(16));
+    let max_pending = a.max_pending.unwrap_or((2048 / a.workers as u64).max(16));
     // Deadline: generous for the ramp, the hold and the final rounds; still bounded.
     let deadline = steps * a.step_timeout + a.hold + 400;
     let mut w = Workers::spawn(&Spec {
@@ -284,20 +282,41 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
             let _ = std::fs::write(p, serde_json::to_vec_pretty(&partial).unwrap_or_default());
         }
         if low_mem {
-            pb.suspend(|| eprintln!("step {s}: MemAvailable below {} MiB: not ramping further", a.min_available_mib));
+            pb.suspend(|| {
+                eprintln!(
+                    "step {s}: MemAvailable below {} MiB: not ramping further",
+                    a.min_available_mib
+                )
+            });
             w.target(held);
-            stopped_by = Some(format!("MemAvailable < {} MiB at {held} connections", a.min_available_mib));
+            stopped_by = Some(format!(
+                "MemAvailable < {} MiB at {held} connections",
+                a.min_available_mib
+            ));
             break;
         }
         if !ok && ramp_end.is_some_and(|e| Instant::now() >= e) {
-            pb.suspend(|| eprintln!("step {s}: ramp budget of {} s used up at {held} connections", a.ramp_budget));
+            pb.suspend(|| {
+                eprintln!(
+                    "step {s}: ramp budget of {} s used up at {held} connections",
+                    a.ramp_budget
+                )
+            });
             w.target(held);
-            stopped_by = Some(format!("--ramp-budget {} s used up at {held} connections", a.ramp_budget));
+            stopped_by = Some(format!(
+                "--ramp-budget {} s used up at {held} connections",
+                a.ramp_budget
+            ));
             break;
         }
         if !ok || held < target {
-            stopped_by = Some(format!("step {s} reached {held} of {target} (failures: {})", fmt_map(&row_failures)));
-            pb.suspend(|| eprintln!("step {s}: stopped at {held} of {target}; not ramping further"));
+            stopped_by = Some(format!(
+                "step {s} reached {held} of {target} (failures: {})",
+                fmt_map(&row_failures)
+            ));
+            pb.suspend(|| {
+                eprintln!("step {s}: stopped at {held} of {target}; not ramping further")
+            });
             break;
         }
     }
@@ -423,9 +442,7 @@ pub struct StormResult {
 /// Runs `storm`.
 pub fn storm(a: StormArgs, command: String) -> Result<StormResult> {
     crate::pool::WsUrl::parse(&a.url)?;
-    let max_pending = a
-        .max_pending
-        .unwrap_or((1024 / a.workers as u64).max(64));
+    let max_pending = a.max_pending.unwrap_or((1024 / a.workers as u64).max(64));
     let mut w = Workers::spawn(&Spec {
         url: a.url.clone(),
         workers: a.workers,

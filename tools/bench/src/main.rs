@@ -68,7 +68,11 @@ fn main() -> Result<()> {
             let r = density::run(a, command)?;
             write_json(json.as_deref(), &r)?;
             if let Some(p) = plot {
-                plot::density(&p, &r.steps, "corelay idle connections: memory per connection")?;
+                plot::density(
+                    &p,
+                    &r.steps,
+                    "corelay idle connections: memory per connection",
+                )?;
                 eprintln!("plot written to {}", p.display());
             }
             println!(

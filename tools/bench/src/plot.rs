@@ -11,7 +11,13 @@ pub fn density(path: &Path, rows: &[crate::density::StepRow], title: &str) -> Re
     let xmax = rows.iter().map(|r| r.held).max().unwrap_or(1).max(1) as f64 * 1.05;
     let ymax = rows
         .iter()
-        .flat_map(|r| [r.user_bytes_per_conn, r.kernel_bytes_per_conn, r.user_anon_bytes_per_conn])
+        .flat_map(|r| {
+            [
+                r.user_bytes_per_conn,
+                r.kernel_bytes_per_conn,
+                r.user_anon_bytes_per_conn,
+            ]
+        })
         .fold(600.0f64, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
@@ -28,10 +34,19 @@ pub fn density(path: &Path, rows: &[crate::density::StepRow], title: &str) -> Re
         .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    let series: [(&str, RGBColor, fn(&crate::density::StepRow) -> f64); 3] = [
-        ("gateway user space (RSS delta / conn)", BLUE, |r| r.user_bytes_per_conn),
-        ("gateway RssAnon delta / conn", GREEN, |r| r.user_anon_bytes_per_conn),
-        ("kernel per socket end ((slab+tcp mem) delta / conn / 2)", RED, |r| r.kernel_bytes_per_conn),
+    type Metric = fn(&crate::density::StepRow) -> f64;
+    let series: [(&str, RGBColor, Metric); 3] = [
+        ("gateway user space (RSS delta / conn)", BLUE, |r| {
+            r.user_bytes_per_conn
+        }),
+        ("gateway RssAnon delta / conn", GREEN, |r| {
+            r.user_anon_bytes_per_conn
+        }),
+        (
+            "kernel per socket end ((slab+tcp mem) delta / conn / 2)",
+            RED,
+            |r| r.kernel_bytes_per_conn,
+        ),
     ];
     for (name, color, f) in series {
         let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.held as f64, f(r))).collect();
@@ -39,13 +54,18 @@ pub fn density(path: &Path, rows: &[crate::density::StepRow], title: &str) -> Re
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(|e| anyhow!("{e}"))?;
     }
     chart
-        .draw_series(LineSeries::new(vec![(0.0, 512.0), (xmax, 512.0)], BLACK.mix(0.4)))
+        .draw_series(LineSeries::new(
+            vec![(0.0, 512.0), (xmax, 512.0)],
+            BLACK.mix(0.4),
+        ))
         .map_err(|e| anyhow!("{e}"))?
         .label("512 B target (user space)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
@@ -85,7 +105,10 @@ pub fn latency(path: &Path, buckets: &[(f64, u64)], title: &str) -> Result<()> {
     let mut rects = Vec::new();
     for &(hi, c) in buckets {
         if c > 0 {
-            rects.push(Rectangle::new([(lo.max(xmin), 0.0), (hi, c as f64)], BLUE.mix(0.6).filled()));
+            rects.push(Rectangle::new(
+                [(lo.max(xmin), 0.0), (hi, c as f64)],
+                BLUE.mix(0.6).filled(),
+            ));
         }
         lo = hi;
     }

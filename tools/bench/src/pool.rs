@@ -159,7 +159,10 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// Queue a whole frame (masked) for sending; written when the callback returns.
     pub fn send(&mut self, op: OpCode, payload: &[u8]) {
-        *self.mask = self.mask.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        *self.mask = self
+            .mask
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         ws::encode_frame_into(self.tx, true, op, payload, Some(self.mask.to_le_bytes()));
     }
 }
@@ -470,7 +473,8 @@ impl Pool {
                 break;
             }
             self.deadlines.pop_front();
-            let hit = matches!(&self.conns[slot as usize], Some(c) if c.gen == gen && c.state != OPEN);
+            let hit =
+                matches!(&self.conns[slot as usize], Some(c) if c.gen == gen && c.state != OPEN);
             if hit {
                 self.end(slot, Cause::Timeout, h);
             }
@@ -517,8 +521,7 @@ impl Pool {
                 return;
             }
         }
-        if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
-        {
+        if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
             self.read(slot, h);
         }
     }
@@ -761,7 +764,10 @@ impl Pool {
 
     fn send_on(&mut self, slot: u32, op: OpCode, payload: &[u8]) -> Result<(), Cause> {
         let c = self.conns[slot as usize].as_mut().unwrap();
-        self.mask = self.mask.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.mask = self
+            .mask
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         ws::encode_frame_into(&mut c.tx, true, op, payload, Some(self.mask.to_le_bytes()));
         self.flush(slot)
     }

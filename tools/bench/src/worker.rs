@@ -186,7 +186,8 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             let _ = o.flush();
         }
         let close_done = p.stats.closing == 0 && p.open() == 0 && p.pending() == 0;
-        let close_expired = close_started.is_some_and(|t| t.elapsed() > Duration::from_secs(a.close_timeout + 2));
+        let close_expired =
+            close_started.is_some_and(|t| t.elapsed() > Duration::from_secs(a.close_timeout + 2));
         if quit && (!closing || close_done || close_expired) {
             break;
         }

@@ -20,21 +20,29 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The gateway binary of this workspace (built with `cargo build --bin corelay` when missing).
+/// The gateway binary of this workspace, (re)built with `cargo build --bin corelay` so that the
+/// test never runs a stale gateway (a no-op when it is up to date).
 fn corelay_bin() -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let bin = target.join(profile).join("corelay");
-    if !bin.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.current_dir(root()).args(["build", "-q", "--bin", "corelay"]);
-        if profile == "release" {
-            c.arg("--release");
-        }
-        assert!(c.status().expect("cargo build").success(), "building corelay");
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(root())
+        .args(["build", "-q", "-p", "corelay", "--bin", "corelay"]);
+    if profile == "release" {
+        c.arg("--release");
     }
+    assert!(
+        c.status().expect("cargo build").success(),
+        "building corelay"
+    );
+    let bin = target.join(profile).join("corelay");
+    assert!(bin.exists(), "{} missing", bin.display());
     bin
 }
 
@@ -142,7 +150,10 @@ fn density_and_echo_against_a_real_gateway() {
     assert_eq!(d["ok"], true, "{d}");
     let user = steps[1]["user_bytes_per_conn"].as_f64().unwrap();
     assert!(user > 0.0 && user < 100_000.0, "{d}");
-    assert!(steps[1]["kernel_bytes_per_conn"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(
+        steps[1]["kernel_bytes_per_conn"].as_f64().unwrap() > 0.0,
+        "{d}"
+    );
     let svg = std::fs::read_to_string(dir.join("density.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("connections held"));
 
@@ -196,7 +207,15 @@ fn refuses_more_connections_than_the_fd_limit() {
 #[test]
 fn refuses_non_loopback_targets() {
     let out = Command::new(env!("CARGO_BIN_EXE_corelay-bench"))
-        .args(["echo", "--url", "ws://192.0.2.1:80/", "--connections", "1", "--json", "/dev/null"])
+        .args([
+            "echo",
+            "--url",
+            "ws://192.0.2.1:80/",
+            "--connections",
+            "1",
+            "--json",
+            "/dev/null",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
