@@ -2,7 +2,6 @@
 //! certificate hot reload on SIGHUP.
 
 mod common;
-#[allow(dead_code, unreachable_pub, missing_docs)]
 mod tls_support;
 
 use common::{Gw, TempDir};
