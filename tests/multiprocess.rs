@@ -11,7 +11,7 @@ use std::time::Duration;
 
 fn cfg(listen: &str, cpu_offset: usize) -> String {
     format!(
-        "[server]\nlisten = [\"{listen}\"]\nshards = 1\ncpu_offset = {cpu_offset}\npin = false\n[backend]\nmode = \"echo\"\nattach_socket = \"/tmp/corelay-mp-{cpu_offset}-{}.sock\"\n",
+        "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\ncpu_offset = {cpu_offset}\npin = false\n[backend]\nmode = \"echo\"\nattach_socket = \"/tmp/corelay-mp-{cpu_offset}-{}.sock\"\n",
         std::process::id()
     )
 }

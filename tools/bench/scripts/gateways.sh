@@ -28,11 +28,13 @@ start)
             *) die "unknown option $1" ;;
         esac
     done
+    ADMIN_BASE="${ADMIN_BASE:-19100}"   # gateway i serves /metrics on 127.0.0.1:ADMIN_BASE+i
     mkdir -p "$DIR"; : > "$DIR/pids"
     for ((i = 0; i < N; i++)); do
         cat > "$DIR/gw-$i.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$PORT"]
+admin = "127.0.0.1:$(( ADMIN_BASE + i ))"
 shards = $SHARDS
 cpu_offset = $(( (i * SHARDS) % CPUS ))
 pin = false

@@ -50,7 +50,7 @@ fn start_gateway(dir: &std::path::Path) -> (Gw, u16) {
     let cfg = dir.join("gw.toml");
     std::fs::write(
         &cfg,
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\npin = false\n[backend]\nmode = \"echo\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"echo\"\n",
     )
     .unwrap();
     let mut child = Command::new(corelay_bin())
