@@ -377,3 +377,21 @@ fn invalid_config_is_refused_naming_the_key() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn interrupting_signals_do_not_disturb_shards() {
+    // The stall watchdog wakes a stuck shard with SIGUSR2; every syscall path must take EINTR.
+    let g = gw("");
+    let mut cs: Vec<Client> = (0..20).map(|_| Client::connect(g.addr, "/")).collect();
+    for round in 0..50 {
+        g.signal(libc::SIGUSR2);
+        for (i, c) in cs.iter_mut().enumerate() {
+            c.text(&format!("{round}-{i}"));
+        }
+        for (i, c) in cs.iter_mut().enumerate() {
+            assert_eq!(c.recv(), Msg::Text(format!("{round}-{i}")));
+        }
+    }
+    let status = g.child.id();
+    assert!(status > 0);
+}

@@ -37,7 +37,7 @@ fn wss_echo_reload_and_wrong_ports() {
     let tls_addr = g.tls.expect("wss address logged");
 
     // Handshake + WebSocket echo over TLS.
-    let cfg1 = client_config(&[first.der.clone()], None);
+    let cfg1 = client_config(std::slice::from_ref(&first.der), None);
     let s = connect(tls_addr, &cfg1, "localhost").unwrap();
     assert_eq!(peer_cert(&s), first.der);
     let mut ws = ws_over(s);
@@ -82,7 +82,7 @@ fn wss_echo_reload_and_wrong_ports() {
     assert!(g
         .wait_log("TLS certificates reloaded", Duration::from_secs(10))
         .is_some());
-    let cfg2 = client_config(&[second.der.clone()], None);
+    let cfg2 = client_config(std::slice::from_ref(&second.der), None);
     let s2 = connect(tls_addr, &cfg2, "localhost").unwrap();
     assert_eq!(peer_cert(&s2), second.der);
     let mut ws2 = ws_over(s2);

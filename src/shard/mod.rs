@@ -30,7 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,15 @@ struct Control {
     snapshot: Mutex<Option<ShardSnapshot>>,
     snapshot_ready: Condvar,
     inbox: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// Liveness for the stall watchdog (control plane: the shard stores a relaxed counter
+    /// once per loop iteration; only the watchdog thread reads it).
+    progress: AtomicU64,
+    /// The shard's epoll fd, wake eventfd and thread (set once at start; -1/0 before).
+    epfd: AtomicI32,
+    wake_fd: AtomicI32,
+    thread: AtomicU64,
+    /// Stalls the watchdog rescued.
+    rescues: AtomicU64,
 }
 
 /// One shard's counters and gauges, copied out on request (admin path only).
@@ -65,6 +74,8 @@ pub struct ShardSnapshot {
     pub busy_ratio: f64,
     /// The handler's own figures.
     pub handler: HandlerStats,
+    /// Times the stall watchdog found the shard asleep with work pending and woke it.
+    pub stall_rescues: u64,
 }
 
 impl Control {
@@ -82,6 +93,11 @@ impl Control {
             snapshot: Mutex::new(None),
             snapshot_ready: Condvar::new(),
             inbox: Mutex::new(Vec::new()),
+            progress: AtomicU64::new(0),
+            epfd: AtomicI32::new(-1),
+            wake_fd: AtomicI32::new(-1),
+            thread: AtomicU64::new(0),
+            rescues: AtomicU64::new(0),
         })
     }
 
@@ -224,6 +240,7 @@ impl Gateway {
                 .map_err(|e| io::Error::other(e.to_string()))?;
             threads.push(t);
         }
+        spawn_stall_watchdog(controls.clone())?;
         Ok(Self {
             threads,
             handle: GatewayHandle { controls },
@@ -318,6 +335,7 @@ async fn run_shard(
     tls: Option<crate::transport::TlsAcceptor>,
 ) -> io::Result<()> {
     let (poller, mut waker) = reactor::new(1024)?;
+    let epfd = poller.raw_fd_hint();
     poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
     for (i, (l, _)) in listeners.iter().enumerate() {
         poller.add(l.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
@@ -331,6 +349,12 @@ async fn run_shard(
         tls,
     );
     let handler = handlers(id);
+    control.epfd.store(epfd, Ordering::Relaxed);
+    control.wake_fd.store(waker.wake_fd(), Ordering::Relaxed);
+    // SAFETY: pthread_self has no preconditions.
+    control
+        .thread
+        .store(unsafe { libc::pthread_self() } as u64, Ordering::Relaxed);
     let state = Rc::new(RefCell::new(State {
         io,
         handler,
@@ -360,6 +384,7 @@ async fn run_shard(
             if st.exit {
                 break;
             }
+            st.control.progress.fetch_add(1, Ordering::Relaxed);
             let now = (start.elapsed().as_millis() / tick.as_millis().max(1)) as u32;
             conn::on_tick(&mut st.io, st.handler.as_mut(), now, &mut due);
             if std::mem::take(&mut st.accept_retry) {
@@ -394,6 +419,7 @@ async fn run_shard(
     loop {
         let drained = {
             let mut st = state.borrow_mut();
+            st.control.progress.fetch_add(1, Ordering::Relaxed);
             let t0 = Instant::now();
             let drained = run_round(&mut st, &mut ready)?;
             st.busy += t0.elapsed();
@@ -412,6 +438,8 @@ async fn run_shard(
         }
     }
     ticker.await;
+    // Off the watchdog's list before the fds close.
+    state.borrow().control.epfd.store(-1, Ordering::Relaxed);
     waker.close().await;
     tracing::info!(shard = id, "shard stopped");
     Ok(())
@@ -507,6 +535,7 @@ fn publish_snapshot(st: &mut State) {
         wheel_entries: st.io.wheel.len() as u64,
         busy_ratio,
         handler: st.handler.stats(),
+        stall_rescues: st.control.rescues.load(Ordering::Relaxed),
     };
     let mut slot = st
         .control
@@ -550,4 +579,65 @@ fn begin_shutdown(st: &mut State) {
     conn::start_shutdown(&mut st.io, st.handler.as_mut());
     st.io.flush();
     st.shutdown_deadline = Some(Instant::now() + st.shutdown_after);
+}
+
+extern "C" fn wake_signal(_: libc::c_int) {}
+
+/// The signal the stall watchdog uses to interrupt a shard's sleep (no-op handler).
+const STALL_SIGNAL: libc::c_int = libc::SIGUSR2;
+
+/// A process-level thread that rescues shards asleep while work is pending.
+///
+/// A shard sleeps in glommio's `io_uring_enter` until its wake eventfd is read or a timer
+/// fires. The 1.2M density run showed (2 of 70 processes, under heavy load) a shard asleep
+/// with a full accept queue that never woke again, timers included. Whatever loses that
+/// wake-up, this thread notices "no progress for two checks while the epoll set has
+/// readiness", writes the shard's wake eventfd and interrupts its sleep with a no-op signal
+/// (glommio treats EINTR as a normal wake-up and re-runs its loop). Each rescue is logged and
+/// counted (`corelay_stall_rescues_total`).
+fn spawn_stall_watchdog(controls: Vec<Arc<Control>>) -> io::Result<()> {
+    // SAFETY: installs a handler that does nothing (async-signal-safe); no SA_RESTART, so a
+    // blocking io_uring_enter returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = wake_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(STALL_SIGNAL, &sa, std::ptr::null_mut());
+    }
+    std::thread::Builder::new()
+        .name("corelay-watchdog".into())
+        .spawn(move || {
+            let mut last: Vec<(u64, u32)> = vec![(0, 0); controls.len()];
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if controls.iter().all(|c| c.shutdown.load(Ordering::Relaxed)) {
+                    return;
+                }
+                for (i, c) in controls.iter().enumerate() {
+                    let p = c.progress.load(Ordering::Relaxed);
+                    let epfd = c.epfd.load(Ordering::Relaxed);
+                    let (prev, idle_checks) = last[i];
+                    let stuck = p == prev && epfd >= 0 && reactor::pending(epfd);
+                    last[i] = (p, if stuck { idle_checks + 1 } else { 0 });
+                    if last[i].1 < 2 {
+                        continue;
+                    }
+                    last[i].1 = 0;
+                    c.rescues.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(shard = i, "shard asleep with work pending: waking it");
+                    let one: u64 = 1;
+                    let wake = c.wake_fd.load(Ordering::Relaxed);
+                    // SAFETY: writes 8 bytes to the shard's wake eventfd (open while it runs);
+                    // pthread_kill targets the shard thread, alive while its fds are set.
+                    unsafe {
+                        libc::write(wake, (&one as *const u64).cast(), 8);
+                        libc::pthread_kill(
+                            c.thread.load(Ordering::Relaxed) as libc::pthread_t,
+                            STALL_SIGNAL,
+                        );
+                    }
+                }
+            }
+        })?;
+    Ok(())
 }

@@ -200,19 +200,29 @@ impl Poller {
         Ok(n)
     }
 
+    /// The epoll fd (the stall watchdog polls it from another thread).
+    pub fn raw_fd_hint(&self) -> RawFd {
+        self.epfd.as_raw_fd()
+    }
+
     /// Whether readiness is pending, without consuming it (level check of the epoll set).
     pub fn has_pending(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.epfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
+        pending(self.epfd.as_raw_fd())
     }
 
     /// The most events one [`Poller::poll_now`] returns.
     pub fn batch(&self) -> usize {
         self.events.capacity()
     }
+}
+
+/// Whether the epoll set `epfd` has readiness pending (level check, consumes nothing).
+pub fn pending(epfd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: epfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
 }
