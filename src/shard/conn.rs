@@ -946,32 +946,58 @@ fn write_status(out: &mut Vec<u8>, status: u16) {
 
 // -------------------------------------------------------------------- input
 
+/// Before reading more: offer a message stalled by backpressure again. False = still full
+/// (the connection stays paused).
+fn stalled_cleared(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool {
+    let has_stalled = io
+        .conns
+        .get(id)
+        .is_some_and(|c| c.extra.as_ref().is_some_and(|x| x.stalled.is_some()));
+    !has_stalled || retry_stalled(io, h, id)
+}
+
+/// Whether reading `id` may go on: clears the pending mark, refuses gone or paused ones.
+fn may_read(io: &mut ShardIo, id: ConnId) -> bool {
+    match io.conns.get_mut(id) {
+        Some(c) => {
+            c.flags &= !F_READ_PENDING;
+            c.flags & F_READ_PAUSED == 0
+        }
+        None => false,
+    }
+}
+
+/// After a read loop: free idle buffers; if the budget ran out with data possibly left,
+/// come back after the other connections had their turn.
+fn finish_read(io: &mut ShardIo, id: ConnId, exhausted: bool) {
+    if let Some(c) = io.conns.get_mut(id) {
+        c.release_extra_if_empty();
+        if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
+            c.flags |= F_READ_PENDING;
+            io.ready.push_back(id.0);
+        }
+    }
+}
+
 /// Read and process everything readable on `id` (up to the read budget).
 pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
     if io.conns.get(id).is_some_and(|c| c.tls.is_some()) {
         return on_readable_tls(io, h, id);
     }
     let budget = io.settings.read_budget;
-    let mut scratch = std::mem::take(&mut io.scratch);
-    let mut exhausted = true;
-    let has_stalled = io
-        .conns
-        .get(id)
-        .is_some_and(|c| c.extra.as_ref().is_some_and(|x| x.stalled.is_some()));
-    if has_stalled && !retry_stalled(io, h, id) {
-        io.scratch = scratch;
+    if !stalled_cleared(io, h, id) {
         return;
     }
+    let mut scratch = std::mem::take(&mut io.scratch);
+    let mut exhausted = true;
     for _ in 0..budget {
-        let Some(conn) = io.conns.get_mut(id) else {
-            exhausted = false;
-            break;
-        };
-        conn.flags &= !F_READ_PENDING;
-        if conn.flags & F_READ_PAUSED != 0 {
+        if !may_read(io, id) {
             exhausted = false;
             break;
         }
+        let Some(conn) = io.conns.get_mut(id) else {
+            break;
+        };
         // Leftover input goes first, then new bytes right behind it.
         let mut have = 0;
         if let Some(x) = conn.extra.as_mut() {
@@ -1022,16 +1048,7 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
             c.release_extra_if_empty();
         }
     }
-    if let Some(c) = io.conns.get_mut(id) {
-        c.release_extra_if_empty();
-    }
-    // Budget used up with data possibly left: come back after others had their turn.
-    if let Some(c) = io.conns.get_mut(id) {
-        if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
-            c.flags |= F_READ_PENDING;
-            io.ready.push_back(id.0);
-        }
-    }
+    finish_read(io, id, exhausted);
     io.scratch = scratch;
 }
 
@@ -1039,26 +1056,20 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
 /// then the same plaintext processing as ws.
 fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
     let budget = io.settings.read_budget;
-    let has_stalled = io
-        .conns
-        .get(id)
-        .is_some_and(|c| c.extra.as_ref().is_some_and(|x| x.stalled.is_some()));
-    if has_stalled && !retry_stalled(io, h, id) {
+    if !stalled_cleared(io, h, id) {
         return;
     }
     let mut scratch = std::mem::take(&mut io.scratch);
     let mut plain = std::mem::take(&mut io.plain);
     let mut exhausted = true;
     for _ in 0..budget {
-        let Some(conn) = io.conns.get_mut(id) else {
-            exhausted = false;
-            break;
-        };
-        conn.flags &= !F_READ_PENDING;
-        if conn.flags & F_READ_PAUSED != 0 {
+        if !may_read(io, id) {
             exhausted = false;
             break;
         }
+        let Some(conn) = io.conns.get_mut(id) else {
+            break;
+        };
         let mut have = 0;
         plain.clear();
         if let Some(x) = conn.extra.as_mut() {
@@ -1139,13 +1150,7 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
             break;
         }
     }
-    if let Some(c) = io.conns.get_mut(id) {
-        c.release_extra_if_empty();
-        if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
-            c.flags |= F_READ_PENDING;
-            io.ready.push_back(id.0);
-        }
-    }
+    finish_read(io, id, exhausted);
     io.scratch = scratch;
     io.plain = plain;
 }
