@@ -1401,9 +1401,13 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
             if state == ConnState::Open {
                 io.send_control(id, OpCode::Pong, p);
             }
+            shrink_tls(io, id);
             false
         }
-        Event::Pong(_) => false,
+        Event::Pong(_) => {
+            shrink_tls(io, id);
+            false
+        }
         Event::Close(frame) => {
             let (code, reason) = frame.map_or((1005, ""), |f| (f.code, f.reason));
             if state == ConnState::Open {
@@ -1428,6 +1432,15 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
             io.begin_drain(id);
             true
         }
+    }
+}
+
+/// A keepalive exchange just completed: the connection is most likely idle now, so let its TLS
+/// session drop the cipher contexts it rebuilds on the next record (TLS 1.3: ~2.3 KB -> ~1.1 KB).
+/// Not before sending the ping: the ping and its pong would rebuild both at once.
+fn shrink_tls(io: &mut ShardIo, id: ConnId) {
+    if let Some(t) = io.conns.get_mut(id).and_then(|c| c.tls.as_mut()) {
+        t.shrink();
     }
 }
 
@@ -1513,10 +1526,6 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                 io.destroy(id);
             }
             ConnState::Open => {
-                if let Some(t) = c.tls.as_mut() {
-                    // Idle: let the TLS session drop what it rebuilds on the next record.
-                    t.shrink();
-                }
                 if s.ping_ticks > 0 && c.flags & F_PING_OUT == 0 {
                     c.flags |= F_PING_OUT;
                     io.metrics.pings_sent += 1;
