@@ -66,6 +66,9 @@ pub struct DensityArgs {
     /// Write a plot (SVG) of memory per connection vs connections here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// One ramp step.
@@ -169,6 +172,7 @@ fn per(delta: i64, n: u64) -> f64 {
 /// Runs `density`.
 pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     crate::pool::WsUrl::parse(&a.url)?;
+    a.tls.client(&a.url)?; // fail early on a bad --ca
     let pids = gateway_pids(&a.gateway_pids, a.gateway_pattern.as_deref())?;
     if pids.is_empty() {
         eprintln!("note: no gateway pids given (--gateway-pids / --gateway-pattern): user-space bytes/connection will read 0");
@@ -187,6 +191,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         client_ping: a.client_ping,
         max_pending,
         connect_timeout: a.connect_timeout,
+        tls_args: a.tls.to_args(&a.url),
     })?;
     std::thread::sleep(Duration::from_millis(300));
     let baseline = mem::sample(&pids);
@@ -414,6 +419,9 @@ pub struct StormArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// `storm` result.
@@ -442,6 +450,7 @@ pub struct StormResult {
 /// Runs `storm`.
 pub fn storm(a: StormArgs, command: String) -> Result<StormResult> {
     crate::pool::WsUrl::parse(&a.url)?;
+    a.tls.client(&a.url)?; // fail early on a bad --ca
     let max_pending = a.max_pending.unwrap_or((1024 / a.workers as u64).max(64));
     let mut w = Workers::spawn(&Spec {
         url: a.url.clone(),
@@ -452,6 +461,7 @@ pub fn storm(a: StormArgs, command: String) -> Result<StormResult> {
         client_ping: 0,
         max_pending,
         connect_timeout: 20,
+        tls_args: a.tls.to_args(&a.url),
     })?;
     let pb = bar(a.connections);
     let t0 = Instant::now();
