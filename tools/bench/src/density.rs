@@ -102,6 +102,21 @@ pub struct StepRow {
     pub mem: MemSample,
 }
 
+/// The reading at the end of the hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldRow {
+    /// Open at the reading.
+    pub held: u64,
+    /// Gateway RSS − baseline.
+    pub gw_rss_delta: i64,
+    /// Gateway RssAnon − baseline.
+    pub gw_rss_anon_delta: i64,
+    /// gw_rss_delta / held.
+    pub user_bytes_per_conn: f64,
+    /// gw_rss_anon_delta / held.
+    pub user_anon_bytes_per_conn: f64,
+}
+
 /// The whole `density` result.
 #[derive(Debug, Serialize)]
 pub struct DensityResult {
@@ -119,6 +134,9 @@ pub struct DensityResult {
     pub hold_min_held: u64,
     /// Seconds held.
     pub hold_secs: u64,
+    /// Memory reading at the end of the hold (idle connections after the gateway's idle
+    /// timers ran, e.g. TLS sessions shrunk at the ping timer), if `--hold` > 0.
+    pub after_hold: Option<HoldRow>,
     /// Server pings answered during the whole run.
     pub server_pings_answered: u64,
     /// Final ping round: pongs received.
@@ -337,6 +355,29 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
             pb.set_position(t.open);
         }
     }
+    let after_hold = (a.hold > 0).then(|| {
+        let m = mem::sample(&pids);
+        let held = w.total().open;
+        let du = m.gw_rss as i64 - baseline.gw_rss as i64;
+        let da = m.gw_rss_anon as i64 - baseline.gw_rss_anon as i64;
+        let r = HoldRow {
+            held,
+            gw_rss_delta: du,
+            gw_rss_anon_delta: da,
+            user_bytes_per_conn: per(du, held),
+            user_anon_bytes_per_conn: per(da, held),
+        };
+        pb.suspend(|| {
+            eprintln!(
+                "after hold ({}s): held {held} | gateway +{} KiB = {:.0} B/conn (anon {:.0})",
+                a.hold,
+                du / 1024,
+                r.user_bytes_per_conn,
+                r.user_anon_bytes_per_conn
+            )
+        });
+        r
+    });
     // Every connection must answer a ping.
     let before_ping = w.total();
     let round = 1;
@@ -384,6 +425,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         steps: rows,
         hold_min_held: min_held,
         hold_secs: a.hold,
+        after_hold,
         server_pings_answered: fin.server_pings,
         ping_answered: pinged.ping_answered,
         ping_total: pinged.ping_sent,
