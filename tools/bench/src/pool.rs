@@ -242,7 +242,9 @@ pub struct Pool {
     freed_in_batch: Vec<u32>,
     gen: u32,
     next_source: usize,
-    deadlines: VecDeque<(Instant, u32, u32)>,
+    /// (when, slot, generation, state it guards: HANDSHAKE = connect deadline, CLOSING = close
+    /// deadline). A connect deadline must not end a connection that opened and is now closing.
+    deadlines: VecDeque<(Instant, u32, u32, u8)>,
     request: Vec<u8>,
     scratch: Vec<u8>,
     mask: u32,
@@ -415,7 +417,7 @@ impl Pool {
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
         self.stats.pending += 1;
         self.deadlines
-            .push_back((Instant::now() + self.cfg.connect_timeout, slot, self.gen));
+            .push_back((Instant::now() + self.cfg.connect_timeout, slot, self.gen, HANDSHAKE));
         Ok(())
     }
 
@@ -488,13 +490,16 @@ impl Pool {
 
     fn expire(&mut self, h: &mut dyn Handler) {
         let now = Instant::now();
-        while let Some(&(t, slot, gen)) = self.deadlines.front() {
+        while let Some(&(t, slot, gen, guard)) = self.deadlines.front() {
             if t > now {
                 break;
             }
             self.deadlines.pop_front();
-            let hit =
-                matches!(&self.conns[slot as usize], Some(c) if c.gen == gen && c.state != OPEN);
+            let hit = matches!(&self.conns[slot as usize], Some(c) if c.gen == gen
+                && match guard {
+                    CLOSING => c.state == CLOSING,
+                    _ => c.state == CONNECTING || c.state == HANDSHAKE,
+                });
             if hit {
                 self.end(slot, Cause::Timeout, h);
             }
@@ -961,7 +966,7 @@ impl Pool {
                 c.state = CLOSING;
                 self.stats.open -= 1;
                 self.stats.closing += 1;
-                self.deadlines.push_back((deadline, slot, gen));
+                self.deadlines.push_back((deadline, slot, gen, CLOSING));
                 if let Err(cause) = self.send_on(slot, OpCode::Close, &p[..n]) {
                     self.end(slot, cause, h);
                 }
