@@ -416,8 +416,12 @@ impl Pool {
         // SAFETY: valid epoll fd, fd and event.
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
         self.stats.pending += 1;
-        self.deadlines
-            .push_back((Instant::now() + self.cfg.connect_timeout, slot, self.gen, HANDSHAKE));
+        self.deadlines.push_back((
+            Instant::now() + self.cfg.connect_timeout,
+            slot,
+            self.gen,
+            HANDSHAKE,
+        ));
         Ok(())
     }
 
@@ -496,10 +500,10 @@ impl Pool {
             }
             self.deadlines.pop_front();
             let hit = matches!(&self.conns[slot as usize], Some(c) if c.gen == gen
-                && match guard {
-                    CLOSING => c.state == CLOSING,
-                    _ => c.state == CONNECTING || c.state == HANDSHAKE,
-                });
+            && match guard {
+                CLOSING => c.state == CLOSING,
+                _ => c.state == CONNECTING || c.state == HANDSHAKE,
+            });
             if hit {
                 self.end(slot, Cause::Timeout, h);
             }
