@@ -66,6 +66,9 @@ pub struct DensityArgs {
     /// Write a plot (SVG) of memory per connection vs connections here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// One ramp step.
@@ -99,6 +102,21 @@ pub struct StepRow {
     pub mem: MemSample,
 }
 
+/// The reading at the end of the hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldRow {
+    /// Open at the reading.
+    pub held: u64,
+    /// Gateway RSS − baseline.
+    pub gw_rss_delta: i64,
+    /// Gateway RssAnon − baseline.
+    pub gw_rss_anon_delta: i64,
+    /// gw_rss_delta / held.
+    pub user_bytes_per_conn: f64,
+    /// gw_rss_anon_delta / held.
+    pub user_anon_bytes_per_conn: f64,
+}
+
 /// The whole `density` result.
 #[derive(Debug, Serialize)]
 pub struct DensityResult {
@@ -116,6 +134,9 @@ pub struct DensityResult {
     pub hold_min_held: u64,
     /// Seconds held.
     pub hold_secs: u64,
+    /// Memory reading at the end of the hold (idle connections after the gateway's idle
+    /// timers ran, e.g. TLS sessions shrunk at the ping timer), if `--hold` > 0.
+    pub after_hold: Option<HoldRow>,
     /// Server pings answered during the whole run.
     pub server_pings_answered: u64,
     /// Final ping round: pongs received.
@@ -169,6 +190,7 @@ fn per(delta: i64, n: u64) -> f64 {
 /// Runs `density`.
 pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     crate::pool::WsUrl::parse(&a.url)?;
+    a.tls.client(&a.url)?; // fail early on a bad --ca
     let pids = gateway_pids(&a.gateway_pids, a.gateway_pattern.as_deref())?;
     if pids.is_empty() {
         eprintln!("note: no gateway pids given (--gateway-pids / --gateway-pattern): user-space bytes/connection will read 0");
@@ -187,6 +209,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         client_ping: a.client_ping,
         max_pending,
         connect_timeout: a.connect_timeout,
+        tls_args: a.tls.to_args(&a.url),
     })?;
     std::thread::sleep(Duration::from_millis(300));
     let baseline = mem::sample(&pids);
@@ -332,6 +355,29 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
             pb.set_position(t.open);
         }
     }
+    let after_hold = (a.hold > 0).then(|| {
+        let m = mem::sample(&pids);
+        let held = w.total().open;
+        let du = m.gw_rss as i64 - baseline.gw_rss as i64;
+        let da = m.gw_rss_anon as i64 - baseline.gw_rss_anon as i64;
+        let r = HoldRow {
+            held,
+            gw_rss_delta: du,
+            gw_rss_anon_delta: da,
+            user_bytes_per_conn: per(du, held),
+            user_anon_bytes_per_conn: per(da, held),
+        };
+        pb.suspend(|| {
+            eprintln!(
+                "after hold ({}s): held {held} | gateway +{} KiB = {:.0} B/conn (anon {:.0})",
+                a.hold,
+                du / 1024,
+                r.user_bytes_per_conn,
+                r.user_anon_bytes_per_conn
+            )
+        });
+        r
+    });
     // Every connection must answer a ping.
     let before_ping = w.total();
     let round = 1;
@@ -379,6 +425,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
         steps: rows,
         hold_min_held: min_held,
         hold_secs: a.hold,
+        after_hold,
         server_pings_answered: fin.server_pings,
         ping_answered: pinged.ping_answered,
         ping_total: pinged.ping_sent,
@@ -414,6 +461,9 @@ pub struct StormArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// `storm` result.
@@ -442,6 +492,7 @@ pub struct StormResult {
 /// Runs `storm`.
 pub fn storm(a: StormArgs, command: String) -> Result<StormResult> {
     crate::pool::WsUrl::parse(&a.url)?;
+    a.tls.client(&a.url)?; // fail early on a bad --ca
     let max_pending = a.max_pending.unwrap_or((1024 / a.workers as u64).max(64));
     let mut w = Workers::spawn(&Spec {
         url: a.url.clone(),
@@ -452,6 +503,7 @@ pub fn storm(a: StormArgs, command: String) -> Result<StormResult> {
         client_ping: 0,
         max_pending,
         connect_timeout: 20,
+        tls_args: a.tls.to_args(&a.url),
     })?;
     let pb = bar(a.connections);
     let t0 = Instant::now();

@@ -44,6 +44,9 @@ pub struct EchoArgs {
     /// Write a latency histogram (SVG) here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Latency summary (microseconds).
@@ -224,6 +227,7 @@ pub fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         source_offset: 0,
         connect_timeout: Duration::from_secs(20),
         close_timeout: Duration::from_secs(5),
+        tls: a.tls.client(&a.url)?,
     })?;
     let mut buf = vec![0u8; a.size];
     for (i, b) in buf.iter_mut().enumerate().skip(16) {
@@ -409,6 +413,9 @@ pub struct FanoutArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// `fanout` result.
@@ -497,6 +504,7 @@ pub fn fanout(a: FanoutArgs, command: String) -> Result<FanoutResult> {
         source_offset: 0,
         connect_timeout: Duration::from_secs(20),
         close_timeout: Duration::from_secs(5),
+        tls: a.tls.client(&a.url)?,
     })?;
     let marker = format!("cbfan{:08x}", std::process::id()).into_bytes();
     let mut h = FanH {

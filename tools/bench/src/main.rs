@@ -7,6 +7,7 @@ mod mem;
 mod multi;
 mod plot;
 mod pool;
+mod tls;
 mod worker;
 
 use anyhow::{Context, Result};

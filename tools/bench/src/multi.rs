@@ -36,6 +36,8 @@ pub struct Spec {
     pub max_pending: u64,
     /// Connect + handshake timeout (s).
     pub connect_timeout: u64,
+    /// `--tls ...` flags for the workers (empty = plain WebSocket).
+    pub tls_args: Vec<String>,
 }
 
 impl Spec {
@@ -99,6 +101,7 @@ impl Workers {
                 .arg(s.connect_timeout.to_string())
                 .arg("--close-timeout")
                 .arg(s.close_timeout().to_string())
+                .args(&s.tls_args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -35,6 +35,8 @@ pub enum Cause {
     Clean,
     /// We closed it abruptly on purpose (storm).
     Dropped,
+    /// TLS failure (certificate not trusted, alert, protocol error), see `tls::label`.
+    Tls(&'static str),
 }
 
 impl Cause {
@@ -51,6 +53,7 @@ impl Cause {
             Cause::Other(e) => format!("error_{}", errno_name(e)),
             Cause::Clean => "clean".into(),
             Cause::Dropped => "dropped".into(),
+            Cause::Tls(l) => l.into(),
         }
     }
 }
@@ -83,7 +86,8 @@ impl WsUrl {
     pub fn parse(s: &str) -> anyhow::Result<WsUrl> {
         let rest = s
             .strip_prefix("ws://")
-            .ok_or_else(|| anyhow::anyhow!("URL must start with ws:// (got {s})"))?;
+            .or_else(|| s.strip_prefix("wss://"))
+            .ok_or_else(|| anyhow::anyhow!("URL must start with ws:// or wss:// (got {s})"))?;
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -130,8 +134,10 @@ struct Conn {
     dec: Decoder,
     /// Unconsumed received bytes (partial header/control frame, or the handshake head).
     rx: Vec<u8>,
-    /// Unsent bytes (partial write).
+    /// Unsent bytes (partial write). With TLS: plaintext not yet handed to the session.
     tx: Vec<u8>,
+    /// The TLS client session (`--tls`); `rx`/`tx` then hold plaintext.
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 /// What the user of the pool does with events.
@@ -222,6 +228,8 @@ pub struct PoolCfg {
     pub connect_timeout: Duration,
     /// Close handshake deadline.
     pub close_timeout: Duration,
+    /// TLS client setup (`--tls`), or plain WebSocket.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 /// The pool.
@@ -234,7 +242,9 @@ pub struct Pool {
     freed_in_batch: Vec<u32>,
     gen: u32,
     next_source: usize,
-    deadlines: VecDeque<(Instant, u32, u32)>,
+    /// (when, slot, generation, state it guards: HANDSHAKE = connect deadline, CLOSING = close
+    /// deadline). A connect deadline must not end a connection that opened and is now closing.
+    deadlines: VecDeque<(Instant, u32, u32, u8)>,
     request: Vec<u8>,
     scratch: Vec<u8>,
     mask: u32,
@@ -370,6 +380,17 @@ impl Pool {
                 }));
             }
         }
+        let tls = match &self.cfg.tls {
+            Some(t) => match t.session() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // SAFETY: our fd.
+                    unsafe { libc::close(fd) };
+                    return Err(self.fail_now(Cause::Tls(crate::tls::label(&e))));
+                }
+            },
+            None => None,
+        };
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -386,6 +407,7 @@ impl Pool {
             dec: Decoder::new(),
             rx: Vec::new(),
             tx: Vec::new(),
+            tls,
         });
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -394,8 +416,12 @@ impl Pool {
         // SAFETY: valid epoll fd, fd and event.
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
         self.stats.pending += 1;
-        self.deadlines
-            .push_back((Instant::now() + self.cfg.connect_timeout, slot, self.gen));
+        self.deadlines.push_back((
+            Instant::now() + self.cfg.connect_timeout,
+            slot,
+            self.gen,
+            HANDSHAKE,
+        ));
         Ok(())
     }
 
@@ -468,13 +494,16 @@ impl Pool {
 
     fn expire(&mut self, h: &mut dyn Handler) {
         let now = Instant::now();
-        while let Some(&(t, slot, gen)) = self.deadlines.front() {
+        while let Some(&(t, slot, gen, guard)) = self.deadlines.front() {
             if t > now {
                 break;
             }
             self.deadlines.pop_front();
-            let hit =
-                matches!(&self.conns[slot as usize], Some(c) if c.gen == gen && c.state != OPEN);
+            let hit = matches!(&self.conns[slot as usize], Some(c) if c.gen == gen
+            && match guard {
+                CLOSING => c.state == CLOSING,
+                _ => c.state == CONNECTING || c.state == HANDSHAKE,
+            });
             if hit {
                 self.end(slot, Cause::Timeout, h);
             }
@@ -528,6 +557,9 @@ impl Pool {
 
     fn flush(&mut self, slot: u32) -> Result<(), Cause> {
         let c = self.conns[slot as usize].as_mut().unwrap();
+        if let Some(tls) = c.tls.as_mut() {
+            return flush_tls(c.fd, tls, &mut c.tx);
+        }
         let mut off = 0;
         while off < c.tx.len() {
             // SAFETY: valid fd and buffer.
@@ -557,6 +589,12 @@ impl Pool {
     }
 
     fn read(&mut self, slot: u32, h: &mut dyn Handler) {
+        if self.conns[slot as usize]
+            .as_ref()
+            .is_some_and(|c| c.tls.is_some())
+        {
+            return self.read_tls(slot, h);
+        }
         loop {
             let Some(c) = self.conns[slot as usize].as_mut() else {
                 return;
@@ -610,6 +648,108 @@ impl Pool {
             }
             if (n as usize) < self.scratch.len() - keep {
                 // Short read: the socket is drained (edge-triggered: EAGAIN would follow).
+                return;
+            }
+        }
+    }
+
+    /// `read` for a TLS connection: ciphertext from the socket into the session until EAGAIN,
+    /// handshake/alert records back out, plaintext through `process` as for plain WebSocket.
+    fn read_tls(&mut self, slot: u32, h: &mut dyn Handler) {
+        loop {
+            let Some(c) = self.conns[slot as usize].as_mut() else {
+                return;
+            };
+            let fd = c.fd;
+            let tls = c.tls.as_mut().unwrap();
+            let mut eof = false;
+            let mut would_block = false;
+            match tls.read_tls(&mut crate::tls::Fd(fd)) {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => would_block = true,
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ECONNRESET) | Some(libc::EPIPE) => {
+                        let cause = if c.state == CLOSING {
+                            Cause::Clean
+                        } else {
+                            Cause::Reset
+                        };
+                        self.end(slot, cause, h);
+                        return;
+                    }
+                    Some(libc::ETIMEDOUT) => {
+                        self.end(slot, Cause::Timeout, h);
+                        return;
+                    }
+                    Some(e) => {
+                        self.end(slot, Cause::Other(e), h);
+                        return;
+                    }
+                    // rustls's own buffer is full ("received plaintext buffer full"): drain
+                    // plaintext below, then read again.
+                    None => {}
+                },
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Send the alert rustls queued (best effort), then give up.
+                let _ = tls.write_tls(&mut crate::tls::Fd(fd));
+                tls_error_note(&e);
+                self.end(slot, Cause::Tls(crate::tls::label(&e)), h);
+                return;
+            }
+            // Handshake messages (and the buffered upgrade request once it completes).
+            if let Err(cause) = self.flush(slot) {
+                self.end(slot, cause, h);
+                return;
+            }
+            // Plaintext → process, in scratch-sized pieces.
+            let mut closed = false;
+            loop {
+                let c = self.conns[slot as usize].as_mut().unwrap();
+                let keep = c.rx.len();
+                self.scratch[..keep].copy_from_slice(&c.rx);
+                c.rx.clear();
+                let tls = c.tls.as_mut().unwrap();
+                let mut total = keep;
+                use std::io::Read;
+                while total < self.scratch.len() {
+                    match tls.reader().read(&mut self.scratch[total..]) {
+                        Ok(0) => {
+                            closed = true; // close_notify
+                            break;
+                        }
+                        Ok(n) => total += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            closed = true; // EOF without close_notify
+                            break;
+                        }
+                    }
+                }
+                if total == keep {
+                    c.rx.extend_from_slice(&self.scratch[..keep]);
+                    break;
+                }
+                if !self.process(slot, total, h) {
+                    return;
+                }
+                if total < self.scratch.len() {
+                    break;
+                }
+            }
+            if closed || eof {
+                let state = self.conns[slot as usize].as_ref().unwrap().state;
+                let cause = if state == CLOSING {
+                    Cause::Clean
+                } else {
+                    Cause::Eof
+                };
+                self.end(slot, cause, h);
+                return;
+            }
+            if would_block {
                 return;
             }
         }
@@ -830,7 +970,7 @@ impl Pool {
                 c.state = CLOSING;
                 self.stats.open -= 1;
                 self.stats.closing += 1;
-                self.deadlines.push_back((deadline, slot, gen));
+                self.deadlines.push_back((deadline, slot, gen, CLOSING));
                 if let Err(cause) = self.send_on(slot, OpCode::Close, &p[..n]) {
                     self.end(slot, cause, h);
                 }
@@ -863,6 +1003,42 @@ impl Pool {
             return false;
         }
         true
+    }
+}
+
+/// Hands queued plaintext to the TLS session and writes ciphertext until EAGAIN (the rest stays
+/// in the session and goes out on the next EPOLLOUT).
+fn flush_tls(fd: i32, tls: &mut rustls::ClientConnection, tx: &mut Vec<u8>) -> Result<(), Cause> {
+    if !tx.is_empty() {
+        use std::io::Write;
+        // Unlimited buffer (see `TlsClient::session`): takes everything.
+        let n = tls.writer().write(tx).map_err(|_| Cause::Other(-2))?;
+        tx.drain(..n);
+        if tx.is_empty() && tx.capacity() > 4096 {
+            *tx = Vec::new();
+        }
+    }
+    while tls.wants_write() {
+        match tls.write_tls(&mut crate::tls::Fd(fd)) {
+            Ok(_) => {}
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) => break,
+                Some(libc::EINTR) => continue,
+                Some(libc::ECONNRESET) | Some(libc::EPIPE) => return Err(Cause::Reset),
+                Some(e) => return Err(Cause::Other(e)),
+                None => return Err(Cause::Other(-2)),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Prints the first few TLS errors of a process (the counts alone do not say why).
+fn tls_error_note(e: &rustls::Error) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SHOWN: AtomicU32 = AtomicU32::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 3 {
+        eprintln!("tls error: {e}");
     }
 }
 

@@ -62,6 +62,9 @@ pub struct WorkerArgs {
     /// Close handshake timeout in seconds (all connections are closed at once at the end).
     #[arg(long, default_value_t = 60)]
     pub close_timeout: u64,
+    /// TLS (wss) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Runs the worker until quit/deadline/signal/EOF.
@@ -83,6 +86,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         source_offset: a.source_offset,
         connect_timeout: Duration::from_secs(a.connect_timeout),
         close_timeout: Duration::from_secs(a.close_timeout),
+        tls: a.tls.client(&a.url)?,
     })?;
     let deadline = Instant::now() + Duration::from_secs(a.deadline);
     // stdin non-blocking, read between polls.
