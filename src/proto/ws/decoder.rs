@@ -2,7 +2,7 @@
 
 use super::close::parse_close;
 use super::frame::{DataKind, OpCode, FIN_BIT, MASK_BIT, MAX_CONTROL_PAYLOAD};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, unmask_short};
 use super::utf8::{self, Utf8Check};
 use super::{CloseFrame, WsError};
 
@@ -135,6 +135,39 @@ impl Decoder {
     /// are needed (see the [buffer contract](Decoder)).
     #[inline]
     pub fn decode<'a>(&mut self, cfg: &DecoderConfig, buf: &'a mut [u8]) -> DecodeResult<'a> {
+        // Fast path: between messages, nothing held back, and a whole unfragmented masked
+        // Text/Binary frame with a 7- or 16-bit length at the front of `buf` (the common case
+        // for small messages). It leaves the decoder state untouched, exactly as the general
+        // path would after such a frame, and returns the same event or error.
+        if (self.flags | self.tail) == 0 && cfg.role == Role::Server {
+            if let Some(&[b0, b1]) = buf.get(..2) {
+                // FIN, no RSV bit, opcode Text (0x81) or Binary (0x82); MASK bit set.
+                if b0.wrapping_sub(0x81) < 2 && b1 >= MASK_BIT {
+                    let limit = cfg.max_frame_size.min(cfg.max_message_size);
+                    let len7 = b1 & 0x7F;
+                    if len7 < 126 {
+                        let end = 6 + len7 as usize;
+                        if end <= buf.len() && u64::from(len7) <= limit {
+                            return whole_frame(b0, buf, 6, end);
+                        }
+                    } else if len7 == 126 {
+                        if let Some(&[l0, l1]) = buf.get(2..4) {
+                            let len = u16::from_be_bytes([l0, l1]);
+                            let end = 8 + len as usize;
+                            if end <= buf.len() && u64::from(len) <= limit {
+                                return whole_frame(b0, buf, 8, end);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.decode_general(cfg, buf)
+    }
+
+    /// Every case the fast path of [`Decoder::decode`] does not take.
+    #[inline(never)]
+    fn decode_general<'a>(&mut self, cfg: &DecoderConfig, buf: &'a mut [u8]) -> DecodeResult<'a> {
         if self.flags & IN_PAYLOAD != 0 {
             self.payload(buf, 0)
         } else {
@@ -319,6 +352,46 @@ impl Decoder {
             })),
         )
     }
+}
+
+/// Decodes a whole unfragmented masked data frame `buf[..end]` whose header is `hlen` bytes
+/// (ending with the masking key) and whose first byte is `b0` (0x81 Text or 0x82 Binary).
+/// The caller has checked that the decoder is idle and the frame is within the size limits.
+#[inline(always)]
+fn whole_frame(b0: u8, buf: &mut [u8], hlen: usize, end: usize) -> DecodeResult<'_> {
+    let text = b0 == 0x81;
+    let (head, rest) = buf.split_at_mut(hlen);
+    let mask = match head {
+        [.., m0, m1, m2, m3] => [*m0, *m1, *m2, *m3],
+        _ => return (0, Ok(None)), // unreachable: hlen >= 6
+    };
+    let Some(payload) = rest.get_mut(..end - hlen) else {
+        return (0, Ok(None)); // unreachable: the caller checked end <= buf.len()
+    };
+    let ok = if payload.len() < 128 {
+        let or = unmask_short(payload, mask);
+        !text || !utf8::has_non_ascii(or) || utf8::valid_short(payload)
+    } else {
+        apply_mask(payload, mask, 0);
+        !text || utf8::check(payload).is_ok()
+    };
+    if !ok {
+        return (0, Err(WsError::InvalidUtf8));
+    }
+    let payload: &[u8] = payload;
+    (
+        end,
+        Ok(Some(Event::Data {
+            kind: if text {
+                DataKind::Text
+            } else {
+                DataKind::Binary
+            },
+            payload,
+            first: true,
+            last: true,
+        })),
+    )
 }
 
 /// Decodes a whole control frame whose header (`hlen` bytes) starts at `buf[t]`, behind `t`

@@ -10,17 +10,107 @@ pub(crate) enum Utf8Check {
     Invalid,
 }
 
+/// Below this length the scalar validator ([`valid_short`]) beats the SIMD one, whose setup
+/// (runtime CPU dispatch, padding the last 64-byte block) dominates short inputs.
+pub(crate) const SHORT: usize = 128;
+
+const HI: u64 = 0x8080_8080_8080_8080;
+
 /// Validates `b`; `Ok(())` if the whole chunk is valid UTF-8.
 #[inline]
 pub(crate) fn check(b: &[u8]) -> Result<(), Utf8Check> {
-    // Short chunks: an ASCII scan beats the SIMD validator's setup cost.
-    if b.len() < 64 && b.iter().all(|&c| c < 0x80) {
-        return Ok(());
+    let ok = if b.len() < SHORT {
+        valid_short(b)
+    } else {
+        simdutf8::basic::from_utf8(b).is_ok()
+    };
+    if ok {
+        Ok(())
+    } else {
+        check_slow(b)
     }
-    if simdutf8::basic::from_utf8(b).is_ok() {
-        return Ok(());
+}
+
+/// Whether `b` is entirely valid UTF-8 (complete code points only). Scalar, for short inputs:
+/// skips ASCII 8 bytes at a time and checks each multi-byte sequence against the well-formed
+/// byte ranges of Unicode Table 3-7 (no overlongs, no surrogates, nothing above U+10FFFF).
+#[inline]
+pub(crate) fn valid_short(b: &[u8]) -> bool {
+    let n = b.len();
+    let mut i = 0;
+    loop {
+        // Skip ASCII; leaves `i` at the first non-ASCII byte, or returns at the end.
+        loop {
+            match b.get(i..i + 8) {
+                Some(w) => {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(w);
+                    let hi = u64::from_le_bytes(a) & HI;
+                    if hi != 0 {
+                        i += (hi.trailing_zeros() / 8) as usize;
+                        break;
+                    }
+                    i += 8;
+                }
+                None => {
+                    while let Some(&c) = b.get(i) {
+                        if c >= 0x80 {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    if i >= n {
+                        return true;
+                    }
+                    break;
+                }
+            }
+        }
+        let Some(&c) = b.get(i) else { return true };
+        // Continuation byte test: 0x80..=0xBF is exactly `(x as i8) < -64`.
+        let cont = |x: u8| (x as i8) < -64;
+        match c {
+            0xC2..=0xDF => match b.get(i + 1) {
+                Some(&x) if cont(x) => i += 2,
+                _ => return false,
+            },
+            0xE0..=0xEF => {
+                let Some(&[x, y]) = b.get(i + 1..i + 3) else {
+                    return false;
+                };
+                let (lo, hi) = match c {
+                    0xE0 => (0xA0, 0xBF),
+                    0xED => (0x80, 0x9F),
+                    _ => (0x80, 0xBF),
+                };
+                if x < lo || x > hi || !cont(y) {
+                    return false;
+                }
+                i += 3;
+            }
+            0xF0..=0xF4 => {
+                let Some(&[x, y, z]) = b.get(i + 1..i + 4) else {
+                    return false;
+                };
+                let (lo, hi) = match c {
+                    0xF0 => (0x90, 0xBF),
+                    0xF4 => (0x80, 0x8F),
+                    _ => (0x80, 0xBF),
+                };
+                if x < lo || x > hi || !cont(y) || !cont(z) {
+                    return false;
+                }
+                i += 4;
+            }
+            _ => return false,
+        }
     }
-    check_slow(b)
+}
+
+/// Whether the OR of some words (see `mask::unmask_whole`) has a byte ≥ 0x80.
+#[inline]
+pub(crate) fn has_non_ascii(or_of_words: u64) -> bool {
+    or_of_words & HI != 0
 }
 
 #[cold]
@@ -40,4 +130,76 @@ fn check_slow(b: &[u8]) -> Result<(), Utf8Check> {
 #[inline]
 pub(crate) fn str_from(b: &[u8]) -> Option<&str> {
     simdutf8::basic::from_utf8(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agree(b: &[u8]) {
+        let std_ok = std::str::from_utf8(b).is_ok();
+        assert_eq!(valid_short(b), std_ok, "{b:02x?}");
+        assert_eq!(check(b).is_ok(), std_ok, "{b:02x?}");
+    }
+
+    #[test]
+    fn valid_short_matches_std_on_all_short_sequences() {
+        // Every 1- and 2-byte input, and every 3-byte input with a lead byte ≥ 0x80, each behind
+        // ASCII prefixes of several lengths (word-skip and byte-skip paths) and followed by ASCII.
+        for pre in [0usize, 1, 7, 8, 9, 15] {
+            let mut v = vec![b'a'; pre];
+            for a in 0..=255u8 {
+                v.truncate(pre);
+                v.push(a);
+                agree(&v);
+                for b in 0..=255u8 {
+                    v.truncate(pre + 1);
+                    v.push(b);
+                    agree(&v);
+                    v.push(b'z');
+                    agree(&v);
+                    if a >= 0x80 && pre < 2 {
+                        for c in 0..=255u8 {
+                            v.truncate(pre + 2);
+                            v.push(c);
+                            agree(&v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn valid_short_matches_std_on_four_byte_boundaries() {
+        let interesting = [
+            0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xED,
+            0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF,
+        ];
+        for &a in &interesting {
+            for &b in &interesting {
+                for &c in &interesting {
+                    for &d in &interesting {
+                        for pre in [0usize, 3, 8] {
+                            let mut v = vec![b'x'; pre];
+                            v.extend_from_slice(&[a, b, c, d]);
+                            agree(&v);
+                            v.extend_from_slice(b"tail");
+                            agree(&v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn valid_short_on_real_text() {
+        for s in ["", "a", "héllo wörld € 😀 ", "{\"k\":\"vålue\",\"n\":12345}", "日本語テキスト"] {
+            let r = s.repeat(7);
+            for end in 0..=r.len() {
+                agree(&r.as_bytes()[..end]);
+            }
+        }
+    }
 }
