@@ -370,10 +370,10 @@ fn whole_frame(b0: u8, buf: &mut [u8], hlen: usize, end: usize) -> DecodeResult<
     };
     let ok = if payload.len() < 128 {
         let or = unmask_short(payload, mask);
-        !text || !utf8::has_non_ascii(or) || utf8::valid_short(payload)
+        !text || !utf8::has_non_ascii(or) || utf8::valid(payload)
     } else {
         apply_mask(payload, mask, 0);
-        !text || utf8::check(payload).is_ok()
+        !text || utf8::valid(payload)
     };
     if !ok {
         return (0, Err(WsError::InvalidUtf8));

@@ -131,7 +131,11 @@ mod tests {
                 apply_mask_naive(&mut b, mask, 0);
                 assert_eq!(a, b, "start {start} len {len}");
                 let want = b.iter().fold(0u8, |x, &y| x | y) & 0x80 != 0;
-                assert_eq!(or & 0x8080_8080_8080_8080 != 0, want, "start {start} len {len}");
+                assert_eq!(
+                    or & 0x8080_8080_8080_8080 != 0,
+                    want,
+                    "start {start} len {len}"
+                );
             }
         }
     }
