@@ -65,32 +65,76 @@ mod sse2 {
         }
     }
 
+    /// [`classify`] of 32 bytes, as 32-bit masks.
+    #[inline(always)]
+    fn classify32(s: &[u8; 32]) -> (u64, u64, u64) {
+        let (a, b) = s.split_at(16);
+        let (Ok(a), Ok(b)) = (a.try_into(), b.try_into()) else {
+            return (0, 0, 0); // unreachable: 32 = 16 + 16
+        };
+        let (h0, c0, l0) = classify(a);
+        let (h1, c1, l1) = classify(b);
+        (
+            u64::from(h0 | h1 << 16),
+            u64::from(c0 | c1 << 16),
+            u64::from(l0 | l1 << 16),
+        )
+    }
+
+    /// Checks the masks of `width` (1..=32) bytes that follow the bytes already checked;
+    /// `carry` is 1 when the byte before them was a 2-byte lead.
+    #[inline(always)]
+    fn step(bad: &mut u64, carry: &mut u64, (hi, cont, lead): (u64, u64, u64), width: u32) {
+        let w = (1u64 << width) - 1;
+        *bad |= (hi & !(cont | lead)) | (cont ^ (((lead << 1) | *carry) & w));
+        *carry = (lead >> (width - 1)) & 1;
+    }
+
+    /// Drops the `sh` lowest byte positions of the masks (bytes that were already checked).
+    #[inline(always)]
+    fn shr((hi, cont, lead): (u64, u64, u64), sh: u32) -> (u64, u64, u64) {
+        (hi >> sh, cont >> sh, lead >> sh)
+    }
+
     /// Whether `b` (at least 16 bytes) is ASCII and well-formed 2-byte sequences only.
     /// `false` also for valid text with 3- or 4-byte sequences: the caller then runs a full
-    /// validator. Branch-free per block: every byte ≥ 0x80 must be a 2-byte lead or a
+    /// validator. Branch-free per 32-byte step: every byte ≥ 0x80 must be a 2-byte lead or a
     /// continuation byte, and the continuation bytes must be exactly the bytes after the leads.
+    /// A tail shorter than a step is checked by re-reading the last 32 (or 16) bytes and
+    /// dropping the already checked positions from the masks.
     #[inline]
     pub(super) fn ascii_or_2byte(b: &[u8]) -> bool {
-        let (mut carry, mut bad) = (0u32, 0u32);
-        let mut chunks = b.chunks_exact(16);
+        let n = b.len();
+        let (mut carry, mut bad) = (0u64, 0u64);
+        let mut chunks = b.chunks_exact(32);
         for c in &mut chunks {
             let Ok(c) = c.try_into() else { return false };
-            let (hi, cont, lead) = classify(c);
-            bad |= (hi & !(cont | lead)) | (cont ^ (((lead << 1) | carry) & 0xFFFF));
-            carry = lead >> 15;
+            step(&mut bad, &mut carry, classify32(c), 32);
         }
         let rem = chunks.remainder().len() as u32;
         if rem != 0 {
-            // The last 16 bytes, shifted so that bit 0 is the first byte not checked yet.
-            let Some(Ok(last)) = b.get(b.len().wrapping_sub(16)..).map(<&[u8; 16]>::try_from)
-            else {
-                return false;
-            };
-            let (hi, cont, lead) = classify(last);
-            let sh = 16 - rem;
-            let (hi, cont, lead) = (hi >> sh, cont >> sh, lead >> sh);
-            bad |= (hi & !(cont | lead)) | (cont ^ (((lead << 1) | carry) & ((1 << rem) - 1)));
-            carry = (lead >> (rem - 1)) & 1;
+            if n >= 32 {
+                let Some(Ok(last)) = b.get(n - 32..).map(<&[u8; 32]>::try_from) else {
+                    return false;
+                };
+                step(&mut bad, &mut carry, shr(classify32(last), 32 - rem), rem);
+            } else {
+                // 16 <= n < 32: the first 16 bytes, then the rest via the last 16.
+                let (Some(Ok(first)), Some(Ok(last))) = (
+                    b.get(..16).map(<&[u8; 16]>::try_from),
+                    b.get(n.wrapping_sub(16)..).map(<&[u8; 16]>::try_from),
+                ) else {
+                    return false;
+                };
+                let m = classify(first);
+                step(&mut bad, &mut carry, (m.0.into(), m.1.into(), m.2.into()), 16);
+                let rest = rem - 16 * u32::from(rem >= 16);
+                if rest != 0 {
+                    let m = classify(last);
+                    let m = (m.0.into(), m.1.into(), m.2.into());
+                    step(&mut bad, &mut carry, shr(m, 16 - rest), rest);
+                }
+            }
         }
         bad == 0 && carry == 0
     }
