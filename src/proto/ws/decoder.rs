@@ -438,6 +438,108 @@ fn control<'a>(
 mod tests {
     use super::*;
 
+    /// Decodes `buf` to the end (or the first error / need for more bytes) and records every
+    /// call's outcome; `general` forces every call through the general path.
+    fn trace(cfg: &DecoderConfig, mut buf: Vec<u8>, general: bool) -> Vec<String> {
+        let mut dec = Decoder::new();
+        let mut off = 0;
+        let mut out = Vec::new();
+        loop {
+            let (used, r) = if general {
+                dec.decode_general(cfg, &mut buf[off..])
+            } else {
+                dec.decode(cfg, &mut buf[off..])
+            };
+            out.push(format!("{used} {r:?}"));
+            match r {
+                Ok(Some(_)) => off += used,
+                _ => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_matches_general_path() {
+        let mut seed = 0x2545_f491_u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let texts: [&[u8]; 5] = [
+            b"{\"k\":\"value\",\"n\":12345}",
+            "vålue ünïcödé ß Ωж ".as_bytes(),
+            "日本語テキスト😀".as_bytes(),
+            b"\xc3\x28 bad \xed\xa0\x80 \xf4\x90\x80\x80",
+            b"\x00\x7f\x80\xff\xc2\xe0\xf0",
+        ];
+        for _ in 0..20_000 {
+            let o = rnd();
+            let cfg = DecoderConfig {
+                role: if o & 15 == 0 {
+                    Role::Client
+                } else {
+                    Role::Server
+                },
+                allowed_rsv: if o & 16 != 0 { 0x40 } else { 0 },
+                max_frame_size: if o & 32 != 0 { 100 } else { 16 << 20 },
+                max_message_size: if o & 64 != 0 { 150 } else { 16 << 20 },
+            };
+            let mut wire = Vec::new();
+            for _ in 0..1 + rnd() % 4 {
+                let r = rnd();
+                let b0 = match r % 10 {
+                    0 => 0x01,
+                    1 => 0x80,
+                    2 => 0x89,
+                    3 => 0xC1,
+                    4 => (r >> 8) as u8,
+                    5..=7 => 0x81,
+                    _ => 0x82,
+                };
+                let len = match (r >> 16) % 8 {
+                    0 => (r >> 20) as usize % 126,
+                    1 => 126 + (r >> 20) as usize % 600,
+                    2 => 16,
+                    3 => 125,
+                    _ => (r >> 20) as usize % 300,
+                };
+                let t = texts[(r >> 24) as usize % texts.len()];
+                let payload: Vec<u8> = t.iter().copied().cycle().take(len).collect();
+                let masked = r >> 31 == 0 || rnd() % 8 != 0;
+                wire.push(b0);
+                let m = if masked { 0x80 } else { 0 };
+                if len < 126 {
+                    wire.push(m | len as u8);
+                } else {
+                    wire.push(m | 126);
+                    wire.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                let key = rnd().to_le_bytes();
+                if masked {
+                    wire.extend_from_slice(&key);
+                }
+                wire.extend(payload.iter().enumerate().map(|(i, &b)| {
+                    if masked {
+                        b ^ key[i & 3]
+                    } else {
+                        b
+                    }
+                }));
+            }
+            // Whole buffer, and cut short (incomplete last frame).
+            let cut = wire.len() - (rnd() as usize % wire.len().min(9));
+            for w in [wire.clone(), wire[..cut].to_vec()] {
+                assert_eq!(
+                    trace(&cfg, w.clone(), false),
+                    trace(&cfg, w.clone(), true),
+                    "{cfg:?} {w:02x?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn decoder_is_compact() {
         assert!(std::mem::size_of::<Decoder>() <= 32);

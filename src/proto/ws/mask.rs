@@ -58,12 +58,8 @@ fn apply_mask_words(buf: &mut [u8], key32: u32) {
 pub(crate) fn unmask_short(buf: &mut [u8], mask: [u8; 4]) -> u64 {
     let key32 = u32::from_le_bytes(mask);
     let k = u64::from(key32) | (u64::from(key32) << 32);
-    let mut acc = 0u64;
     let mut chunks = buf.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let (a, b) = c.split_at_mut(8);
-        acc |= xor8(a, k) | xor8(b, k);
-    }
+    let mut acc = xor16_all(&mut chunks, key32);
     let mut r = chunks.into_remainder();
     if r.len() >= 8 {
         let (a, rest) = r.split_at_mut(8);
@@ -93,6 +89,46 @@ pub(crate) fn unmask_short(buf: &mut [u8], mask: [u8; 4]) -> u64 {
     if let Some(b) = r.first_mut() {
         *b ^= key as u8;
         acc |= u64::from(*b);
+    }
+    acc
+}
+
+/// XORs every 16-byte chunk with the key (phase 0); returns the OR of the results folded to a
+/// `u64`. SSE2 on x86_64 (one load, XOR, store per chunk).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn xor16_all(chunks: &mut std::slice::ChunksExactMut<'_, u8>, key32: u32) -> u64 {
+    use core::arch::x86_64::{
+        _mm_cvtsi128_si64, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi32, _mm_setzero_si128,
+        _mm_srli_si128, _mm_storeu_si128, _mm_xor_si128,
+    };
+    // SAFETY: register-only SSE2 intrinsics; SSE2 is part of the x86_64 baseline.
+    let (k, mut acc) = unsafe { (_mm_set1_epi32(key32 as i32), _mm_setzero_si128()) };
+    for c in chunks {
+        let Ok(c) = <&mut [u8; 16]>::try_from(c) else {
+            continue; // unreachable: chunks_exact_mut(16)
+        };
+        // SAFETY: `c` is 16 bytes, readable and writable; the unaligned load/store have no
+        // alignment requirement.
+        unsafe {
+            let v = _mm_xor_si128(_mm_loadu_si128(c.as_ptr().cast()), k);
+            _mm_storeu_si128(c.as_mut_ptr().cast(), v);
+            acc = _mm_or_si128(acc, v);
+        }
+    }
+    // SAFETY: register-only SSE2 intrinsics.
+    unsafe { _mm_cvtsi128_si64(_mm_or_si128(acc, _mm_srli_si128(acc, 8))) as u64 }
+}
+
+/// Portable version of the x86_64 `xor16_all`: two `u64` words per chunk.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn xor16_all(chunks: &mut std::slice::ChunksExactMut<'_, u8>, key32: u32) -> u64 {
+    let k = u64::from(key32) | (u64::from(key32) << 32);
+    let mut acc = 0;
+    for c in chunks {
+        let (a, b) = c.split_at_mut(8);
+        acc |= xor8(a, k) | xor8(b, k);
     }
     acc
 }

@@ -127,7 +127,12 @@ mod sse2 {
                     return false;
                 };
                 let m = classify(first);
-                step(&mut bad, &mut carry, (m.0.into(), m.1.into(), m.2.into()), 16);
+                step(
+                    &mut bad,
+                    &mut carry,
+                    (m.0.into(), m.1.into(), m.2.into()),
+                    16,
+                );
                 let rest = rem - 16 * u32::from(rem >= 16);
                 if rest != 0 {
                     let m = classify(last);
