@@ -2,7 +2,7 @@
 
 use super::close::parse_close;
 use super::frame::{DataKind, OpCode, FIN_BIT, MASK_BIT, MAX_CONTROL_PAYLOAD};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, unmask_short};
 use super::utf8::{self, Utf8Check};
 use super::{CloseFrame, WsError};
 
@@ -135,6 +135,39 @@ impl Decoder {
     /// are needed (see the [buffer contract](Decoder)).
     #[inline]
     pub fn decode<'a>(&mut self, cfg: &DecoderConfig, buf: &'a mut [u8]) -> DecodeResult<'a> {
+        // Fast path: between messages, nothing held back, and a whole unfragmented masked
+        // Text/Binary frame with a 7- or 16-bit length at the front of `buf` (the common case
+        // for small messages). It leaves the decoder state untouched, exactly as the general
+        // path would after such a frame, and returns the same event or error.
+        if (self.flags | self.tail) == 0 && cfg.role == Role::Server {
+            if let Some(&[b0, b1]) = buf.get(..2) {
+                // FIN, no RSV bit, opcode Text (0x81) or Binary (0x82); MASK bit set.
+                if b0.wrapping_sub(0x81) < 2 && b1 >= MASK_BIT {
+                    let limit = cfg.max_frame_size.min(cfg.max_message_size);
+                    let len7 = b1 & 0x7F;
+                    if len7 < 126 {
+                        let end = 6 + len7 as usize;
+                        if end <= buf.len() && u64::from(len7) <= limit {
+                            return whole_frame(b0, buf, 6, end);
+                        }
+                    } else if len7 == 126 {
+                        if let Some(&[l0, l1]) = buf.get(2..4) {
+                            let len = u16::from_be_bytes([l0, l1]);
+                            let end = 8 + len as usize;
+                            if end <= buf.len() && u64::from(len) <= limit {
+                                return whole_frame(b0, buf, 8, end);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.decode_general(cfg, buf)
+    }
+
+    /// Every case the fast path of [`Decoder::decode`] does not take.
+    #[inline(never)]
+    fn decode_general<'a>(&mut self, cfg: &DecoderConfig, buf: &'a mut [u8]) -> DecodeResult<'a> {
         if self.flags & IN_PAYLOAD != 0 {
             self.payload(buf, 0)
         } else {
@@ -321,6 +354,46 @@ impl Decoder {
     }
 }
 
+/// Decodes a whole unfragmented masked data frame `buf[..end]` whose header is `hlen` bytes
+/// (ending with the masking key) and whose first byte is `b0` (0x81 Text or 0x82 Binary).
+/// The caller has checked that the decoder is idle and the frame is within the size limits.
+#[inline(always)]
+fn whole_frame(b0: u8, buf: &mut [u8], hlen: usize, end: usize) -> DecodeResult<'_> {
+    let text = b0 == 0x81;
+    let (head, rest) = buf.split_at_mut(hlen);
+    let mask = match head {
+        [.., m0, m1, m2, m3] => [*m0, *m1, *m2, *m3],
+        _ => return (0, Ok(None)), // unreachable: hlen >= 6
+    };
+    let Some(payload) = rest.get_mut(..end - hlen) else {
+        return (0, Ok(None)); // unreachable: the caller checked end <= buf.len()
+    };
+    let ok = if payload.len() < 128 {
+        let or = unmask_short(payload, mask);
+        !text || !utf8::has_non_ascii(or) || utf8::valid(payload)
+    } else {
+        apply_mask(payload, mask, 0);
+        !text || utf8::valid(payload)
+    };
+    if !ok {
+        return (0, Err(WsError::InvalidUtf8));
+    }
+    let payload: &[u8] = payload;
+    (
+        end,
+        Ok(Some(Event::Data {
+            kind: if text {
+                DataKind::Text
+            } else {
+                DataKind::Binary
+            },
+            payload,
+            first: true,
+            last: true,
+        })),
+    )
+}
+
 /// Decodes a whole control frame whose header (`hlen` bytes) starts at `buf[t]`, behind `t`
 /// held-back UTF-8 bytes which are moved past it.
 #[inline]
@@ -364,6 +437,108 @@ fn control<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decodes `buf` to the end (or the first error / need for more bytes) and records every
+    /// call's outcome; `general` forces every call through the general path.
+    fn trace(cfg: &DecoderConfig, mut buf: Vec<u8>, general: bool) -> Vec<String> {
+        let mut dec = Decoder::new();
+        let mut off = 0;
+        let mut out = Vec::new();
+        loop {
+            let (used, r) = if general {
+                dec.decode_general(cfg, &mut buf[off..])
+            } else {
+                dec.decode(cfg, &mut buf[off..])
+            };
+            out.push(format!("{used} {r:?}"));
+            match r {
+                Ok(Some(_)) => off += used,
+                _ => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_matches_general_path() {
+        let mut seed = 0x2545_f491_u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let texts: [&[u8]; 5] = [
+            b"{\"k\":\"value\",\"n\":12345}",
+            "vålue ünïcödé ß Ωж ".as_bytes(),
+            "日本語テキスト😀".as_bytes(),
+            b"\xc3\x28 bad \xed\xa0\x80 \xf4\x90\x80\x80",
+            b"\x00\x7f\x80\xff\xc2\xe0\xf0",
+        ];
+        for _ in 0..20_000 {
+            let o = rnd();
+            let cfg = DecoderConfig {
+                role: if o & 15 == 0 {
+                    Role::Client
+                } else {
+                    Role::Server
+                },
+                allowed_rsv: if o & 16 != 0 { 0x40 } else { 0 },
+                max_frame_size: if o & 32 != 0 { 100 } else { 16 << 20 },
+                max_message_size: if o & 64 != 0 { 150 } else { 16 << 20 },
+            };
+            let mut wire = Vec::new();
+            for _ in 0..1 + rnd() % 4 {
+                let r = rnd();
+                let b0 = match r % 10 {
+                    0 => 0x01,
+                    1 => 0x80,
+                    2 => 0x89,
+                    3 => 0xC1,
+                    4 => (r >> 8) as u8,
+                    5..=7 => 0x81,
+                    _ => 0x82,
+                };
+                let len = match (r >> 16) % 8 {
+                    0 => (r >> 20) as usize % 126,
+                    1 => 126 + (r >> 20) as usize % 600,
+                    2 => 16,
+                    3 => 125,
+                    _ => (r >> 20) as usize % 300,
+                };
+                let t = texts[(r >> 24) as usize % texts.len()];
+                let payload: Vec<u8> = t.iter().copied().cycle().take(len).collect();
+                let masked = r >> 31 == 0 || rnd() % 8 != 0;
+                wire.push(b0);
+                let m = if masked { 0x80 } else { 0 };
+                if len < 126 {
+                    wire.push(m | len as u8);
+                } else {
+                    wire.push(m | 126);
+                    wire.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                let key = rnd().to_le_bytes();
+                if masked {
+                    wire.extend_from_slice(&key);
+                }
+                wire.extend(payload.iter().enumerate().map(|(i, &b)| {
+                    if masked {
+                        b ^ key[i & 3]
+                    } else {
+                        b
+                    }
+                }));
+            }
+            // Whole buffer, and cut short (incomplete last frame).
+            let cut = wire.len() - (rnd() as usize % wire.len().min(9));
+            for w in [wire.clone(), wire[..cut].to_vec()] {
+                assert_eq!(
+                    trace(&cfg, w.clone(), false),
+                    trace(&cfg, w.clone(), true),
+                    "{cfg:?} {w:02x?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn decoder_is_compact() {
