@@ -186,20 +186,22 @@ impl RingHandler {
     fn keyed_slot(&self, conn: ConnId, payload: &[u8]) -> Option<u8> {
         let key = crate::proto::route_key::json_field(payload, &self.route_field)?;
         let route = *self.routes.get(key)?;
-        let slots: Vec<u8> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                s.as_ref().is_some_and(|s| s.route == route) && !self.dead.contains(&(*i as u8))
-            })
-            .map(|(i, _)| i as u8)
-            .collect();
-        if slots.is_empty() {
+        let serves = |(i, s): &(usize, &Option<Slot>)| {
+            s.as_ref().is_some_and(|s| s.route == route) && !self.dead.contains(&(*i as u8))
+        };
+        // Counted, then picked: no allocation per keyed message.
+        let n = self.slots.iter().enumerate().filter(serves).count();
+        if n == 0 {
             return None;
         }
         let h = conn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        Some(slots[h as usize % slots.len()])
+        let (i, _) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(serves)
+            .nth(h as usize % n)?;
+        Some(i as u8)
     }
 
     fn push(&mut self, slot: u8, conn: ConnId, seq: u64, m: &Msg<'_>) -> Result<bool, ()> {
@@ -608,13 +610,12 @@ impl Handler for RingHandler {
     }
 
     fn on_round_end(&mut self, io: &mut ShardIo) {
-        // Slots handed over at construction (slot 0) are registered on the first round.
-        let unregistered: Vec<u8> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].as_ref().is_some_and(|s| !s.registered))
-            .map(|i| i as u8)
-            .collect();
-        for slot in unregistered {
-            self.register(io, slot);
+        // Slots handed over at construction (slot 0) are registered on the first round
+        // (no allocation: this runs every round).
+        for i in 0..self.slots.len() {
+            if self.slots[i].as_ref().is_some_and(|s| !s.registered) {
+                self.register(io, i as u8);
+            }
         }
         let (mut tb, mut tg) = (0, 0);
         for s in self.slots.iter_mut().flatten() {

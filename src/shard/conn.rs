@@ -690,8 +690,7 @@ impl ShardIo {
         if conn.tls.is_some() {
             // The queue holds TLS records: cutting one would fail the peer's integrity check,
             // and a close frame cannot jump the queue. Drop the connection.
-            conn.close_code = 1008;
-            self.destroy(id);
+            self.abort(id, 1008);
             return;
         }
         // Keep only the frame that is partly on the wire (cutting it would corrupt the
