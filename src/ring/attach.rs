@@ -226,9 +226,16 @@ pub fn handshake_route(stream: &UnixStream, route: u32) -> Result<Attached, Atta
     hello[..8].copy_from_slice(&ATTACH_MAGIC);
     hello[8..12].copy_from_slice(&ATTACH_VERSION.to_le_bytes());
     hello[12..16].copy_from_slice(&route.to_le_bytes());
-    s.write_all(&hello)?;
     let mut sh = [0u8; SERVER_HELLO];
-    s.read_exact(&mut sh)?;
+    if let Err(e) = s.write_all(&hello) {
+        // A gateway that refuses our uid answers before reading the hello and closes, so
+        // the write can fail (EPIPE/ECONNRESET) while its answer already waits for us.
+        if s.read_exact(&mut sh).is_err() || sh[..8] != ATTACH_MAGIC {
+            return Err(e.into());
+        }
+    } else {
+        s.read_exact(&mut sh)?;
+    }
     if sh[..8] != ATTACH_MAGIC {
         return Err(AttachError::Protocol("bad server magic"));
     }
