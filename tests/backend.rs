@@ -437,3 +437,73 @@ fn route_key_sends_messages_to_the_backend_of_their_route() {
     kill9(&mut default);
     kill9(&mut chat);
 }
+
+/// The SDK driven by a foreign event loop (epoll here): `poll` until 0 arms the doorbells,
+/// and the gateway rings them for every request that arrives while the backend sleeps.
+#[test]
+fn sdk_backend_driven_by_a_foreign_event_loop() {
+    use corelay::sdk::{demo::DemoService, Backend};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let s = split("");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sock = s.sock.clone();
+    let t = std::thread::spawn(move || {
+        let mut be = Backend::attach(&sock).unwrap();
+        let mut svc = DemoService::new(None);
+        // SAFETY: plain epoll syscalls on fds we own or borrow for the loop's lifetime.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0);
+        for fd in be.wake_fds() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: fd as u64,
+            };
+            // SAFETY: valid epoll fd and event.
+            let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            assert_eq!(r, 0);
+        }
+        let (mut wakes, mut handled) = (0u64, 0usize);
+        while !stop2.load(Ordering::Relaxed) {
+            loop {
+                let n = be.poll(&mut svc).unwrap();
+                handled += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+            // SAFETY: evs is a valid buffer of 8 events.
+            let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 8, 200) };
+            if n > 0 {
+                wakes += 1;
+            }
+        }
+        // SAFETY: closing the epoll fd we created.
+        unsafe { libc::close(ep) };
+        (wakes, handled)
+    });
+    wait_attached(&s, 2.0);
+    let mut c = Client::connect(s.gw.addr, "/");
+    let t0 = Instant::now();
+    for i in 0..40 {
+        // Let the backend go back to sleep between requests: each one must wake it.
+        std::thread::sleep(Duration::from_millis(5));
+        c.text(&format!("m{i}"));
+        assert_eq!(c.recv(), Msg::Text(format!("m{i}")));
+    }
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (wakes, handled) = t.join().unwrap();
+    // Without the doorbell, each answer would wait for the loop's 200 ms timeout.
+    assert!(
+        took < Duration::from_secs(4),
+        "answers waited for timeouts: {took:?}"
+    );
+    assert!(wakes >= 40, "woken {wakes} times for 40 requests");
+    assert!(
+        handled >= 41,
+        "handled {handled} records (open + 40 messages)"
+    );
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::backing::Backing;
 use super::error::RingError;
 use super::layout::{self, record_size, KIND_PAD, KIND_RESERVED_MIN, RECORD_HEADER};
-use super::notify::EventFd;
+use super::notify::{poll_readable, EventFd};
 use super::sync::{atomic_u32, atomic_u64, AtomicU32, AtomicU64, Ordering};
 
 /// A validated pointer to one ring inside a live backing.
@@ -132,6 +132,11 @@ pub struct Producer {
     published: u64,
     /// Last validated `committed` read from the consumer.
     committed: u64,
+    /// We set `space_parked` and have not cleared it since.
+    parked: bool,
+    /// The space bell may hold a count from an earlier park (drained before the next one,
+    /// so the drain is never on the wake-up path).
+    bell_dirty: bool,
     data_bell: EventFd,
     space_bell: EventFd,
 }
@@ -169,6 +174,8 @@ impl Producer {
             tail,
             published: tail,
             committed,
+            parked: false,
+            bell_dirty: false,
             data_bell,
             space_bell,
         })
@@ -367,8 +374,8 @@ impl Producer {
 
     /// Announces that the producer is about to sleep until `len` payload bytes fit.
     /// Returns `Ok(false)` if they already fit (not parked: retry `claim`), `Ok(true)` if
-    /// parked: sleep on [`space_bell`](Self::space_bell), then call
-    /// [`unpark`](Self::unpark).
+    /// parked: sleep until [`space_bell`](Self::space_bell) is readable, then call
+    /// [`unpark`](Self::unpark) (the next park drains the bell).
     pub fn park_for_space(&mut self, len: usize) -> Result<bool, RingError> {
         if len > self.ring.max_payload() {
             return Err(RingError::TooLarge {
@@ -377,22 +384,34 @@ impl Producer {
             });
         }
         self.flush();
+        if self.bell_dirty {
+            self.bell_dirty = false;
+            let _ = self.space_bell.drain();
+        }
         // Any fitting position needs at most pad + record bytes.
         let size = record_size(len) as u64;
         self.ring.space_parked().swap(1, Ordering::SeqCst);
+        self.parked = true;
         self.reload_committed(Ordering::SeqCst)?;
         let to_end = self.ring.cap - (self.tail & self.ring.mask());
         // Progress is possible if the record fits, or if a PAD fits (claim will write it).
         if self.needed(size) <= self.free() || (size > to_end && to_end <= self.free()) {
-            self.ring.space_parked().store(0, Ordering::Relaxed);
+            self.unpark();
             return Ok(false);
         }
         Ok(true)
     }
 
-    /// Clears the `space_parked` flag after waking.
+    /// Clears the `space_parked` flag after waking (no-op when not parked).
     pub fn unpark(&mut self) {
-        self.ring.space_parked().store(0, Ordering::Relaxed);
+        if !self.parked {
+            return;
+        }
+        self.parked = false;
+        // 0 means the consumer took the flag, so it rang (or is about to ring) the bell.
+        if self.ring.space_parked().swap(0, Ordering::Relaxed) == 0 {
+            self.bell_dirty = true;
+        }
     }
 
     /// Blocks (spinning briefly, then parking on the space eventfd) until a record with
@@ -426,7 +445,7 @@ impl Producer {
                     Some(d - now)
                 }
             };
-            let r = self.space_bell.wait(left);
+            let r = poll_readable(self.space_bell.raw(), left);
             self.unpark();
             r?;
         }
@@ -545,6 +564,11 @@ pub struct Consumer {
     /// Position after the last peeked record (what `advance` moves to).
     pending: Option<u64>,
     max_payload: usize,
+    /// We set `data_parked` and have not cleared it since.
+    parked: bool,
+    /// The data bell may hold a count from an earlier park (drained before the next one,
+    /// so the drain is never on the wake-up path).
+    bell_dirty: bool,
     data_bell: EventFd,
     space_bell: EventFd,
 }
@@ -585,6 +609,8 @@ impl Consumer {
             committed,
             pending: None,
             max_payload,
+            parked: false,
+            bell_dirty: false,
             data_bell,
             space_bell,
         })
@@ -764,24 +790,37 @@ impl Consumer {
     }
 
     /// Announces that the consumer is about to sleep. Returns `Ok(false)` if data arrived
-    /// meanwhile (not parked), `Ok(true)` if parked: sleep on [`data_bell`](Self::data_bell)
-    /// then call [`unpark`](Self::unpark).
+    /// meanwhile (not parked), `Ok(true)` if parked: sleep until [`data_bell`](Self::data_bell)
+    /// is readable, then call [`unpark`](Self::unpark). Do not drain the bell yourself: the
+    /// next `park` drains it if it was rung, which keeps the read off the wake-up path.
     pub fn park(&mut self) -> Result<bool, RingError> {
         if self.head != self.tail {
             return Ok(false);
         }
+        if self.bell_dirty {
+            self.bell_dirty = false;
+            let _ = self.data_bell.drain();
+        }
         self.ring.head().store(self.head, Ordering::Relaxed);
         self.ring.data_parked().swap(1, Ordering::SeqCst);
+        self.parked = true;
         if self.reload_tail(Ordering::SeqCst)? != self.head {
-            self.ring.data_parked().store(0, Ordering::Relaxed);
+            self.unpark();
             return Ok(false);
         }
         Ok(true)
     }
 
-    /// Clears the `data_parked` flag after waking.
+    /// Clears the `data_parked` flag after waking (no-op when not parked).
     pub fn unpark(&mut self) {
-        self.ring.data_parked().store(0, Ordering::Relaxed);
+        if !self.parked {
+            return;
+        }
+        self.parked = false;
+        // 0 means the producer took the flag, so it rang (or is about to ring) the bell.
+        if self.ring.data_parked().swap(0, Ordering::Relaxed) == 0 {
+            self.bell_dirty = true;
+        }
     }
 
     /// Blocks until data is available or `timeout` elapses: spins `spins` times on the tail,
@@ -809,7 +848,7 @@ impl Consumer {
                     Some(d - now)
                 }
             };
-            let r = self.data_bell.wait(left);
+            let r = poll_readable(self.data_bell.raw(), left);
             self.unpark();
             r?;
             if self.has_data()? {

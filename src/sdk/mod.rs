@@ -216,7 +216,14 @@ pub struct Backend {
     txs: Vec<Producer>,
     rxs: Vec<Consumer>,
     heartbeat: Option<(u32, u32)>,
+    /// How long [`Backend::run`] polls the rings before parking (see [`Backend::set_spin`]).
+    spin: Duration,
+    /// `wake_fds` as pollfds, built once.
+    pollfds: Vec<libc::pollfd>,
 }
+
+/// Default of [`Backend::set_spin`].
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
 impl Backend {
     /// Attach to the gateway listening on `path` (default route).
@@ -250,13 +257,25 @@ impl Backend {
             });
         }
         stream.set_nonblocking(true)?;
-        Ok(Backend {
+        let mut be = Backend {
             stream,
             links,
             txs,
             rxs,
             heartbeat: None,
-        })
+            spin: DEFAULT_SPIN,
+            pollfds: Vec::new(),
+        };
+        be.pollfds = be
+            .wake_fds()
+            .into_iter()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Ok(be)
     }
 
     /// Number of gateway shards (one ring pair each).
@@ -270,9 +289,17 @@ impl Backend {
         self.heartbeat = Some((interval.as_millis() as u32, timeout.as_millis() as u32));
     }
 
+    /// How long [`Backend::run`] keeps polling the rings after the last record before it
+    /// parks (default [`DEFAULT_SPIN`]). While it spins, a new request costs no wake-up
+    /// (a few microseconds of syscalls and scheduling); `Duration::ZERO` parks at once and
+    /// spends no CPU on an idle backend.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
     /// Readable file descriptors to watch in a foreign event loop: one per shard (data for
-    /// this backend), plus the attach socket (readable = the gateway went away). After they
-    /// fire, call [`Backend::poll`].
+    /// this backend), plus the attach socket (readable = the gateway went away). Call
+    /// [`Backend::poll`] until it returns 0 (that arms the fds), then wait for any of them.
     pub fn wake_fds(&self) -> Vec<RawFd> {
         let mut v: Vec<RawFd> = self
             .links
@@ -292,11 +319,37 @@ impl Backend {
         }
     }
 
-    /// Handle everything available now without blocking; returns the records handled.
+    /// Handle what is available now without blocking; returns the records handled. When it
+    /// returns 0 every ring was empty and the backend is parked: the gateway rings
+    /// [`wake_fds`](Self::wake_fds) on the next record, so a foreign event loop may sleep.
+    /// A return > 0 means: call again (it handles at most 1024 records per shard per call).
     pub fn poll<S: Service + ?Sized>(&mut self, service: &mut S) -> Result<usize, SdkError> {
+        loop {
+            let n = self.poll_once(service)?;
+            if n > 0 || self.park()? {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Parks every consumer; `false` (and nothing parked) if one of them has data.
+    fn park(&mut self) -> Result<bool, SdkError> {
+        for i in 0..self.rxs.len() {
+            if !self.rxs[i].park()? {
+                for rx in &mut self.rxs[..i] {
+                    rx.unpark();
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One pass over the rings without parking. Busy rings cost no syscall here: the
+    /// doorbells are drained only by the next park.
+    fn poll_once<S: Service + ?Sized>(&mut self, service: &mut S) -> Result<usize, SdkError> {
         let mut handled = 0;
         for shard in 0..self.rxs.len() {
-            let _ = self.links[shard].bells.to_backend_data.drain();
             let rx = &mut self.rxs[shard];
             rx.unpark();
             for _ in 0..1024 {
@@ -382,6 +435,7 @@ impl Backend {
     /// Serve until the gateway goes away ([`SdkError::GatewayGone`]) or an error occurs.
     pub fn run<S: Service + ?Sized>(&mut self, service: &mut S) -> Result<(), SdkError> {
         let mut last_beat = std::time::Instant::now() - Duration::from_secs(3600);
+        let mut idle_since: Option<std::time::Instant> = None;
         loop {
             if let Some((interval, timeout)) = self.heartbeat {
                 if last_beat.elapsed() >= Duration::from_millis(interval as u64) {
@@ -404,31 +458,25 @@ impl Backend {
                     }
                 }
             }
-            if self.poll(service)? > 0 {
+            if self.poll_once(service)? > 0 {
+                idle_since = None;
                 continue;
             }
-            // Nothing to do: announce that we sleep, re-check, then wait on the doorbells.
-            let mut parked = true;
-            for rx in &mut self.rxs {
-                if !rx.park()? {
-                    parked = false;
-                }
-            }
-            if !parked {
+            // Idle: keep polling a little (a request arriving now costs no wake-up), then
+            // announce that we sleep, re-check, and wait on the doorbells.
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < self.spin {
+                std::hint::spin_loop();
                 continue;
             }
-            let mut fds: Vec<libc::pollfd> = self
-                .wake_fds()
-                .into_iter()
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
+            idle_since = None;
+            if !self.park()? {
+                continue;
+            }
             let timeout = self
                 .heartbeat
                 .map_or(1000, |(i, _)| i.clamp(1, 1000) as i32);
+            let fds = &mut self.pollfds;
             // SAFETY: fds is a valid pollfd array for the duration of the call.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if fds.last().is_some_and(|f| f.revents != 0) && !self.gateway_alive() {

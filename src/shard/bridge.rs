@@ -544,11 +544,10 @@ impl Handler for RingHandler {
             return;
         };
         if index % 2 == DATA {
-            let _ = s.bells.to_gateway_data.drain();
+            // The bell is drained by the next park, off this path.
             s.side.rx.unpark();
             self.drain_rx(io, slot);
         } else {
-            let _ = s.bells.to_backend_space.drain();
             s.side.tx.unpark();
             s.space_parked = false;
             self.flush_pending_closed();
