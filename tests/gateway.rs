@@ -319,12 +319,13 @@ fn graceful_shutdown_sends_1001_and_exits() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    // Well before the 3 s deadline: every close handshake completed.
-    assert!(
-        t.elapsed() < Duration::from_millis(2500),
-        "{:?}",
-        t.elapsed()
-    );
+    // Every close handshake completed before the deadline, on both shards.
+    let mut clean = 0;
+    while let Some(l) = g.wait_log("shutdown", Duration::from_secs(2)) {
+        assert!(!l.contains("deadline"), "{l}");
+        clean += l.contains("closed cleanly") as usize;
+    }
+    assert_eq!(clean, 2, "both shards report a clean drain");
     // Nothing listens any more.
     assert!(TcpStream::connect(g.addr).is_err());
 }

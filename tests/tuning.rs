@@ -696,3 +696,45 @@ fn shell_scripts_are_shellcheck_clean() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The optional CPU-latency unit: its command writes 0 and keeps the file open in the
+/// process that stays (the QoS request ends when the fd closes). Run against a temp file.
+#[test]
+fn cpu_latency_unit_holds_the_request_open() {
+    let unit = fs::read_to_string(script("corelay-cpu-latency.service")).unwrap();
+    let cmd = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/bin/sh -c '"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("ExecStart=/bin/sh -c '...'");
+    assert!(cmd.contains("/dev/cpu_dma_latency") && cmd.contains("sleep infinity"));
+    let tmp = TempDir::new("cpulat");
+    let target = tmp.path().join("cpu_dma_latency");
+    fs::write(&target, "").unwrap();
+    let cmd = cmd
+        .replace("/dev/cpu_dma_latency", target.to_str().unwrap())
+        .replace("sleep infinity", "sleep 20");
+    let mut child = Command::new("/bin/sh").arg("-c").arg(&cmd).spawn().unwrap();
+    let fd_dir = format!("/proc/{}/fd", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let held = loop {
+        let exe = fs::read_link(format!("/proc/{}/exe", child.id())).unwrap_or_default();
+        let open = fs::read_dir(&fd_dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|p| p == target))
+            })
+            .unwrap_or(false);
+        if open && exe.to_string_lossy().ends_with("sleep") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(held, "the long-lived process does not hold the file open");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "0");
+}

@@ -405,7 +405,20 @@ async fn run_shard(
             }
             if let Some(deadline) = st.shutdown_deadline {
                 tracing::debug!(shard = st.io.shard, left = st.io.connections(), "draining");
-                if st.io.connections() == 0 || Instant::now() >= deadline {
+                let left = st.io.connections();
+                if left == 0 || Instant::now() >= deadline {
+                    if left == 0 {
+                        tracing::info!(
+                            shard = st.io.shard,
+                            "shutdown: every connection closed cleanly"
+                        );
+                    } else {
+                        tracing::warn!(
+                            shard = st.io.shard,
+                            left,
+                            "shutdown deadline: closing the rest without a close handshake"
+                        );
+                    }
                     conn::force_close_all(&mut st.io);
                     st.exit = true;
                     st.control.signal();
