@@ -51,6 +51,15 @@ fn counters_are_exact() {
     assert_eq!(metric(&body, "corelay_handshakes_total", &[]), 10.0);
     assert_eq!(metric(&body, "corelay_messages_in_total", &[]), 10.0);
     assert_eq!(metric(&body, "corelay_messages_out_total", &[]), 10.0);
+    // Bytes are wire bytes both ways: at least each 101 status line + a 4-byte "hi" frame
+    // out, each upgrade request line + an 8-byte masked frame in.
+    let status_line = "HTTP/1.1 101 Switching Protocols\r\n".len() as f64;
+    assert!(metric(&body, "corelay_bytes_out_total", &[]) >= 10.0 * (status_line + 4.0));
+    assert!(
+        metric(&body, "corelay_bytes_in_total", &[])
+            >= 10.0 * ("GET / HTTP/1.1\r\n".len() as f64 + 8.0)
+    );
+    assert!(body.contains("corelay_stall_rescues_total{shard=\"1\"} 0"));
     // Both shards report, labelled.
     assert!(
         body.contains("corelay_connections_open{shard=\"0\"}"),

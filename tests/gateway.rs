@@ -174,7 +174,10 @@ fn c_reason(_g: &Gw) -> String {
 
 #[test]
 fn idle_timeout_closes_with_1001() {
-    let g = gw("[timeouts]\nidle_ms = 400\nping_interval_ms = 0\ntick_ms = 20\n");
+    // handshake_ms far above idle_ms: the idle deadline must not wait for the handshake one
+    // (the client's 10 s read timeout fails the test if it does).
+    let g =
+        gw("[timeouts]\nidle_ms = 400\nping_interval_ms = 0\ntick_ms = 20\nhandshake_ms = 60000\n");
     let mut c = Client::connect(g.addr, "/");
     let t = Instant::now();
     assert!(matches!(c.recv(), Msg::Close(Some(1001), _)));
@@ -191,7 +194,9 @@ fn idle_timeout_closes_with_1001() {
 
 #[test]
 fn server_pings_and_closes_silent_clients() {
-    let g = gw("[timeouts]\nidle_ms = 600\nping_interval_ms = 200\ntick_ms = 20\n");
+    let g = gw(
+        "[timeouts]\nidle_ms = 600\nping_interval_ms = 200\ntick_ms = 20\nhandshake_ms = 60000\n",
+    );
     let mut c = Client::connect(g.addr, "/");
     assert_eq!(c.recv(), Msg::Ping(Vec::new()));
     // Answering keeps it open past idle_ms.

@@ -231,8 +231,13 @@ pub fn metrics_text(snaps: &[Option<ShardSnapshot>], baseline_rss: u64) -> Strin
     );
     counter_family!(
         "bytes_out",
-        "Payload bytes of data messages sent",
+        "Bytes written to client sockets",
         |s: &ShardSnapshot| s.metrics.bytes_out
+    );
+    counter_family!(
+        "stall_rescues",
+        "Times the process watchdog found the shard asleep with work pending and woke it",
+        |s: &ShardSnapshot| s.stall_rescues
     );
     counter_family!(
         "slow_consumer_closes",

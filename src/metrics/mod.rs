@@ -34,11 +34,9 @@ pub struct ShardMetrics {
     pub messages_out: u64,
     /// Bytes read from sockets.
     pub bytes_in: u64,
-    /// Payload bytes of data messages sent.
+    /// Bytes written to sockets (frames, handshake responses, TLS records: the wire, like
+    /// `bytes_in`).
     pub bytes_out: u64,
-    /// Times the tick watchdog found readiness pending while the I/O task slept (a lost
-    /// wake-up, recovered within one tick).
-    pub watchdog_wakes: u64,
 }
 
 impl ShardMetrics {

@@ -145,6 +145,18 @@ pub struct ShardSettings {
     pub read_budget: u32,
 }
 
+impl ShardSettings {
+    /// The earliest keepalive deadline (ping or idle) a connection can have once it is open.
+    pub fn first_check_ticks(&self) -> Tick {
+        let ping = if self.ping_ticks > 0 {
+            self.ping_ticks
+        } else {
+            Tick::MAX
+        };
+        ping.min(self.idle_ticks).max(1)
+    }
+}
+
 /// Errors from [`ShardIo::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -179,6 +191,8 @@ pub(crate) const SPECIAL: u64 = 0xFF << 56;
 pub(crate) const TOK_CONTROL: u64 = SPECIAL | (1 << 32);
 pub(crate) const TOK_LISTENER: u64 = SPECIAL | (2 << 32);
 pub(crate) const TOK_HANDLER: u64 = SPECIAL | (3 << 32);
+/// Token of the shard's tick timerfd.
+pub(crate) const TOK_TIMER: u64 = SPECIAL | (4 << 32);
 
 /// Everything of a shard except its handler: the handler acts through this.
 pub struct ShardIo {
@@ -525,7 +539,13 @@ impl ShardIo {
             return;
         }
         self.metrics.opened += 1;
-        self.wheel.schedule(id, deadline);
+        // One wheel entry per connection, only re-evaluated when due: it must come no later
+        // than the first keepalive deadline the connection can have once open.
+        let at = self.wheel.schedule(
+            id,
+            deadline.min(self.now + self.settings.first_check_ticks()),
+        );
+        tracing::trace!(?id, now = self.now, deadline, at, "admitted");
     }
 
     fn ip_acquire(&mut self, ip: IpAddr) -> Option<u32> {
@@ -618,7 +638,6 @@ impl ShardIo {
             DataKind::Binary => OpCode::Binary,
         };
         self.metrics.messages_out += 1;
-        self.metrics.bytes_out += payload.len() as u64;
         self.stage(id, |out| frame_into(out, op, payload));
         Ok(())
     }
@@ -777,7 +796,11 @@ impl ShardIo {
                 x.tx.extend_from_slice(data);
                 self.mark_dirty(id);
             } else {
-                match send(conn.fd.as_raw_fd(), data) {
+                let sent = send(conn.fd.as_raw_fd(), data);
+                if let Ok(n) = sent {
+                    self.metrics.bytes_out += n as u64;
+                }
+                match sent {
                     Ok(n) if n == data.len() => {}
                     Ok(n) => {
                         // Queue the whole frame run with tx_pos past the sent part, so that
@@ -844,7 +867,10 @@ impl ShardIo {
         if let Some(x) = conn.extra.as_mut() {
             while x.tx_pos < x.tx.len() {
                 match send(fd, &x.tx[x.tx_pos..]) {
-                    Ok(n) => x.tx_pos += n,
+                    Ok(n) => {
+                        x.tx_pos += n;
+                        self.metrics.bytes_out += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.flags |= F_WRITE_BLOCKED;
                         compact_tx(x, frames);
@@ -1500,6 +1526,7 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
         let Some(c) = io.conns.get_mut(id) else {
             continue;
         };
+        tracing::trace!(?id, now, state = ?c.state, last_rx = c.last_rx, "wheel entry due");
         let s = &io.settings;
         let next = match c.state {
             ConnState::Open => {
@@ -1512,7 +1539,15 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
             _ => c.deadline,
         };
         if now < next {
-            io.wheel.schedule(id, next);
+            // Still in the handshake: look again by the first keepalive deadline, in case
+            // it opens meanwhile (its entry is not moved when it does).
+            let at = match c.state {
+                ConnState::Handshake | ConnState::AwaitOpen => {
+                    next.min(now + s.first_check_ticks())
+                }
+                _ => next,
+            };
+            io.wheel.schedule(id, at);
             continue;
         }
         match c.state {

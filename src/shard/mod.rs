@@ -1,7 +1,13 @@
 //! Thread-per-core runtime: one glommio `LocalExecutor` per shard, pinned to a core, each with
 //! its own listeners (SO_REUSEPORT), connection table, timing wheel, epoll set and handler.
 //! Nothing on the data path crosses shards; the only shared objects are each shard's control
-//! block (shutdown flag + eventfd), touched at start-up and shutdown.
+//! block (shutdown flag + eventfd, touched at start-up and shutdown, and a liveness counter
+//! the shard stores once per loop with a plain relaxed store).
+//!
+//! Each shard's tick is a timerfd in its own epoll set, not a glommio timer: glommio wakes a
+//! sleeping executor for timers by polling one io_uring's fd from another, and on this VM's
+//! kernel that wake-up was lost now and then (an idle shard slept for seconds past its
+//! deadlines). A timerfd wakes the shard the same way a socket does.
 //!
 //! May not be imported by `proto`, `ring` or `sdk`.
 
@@ -18,7 +24,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DecoderConfig, Role};
-use conn::{ShardIo, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER};
+use conn::{ShardIo, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_TIMER};
 use conn_table::ConnId;
 use glommio::{LocalExecutorBuilder, Placement};
 use handler::Handler;
@@ -317,13 +323,52 @@ struct State {
     capacity: u64,
     busy: Duration,
     window_start: Instant,
-    /// The I/O task is parked in `Waker::wait`.
-    sleeping: bool,
-    /// Raw wake eventfd of the I/O task (the ticker's watchdog writes it).
-    wake_fd: i32,
     /// An accept failed (EMFILE, ENOMEM...): retry on the next tick, since an edge-triggered
     /// listener gets no new edge while its queue stays full.
     accept_retry: bool,
+    /// The periodic tick (in the epoll set as `TOK_TIMER`).
+    timer: OwnedFd,
+    tick: Duration,
+    started: Instant,
+    /// Tick-scratch list of connections whose wheel deadline passed.
+    due: Vec<ConnId>,
+    /// Loop iterations, published to `control.progress` for the stall watchdog.
+    rounds: u64,
+    /// Busy fraction of the last completed window (reported by snapshots, so scrapes and
+    /// health probes do not reset it).
+    busy_ratio: f64,
+}
+
+/// Length of the busy-ratio window.
+const BUSY_WINDOW: Duration = Duration::from_secs(1);
+
+/// A non-blocking periodic timerfd firing every `tick`.
+fn tick_timer(tick: Duration) -> io::Result<OwnedFd> {
+    // SAFETY: timerfd_create has no memory preconditions; the fd is owned right below.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ts = libc::timespec {
+        tv_sec: tick.as_secs() as libc::time_t,
+        tv_nsec: tick.subsec_nanos() as libc::c_long,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts,
+        it_value: ts,
+    };
+    // SAFETY: valid timerfd and a fully initialised itimerspec; old value not wanted.
+    if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
 }
 
 async fn run_shard(
@@ -337,6 +382,9 @@ async fn run_shard(
     let (poller, mut waker) = reactor::new(1024)?;
     let epfd = poller.raw_fd_hint();
     poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
+    let tick = Duration::from_millis(cfg.timeouts.tick_ms);
+    let timer = tick_timer(tick)?;
+    poller.add(timer.as_raw_fd(), TOK_TIMER, Interest::Read)?;
     for (i, (l, _)) in listeners.iter().enumerate() {
         poller.add(l.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
     }
@@ -366,73 +414,22 @@ async fn run_shard(
         capacity: cfg.limits.max_connections_per_shard as u64,
         busy: Duration::ZERO,
         window_start: Instant::now(),
-        sleeping: false,
-        wake_fd: waker.wake_fd(),
         accept_retry: false,
+        timer,
+        tick,
+        started: Instant::now(),
+        due: Vec::new(),
+        rounds: 0,
+        busy_ratio: 0.0,
     }));
     tracing::info!(shard = id, "shard started");
-
-    let tick = Duration::from_millis(cfg.timeouts.tick_ms);
-    let ticker_state = state.clone();
-    let ticker = glommio::spawn_local(async move {
-        let start = Instant::now();
-        let mut due: Vec<ConnId> = Vec::new();
-        loop {
-            glommio::timer::sleep(tick).await;
-            let mut st = ticker_state.borrow_mut();
-            let st = &mut *st;
-            if st.exit {
-                break;
-            }
-            st.control.progress.fetch_add(1, Ordering::Relaxed);
-            let now = (start.elapsed().as_millis() / tick.as_millis().max(1)) as u32;
-            conn::on_tick(&mut st.io, st.handler.as_mut(), now, &mut due);
-            if std::mem::take(&mut st.accept_retry) {
-                for i in 0..st.listeners.len() {
-                    accept_some(st, i as u32);
-                }
-            }
-            st.handler.on_round_end(&mut st.io);
-            st.io.flush();
-            // Watchdog: readiness pending while the I/O task sleeps means its wake-up got
-            // lost somewhere between epoll, our io_uring and glommio. Kick it (bounded to one
-            // tick) and count it, so it shows in /metrics instead of stalling the shard.
-            if st.sleeping && st.io.poller.has_pending() {
-                st.io.metrics.watchdog_wakes += 1;
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a live u64 to the shard's own eventfd.
-                unsafe { libc::write(st.wake_fd, (&one as *const u64).cast(), 8) };
-            }
-            if let Some(deadline) = st.shutdown_deadline {
-                tracing::debug!(shard = st.io.shard, left = st.io.connections(), "draining");
-                let left = st.io.connections();
-                if left == 0 || Instant::now() >= deadline {
-                    if left == 0 {
-                        tracing::info!(
-                            shard = st.io.shard,
-                            "shutdown: every connection closed cleanly"
-                        );
-                    } else {
-                        tracing::warn!(
-                            shard = st.io.shard,
-                            left,
-                            "shutdown deadline: closing the rest without a close handshake"
-                        );
-                    }
-                    conn::force_close_all(&mut st.io);
-                    st.exit = true;
-                    st.control.signal();
-                    break;
-                }
-            }
-        }
-    });
 
     let mut ready: Vec<Ready> = Vec::with_capacity(1024);
     loop {
         let drained = {
             let mut st = state.borrow_mut();
-            st.control.progress.fetch_add(1, Ordering::Relaxed);
+            st.rounds += 1;
+            st.control.progress.store(st.rounds, Ordering::Relaxed);
             let t0 = Instant::now();
             let drained = run_round(&mut st, &mut ready)?;
             st.busy += t0.elapsed();
@@ -442,15 +439,11 @@ async fn run_shard(
             break;
         }
         if drained {
-            state.borrow_mut().sleeping = true;
-            let r = waker.wait().await;
-            state.borrow_mut().sleeping = false;
-            r?;
+            waker.wait().await?;
         } else {
             glommio::executor().yield_now().await;
         }
     }
-    ticker.await;
     // Off the watchdog's list before the fds close.
     state.borrow().control.epfd.store(-1, Ordering::Relaxed);
     waker.close().await;
@@ -516,6 +509,7 @@ fn dispatch(st: &mut State, r: Ready) {
                 }
             }
             TOK_LISTENER => accept_some(st, idx),
+            TOK_TIMER => on_tick(st),
             TOK_HANDLER => st.handler.on_handler_fd(&mut st.io, idx),
             _ => {}
         }
@@ -530,16 +524,61 @@ fn dispatch(st: &mut State, r: Ready) {
     }
 }
 
-fn publish_snapshot(st: &mut State) {
-    let now = Instant::now();
-    let wall = now.duration_since(st.window_start).as_secs_f64();
-    let busy_ratio = if wall > 0.0 {
-        (st.busy.as_secs_f64() / wall).min(1.0)
-    } else {
-        0.0
+/// The periodic tick: wheel deadlines (pings, idle and close timeouts), accept retries, the
+/// busy window and the shutdown deadline.
+fn on_tick(st: &mut State) {
+    let mut n = 0u64;
+    // SAFETY: reads the 8-byte expiration count into a live u64 from our own timerfd.
+    let r = unsafe {
+        libc::read(
+            st.timer.as_raw_fd(),
+            (&mut n as *mut u64).cast(),
+            std::mem::size_of::<u64>(),
+        )
     };
-    st.busy = Duration::ZERO;
-    st.window_start = now;
+    if r != 8 {
+        return; // EAGAIN: a spurious edge; the next expiration comes on its own.
+    }
+    let now_tick = (st.started.elapsed().as_millis() / st.tick.as_millis().max(1)) as u32;
+    let mut due = std::mem::take(&mut st.due);
+    conn::on_tick(&mut st.io, st.handler.as_mut(), now_tick, &mut due);
+    st.due = due;
+    if std::mem::take(&mut st.accept_retry) {
+        for i in 0..st.listeners.len() {
+            accept_some(st, i as u32);
+        }
+    }
+    let now = Instant::now();
+    let wall = now.duration_since(st.window_start);
+    if wall >= BUSY_WINDOW {
+        st.busy_ratio = (st.busy.as_secs_f64() / wall.as_secs_f64()).min(1.0);
+        st.busy = Duration::ZERO;
+        st.window_start = now;
+    }
+    if let Some(deadline) = st.shutdown_deadline {
+        let left = st.io.connections();
+        tracing::debug!(shard = st.io.shard, left, "draining");
+        if left == 0 || now >= deadline {
+            if left == 0 {
+                tracing::info!(
+                    shard = st.io.shard,
+                    "shutdown: every connection closed cleanly"
+                );
+            } else {
+                tracing::warn!(
+                    shard = st.io.shard,
+                    left,
+                    "shutdown deadline: closing the rest without a close handshake"
+                );
+            }
+            conn::force_close_all(&mut st.io);
+            st.exit = true;
+        }
+    }
+}
+
+fn publish_snapshot(st: &mut State) {
+    let busy_ratio = st.busy_ratio;
     let snap = ShardSnapshot {
         shard: st.io.shard,
         metrics: st.io.metrics.clone(),

@@ -67,7 +67,11 @@ impl Gw {
             cmd.arg("--config").arg(&cfg);
         }
         cmd.args(args)
-            .env("CORELAY_LOG", "info")
+            // CORELAY_TEST_LOG=debug (or a filter) to see more of the gateway in a failing test.
+            .env(
+                "CORELAY_LOG",
+                std::env::var("CORELAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
