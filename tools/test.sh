@@ -43,8 +43,18 @@ port=$((20000 + RANDOM % 20000))
 gw=$!
 trap 'kill $gw 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "listening on" /tmp/corelay-autobahn.log && break; sleep 0.1; done
+# The conformance client lives next to the repository (../shared/autobahn); AUTOBAHN_DIR
+# overrides it; a clone elsewhere on this machine finds it at /work/shared/autobahn.
+autobahn=""
+for d in "${AUTOBAHN_DIR:-}" ../shared/autobahn /work/shared/autobahn; do
+  if [ -n "$d" ] && [ -f "$d/run.sh" ]; then autobahn="$d"; break; fi
+done
+if [ -z "$autobahn" ]; then
+  echo "Autobahn|Testsuite runner not found: set AUTOBAHN_DIR to the directory holding run.sh" >&2
+  exit 1
+fi
 AUTOBAHN_EXCLUDE="12.* 13.*" AUTOBAHN_REPORT="${TMPDIR:-/tmp}/corelay-autobahn-report" \
-  bash "${AUTOBAHN_DIR:-../shared/autobahn}/run.sh" 127.0.0.1 "$port"
+  bash "$autobahn/run.sh" 127.0.0.1 "$port"
 kill -TERM $gw; wait $gw || true
 trap - EXIT
 
