@@ -251,6 +251,34 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: ch
         .ends_with("Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
 }
 
+/// A valid request may offer a subprotocol far longer than any fixed response buffer:
+/// `response_101_len` sizes the 101 exactly for whatever `write_101` will write.
+#[test]
+fn response_101_len_is_exact() {
+    let long = "p".repeat(7000);
+    let req = GOOD.replacen(
+        "Sec-WebSocket-Protocol: chat, superchat",
+        &format!("Sec-WebSocket-Protocol: {long}"),
+        1,
+    );
+    assert_ne!(req, GOOD);
+    let r = parse_request(req.as_bytes(), &HandshakeLimits::default())
+        .unwrap()
+        .unwrap();
+    for proto in [
+        None,
+        Some("chat"),
+        r.protocols().next(),
+        Some("a b\r\nEvil: 1"),
+    ] {
+        let len = response_101_len(proto);
+        let mut out = vec![0u8; len];
+        assert_eq!(write_101(&mut out, r.key(), proto), Ok(len), "{proto:?}");
+        assert!(write_101(&mut out[..len - 1], r.key(), proto).is_err());
+    }
+    assert!(response_101_len(r.protocols().next()) > 7000);
+}
+
 #[test]
 fn writes_errors_and_status() {
     let mut out = [0u8; 256];
