@@ -62,6 +62,17 @@ fn no_query() {
     assert_eq!(parse(&s).unwrap().unwrap().query(), Some(""));
 }
 
+/// RFC 6455 §4.2.1 allows "an absolute HTTP/HTTPS URI containing the /resource name/".
+#[test]
+fn absolute_uri_target() {
+    let s = replace("/chat?room=1&x=y", "http://server.example.com/chat?room=1");
+    let req = parse(&s).unwrap().unwrap();
+    assert_eq!((req.path(), req.query()), ("/chat", Some("room=1")));
+    let s = replace("/chat?room=1&x=y", "https://server.example.com");
+    let req = parse(&s).unwrap().unwrap();
+    assert_eq!((req.path(), req.query()), ("/", None));
+}
+
 #[test]
 fn incomplete_at_every_prefix() {
     for n in 0..GOOD.len() {
@@ -155,7 +166,11 @@ fn every_rejection_path() {
     rejects(&replace("GET /chat", "POST /chat"), MethodNotAllowed);
     rejects(&replace("HTTP/1.1", "HTTP/1.0"), UnsupportedHttpVersion);
     rejects(&replace("/chat?room=1&x=y", "*"), InvalidPath);
-    rejects(&replace("/chat?room=1&x=y", "http://a/b"), InvalidPath);
+    rejects(
+        &replace("/chat?room=1&x=y", "server.example.com:80"),
+        InvalidPath,
+    );
+    rejects(&replace("/chat?room=1&x=y", "ftp://a/b"), InvalidPath);
     rejects(&replace("Host: server.example.com\r\n", ""), MissingHost);
     rejects(
         &replace("Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n"),
