@@ -2,7 +2,7 @@
 //! corelay's `Decoder` vs tungstenite 0.30 on the same bytes.
 //!
 //! Each iteration decodes one buffer of back-to-back single-frame messages (about 64 KiB of
-//! payload, i.e. 4096 frames of 16 B, 524 of 125 B, 64 of 1 KiB; one frame for the 64 KiB case),
+//! payload, i.e. 4096 frames of 16 B, 524 of 125 B, 64 of 1 KiB; one frame for the 64 KiB cases),
 //! so per-iteration overhead is spread over many frames.
 //! - corelay: copies the wire bytes into the receive buffer (the decoder unmasks in place, and
 //!   the copy stands for the socket read), then decodes every frame with `Decoder::decode`.
@@ -29,7 +29,7 @@ use corelay::proto::ws::{encode_frame_into, Decoder, DecoderConfig, Event, OpCod
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use tungstenite::protocol::{Role as TRole, WebSocket};
 
-const CASES: [(OpCode, usize, &str); 7] = [
+const CASES: [(OpCode, usize, &str); 8] = [
     (OpCode::Text, 16, "text"),
     (OpCode::Binary, 16, "binary"),
     (OpCode::Text, 125, "text"),
@@ -37,6 +37,9 @@ const CASES: [(OpCode, usize, &str); 7] = [
     (OpCode::Text, 1024, "text"),
     (OpCode::Binary, 1024, "binary"),
     (OpCode::Binary, 65536, "binary"),
+    // One 64 KiB text frame: the general decode path (64-bit length) with UTF-8 validation of
+    // the whole payload, the cost a large JSON message adds over binary.
+    (OpCode::Text, 65536, "text"),
 ];
 
 fn stream(op: OpCode, size: usize) -> (Vec<u8>, usize) {

@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use corelay::ring::msg::{self, DataKind, Msg as RMsg};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -345,6 +346,88 @@ fn garbage_in_a_ring_detaches_the_backend_not_the_gateway() {
     c.text("alive");
     assert_eq!(c.recv_data(), Msg::Text("alive".into()));
     kill9(&mut b);
+}
+
+/// A backend's `Accept` subprotocol reaches the client's response only when it is a token the
+/// client offered; anything else (CRLF header injection, a value the client never offered, a
+/// different case) turns the upgrade into a 502 and is never written.
+#[test]
+fn backend_subprotocol_must_be_one_the_client_offered() {
+    let s = split("");
+    let (_st, _att, mut sides) = raw_backend(&s.sock);
+    wait_attached(&s, 2.0);
+    let offer = "Sec-WebSocket-Protocol: chat, v2.json\r\n";
+    let cases: [(&str, &[u8], &str); 5] = [
+        (offer, b"v2.json", "101"),
+        (offer, b"chat\r\nX-Injected: yes", "502"),
+        (offer, b"superchat", "502"),
+        (offer, b"CHAT", "502"),
+        ("", b"chat", "502"),
+    ];
+    for (extra, proto, status) in cases {
+        let addr = s.gw.addr;
+        let req = upgrade_request("/", extra);
+        let client = std::thread::spawn(move || {
+            let (mut sock, head) = raw_http(addr, req.as_bytes());
+            if !head.starts_with("HTTP/1.1 101") {
+                // The gateway closes after a refusal: everything it sent is in `head` + `rest`.
+                let mut rest = Vec::new();
+                let _ = sock.read_to_end(&mut rest);
+                return head + &String::from_utf8_lossy(&rest);
+            }
+            head
+        });
+        // Answer this connection's Open with the case's subprotocol.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'answered: loop {
+            assert!(Instant::now() < deadline, "no Open arrived");
+            for side in sides.iter_mut() {
+                while let Some(rec) = side.rx.peek().unwrap() {
+                    let conn = rec.conn;
+                    let open = matches!(RMsg::from_record(&rec), Ok(RMsg::Open { .. }));
+                    side.rx.advance();
+                    side.rx.commit();
+                    if open {
+                        let m = RMsg::Accept {
+                            subprotocol: Some(proto),
+                        };
+                        assert!(msg::push(&mut side.tx, conn, 0, &m).unwrap());
+                        side.tx.flush();
+                        break 'answered;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = client.join().unwrap();
+        let shown = String::from_utf8_lossy(proto);
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{shown:?} -> {got}"
+        );
+        if status == "101" {
+            assert!(
+                got.contains("\r\nSec-WebSocket-Protocol: v2.json\r\n"),
+                "{got}"
+            );
+        } else {
+            assert!(
+                !got.contains("Sec-WebSocket-Protocol"),
+                "{shown:?} -> {got}"
+            );
+            assert!(!got.contains("X-Injected"), "{shown:?} -> {got}");
+        }
+    }
+    let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
+    let refused: f64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("corelay_handshake_failures_total{")
+                && l.contains("cause=\"subprotocol\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(refused, 4.0, "{body}");
 }
 
 fn example(name: &str, sock: &std::path::Path, extra: &[&str]) -> Child {

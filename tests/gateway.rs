@@ -48,6 +48,9 @@ fn subprotocol_is_confirmed() {
 #[test]
 fn handshake_rejections() {
     let g = gw("");
+    // More header lines than the default limit of 32.
+    let pad: String = (0..40).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    let too_many_headers = upgrade_request("/", &pad);
     let cases: &[(&str, &str)] = &[
         ("POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", "405"),
         ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", "426"),
@@ -58,11 +61,18 @@ fn handshake_rejections() {
         ("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", "400"),
         ("GET / HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", "400"),
         ("garbage\r\n\r\n", "400"),
+        // No Sec-WebSocket-Version: 426 naming the version we speak (RFC 6455 §4.4).
+        ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "426"),
+        ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\nSec-WebSocket-Version: 13\r\n\r\n", "400"),
+        // Asterisk- and authority-form targets name no resource.
+        ("GET * HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", "400"),
+        ("GET x:80 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", "400"),
+        (&too_many_headers, "431"),
     ];
     for (req, status) in cases {
         let (mut s, head) = raw_http(g.addr, req.as_bytes());
         assert!(
-            head.starts_with(&format!("HTTP/1.1 {status}")),
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
             "{req:?} -> {head}"
         );
         if *status == "426" {
@@ -76,6 +86,12 @@ fn handshake_rejections() {
     let (_s, head) = raw_http(
         g.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // An absolute http(s) URI as the target is allowed too (RFC 6455 §4.2.1).
+    let (_s, head) = raw_http(
+        g.addr,
+        upgrade_request("http://localhost/chat?x=1", "").as_bytes(),
     );
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }

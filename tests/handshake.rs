@@ -62,6 +62,17 @@ fn no_query() {
     assert_eq!(parse(&s).unwrap().unwrap().query(), Some(""));
 }
 
+/// RFC 6455 §4.2.1 allows "an absolute HTTP/HTTPS URI containing the /resource name/".
+#[test]
+fn absolute_uri_target() {
+    let s = replace("/chat?room=1&x=y", "http://server.example.com/chat?room=1");
+    let req = parse(&s).unwrap().unwrap();
+    assert_eq!((req.path(), req.query()), ("/chat", Some("room=1")));
+    let s = replace("/chat?room=1&x=y", "https://server.example.com");
+    let req = parse(&s).unwrap().unwrap();
+    assert_eq!((req.path(), req.query()), ("/", None));
+}
+
 #[test]
 fn incomplete_at_every_prefix() {
     for n in 0..GOOD.len() {
@@ -155,7 +166,11 @@ fn every_rejection_path() {
     rejects(&replace("GET /chat", "POST /chat"), MethodNotAllowed);
     rejects(&replace("HTTP/1.1", "HTTP/1.0"), UnsupportedHttpVersion);
     rejects(&replace("/chat?room=1&x=y", "*"), InvalidPath);
-    rejects(&replace("/chat?room=1&x=y", "http://a/b"), InvalidPath);
+    rejects(
+        &replace("/chat?room=1&x=y", "server.example.com:80"),
+        InvalidPath,
+    );
+    rejects(&replace("/chat?room=1&x=y", "ftp://a/b"), InvalidPath);
     rejects(&replace("Host: server.example.com\r\n", ""), MissingHost);
     rejects(
         &replace("Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n"),
@@ -249,6 +264,34 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: ch
     assert!(std::str::from_utf8(&out[..n2])
         .unwrap()
         .ends_with("Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
+}
+
+/// A valid request may offer a subprotocol far longer than any fixed response buffer:
+/// `response_101_len` sizes the 101 exactly for whatever `write_101` will write.
+#[test]
+fn response_101_len_is_exact() {
+    let long = "p".repeat(7000);
+    let req = GOOD.replacen(
+        "Sec-WebSocket-Protocol: chat, superchat",
+        &format!("Sec-WebSocket-Protocol: {long}"),
+        1,
+    );
+    assert_ne!(req, GOOD);
+    let r = parse_request(req.as_bytes(), &HandshakeLimits::default())
+        .unwrap()
+        .unwrap();
+    for proto in [
+        None,
+        Some("chat"),
+        r.protocols().next(),
+        Some("a b\r\nEvil: 1"),
+    ] {
+        let len = response_101_len(proto);
+        let mut out = vec![0u8; len];
+        assert_eq!(write_101(&mut out, r.key(), proto), Ok(len), "{proto:?}");
+        assert!(write_101(&mut out[..len - 1], r.key(), proto).is_err());
+    }
+    assert!(response_101_len(r.protocols().next()) > 7000);
 }
 
 #[test]

@@ -28,6 +28,13 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "fuzz targets compile and lint (stable; tools/fuzz.sh builds and runs them)"
+# fuzz/ is its own workspace; sharing target/ reuses the dependencies clippy just checked.
+# Checking never links, so libfuzzer-sys is pointed at a placeholder library instead of
+# compiling libFuzzer's C++ (about 20 s). No -Z flags here, so no RUSTC_BOOTSTRAP either.
+CUSTOM_LIBFUZZER_PATH=/nonexistent/libfuzzer.a \
+  cargo clippy --manifest-path fuzz/Cargo.toml --bins --target-dir target -- -D warnings
+
 step "layering: proto + ring + sdk build without the runtime (no glommio)"
 cargo build --no-default-features --features sdk --lib
 

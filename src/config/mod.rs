@@ -59,6 +59,10 @@ pub struct GatewayConfig {
     pub tls: Option<crate::transport::TlsSettings>,
 }
 
+/// Most shards one process runs: shard ids are 8 bits and 255 is reserved for the shards' own
+/// file descriptors.
+pub const MAX_SHARDS: usize = 255;
+
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,7 +71,8 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// TLS (wss) listen addresses; need `[tls]`.
     pub tls_listen: Vec<SocketAddr>,
-    /// Number of shards (one pinned thread each); 0 = one per available CPU.
+    /// Number of shards (one pinned thread each), at most [`MAX_SHARDS`]; 0 = one per
+    /// available CPU (capped at [`MAX_SHARDS`]).
     pub shards: usize,
     /// First CPU to pin shard 0 to (shard i runs on `cpu_offset + i` modulo the CPU count),
     /// so that several gateway processes on one host can use different cores.
@@ -303,10 +308,12 @@ impl GatewayConfig {
                 ));
             }
         }
-        if self.server.shards > 256 {
+        // Shard ids are 8 bits and 255 tags the shards' own fds (`shard::conn::SPECIAL`), so
+        // the engine refuses more than 255; 0 is "one per CPU", capped in `shard_count`.
+        if self.server.shards > MAX_SHARDS {
             return Err(invalid(
                 "server.shards",
-                "at most 256 shards (8-bit shard id)",
+                "must be 0 (one per CPU) or 1..=255 (shard id 255 is reserved)",
             ));
         }
         if self.tcp.backlog == 0 {
@@ -401,10 +408,11 @@ impl GatewayConfig {
         Ok(())
     }
 
-    /// Shard count after resolving `0` to the number of available CPUs.
+    /// Shard count after resolving `0` to the number of available CPUs (at most
+    /// [`MAX_SHARDS`]).
     pub fn shard_count(&self) -> usize {
         if self.server.shards == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS))
         } else {
             self.server.shards
         }
@@ -436,6 +444,29 @@ mod tests {
     fn unknown_key_refused() {
         let e = GatewayConfig::from_toml("[server]\nlisten_addr = []\n").unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn shards_fit_the_8_bit_shard_id() {
+        let shards = |n: usize| {
+            let mut c = GatewayConfig::default();
+            c.server.shards = n;
+            c.validate()
+        };
+        for ok in [0, 1, 255] {
+            shards(ok).unwrap();
+        }
+        for bad in [256, 1000] {
+            let e = shards(bad).unwrap_err().to_string();
+            assert!(e.contains("server.shards"), "{e}");
+        }
+        let c = GatewayConfig::from_toml("[server]\nshards = 256\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("server.shards"));
+        assert!((1..=MAX_SHARDS).contains(&GatewayConfig::default().shard_count()));
     }
 
     #[test]

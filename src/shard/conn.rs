@@ -81,8 +81,11 @@ pub struct Extra {
     tx_pos: usize,
     /// A complete message the handler could not take yet (backpressure).
     stalled: Option<(DataKind, Vec<u8>)>,
-    /// Sec-WebSocket-Accept value kept while the open decision is pending.
-    accept_key: Option<[u8; 28]>,
+    /// The client's Sec-WebSocket-Key, kept while the open decision is pending.
+    ws_key: Option<[u8; 24]>,
+    /// The subprotocols the client offered that a 101 could confirm (tokens, joined by `,`),
+    /// kept while the open decision is pending: the decision may only pick one of them.
+    offered: String,
     /// Replies that arrived before the replies to earlier requests: (seq, kind, payload);
     /// `None` kind = completion without a message.
     reorder: Vec<(u32, Option<DataKind>, Vec<u8>)>,
@@ -96,7 +99,8 @@ impl Extra {
             && self.msg.is_empty()
             && self.tx.len() == self.tx_pos
             && self.stalled.is_none()
-            && self.accept_key.is_none()
+            && self.ws_key.is_none()
+            && self.offered.is_empty()
             && self.reorder.is_empty()
     }
 }
@@ -727,6 +731,13 @@ impl ShardIo {
     }
 
     /// Complete a pending upgrade (the handler returned [`OpenDecision::Pending`]).
+    ///
+    /// `protocol` must be one of the subprotocols the client offered and a token. Anything
+    /// else (e.g. a backend naming one the client never offered, or bytes with CR/LF) is
+    /// never written: the upgrade is refused with 502 Bad Gateway instead, since a client
+    /// must fail a connection whose 101 confirms a subprotocol it did not offer (RFC 6455
+    /// §4.1), and a 101 without the one the backend chose would speak the wrong protocol.
+    /// Returns whether the connection is now open.
     pub fn accept(&mut self, id: ConnId, protocol: Option<&str>) -> bool {
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
@@ -734,14 +745,29 @@ impl ShardIo {
         if conn.state != ConnState::AwaitOpen {
             return false;
         }
-        let Some(key) = conn.extra.as_mut().and_then(|e| e.accept_key.take()) else {
+        let Some(x) = conn.extra.as_mut() else {
             return false;
         };
+        let Some(key) = x.ws_key.take() else {
+            return false;
+        };
+        let offered = std::mem::take(&mut x.offered);
+        if !confirmable(offered.split(','), protocol) {
+            tracing::debug!(
+                ?id,
+                ?protocol,
+                "handler chose a subprotocol the client did not offer"
+            );
+            self.metrics.count_handshake_failure("subprotocol");
+            self.stage(id, |out| write_status(out, 502));
+            self.begin_drain(id);
+            return false;
+        }
         conn.state = ConnState::Open;
         conn.flags = (conn.flags & !F_READ_PAUSED) | F_OPENED;
         conn.last_rx = self.now;
         self.metrics.handshakes_ok += 1;
-        self.stage(id, |out| write_101_with_accept(out, &key, protocol));
+        self.stage(id, |out| write_101(out, &key, protocol));
         self.schedule_ready(id);
         true
     }
@@ -950,16 +976,20 @@ impl ShardIo {
     }
 }
 
-fn write_101_with_accept(out: &mut Vec<u8>, accept: &[u8; 28], protocol: Option<&str>) {
-    out.extend_from_slice(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
-    );
-    out.extend_from_slice(accept);
-    if let Some(p) = protocol {
-        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
-        out.extend_from_slice(p.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n\r\n");
+/// Whether a 101 may confirm `protocol`: none, or a token among the client's `offered` ones
+/// (RFC 6455 §4.2.2: the server selects one of the client's values; exact, case-sensitive).
+fn confirmable<'o>(mut offered: impl Iterator<Item = &'o str>, protocol: Option<&str>) -> bool {
+    protocol.is_none_or(|p| handshake::is_token(p) && offered.any(|o| o == p))
+}
+
+/// The 101 for the client's `key`, written by the proto writer (the one place that refuses
+/// to write a non-token subprotocol).
+fn write_101(out: &mut Vec<u8>, key: &[u8], protocol: Option<&str>) {
+    let start = out.len();
+    out.resize(start + handshake::response_101_len(protocol), 0);
+    let n = handshake::write_101(&mut out[start..], key, protocol).unwrap_or(0);
+    debug_assert!(n > 0, "response_101_len is exact");
+    out.truncate(start + n);
 }
 
 fn write_status(out: &mut Vec<u8>, status: u16) {
@@ -1297,7 +1327,18 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
     };
     match h.on_open(io, &info) {
         OpenDecision::Accept { protocol } => {
-            let key = handshake::accept_key(req.key());
+            if !confirmable(req.protocols(), protocol) {
+                // An in-process handler bug, refused like a backend's (see `ShardIo::accept`).
+                tracing::debug!(
+                    ?id,
+                    ?protocol,
+                    "handler chose a subprotocol the client did not offer"
+                );
+                io.metrics.count_handshake_failure("subprotocol");
+                io.stage(id, |out| write_status(out, 500));
+                io.begin_drain(id);
+                return buf.len();
+            }
             let Some(conn) = io.conns.get_mut(id) else {
                 return buf.len();
             };
@@ -1307,7 +1348,7 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
                 x.peer = None;
             }
             io.metrics.handshakes_ok += 1;
-            io.stage(id, |out| write_101_with_accept(out, &key, protocol));
+            io.stage(id, |out| write_101(out, req.key(), protocol));
             head
         }
         OpenDecision::Reject { status } => {
@@ -1317,11 +1358,20 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
             buf.len()
         }
         OpenDecision::Pending => {
-            let key = handshake::accept_key(req.key());
+            // The parser checked the key is 24 base64 characters.
+            let key = <[u8; 24]>::try_from(req.key()).ok();
             if let Some(conn) = io.conns.get_mut(id) {
                 conn.state = ConnState::AwaitOpen;
                 conn.flags |= F_READ_PAUSED;
-                conn.extra().accept_key = Some(key);
+                let x = conn.extra();
+                x.ws_key = key;
+                // Only tokens can ever be confirmed; `,` cannot occur in one.
+                for p in req.protocols().filter(|p| handshake::is_token(p)) {
+                    if !x.offered.is_empty() {
+                        x.offered.push(',');
+                    }
+                    x.offered.push_str(p);
+                }
             }
             head
         }
@@ -1621,9 +1671,37 @@ pub const CONN_RECORD_BYTES: usize = ConnTable::<Conn>::ENTRY_BYTES;
 mod tests {
     use super::*;
 
-    /// The per-connection user-space cost of an idle WebSocket: its slab entry plus one wheel
-    /// entry. Printed for docs/benchmarks.md; bounded so a careless field cannot bloat it.
     #[test]
+    fn only_an_offered_token_is_confirmable() {
+        let offered = || ["chat", "v2.json", "a b"].into_iter();
+        assert!(confirmable(offered(), None));
+        assert!(confirmable(offered(), Some("v2.json")));
+        assert!(!confirmable(offered(), Some("superchat")));
+        assert!(
+            !confirmable(offered(), Some("CHAT")),
+            "subprotocols are case-sensitive"
+        );
+        assert!(!confirmable(offered(), Some("chat\r\nX-Injected: 1")));
+        // Offered, but not a token: the proto writer would drop it, so it is refused.
+        assert!(!confirmable(offered(), Some("a b")));
+        assert!(!confirmable(std::iter::empty(), Some("chat")));
+    }
+
+    #[test]
+    fn engine_101_is_the_proto_writers() {
+        let mut out = b"queued".to_vec();
+        write_101(&mut out, b"dGhlIHNhbXBsZSBub25jZQ==", Some("chat"));
+        let mut want = [0u8; 256];
+        let n = handshake::write_101(&mut want, b"dGhlIHNhbXBsZSBub25jZQ==", Some("chat")).unwrap();
+        assert_eq!(&out[..6], b"queued");
+        assert_eq!(&out[6..], &want[..n]);
+    }
+
+    /// The per-connection user-space cost of an idle WebSocket: its slab entry plus one wheel
+    /// entry. Printed for docs/benchmarks.md, which explains every byte; pinned exactly so that
+    /// any growth (even within padding that used to be free) is a deliberate change of both.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
     fn idle_connection_record_is_compact() {
         let conn = std::mem::size_of::<Conn>();
         let entry = CONN_RECORD_BYTES;
@@ -1633,7 +1711,10 @@ mod tests {
             "Conn {conn} B (decoder {decoder} B), slab entry {entry} B, wheel entry {wheel} B, total {} B",
             entry + wheel
         );
-        assert!(decoder <= 24);
-        assert!(entry + wheel <= 96, "{entry} + {wheel}");
+        assert_eq!(
+            (conn, decoder, entry, wheel),
+            (72, 24, 80, 8),
+            "(Conn, Decoder, slab entry, wheel entry): update docs/benchmarks.md with the test"
+        );
     }
 }

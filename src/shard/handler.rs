@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 pub enum OpenDecision<'a> {
     /// Complete the upgrade now, optionally selecting one of the offered subprotocols.
     Accept {
-        /// Subprotocol to confirm (must be one the client offered).
+        /// Subprotocol to confirm: must be a token the client offered, else the upgrade is
+        /// refused with 500 (never written into the 101).
         protocol: Option<&'a str>,
     },
     /// Refuse with this HTTP status (e.g. 401, 403, 503).
@@ -105,14 +106,17 @@ pub struct HandlerStats {
 }
 
 /// Echoes every message back on the same connection; accepts every upgrade, selecting the
-/// first offered subprotocol.
+/// first offered subprotocol that is a token (the only kind a 101 may confirm).
 #[derive(Debug, Default)]
 pub struct EchoHandler;
 
 impl Handler for EchoHandler {
     fn on_open<'a>(&mut self, _io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
         OpenDecision::Accept {
-            protocol: info.request.protocols().next(),
+            protocol: info
+                .request
+                .protocols()
+                .find(|p| crate::proto::handshake::is_token(p)),
         }
     }
 

@@ -19,7 +19,8 @@ pub enum HandshakeError {
     /// HTTP/1.0 (RFC 6455 requires HTTP/1.1 or higher).
     #[error("HTTP/1.1 required")]
     UnsupportedHttpVersion,
-    /// Request target is not an origin-form path (`/...`) of valid UTF-8.
+    /// Request target is neither an origin-form path (`/...`) nor an absolute `http`/`https`
+    /// URI (e.g. `*`, authority-form, another scheme).
     #[error("invalid request target")]
     InvalidPath,
     /// No Host header.

@@ -12,4 +12,7 @@ pub use crate::proto::BufferTooSmall;
 pub use accept_key::{accept_key, WS_GUID};
 pub use error::HandshakeError;
 pub use request::{parse_request, HandshakeLimits, Request, MAX_HEADERS};
-pub use response::{reason_phrase, write_101, write_101_with_headers, write_error, write_status};
+pub use response::{
+    is_token, reason_phrase, response_101_len, write_101, write_101_with_headers, write_error,
+    write_status,
+};

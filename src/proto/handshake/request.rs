@@ -45,7 +45,8 @@ pub struct Request<'b> {
 /// `buf` holds `max_header_bytes` without a complete head. Bytes after
 /// [`Request::head_len`] are early WebSocket frames: keep them.
 ///
-/// Checks (§4.2.1): method GET, HTTP/1.1, origin-form target, exactly one Host,
+/// Checks (§4.2.1): method GET, HTTP/1.1, an origin-form target or an absolute `http`/`https`
+/// URI (whose path and query are the resource name), exactly one Host,
 /// `Upgrade` contains the token `websocket` and `Connection` the token `upgrade` (case-insensitive
 /// comma lists, across repeated headers), `Sec-WebSocket-Version: 13` (else a 426 error),
 /// exactly one `Sec-WebSocket-Key` that base64-decodes to 16 bytes.
@@ -88,13 +89,7 @@ pub fn parse_request<'b>(
     if version != 1 {
         return Err(HandshakeError::UnsupportedHttpVersion);
     }
-    if !target.starts_with('/') {
-        return Err(HandshakeError::InvalidPath);
-    }
-    let (path, query) = match target.find('?') {
-        Some(i) => (&target[..i], Some(&target[i + 1..])),
-        None => (target, None),
-    };
+    let (path, query) = split_target(target).ok_or(HandshakeError::InvalidPath)?;
 
     let mut host = None;
     let mut origin = None;
@@ -158,6 +153,33 @@ pub fn parse_request<'b>(
     }))
 }
 
+/// Path and query of the /resource name/ (RFC 6455 §3) in a request target: origin-form
+/// `/path?query`, or the path (`/` when empty) and query of an absolute `http://` / `https://`
+/// URI, which §4.2.1 also allows. `None` for any other form (`*`, authority-form, other schemes,
+/// no authority).
+fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let resource = if target.starts_with('/') {
+        target
+    } else {
+        let scheme = ["http://", "https://"].into_iter().find(|s| {
+            target
+                .get(..s.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(s))
+        })?;
+        let rest = &target[scheme.len()..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if authority_end == 0 {
+            return None;
+        }
+        &rest[authority_end..]
+    };
+    let (path, query) = match resource.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (resource, None),
+    };
+    Some((if path.is_empty() { "/" } else { path }, query))
+}
+
 /// Trims optional whitespace (SP / HTAB) around a header value or list element.
 #[inline]
 fn trim(mut v: &[u8]) -> &[u8] {
@@ -199,7 +221,8 @@ impl<'b> Request<'b> {
         self.head_len
     }
 
-    /// Request path (before `?`), always starting with `/`.
+    /// Request path (before `?`), always starting with `/` (for an absolute-URI target, its
+    /// path, or `/` when it has none).
     #[inline]
     pub fn path(&self) -> &'b str {
         self.path
@@ -251,5 +274,34 @@ impl<'b> Request<'b> {
     /// All headers in order, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&'b str, &'b [u8])> + '_ {
         self.headers[..self.n].iter().map(|h| (h.name, h.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_target;
+
+    #[test]
+    fn resource_name_of_origin_and_absolute_targets() {
+        assert_eq!(split_target("/chat?x=1"), Some(("/chat", Some("x=1"))));
+        assert_eq!(split_target("/"), Some(("/", None)));
+        // RFC 6455 §4.2.1: "or an absolute HTTP/HTTPS URI containing the /resource name/".
+        assert_eq!(
+            split_target("http://example.com/chat?x=1"),
+            Some(("/chat", Some("x=1")))
+        );
+        assert_eq!(split_target("HTTPS://example.com:8443"), Some(("/", None)));
+        assert_eq!(split_target("http://a?x"), Some(("/", Some("x"))));
+        for bad in [
+            "*",
+            "example.com:443",
+            "ftp://a/b",
+            "ws://a/b",
+            "http:///b",
+            "http://",
+            "chat",
+        ] {
+            assert_eq!(split_target(bad), None, "{bad}");
+        }
     }
 }

@@ -5,6 +5,21 @@ use super::HandshakeError;
 use crate::proto::buf::Writer;
 use crate::proto::BufferTooSmall;
 
+/// The fixed part of every 101 written by [`write_101`]: status line, `Upgrade`, `Connection`,
+/// `Sec-WebSocket-Accept` (28 characters) and the blank line.
+const RESPONSE_101_BASE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
+const PROTOCOL_HEADER: &[u8] = b"Sec-WebSocket-Protocol: ";
+
+/// Exact length of what [`write_101`] writes for `protocol`: a buffer this large never gets
+/// [`BufferTooSmall`]. A `protocol` that is not a token is not written, so it adds nothing.
+#[inline]
+pub fn response_101_len(protocol: Option<&str>) -> usize {
+    let proto = protocol
+        .filter(|p| is_token(p))
+        .map_or(0, |p| PROTOCOL_HEADER.len() + p.len() + 2);
+    RESPONSE_101_BASE.len() + 28 + 2 + proto + 2
+}
+
 /// Writes the `101 Switching Protocols` response for `key` (the request's Sec-WebSocket-Key),
 /// with `Sec-WebSocket-Protocol: protocol` when given. Returns bytes written.
 ///
@@ -28,13 +43,11 @@ pub fn write_101_with_headers(
 ) -> Result<usize, BufferTooSmall> {
     let accept = accept_key(key);
     let mut w = Writer::new(out);
-    w.put(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
-    )?;
+    w.put(RESPONSE_101_BASE)?;
     w.put(&accept)?;
     w.put(b"\r\n")?;
     if let Some(p) = protocol.filter(|p| is_token(p)) {
-        w.put(b"Sec-WebSocket-Protocol: ")?;
+        w.put(PROTOCOL_HEADER)?;
         w.put(p.as_bytes())?;
         w.put(b"\r\n")?;
     }
@@ -95,8 +108,9 @@ fn put_headers(w: &mut Writer<'_>, headers: &[(&str, &str)]) -> Result<(), Buffe
     Ok(())
 }
 
-/// RFC 7230 `token`: one or more tchar.
-fn is_token(s: &str) -> bool {
+/// RFC 7230 `token`: one or more tchar. A Sec-WebSocket-Protocol value is one (RFC 6455 §4.1);
+/// [`write_101`] omits a `protocol` that is not.
+pub fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|c| {
             c.is_ascii_alphanumeric()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// `density` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct DensityArgs {
+pub(crate) struct DensityArgs {
     /// Gateway URL (ws://127.x.y.z:PORT/PATH).
     #[arg(long)]
     pub url: String,
@@ -73,7 +73,7 @@ pub struct DensityArgs {
 
 /// One ramp step.
 #[derive(Debug, Clone, Serialize)]
-pub struct StepRow {
+pub(crate) struct StepRow {
     /// Requested total.
     pub target: u64,
     /// Open at the reading.
@@ -104,7 +104,7 @@ pub struct StepRow {
 
 /// The reading at the end of the hold.
 #[derive(Debug, Clone, Serialize)]
-pub struct HoldRow {
+pub(crate) struct HoldRow {
     /// Open at the reading.
     pub held: u64,
     /// Gateway RSS − baseline.
@@ -119,7 +119,7 @@ pub struct HoldRow {
 
 /// The whole `density` result.
 #[derive(Debug, Serialize)]
-pub struct DensityResult {
+pub(crate) struct DensityResult {
     /// Command line.
     pub command: String,
     /// Host settings.
@@ -156,7 +156,7 @@ pub struct DensityResult {
 }
 
 /// Resolves the gateway pids from the flags.
-pub fn gateway_pids(pids: &[u32], pattern: Option<&str>) -> Result<Vec<u32>> {
+pub(crate) fn gateway_pids(pids: &[u32], pattern: Option<&str>) -> Result<Vec<u32>> {
     let mut v = pids.to_vec();
     if let Some(p) = pattern {
         v.extend(mem::find_pids(p));
@@ -188,7 +188,7 @@ fn per(delta: i64, n: u64) -> f64 {
 }
 
 /// Runs `density`.
-pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
+pub(crate) fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
     crate::pool::WsUrl::parse(&a.url)?;
     a.tls.client(&a.url)?; // fail early on a bad --ca
     let pids = gateway_pids(&a.gateway_pids, a.gateway_pattern.as_deref())?;
@@ -439,7 +439,7 @@ pub fn run(a: DensityArgs, command: String) -> Result<DensityResult> {
 
 /// `storm` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct StormArgs {
+pub(crate) struct StormArgs {
     /// Gateway URL.
     #[arg(long)]
     pub url: String,
@@ -468,7 +468,7 @@ pub struct StormArgs {
 
 /// `storm` result.
 #[derive(Debug, Serialize)]
-pub struct StormResult {
+pub(crate) struct StormResult {
     /// Command line.
     pub command: String,
     /// Requested connections.
@@ -490,7 +490,7 @@ pub struct StormResult {
 }
 
 /// Runs `storm`.
-pub fn storm(a: StormArgs, command: String) -> Result<StormResult> {
+pub(crate) fn storm(a: StormArgs, command: String) -> Result<StormResult> {
     crate::pool::WsUrl::parse(&a.url)?;
     a.tls.client(&a.url)?; // fail early on a bad --ca
     let max_pending = a.max_pending.unwrap_or((1024 / a.workers as u64).max(64));

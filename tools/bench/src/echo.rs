@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// `echo` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct EchoArgs {
+pub(crate) struct EchoArgs {
     /// Gateway URL (any endpoint that echoes each message back).
     #[arg(long)]
     pub url: String,
@@ -51,7 +51,7 @@ pub struct EchoArgs {
 
 /// Latency summary (microseconds).
 #[derive(Debug, Clone, Serialize)]
-pub struct Lat {
+pub(crate) struct Lat {
     /// Samples.
     pub count: u64,
     /// Minimum.
@@ -85,7 +85,7 @@ impl Lat {
 
 /// `echo` result.
 #[derive(Debug, Serialize)]
-pub struct EchoResult {
+pub(crate) struct EchoResult {
     /// Command line.
     pub command: String,
     /// Connections opened.
@@ -211,7 +211,7 @@ impl Handler for EchoH {
 }
 
 /// Runs `echo`.
-pub fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
+pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
     anyhow::ensure!(a.size >= 16, "--size must be >= 16 (timestamp + sequence)");
     anyhow::ensure!(a.inflight >= 1, "--inflight must be >= 1");
     let limit = crate::pool::raise_nofile();
@@ -387,7 +387,7 @@ fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
 
 /// `fanout` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct FanoutArgs {
+pub(crate) struct FanoutArgs {
     /// Gateway URL without the room path, e.g. ws://127.0.0.1:8080/ (the tool connects to
     /// `ws://HOST:PORT/room/NAME`).
     #[arg(long)]
@@ -420,7 +420,7 @@ pub struct FanoutArgs {
 
 /// `fanout` result.
 #[derive(Debug, Serialize)]
-pub struct FanoutResult {
+pub(crate) struct FanoutResult {
     /// Command line.
     pub command: String,
     /// Members connected.
@@ -488,7 +488,7 @@ impl Handler for FanH {
 }
 
 /// Runs `fanout` (needs a room backend behind the gateway, see `--help`).
-pub fn fanout(a: FanoutArgs, command: String) -> Result<FanoutResult> {
+pub(crate) fn fanout(a: FanoutArgs, command: String) -> Result<FanoutResult> {
     anyhow::ensure!(a.size >= 40, "--size must be >= 40");
     let base = WsUrl::parse(&a.url)?;
     let url = base.with_path(&format!("/room/{}", a.room));

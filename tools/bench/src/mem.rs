@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// One reading.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct MemSample {
+pub(crate) struct MemSample {
     /// Sum of VmRSS over the gateway processes (bytes).
     pub gw_rss: u64,
     /// Sum of RssAnon over the gateway processes (bytes).
@@ -32,19 +32,19 @@ fn kb_field(text: &str, key: &str) -> Option<u64> {
 }
 
 /// MemAvailable in bytes (u64::MAX when unreadable).
-pub fn available() -> u64 {
+pub(crate) fn available() -> u64 {
     let mi = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     kb_field(&mi, "MemAvailable").unwrap_or(u64::MAX)
 }
 
 /// Reads VmRSS and RssAnon of one process; `None` if it is gone.
-pub fn proc_rss(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn proc_rss(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some((kb_field(&s, "VmRSS")?, kb_field(&s, "RssAnon").unwrap_or(0)))
 }
 
 /// Takes a reading.
-pub fn sample(pids: &[u32]) -> MemSample {
+pub(crate) fn sample(pids: &[u32]) -> MemSample {
     let mut m = MemSample::default();
     for &p in pids {
         if let Some((rss, anon)) = proc_rss(p) {
@@ -81,7 +81,7 @@ fn page_size() -> u64 {
 }
 
 /// Finds processes whose executable name (comm or argv[0] basename) equals `pattern`.
-pub fn find_pids(pattern: &str) -> Vec<u32> {
+pub(crate) fn find_pids(pattern: &str) -> Vec<u32> {
     let me = std::process::id();
     let mut v = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -113,7 +113,7 @@ pub fn find_pids(pattern: &str) -> Vec<u32> {
 }
 
 /// A few host settings worth recording with every result.
-pub fn host_settings() -> serde_json::Value {
+pub(crate) fn host_settings() -> serde_json::Value {
     let keys = [
         "net/ipv4/tcp_mem",
         "net/ipv4/ip_local_port_range",

@@ -19,7 +19,7 @@ struct Kid {
 
 /// Common worker settings.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// Gateway URL.
     pub url: String,
     /// Workers.
@@ -43,26 +43,26 @@ pub struct Spec {
 impl Spec {
     /// Bound of the final close round (s): all connections send their close frame at once,
     /// and a busy 2-core host completes only a few thousand close handshakes per second.
-    pub fn close_timeout(&self) -> u64 {
+    pub(crate) fn close_timeout(&self) -> u64 {
         (30 + self.connections / 5_000).clamp(60, 240)
     }
 }
 
 /// The running workers.
-pub struct Workers {
+pub(crate) struct Workers {
     kids: Vec<Kid>,
     close_timeout: u64,
 }
 
 /// `n` split into `w` near-equal shares.
-pub fn shares(n: u64, w: usize) -> Vec<u64> {
+pub(crate) fn shares(n: u64, w: usize) -> Vec<u64> {
     let w64 = w as u64;
     (0..w64).map(|i| n / w64 + u64::from(i < n % w64)).collect()
 }
 
 impl Workers {
     /// Spawns the workers; refuses when a worker's share would not fit RLIMIT_NOFILE.
-    pub fn spawn(s: &Spec) -> Result<Workers> {
+    pub(crate) fn spawn(s: &Spec) -> Result<Workers> {
         anyhow::ensure!(s.workers > 0, "--workers must be > 0");
         let limit = crate::pool::raise_nofile();
         let max_share = s.connections.div_ceil(s.workers as u64);
@@ -133,12 +133,12 @@ impl Workers {
     }
 
     /// Number of workers.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.kids.len()
     }
 
     /// Sends one command line to worker `i`.
-    pub fn send(&mut self, i: usize, cmd: &str) {
+    pub(crate) fn send(&mut self, i: usize, cmd: &str) {
         if let Some(w) = self.kids[i].stdin.as_mut() {
             let _ = writeln!(w, "{cmd}");
             let _ = w.flush();
@@ -146,21 +146,21 @@ impl Workers {
     }
 
     /// Sends one command line to every worker.
-    pub fn send_all(&mut self, cmd: &str) {
+    pub(crate) fn send_all(&mut self, cmd: &str) {
         for i in 0..self.kids.len() {
             self.send(i, cmd);
         }
     }
 
     /// Sets the total target, split evenly.
-    pub fn target(&mut self, total: u64) {
+    pub(crate) fn target(&mut self, total: u64) {
         for (i, n) in shares(total, self.kids.len()).into_iter().enumerate() {
             self.send(i, &format!("target {n}"));
         }
     }
 
     /// Latest report of every worker.
-    pub fn each(&self) -> Vec<Stats> {
+    pub(crate) fn each(&self) -> Vec<Stats> {
         self.kids
             .iter()
             .map(|k| k.latest.lock().unwrap().clone())
@@ -168,7 +168,7 @@ impl Workers {
     }
 
     /// Workers whose report stream ended (exited).
-    pub fn exited(&self) -> usize {
+    pub(crate) fn exited(&self) -> usize {
         self.kids
             .iter()
             .filter(|k| k.done.load(Ordering::SeqCst))
@@ -176,7 +176,7 @@ impl Workers {
     }
 
     /// Sum of the latest reports.
-    pub fn total(&self) -> Stats {
+    pub(crate) fn total(&self) -> Stats {
         let mut t = Stats::default();
         for s in self.each() {
             t.attempts += s.attempts;
@@ -198,7 +198,7 @@ impl Workers {
 
     /// Polls every 100 ms until `done(total)` or `timeout`; `tick` sees each total.
     /// Returns whether `done` became true.
-    pub fn wait(
+    pub(crate) fn wait(
         &self,
         timeout: Duration,
         done: impl FnMut(&Stats, &Self) -> bool,
@@ -230,7 +230,7 @@ impl Workers {
 
     /// Close handshake on all, then quit; waits (bounded) for the workers to exit, kills any
     /// left. Returns the final total.
-    pub fn finish(mut self, clean: bool) -> Stats {
+    pub(crate) fn finish(mut self, clean: bool) -> Stats {
         if clean {
             self.send_all("close");
             // Not cut short by SIGTERM/SIGINT: closing cleanly is what a stop asks for.
@@ -277,7 +277,7 @@ fn add(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
 }
 
 /// A compact "cause=count" summary.
-pub fn fmt_map(m: &BTreeMap<String, u64>) -> String {
+pub(crate) fn fmt_map(m: &BTreeMap<String, u64>) -> String {
     if m.is_empty() {
         return "none".into();
     }

@@ -5,7 +5,7 @@ use plotters::prelude::*;
 use std::path::Path;
 
 /// Memory per connection (user space and kernel) vs connections held.
-pub fn density(path: &Path, rows: &[crate::density::StepRow], title: &str) -> Result<()> {
+pub(crate) fn density(path: &Path, rows: &[crate::density::StepRow], title: &str) -> Result<()> {
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let xmax = rows.iter().map(|r| r.held).max().unwrap_or(1).max(1) as f64 * 1.05;
@@ -81,7 +81,7 @@ pub fn density(path: &Path, rows: &[crate::density::StepRow], title: &str) -> Re
 }
 
 /// Latency histogram: count per log-spaced bucket.
-pub fn latency(path: &Path, buckets: &[(f64, u64)], title: &str) -> Result<()> {
+pub(crate) fn latency(path: &Path, buckets: &[(f64, u64)], title: &str) -> Result<()> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let nz: Vec<&(f64, u64)> = buckets.iter().filter(|b| b.1 > 0).collect();

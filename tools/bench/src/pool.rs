@@ -10,11 +10,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 /// The fixed client key; the accept key is checked against it.
-pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub(crate) const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// Why a connection ended (or failed to open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// connect(2) got ECONNREFUSED.
     Refused,
     /// connect or handshake did not finish within the connect timeout.
@@ -41,7 +41,7 @@ pub enum Cause {
 
 impl Cause {
     /// Stable label for reports.
-    pub fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             Cause::Refused => "connect_refused".into(),
             Cause::Timeout => "timeout".into(),
@@ -74,7 +74,7 @@ fn errno_name(e: i32) -> String {
 
 /// A parsed `ws://host:port/path` URL (IPv4 loopback only: this is a local load tool).
 #[derive(Debug, Clone)]
-pub struct WsUrl {
+pub(crate) struct WsUrl {
     /// Destination.
     pub addr: SocketAddrV4,
     /// Request path, e.g. `/` or `/room/a`.
@@ -83,7 +83,7 @@ pub struct WsUrl {
 
 impl WsUrl {
     /// Parse; refuses anything but `ws://127.x.y.z:port/...`.
-    pub fn parse(s: &str) -> anyhow::Result<WsUrl> {
+    pub(crate) fn parse(s: &str) -> anyhow::Result<WsUrl> {
         let rest = s
             .strip_prefix("ws://")
             .or_else(|| s.strip_prefix("wss://"))
@@ -107,7 +107,7 @@ impl WsUrl {
     }
 
     /// Same host, another path.
-    pub fn with_path(&self, path: &str) -> WsUrl {
+    pub(crate) fn with_path(&self, path: &str) -> WsUrl {
         WsUrl {
             addr: self.addr,
             path: path.to_string(),
@@ -116,7 +116,7 @@ impl WsUrl {
 }
 
 /// The `n`-th loopback source address: 127.0.0.2, 127.0.0.3, ... (continues into 127.0.1.x).
-pub fn source_ip(n: usize) -> Ipv4Addr {
+pub(crate) fn source_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + n as u32)
 }
 
@@ -141,7 +141,7 @@ struct Conn {
 }
 
 /// What the user of the pool does with events.
-pub trait Handler {
+pub(crate) trait Handler {
     /// The upgrade completed.
     fn on_open(&mut self, _c: &mut Ctx<'_>) {}
     /// A data chunk.
@@ -151,11 +151,11 @@ pub trait Handler {
 }
 
 /// A handler that does nothing (idle connections).
-pub struct Idle;
+pub(crate) struct Idle;
 impl Handler for Idle {}
 
 /// A connection being handled: queue frames on it.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     /// Slot of the connection.
     pub slot: u32,
     tx: &'a mut Vec<u8>,
@@ -164,7 +164,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Queue a whole frame (masked) for sending; written when the callback returns.
-    pub fn send(&mut self, op: OpCode, payload: &[u8]) {
+    pub(crate) fn send(&mut self, op: OpCode, payload: &[u8]) {
         *self.mask = self
             .mask
             .wrapping_mul(1_664_525)
@@ -175,7 +175,7 @@ impl Ctx<'_> {
 
 /// Counters of a pool (cumulative).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// connect() calls made.
     pub attempts: u64,
     /// Connections currently open (upgrade completed, not closing).
@@ -206,18 +206,18 @@ pub struct Stats {
 
 impl Stats {
     /// Total failures before the upgrade.
-    pub fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         self.failures.values().sum()
     }
     /// Total open connections lost.
-    pub fn lost_total(&self) -> u64 {
+    pub(crate) fn lost_total(&self) -> u64 {
         self.lost.values().sum()
     }
 }
 
 /// Pool configuration.
 #[derive(Debug, Clone)]
-pub struct PoolCfg {
+pub(crate) struct PoolCfg {
     /// Where to connect.
     pub url: WsUrl,
     /// Source addresses (round robin); empty = let the kernel choose.
@@ -233,7 +233,7 @@ pub struct PoolCfg {
 }
 
 /// The pool.
-pub struct Pool {
+pub(crate) struct Pool {
     cfg: PoolCfg,
     dcfg: DecoderConfig,
     epfd: i32,
@@ -270,7 +270,7 @@ impl Drop for Pool {
 
 impl Pool {
     /// A new empty pool.
-    pub fn new(cfg: PoolCfg) -> io::Result<Pool> {
+    pub(crate) fn new(cfg: PoolCfg) -> io::Result<Pool> {
         // SAFETY: plain syscall.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epfd < 0 {
@@ -306,7 +306,7 @@ impl Pool {
 
     /// Starts one non-blocking connect. Errors that happen at once (EADDRNOTAVAIL, EMFILE ...)
     /// are counted as failures and returned.
-    pub fn open_one(&mut self) -> Result<(), Cause> {
+    pub(crate) fn open_one(&mut self) -> Result<(), Cause> {
         self.stats.attempts += 1;
         // SAFETY: plain syscall.
         let fd = unsafe {
@@ -431,12 +431,12 @@ impl Pool {
     }
 
     /// Number of open connections.
-    pub fn open(&self) -> u64 {
+    pub(crate) fn open(&self) -> u64 {
         self.stats.open
     }
 
     /// Number of connections in connect/handshake.
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         self.stats.pending
     }
 
@@ -476,7 +476,7 @@ impl Pool {
     }
 
     /// Waits up to `timeout_ms` for events and handles them; then expires deadlines.
-    pub fn poll(&mut self, timeout_ms: i32, h: &mut dyn Handler) {
+    pub(crate) fn poll(&mut self, timeout_ms: i32, h: &mut dyn Handler) {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 512];
         // SAFETY: valid epoll fd and buffer.
         let n = unsafe { libc::epoll_wait(self.epfd, evs.as_mut_ptr(), 512, timeout_ms) };
@@ -913,7 +913,7 @@ impl Pool {
     }
 
     /// Starts a ping round: one ping (8-byte round id) on every open connection.
-    pub fn ping_all(&mut self, round: u64, h: &mut dyn Handler) -> u64 {
+    pub(crate) fn ping_all(&mut self, round: u64, h: &mut dyn Handler) -> u64 {
         self.ping_payload = round.to_be_bytes();
         self.stats.ping_sent = 0;
         self.stats.ping_answered = 0;
@@ -935,7 +935,7 @@ impl Pool {
     }
 
     /// Sends a keepalive ping on up to `n` open connections, continuing from `cursor`.
-    pub fn keepalive(&mut self, cursor: &mut usize, n: usize, h: &mut dyn Handler) {
+    pub(crate) fn keepalive(&mut self, cursor: &mut usize, n: usize, h: &mut dyn Handler) {
         let len = self.conns.len();
         let mut sent = 0;
         let mut scanned = 0;
@@ -956,7 +956,7 @@ impl Pool {
     }
 
     /// Sends a close frame (1000) on every open connection and stops pending ones.
-    pub fn close_all(&mut self, h: &mut dyn Handler) {
+    pub(crate) fn close_all(&mut self, h: &mut dyn Handler) {
         let mut p = [0u8; 125];
         let n = ws::write_close_payload(&mut p, 1000, "bench done");
         let deadline = Instant::now() + self.cfg.close_timeout;
@@ -982,7 +982,7 @@ impl Pool {
     }
 
     /// Closes every connection abruptly (TCP FIN, no close frame).
-    pub fn drop_all(&mut self, h: &mut dyn Handler) {
+    pub(crate) fn drop_all(&mut self, h: &mut dyn Handler) {
         for slot in 0..self.conns.len() as u32 {
             if self.conns[slot as usize].is_some() {
                 self.end(slot, Cause::Dropped, h);
@@ -992,7 +992,13 @@ impl Pool {
     }
 
     /// Sends a data frame on `slot` (if open).
-    pub fn send(&mut self, slot: u32, op: OpCode, payload: &[u8], h: &mut dyn Handler) -> bool {
+    pub(crate) fn send(
+        &mut self,
+        slot: u32,
+        op: OpCode,
+        payload: &[u8],
+        h: &mut dyn Handler,
+    ) -> bool {
         let open = matches!(&self.conns.get(slot as usize), Some(Some(c)) if c.state == OPEN);
         if !open {
             return false;
@@ -1079,7 +1085,7 @@ fn accept_ok(head: &[u8]) -> bool {
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile() -> u64 {
+pub(crate) fn raise_nofile() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -1100,4 +1106,4 @@ pub fn raise_nofile() -> u64 {
 }
 
 /// File descriptors a process keeps besides its sockets (stdio, epoll, pipes, some slack).
-pub const FD_HEADROOM: u64 = 64;
+pub(crate) const FD_HEADROOM: u64 = 64;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// TLS flags shared by `density`, `echo`, `storm` (and the hidden worker).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
+pub(crate) struct TlsArgs {
     /// Connect with TLS (wss): the URL may be ws:// or wss://; needs --ca.
     #[arg(long)]
     pub tls: bool,
@@ -31,12 +31,12 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     /// Whether TLS is on (`--tls` or a `wss://` URL).
-    pub fn enabled(&self, url: &str) -> bool {
+    pub(crate) fn enabled(&self, url: &str) -> bool {
         self.tls || url.starts_with("wss://")
     }
 
     /// Arguments to pass the same settings to a worker process.
-    pub fn to_args(&self, url: &str) -> Vec<String> {
+    pub(crate) fn to_args(&self, url: &str) -> Vec<String> {
         let mut v = Vec::new();
         if self.enabled(url) {
             v.push("--tls".into());
@@ -54,7 +54,7 @@ impl TlsArgs {
     }
 
     /// The client setup, or `None` without TLS.
-    pub fn client(&self, url: &str) -> Result<Option<TlsClient>> {
+    pub(crate) fn client(&self, url: &str) -> Result<Option<TlsClient>> {
         if !self.enabled(url) {
             return Ok(None);
         }
@@ -95,14 +95,14 @@ impl TlsArgs {
 
 /// A shared client configuration and the server name to verify.
 #[derive(Clone, Debug)]
-pub struct TlsClient {
+pub(crate) struct TlsClient {
     cfg: Arc<ClientConfig>,
     name: ServerName<'static>,
 }
 
 impl TlsClient {
     /// A new client session for one connection.
-    pub fn session(&self) -> Result<Box<ClientConnection>, rustls::Error> {
+    pub(crate) fn session(&self) -> Result<Box<ClientConnection>, rustls::Error> {
         let mut c = ClientConnection::new(self.cfg.clone(), self.name.clone())?;
         // The pool keeps its own queues; never refuse plaintext.
         c.set_buffer_limit(None);
@@ -111,7 +111,7 @@ impl TlsClient {
 }
 
 /// A socket as `Read`/`Write` for rustls (non-blocking; EAGAIN → WouldBlock).
-pub struct Fd(pub i32);
+pub(crate) struct Fd(pub i32);
 
 impl io::Read for Fd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -161,7 +161,7 @@ impl io::Write for Fd {
 }
 
 /// Short stable label of a TLS error (for failure counts).
-pub fn label(e: &rustls::Error) -> &'static str {
+pub(crate) fn label(e: &rustls::Error) -> &'static str {
     use rustls::Error as E;
     match e {
         E::InvalidCertificate(_) => "tls_bad_certificate",

@@ -19,7 +19,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Installs SIGTERM/SIGINT handlers that set the stop flag.
-pub fn install_signals() {
+pub(crate) fn install_signals() {
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
@@ -28,13 +28,13 @@ pub fn install_signals() {
 }
 
 /// Whether a stop signal arrived.
-pub fn stopping() -> bool {
+pub(crate) fn stopping() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
 /// Worker parameters (from the hidden subcommand's flags).
 #[derive(Debug, Clone, clap::Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Gateway URL.
     #[arg(long)]
     pub url: String,
@@ -68,7 +68,7 @@ pub struct WorkerArgs {
 }
 
 /// Runs the worker until quit/deadline/signal/EOF.
-pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+pub(crate) fn run(a: WorkerArgs) -> anyhow::Result<()> {
     install_signals();
     let limit = pool::raise_nofile();
     if a.max_connections + pool::FD_HEADROOM > limit {
