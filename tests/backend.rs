@@ -357,12 +357,13 @@ fn backend_subprotocol_must_be_one_the_client_offered() {
     let (_st, _att, mut sides) = raw_backend(&s.sock);
     wait_attached(&s, 2.0);
     let offer = "Sec-WebSocket-Protocol: chat, v2.json\r\n";
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 6] = [
         (offer, b"v2.json", "101"),
         (offer, b"chat\r\nX-Injected: yes", "502"),
         (offer, b"superchat", "502"),
         (offer, b"CHAT", "502"),
         ("", b"chat", "502"),
+        (offer, b"ch\xffat", "502"),
     ];
     for (extra, proto, status) in cases {
         let addr = s.gw.addr;
@@ -427,7 +428,7 @@ fn backend_subprotocol_must_be_one_the_client_offered() {
         })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert_eq!(refused, 4.0, "{body}");
+    assert_eq!(refused, 5.0, "{body}");
 }
 
 fn example(name: &str, sock: &std::path::Path, extra: &[&str]) -> Child {

@@ -313,8 +313,10 @@ impl RingHandler {
     ) -> Result<(), String> {
         match m {
             Msg::Accept { subprotocol } => {
-                let p = subprotocol.and_then(|p| std::str::from_utf8(p).ok());
-                io.accept(conn, p);
+                // Invalid UTF-8 turns into U+FFFD, which is no token: refused (502) like any
+                // other subprotocol the client did not offer. Borrowed when valid.
+                let p = subprotocol.map(String::from_utf8_lossy);
+                io.accept(conn, p.as_deref());
             }
             Msg::Reject { status, reason } => {
                 if !io.reject(conn, status) {
