@@ -595,3 +595,39 @@ fn sdk_backend_driven_by_a_foreign_event_loop() {
         "handled {handled} records (open + 40 messages)"
     );
 }
+
+/// `/readyz` in ring mode: 503 while no backend is attached (connections would only queue),
+/// 200 once one is, 503 again after it dies; `ready_requires_backend = false` keeps it 200.
+#[test]
+fn readyz_follows_backend_presence() {
+    let s = split("");
+    let admin = s.gw.admin.unwrap();
+    let wait_ready = |want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (st, body) = http_get(admin, "/readyz");
+            if st == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz {st} {body:?}, wanted {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(http_get(admin, "/readyz").0, 503);
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    let mut b = backend(&s.sock, &[]);
+    wait_ready(200);
+    kill9(&mut b);
+    wait_ready(503);
+
+    let dir = TempDir::new("ready");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\nready_requires_backend = false\n[backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n",
+        dir.0.join("attach.sock").display()
+    );
+    let g2 = Gw::start(&toml, &[]);
+    assert_eq!(http_get(g2.admin.unwrap(), "/readyz").0, 200);
+}

@@ -61,7 +61,23 @@ fn wss_echo_reload_and_wrong_ports() {
     let _ = p.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
 
-    // A TLS client on the plaintext port fails cleanly (no hang, no gateway harm).
+    // A TLS client on the plaintext port fails cleanly (no hang, no gateway harm): the
+    // gateway answers the ClientHello's first bytes with a 400 and closes at once, well
+    // before the read timeout (a timeout would be an Err here).
+    let mut t = TcpStream::connect(g.addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ])
+    .unwrap();
+    let mut resp = Vec::new();
+    let r = t.read_to_end(&mut resp);
+    assert!(r.is_ok(), "no answer and no close: {r:?}");
+    assert!(
+        resp.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
     assert!(connect(g.addr, &cfg1, "localhost").is_err());
 
     // Reload with a broken file: refused, the old certificate stays.
