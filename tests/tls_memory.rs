@@ -173,8 +173,15 @@ fn measure(
     client.reader().read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ping over tls");
     assert!(leftover.is_empty());
+    let compact = !acceptor.settings().rustls_records;
+    // The echo built both contexts (compact record layer only) and counts as activity once.
+    assert_eq!(sess.holds_cipher_contexts(), compact);
+    assert_eq!(sess.take_activity(), compact);
+    assert!(!sess.take_activity());
     if shrink {
-        tracked(|| sess.shrink());
+        assert_eq!(tracked(|| sess.shrink()), compact);
+        assert!(!sess.holds_cipher_contexts());
+        assert!(!sess.shrink(), "nothing left to release");
     }
 
     let allocs: Vec<usize> = TRACKED.with(|t| {

@@ -7,16 +7,48 @@ mod tls_support;
 use common::{Gw, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tls_support::{client_config, connect, generate, peer_cert, replace, KeyKind};
 
 fn gateway(cert: &std::path::Path, key: &std::path::Path) -> Gw {
+    gateway_with(cert, key, "", "")
+}
+
+/// `timeouts` and `tls` are extra lines for those sections.
+fn gateway_with(cert: &std::path::Path, key: &std::path::Path, timeouts: &str, tls: &str) -> Gw {
     let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"echo\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"echo\"\n[timeouts]\n{timeouts}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n{tls}\n",
         cert.display(),
         key.display()
     );
     Gw::start(&toml, &[])
+}
+
+/// A counter or gauge summed over the shards, from the admin endpoint.
+fn counter(g: &Gw, name: &str) -> u64 {
+    let (status, body) = common::http_get(g.admin.expect("admin address logged"), "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.split_once(['{', ' ']).is_some_and(|(n, _)| n == name))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Poll `name` until it reaches `want`; returns the last value (`want` unless timed out).
+fn wait_counter(g: &Gw, name: &str, want: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = counter(g, name);
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn echo_text(ws: &mut tungstenite::WebSocket<tls_support::Client>, text: &str) {
+    ws.send(tungstenite::Message::Text(text.into())).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::Text(text.into()));
 }
 
 /// WebSocket over an established TLS client stream (tungstenite as the client).
@@ -115,4 +147,82 @@ fn wss_echo_reload_and_wrong_ports() {
         tungstenite::Message::Text("old conn".into())
     );
     ws.close(None).unwrap();
+}
+
+/// Issue 6: an idle wss connection drops its cipher contexts after `tls.shrink_idle_ms`
+/// without any keepalive (pings off), rebuilds them for the next message in both directions,
+/// shrinks again when idle again, and is never shrunk while messages flow.
+#[test]
+fn idle_wss_sessions_shrink_without_pings() {
+    const SHRINKS: &str = "corelay_tls_shrinks_total";
+    let dir = TempDir::new("wss-shrink");
+    let (cert, key) = (dir.0.join("c.pem"), dir.0.join("k.pem"));
+    let g0 = generate(&["localhost"], KeyKind::EcdsaP256, false);
+    std::fs::write(&cert, &g0.cert_pem).unwrap();
+    std::fs::write(&key, &g0.key_pem).unwrap();
+    // 2 s: a busy connection below must stall for 2 s before it could be shrunk by mistake.
+    let g = gateway_with(&cert, &key, "ping_interval_ms = 0", "shrink_idle_ms = 2000");
+    let tls_addr = g.tls.expect("wss address logged");
+    let cfg = client_config(std::slice::from_ref(&g0.der), None);
+    let wait = Duration::from_secs(20);
+
+    let mut idle = ws_over(connect(tls_addr, &cfg, "localhost").unwrap());
+    echo_text(&mut idle, "before the shrink");
+    assert_eq!(counter(&g, SHRINKS), 0, "shrunk right after a message");
+    // Quiet for 2 to 4 s (plus a tick): shrunk once, with no ping involved.
+    assert_eq!(wait_counter(&g, SHRINKS, 1, wait), 1);
+    assert_eq!(counter(&g, "corelay_pings_sent_total"), 0);
+
+    // The contexts are rebuilt: client -> gateway (decrypt) and the echo back (encrypt),
+    // also for a message spanning several records.
+    echo_text(&mut idle, "after the shrink");
+    let big = vec![7u8; 100_000];
+    idle.send(tungstenite::Message::Binary(big.clone().into()))
+        .unwrap();
+    assert_eq!(
+        idle.read().unwrap(),
+        tungstenite::Message::Binary(big.into())
+    );
+    // The first record after the shrink re-armed the check: idle again, shrunk again.
+    assert_eq!(wait_counter(&g, SHRINKS, 2, wait), 2);
+
+    // A message every 100 ms for 5 s (2.5 shrink delays): never shrunk. A run in which the
+    // host stalled the exchange for half a delay or more proves nothing and is repeated.
+    let mut busy = ws_over(connect(tls_addr, &cfg, "localhost").unwrap());
+    let mut judged = false;
+    for attempt in 0..3 {
+        echo_text(&mut busy, "busy");
+        let before = counter(&g, SHRINKS);
+        let start = Instant::now();
+        let mut last = Instant::now();
+        let mut worst = Duration::ZERO;
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+            echo_text(&mut busy, &format!("busy {n}"));
+            worst = worst.max(last.elapsed());
+            last = Instant::now();
+            n += 1;
+        }
+        let after = counter(&g, SHRINKS);
+        if worst < Duration::from_secs(1) {
+            assert_eq!(
+                after, before,
+                "a connection with traffic every 100 ms was shrunk"
+            );
+            judged = true;
+            break;
+        }
+        eprintln!("attempt {attempt}: an echo took {worst:?}; host too busy to judge, again");
+    }
+    assert!(judged, "the host stalled every attempt");
+    // Once it stops, it is shrunk like the other.
+    let now = counter(&g, SHRINKS);
+    assert_eq!(wait_counter(&g, SHRINKS, now + 1, wait), now + 1);
+    // Both idle and shrunk: one wheel entry each, as for an idle ws connection.
+    assert_eq!(counter(&g, "corelay_timer_wheel_entries"), 2);
+    echo_text(&mut busy, "still fine");
+    echo_text(&mut idle, "still fine too");
+    idle.close(None).unwrap();
+    busy.close(None).unwrap();
 }

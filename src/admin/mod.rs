@@ -252,6 +252,11 @@ pub fn metrics_text(snaps: &[Option<ShardSnapshot>], baseline_rss: u64) -> Strin
     counter_family!("pings_sent", "Server pings sent", |s: &ShardSnapshot| s
         .metrics
         .pings_sent);
+    counter_family!(
+        "tls_shrinks",
+        "Times an idle wss session released its cipher contexts",
+        |s: &ShardSnapshot| s.metrics.tls_shrinks
+    );
     gauge_family!(
         "timer_wheel_entries",
         "Entries in the shard's timing wheel",

@@ -372,6 +372,21 @@ impl GatewayConfig {
                 ));
             }
         }
+        if let Some(tls) = &self.tls {
+            // A shrink check farther than one wheel turn would come round early.
+            let max = (crate::shard::timers::WHEEL_SLOTS as u64 - 1) * t.tick_ms;
+            let v = tls.shrink_idle_ms;
+            if v != 0 && !(t.tick_ms..=max).contains(&v) {
+                return Err(invalid(
+                    "tls.shrink_idle_ms",
+                    format!(
+                        "must be 0 (shrink only after keepalives) or in {}..={max} \
+                         (timeouts.tick_ms to 4095 ticks)",
+                        t.tick_ms
+                    ),
+                ));
+            }
+        }
         if t.ping_interval_ms != 0 && t.ping_interval_ms >= t.idle_ms {
             return Err(invalid(
                 "timeouts.ping_interval_ms",
@@ -438,6 +453,27 @@ mod tests {
         let text = include_str!("../../corelay.toml");
         let c = GatewayConfig::from_toml(text).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_shrink_delay_validated() {
+        let tls = |extra: &str| {
+            GatewayConfig::from_toml(&format!(
+                "[server]\ntls_listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"c\"\nkey = \"k\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let c = tls("");
+        assert_eq!(c.tls.as_ref().unwrap().shrink_idle_ms, 1000);
+        c.validate().unwrap();
+        tls("shrink_idle_ms = 0\n").validate().unwrap();
+        tls("shrink_idle_ms = 409500\n").validate().unwrap();
+        for bad in [50, 409_501] {
+            let e = tls(&format!("shrink_idle_ms = {bad}\n"))
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains("tls.shrink_idle_ms"), "{e}");
+        }
     }
 
     #[test]

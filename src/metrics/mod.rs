@@ -28,6 +28,8 @@ pub struct ShardMetrics {
     pub idle_closes: u64,
     /// Server pings sent.
     pub pings_sent: u64,
+    /// Times an idle wss session released its cipher contexts (`TlsSession::shrink`).
+    pub tls_shrinks: u64,
     /// Data messages received.
     pub messages_in: u64,
     /// Data messages sent.

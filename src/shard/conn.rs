@@ -43,6 +43,7 @@ const F_SHUT_WR: u8 = 8; // shutdown(SHUT_WR) done
 const F_DIRTY: u8 = 16; // in the flush list
 const F_READ_PENDING: u8 = 32; // edge seen but not read to EAGAIN (budget or pause)
 const F_OPENED: u8 = 64; // the upgrade completed (close codes are counted for these)
+const F_SHRINK_ARMED: u8 = 128; // a second wheel entry, the TLS shrink check, is pending
 
 /// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
 pub struct Conn {
@@ -51,7 +52,8 @@ pub struct Conn {
     flags: u8,
     close_code: u16,
     last_rx: Tick,
-    /// Deadline for the handshake / closing states.
+    /// Deadline for the handshake / closing states. While open: the tick where the
+    /// connection's wheel entry sits (ping / idle), which tells it from the shrink check.
     deadline: Tick,
     /// Index into the per-IP table, or `u32::MAX`.
     ip_slot: u32,
@@ -145,6 +147,9 @@ pub struct ShardSettings {
     pub idle_ticks: Tick,
     /// Ticks allowed for a close handshake / drain.
     pub close_ticks: Tick,
+    /// Ticks without a TLS record before a wss session drops its cipher contexts (0 = only
+    /// after a keepalive exchange).
+    pub shrink_ticks: Tick,
     /// Reads per connection per readiness event before yielding to others.
     pub read_budget: u32,
 }
@@ -338,7 +343,7 @@ impl ShardIo {
             shard,
             settings,
             conns: ConnTable::new(shard, max_conns),
-            wheel: Wheel::new(4096),
+            wheel: Wheel::new(super::timers::WHEEL_SLOTS),
             poller,
             now: 0,
             out_segs: Vec::new(),
@@ -601,7 +606,7 @@ impl ShardIo {
     /// Stage output for `id`; encrypted first on TLS connections.
     fn stage(&mut self, id: ConnId, write: impl FnOnce(&mut Vec<u8>)) {
         let start = self.out.len() as u32;
-        match self.conns.get_mut(id).and_then(|c| c.tls.as_mut()) {
+        let tls = match self.conns.get_mut(id).and_then(|c| c.tls.as_mut()) {
             Some(session) => {
                 let mut plain = std::mem::take(&mut self.tls_plain);
                 plain.clear();
@@ -611,10 +616,41 @@ impl ShardIo {
                     self.out.truncate(start as usize);
                 }
                 self.tls_plain = plain;
+                true
             }
-            None => write(&mut self.out),
-        }
+            None => {
+                write(&mut self.out);
+                false
+            }
+        };
         self.push_seg(id, start);
+        if tls {
+            self.arm_shrink(id);
+        }
+    }
+
+    /// A wss connection used its cipher contexts: make sure its shrink check is pending.
+    /// While armed the connection has a second wheel entry (see [`on_tick`]); an idle one
+    /// has none, so the idle record stays one wheel entry.
+    fn arm_shrink(&mut self, id: ConnId) {
+        let d = self.settings.shrink_ticks;
+        if d == 0 {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.flags & F_SHRINK_ARMED != 0 || c.state != ConnState::Open {
+            return;
+        }
+        let Some(t) = c.tls.as_mut() else { return };
+        if !t.holds_cipher_contexts() {
+            return;
+        }
+        // The records that built the contexts start the quiet period.
+        t.take_activity();
+        c.flags |= F_SHRINK_ARMED;
+        self.wheel.schedule(id, self.now + d);
     }
 
     /// Stage bytes that go to the socket as they are (TLS records from the session).
@@ -766,6 +802,7 @@ impl ShardIo {
         conn.state = ConnState::Open;
         conn.flags = (conn.flags & !F_READ_PAUSED) | F_OPENED;
         conn.last_rx = self.now;
+        opened_deadline(conn, self.now);
         self.metrics.handshakes_ok += 1;
         self.stage(id, |out| write_101(out, &key, protocol));
         self.schedule_ready(id);
@@ -1185,6 +1222,7 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
                     let used = process(io, h, id, &mut plain[..]);
                     keep_leftover(io, id, &plain[used..]);
                 }
+                io.arm_shrink(id);
                 if peer_closed {
                     on_eof(io, h, id);
                     exhausted = false;
@@ -1344,6 +1382,7 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
             };
             conn.state = ConnState::Open;
             conn.flags |= F_OPENED;
+            opened_deadline(conn, io.now);
             if let Some(x) = conn.extra.as_mut() {
                 x.peer = None;
             }
@@ -1515,7 +1554,9 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
 /// Not before sending the ping: the ping and its pong would rebuild both at once.
 fn shrink_tls(io: &mut ShardIo, id: ConnId) {
     if let Some(t) = io.conns.get_mut(id).and_then(|c| c.tls.as_mut()) {
-        t.shrink();
+        if t.shrink() {
+            io.metrics.tls_shrinks += 1;
+        }
     }
 }
 
@@ -1568,6 +1609,14 @@ pub fn retry_stalled(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool 
 // -------------------------------------------------------------------- timers
 
 /// Advance the wheel to `now` and act on every connection whose deadline passed.
+///
+/// A connection has one wheel entry for its deadlines (handshake, ping, idle, close); an
+/// open wss connection whose cipher contexts are built also has its shrink check
+/// (`F_SHRINK_ARMED`) until it has shrunk. Entries carry only the id, so while open
+/// `deadline` holds the tick of the deadline entry: an entry coming round before it is the
+/// shrink check. If that tick is not known ([`opened_deadline`]), `deadline` is the tick of
+/// the opening, so whichever entry comes first acts as the deadline entry: timings shift,
+/// the entry count stays right.
 pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<ConnId>) {
     io.now = now;
     due.clear();
@@ -1577,6 +1626,10 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
             continue;
         };
         tracing::trace!(?id, now, state = ?c.state, last_rx = c.last_rx, "wheel entry due");
+        if c.state == ConnState::Open && now < c.deadline && c.flags & F_SHRINK_ARMED != 0 {
+            shrink_check(io, id);
+            continue;
+        }
         let s = &io.settings;
         let next = match c.state {
             ConnState::Open => {
@@ -1597,7 +1650,10 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                 }
                 _ => next,
             };
-            io.wheel.schedule(id, at);
+            let at = io.wheel.schedule(id, at);
+            if c.state == ConnState::Open {
+                c.deadline = at;
+            }
             continue;
         }
         match c.state {
@@ -1615,7 +1671,10 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                     io.metrics.pings_sent += 1;
                     io.send_control(id, OpCode::Ping, b"");
                     let at = c_last_rx(io, id) + io.settings.idle_ticks;
-                    io.wheel.schedule(id, at);
+                    let at = io.wheel.schedule(id, at);
+                    if let Some(c) = io.conns.get_mut(id) {
+                        c.deadline = at;
+                    }
                 } else {
                     io.metrics.idle_closes += 1;
                     h.on_close(io, id, 1001, "idle timeout");
@@ -1629,6 +1688,45 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
             }
         }
     }
+}
+
+/// The shrink check of an open wss connection came round: drop its cipher contexts if no
+/// record passed since the check was armed, else look again one shrink delay later. So an
+/// idle session shrinks 1 to 2 delays after its last record; a busy one is never shrunk
+/// between records.
+fn shrink_check(io: &mut ShardIo, id: ConnId) {
+    let d = io.settings.shrink_ticks;
+    let Some(c) = io.conns.get_mut(id) else {
+        return;
+    };
+    let Some(t) = c
+        .tls
+        .as_mut()
+        .filter(|t| d > 0 && t.holds_cipher_contexts())
+    else {
+        // Shrunk meanwhile (after a keepalive exchange): nothing to do.
+        c.flags &= !F_SHRINK_ARMED;
+        return;
+    };
+    // `extra` exists only while something is buffered: a partial record or frame, a message
+    // being assembled, output the socket has not taken. Not idle then, whatever the clock.
+    let active = t.take_activity();
+    if active || c.extra.is_some() {
+        io.wheel.schedule(id, io.now + d);
+        return;
+    }
+    c.flags &= !F_SHRINK_ARMED;
+    if t.shrink() {
+        io.metrics.tls_shrinks += 1;
+    }
+}
+
+/// A connection just opened; its deadline entry is still the one from the handshake, at a
+/// tick not recorded (the first keepalive check or the handshake deadline, possibly parked
+/// earlier by the wheel), so `now` stands in: whichever entry comes first acts as the
+/// deadline entry (see [`on_tick`]).
+fn opened_deadline(c: &mut Conn, now: Tick) {
+    c.deadline = now;
 }
 
 fn c_last_rx(io: &ShardIo, id: ConnId) -> Tick {

@@ -308,6 +308,7 @@ fn settings(cfg: &GatewayConfig) -> ShardSettings {
         },
         idle_ticks: ticks(t.idle_ms),
         close_ticks: ticks(t.close_ms),
+        shrink_ticks: cfg.tls.as_ref().map_or(0, |s| ticks(s.shrink_idle_ms)),
         read_budget: 16,
     }
 }

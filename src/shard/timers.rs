@@ -1,12 +1,17 @@
 //! Per-shard hashed timing wheel for handshake, heartbeat, idle and close deadlines.
 //!
 //! One timer future per shard drives it; connections never own timer futures. Scheduling is
-//! lazy: a connection sits in exactly one slot; activity only moves its deadline (a field in
-//! the connection record), and when the wheel reaches the slot the owner checks the real
-//! deadline and either fires or re-schedules. A stale id left behind by a closed connection is
-//! skipped by the connection table's generation check.
+//! lazy: a connection sits in exactly one slot (two while a wss connection's shrink check is
+//! pending, see `conn::on_tick`); activity only moves its deadline (a field in the connection
+//! record), and when the wheel reaches the slot the owner checks the real deadline and either
+//! fires or re-schedules. A stale id left behind by a closed connection is skipped by the
+//! connection table's generation check.
 
 use super::conn_table::ConnId;
+
+/// Slots of each shard's wheel: a deadline up to `WHEEL_SLOTS - 1` ticks ahead is met
+/// exactly; a farther one comes round early and is re-scheduled by its owner.
+pub const WHEEL_SLOTS: usize = 4096;
 
 /// Ticks since the shard started.
 pub type Tick = u32;

@@ -141,6 +141,8 @@ fn fatal(error: rustls::Error, alert: AlertDescription) -> RecordError {
 /// An established session without rustls's connection object.
 pub(crate) struct Established {
     tls13: bool,
+    /// A record was sealed or opened since [`Established::take_activity`] last looked.
+    active: bool,
     pub(crate) tx: Dir,
     pub(crate) rx: Dir,
     /// Records allowed per key (AES-GCM confidentiality limit; TLS 1.3 rekeys before it).
@@ -167,6 +169,7 @@ impl Established {
         } = secrets;
         Some(Established {
             tls13,
+            active: false,
             tx: Dir::new(tx_seq, tx)?,
             rx: Dir::new(rx_seq, rx)?,
             limit,
@@ -174,10 +177,22 @@ impl Established {
         })
     }
 
-    /// Drop the AEAD contexts (rebuilt on the next record).
-    pub(crate) fn shrink(&mut self) {
+    /// Drop the AEAD contexts (rebuilt on the next record); true if one was built.
+    pub(crate) fn shrink(&mut self) -> bool {
+        let held = self.holds_contexts();
         self.tx.ctx = None;
         self.rx.ctx = None;
+        held
+    }
+
+    /// Whether either AEAD context is built (what [`Established::shrink`] would free).
+    pub(crate) fn holds_contexts(&self) -> bool {
+        self.tx.ctx.is_some() || self.rx.ctx.is_some()
+    }
+
+    /// Whether a record was sealed or opened since the previous call.
+    pub(crate) fn take_activity(&mut self) -> bool {
+        std::mem::take(&mut self.active)
     }
 
     /// Protect one record of `typ` carrying `payload` (≤ 2^14 bytes) and append it to `out`.
@@ -193,6 +208,7 @@ impl Established {
                 });
             }
         }
+        self.active = true;
         let nonce = self.tx.nonce();
         let seq = self.tx.seq;
         let start = out.len();
@@ -335,6 +351,7 @@ impl Established {
             let body = &mut rest[..len];
             let hdr: [u8; 5] = (&*hdr).try_into().expect("5 bytes");
             pos += 5 + len;
+            self.active = true;
             if self.rx.seq >= self.limit && !self.tls13 {
                 return Err(fatal(
                     rustls::Error::DecryptError,
@@ -519,6 +536,7 @@ impl Established {
         };
         Established {
             tls13: true,
+            active: false,
             tx: dir(),
             rx: dir(),
             limit: 0,
