@@ -417,3 +417,28 @@ fn interrupting_signals_do_not_disturb_shards() {
     let status = g.child.id();
     assert!(status > 0);
 }
+
+/// An idle gateway's fixed memory stays small, so many small processes (the multi-process
+/// mode on hosts with a low fd limit) do not pay megabytes each. glommio's default 10 MiB of
+/// registered I/O memory per executor used to be most of it.
+#[test]
+fn idle_gateway_baseline_is_small() {
+    let g = Gw::start(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"echo\"\n",
+        &[],
+    );
+    let mut c = Client::connect(g.addr, "/");
+    c.text("warm");
+    assert_eq!(c.recv(), Msg::Text("warm".into()));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", g.child.id())).unwrap();
+    let anon_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/PID/status");
+    // Two shards at glommio's defaults were > 20 MiB of anonymous memory.
+    assert!(
+        anon_kib < 8 * 1024,
+        "idle 2-shard gateway holds {anon_kib} KiB anonymous"
+    );
+}

@@ -236,6 +236,10 @@ impl Gateway {
             let tls = tls.clone();
             let t = LocalExecutorBuilder::new(placement)
                 .name(&format!("corelay-shard{id}"))
+                // glommio pre-registers 10 MiB per executor for O_DIRECT file I/O, which a
+                // shard never does (its DMA buffers fall back to the heap when it runs out):
+                // 10 MiB of baseline RSS per shard saved.
+                .io_memory(SHARD_IO_MEMORY)
                 .spawn(move || async move {
                     if let Err(e) =
                         run_shard(id as u8, cfg, listeners, control, handlers, tls).await
@@ -339,6 +343,9 @@ struct State {
     /// health probes do not reset it).
     busy_ratio: f64,
 }
+
+/// Registered I/O memory per shard executor (glommio's default is 10 MiB).
+const SHARD_IO_MEMORY: usize = 64 << 10;
 
 /// Length of the busy-ratio window.
 const BUSY_WINDOW: Duration = Duration::from_secs(1);
