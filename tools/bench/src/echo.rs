@@ -108,6 +108,12 @@ pub(crate) struct EchoResult {
     pub latency: Lat,
     /// Echoes whose payload did not match what was sent.
     pub mismatches: u64,
+    /// Messages sent in the whole run (warm-up, measured window and the last ones in flight).
+    pub sent: u64,
+    /// Echoes received in the whole run (`sent` when none was lost).
+    pub echoed: u64,
+    /// Messages still unanswered after the final drain (lost, or slower than the drain bound).
+    pub unanswered: u64,
     /// Connection failures / losses by cause.
     pub failures: BTreeMap<String, u64>,
     /// Connections lost while open.
@@ -132,12 +138,16 @@ struct EchoH {
     messages: u64,
     mismatches: u64,
     inflight_now: u64,
+    /// Sent and echoed over the whole run.
+    sent: u64,
+    echoed: u64,
     buf: Vec<u8>,
 }
 
 impl EchoH {
     fn fill(&mut self, intended_ns: u64) {
         self.seq += 1;
+        self.sent += 1;
         self.buf[..8].copy_from_slice(&intended_ns.to_le_bytes());
         self.buf[8..16].copy_from_slice(&self.seq.to_le_bytes());
     }
@@ -187,6 +197,7 @@ impl Handler for EchoH {
             self.mismatches += 1;
         }
         self.inflight_now = self.inflight_now.saturating_sub(1);
+        self.echoed += 1;
         if self.measuring {
             let _ = self.hist.record(now.saturating_sub(sent).max(1));
             self.messages += 1;
@@ -247,6 +258,8 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         messages: 0,
         mismatches: 0,
         inflight_now: 0,
+        sent: 0,
+        echoed: 0,
         buf,
     };
     crate::worker::install_signals();
@@ -328,8 +341,9 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
     let messages = h.messages;
     let lat = Lat::of(&h.hist);
     let histogram = buckets(&h.hist);
-    // Drain what is in flight (bounded), then close cleanly.
-    let drain = Instant::now() + Duration::from_secs(3);
+    // Drain what is in flight (bounded; generous for a loaded host, it ends as soon as the last
+    // echo is in), then close cleanly.
+    let drain = Instant::now() + Duration::from_secs(10);
     while h.inflight_now > 0 && Instant::now() < drain {
         p.poll(10, &mut h);
     }
@@ -339,7 +353,7 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         p.poll(10, &mut h);
     }
     eprintln!(
-        "echo: {} conns, {} B, inflight {}: {messages} msgs in {secs:.2}s = {:.0} msg/s; latency p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs; mismatches {}",
+        "echo: {} conns, {} B, inflight {}: {messages} msgs in {secs:.2}s = {:.0} msg/s; latency p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs; mismatches {}; echoed {}/{} sent",
         a.connections,
         a.size,
         a.inflight,
@@ -348,7 +362,9 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         lat.p99_us,
         lat.p999_us,
         lat.max_us,
-        h.mismatches
+        h.mismatches,
+        h.echoed,
+        h.sent
     );
     Ok(EchoResult {
         command,
@@ -362,6 +378,9 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         bytes_per_sec: (messages * a.size as u64) as f64 / secs.max(1e-9),
         latency: lat,
         mismatches: h.mismatches,
+        sent: h.sent,
+        echoed: h.echoed,
+        unanswered: h.sent.saturating_sub(h.echoed),
         failures: p.stats.failures.clone(),
         lost: p.stats.lost.clone(),
         histogram,
