@@ -3,7 +3,7 @@
 # for density runs on hosts where one process cannot hold enough fds.
 #
 #   tools/bench/scripts/gateways.sh start N PORT DIR [--shards S] [--cpus C] [--bin PATH]
-#                                   [--ping-interval-ms MS] [--ring]
+#                                   [--ping-interval-ms MS] [--idle-ms MS] [--ring]
 #   tools/bench/scripts/gateways.sh pids DIR       # comma-separated pids (for --gateway-pids)
 #   tools/bench/scripts/gateways.sh stop DIR       # SIGTERM all, wait (bounded), SIGKILL leftovers
 #
@@ -17,7 +17,7 @@ cmd=${1:-}; shift || true
 case "$cmd" in
 start)
     N=${1:?N}; PORT=${2:?PORT}; DIR=${3:?DIR}; shift 3
-    SHARDS=1; CPUS=$(nproc); BIN=${CORELAY_BIN:-corelay}; MODE=echo; PING=30000
+    SHARDS=1; CPUS=$(nproc); BIN=${CORELAY_BIN:-corelay}; MODE="echo"; PING=30000; IDLE=120000
     while (( $# )); do
         case "$1" in
             --shards) SHARDS=$2; shift 2 ;;
@@ -25,6 +25,7 @@ start)
             --bin) BIN=$2; shift 2 ;;
             --ring) MODE=ring; shift ;;
             --ping-interval-ms) PING=$2; shift 2 ;;
+            --idle-ms) IDLE=$2; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
@@ -40,6 +41,7 @@ cpu_offset = $(( (i * SHARDS) % CPUS ))
 pin = false
 [timeouts]
 ping_interval_ms = $PING
+idle_ms = $IDLE
 [backend]
 mode = "$MODE"
 attach_socket = "$DIR/attach-$i.sock"
