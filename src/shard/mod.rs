@@ -59,6 +59,8 @@ struct Control {
     epfd: AtomicI32,
     wake_fd: AtomicI32,
     thread: AtomicU64,
+    /// The shard thread's kernel thread id (for its scheduler state in /proc).
+    tid: AtomicI32,
     /// Stalls the watchdog rescued.
     rescues: AtomicU64,
 }
@@ -103,6 +105,7 @@ impl Control {
             epfd: AtomicI32::new(-1),
             wake_fd: AtomicI32::new(-1),
             thread: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
             rescues: AtomicU64::new(0),
         })
     }
@@ -411,6 +414,10 @@ async fn run_shard(
     control
         .thread
         .store(unsafe { libc::pthread_self() } as u64, Ordering::Relaxed);
+    // SAFETY: gettid has no preconditions.
+    control
+        .tid
+        .store(unsafe { libc::gettid() }, Ordering::Relaxed);
     let state = Rc::new(RefCell::new(State {
         io,
         handler,
@@ -643,6 +650,18 @@ fn begin_shutdown(st: &mut State) {
 
 extern "C" fn wake_signal(_: libc::c_int) {}
 
+/// Whether thread `tid` of this process is runnable or running (`R` in its /proc stat).
+fn thread_runnable(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return false;
+    };
+    // "tid (comm) S ...": the comm may contain spaces and parentheses; the state follows
+    // the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        == Some('R')
+}
+
 /// The signal the stall watchdog uses to interrupt a shard's sleep (no-op handler).
 const STALL_SIGNAL: libc::c_int = libc::SIGUSR2;
 
@@ -683,6 +702,12 @@ fn spawn_stall_watchdog(controls: Vec<Arc<Control>>) -> io::Result<()> {
                         continue;
                     }
                     last[i].1 = 0;
+                    // A runnable shard that made no progress is starved of CPU (an
+                    // overloaded host), not asleep: waking it changes nothing.
+                    if thread_runnable(c.tid.load(Ordering::Relaxed)) {
+                        tracing::debug!(shard = i, "shard starved of CPU with work pending");
+                        continue;
+                    }
                     c.rescues.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(shard = i, "shard asleep with work pending: waking it");
                     let one: u64 = 1;
@@ -700,4 +725,32 @@ fn spawn_stall_watchdog(controls: Vec<Arc<Control>>) -> io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::thread_runnable;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn tells_a_running_thread_from_a_sleeping_one() {
+        // SAFETY: gettid has no preconditions.
+        assert!(thread_runnable(unsafe { libc::gettid() }));
+        let tid = Arc::new(AtomicI32::new(0));
+        let t2 = tid.clone();
+        let h = std::thread::spawn(move || {
+            // SAFETY: as above.
+            t2.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        while tid.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!thread_runnable(tid.load(Ordering::SeqCst)));
+        h.join().unwrap();
+        assert!(!thread_runnable(-1), "unknown thread: not runnable");
+    }
 }
