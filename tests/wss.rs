@@ -226,3 +226,29 @@ fn idle_wss_sessions_shrink_without_pings() {
     idle.close(None).unwrap();
     busy.close(None).unwrap();
 }
+
+/// With the default keepalive (pings every 30 s) the idle shrink still comes after
+/// `shrink_idle_ms`, not at the first keepalive deadline: the open connection's deadline
+/// entry must be told apart from its shrink check from the first tick on.
+#[test]
+fn idle_wss_sessions_shrink_before_the_first_keepalive() {
+    const SHRINKS: &str = "corelay_tls_shrinks_total";
+    let dir = TempDir::new("wss-shrink-default");
+    let (cert, key) = (dir.0.join("c.pem"), dir.0.join("k.pem"));
+    let g0 = generate(&["localhost"], KeyKind::EcdsaP256, false);
+    std::fs::write(&cert, &g0.cert_pem).unwrap();
+    std::fs::write(&key, &g0.key_pem).unwrap();
+    let g = gateway_with(
+        &cert,
+        &key,
+        "ping_interval_ms = 30000\nhandshake_ms = 60000",
+        "shrink_idle_ms = 1000",
+    );
+    let cfg = client_config(std::slice::from_ref(&g0.der), None);
+    let mut idle = ws_over(connect(g.tls.unwrap(), &cfg, "localhost").unwrap());
+    echo_text(&mut idle, "then quiet");
+    // Shrunk after 1-2 s; 15 s of slack for a loaded host, still half the ping interval.
+    assert_eq!(wait_counter(&g, SHRINKS, 1, Duration::from_secs(15)), 1);
+    assert_eq!(counter(&g, "corelay_pings_sent_total"), 0);
+    echo_text(&mut idle, "after the shrink");
+}

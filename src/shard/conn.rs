@@ -51,9 +51,12 @@ pub struct Conn {
     state: ConnState,
     flags: u8,
     close_code: u16,
+    /// While open: tick of the last input. During the handshake (`Handshake`, `AwaitOpen`):
+    /// the handshake deadline (no field to spare for it in the idle record).
     last_rx: Tick,
-    /// Deadline for the handshake / closing states. While open: the tick where the
-    /// connection's wheel entry sits (ping / idle), which tells it from the shrink check.
+    /// Closing states: the close deadline. Handshake and open: the tick where the
+    /// connection's deadline entry sits in the wheel, which tells it from the TLS shrink
+    /// check (see [`on_tick`]).
     deadline: Tick,
     /// Index into the per-IP table, or `u32::MAX`.
     ip_slot: u32,
@@ -527,7 +530,7 @@ impl ShardIo {
             state: ConnState::Handshake,
             flags: 0,
             close_code: 0,
-            last_rx: 0,
+            last_rx: deadline,
             deadline,
             ip_slot,
             seq_in: 0,
@@ -554,6 +557,9 @@ impl ShardIo {
             id,
             deadline.min(self.now + self.settings.first_check_ticks()),
         );
+        if let Some(c) = self.conns.get_mut(id) {
+            c.deadline = at;
+        }
         tracing::trace!(?id, now = self.now, deadline, at, "admitted");
     }
 
@@ -802,7 +808,6 @@ impl ShardIo {
         conn.state = ConnState::Open;
         conn.flags = (conn.flags & !F_READ_PAUSED) | F_OPENED;
         conn.last_rx = self.now;
-        opened_deadline(conn, self.now);
         self.metrics.handshakes_ok += 1;
         self.stage(id, |out| write_101(out, &key, protocol));
         self.schedule_ready(id);
@@ -1321,7 +1326,10 @@ fn process(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) ->
     let Some(conn) = io.conns.get_mut(id) else {
         return buf.len();
     };
-    conn.last_rx = io.now;
+    if !matches!(conn.state, ConnState::Handshake | ConnState::AwaitOpen) {
+        // (During the handshake last_rx holds its deadline: input must not extend it.)
+        conn.last_rx = io.now;
+    }
     conn.flags &= !F_PING_OUT;
     match conn.state {
         ConnState::Handshake => {
@@ -1382,7 +1390,7 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
             };
             conn.state = ConnState::Open;
             conn.flags |= F_OPENED;
-            opened_deadline(conn, io.now);
+            conn.last_rx = io.now;
             if let Some(x) = conn.extra.as_mut() {
                 x.peer = None;
             }
@@ -1613,10 +1621,8 @@ pub fn retry_stalled(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool 
 /// A connection has one wheel entry for its deadlines (handshake, ping, idle, close); an
 /// open wss connection whose cipher contexts are built also has its shrink check
 /// (`F_SHRINK_ARMED`) until it has shrunk. Entries carry only the id, so while open
-/// `deadline` holds the tick of the deadline entry: an entry coming round before it is the
-/// shrink check. If that tick is not known ([`opened_deadline`]), `deadline` is the tick of
-/// the opening, so whichever entry comes first acts as the deadline entry: timings shift,
-/// the entry count stays right.
+/// `deadline` holds the tick of the deadline entry (set whenever it is scheduled, from the
+/// admission on): an entry coming round before it is the shrink check.
 pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<ConnId>) {
     io.now = now;
     due.clear();
@@ -1639,6 +1645,7 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                     c.last_rx + s.idle_ticks
                 }
             }
+            ConnState::Handshake | ConnState::AwaitOpen => c.last_rx,
             _ => c.deadline,
         };
         if now < next {
@@ -1651,7 +1658,10 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                 _ => next,
             };
             let at = io.wheel.schedule(id, at);
-            if c.state == ConnState::Open {
+            if matches!(
+                c.state,
+                ConnState::Open | ConnState::Handshake | ConnState::AwaitOpen
+            ) {
                 c.deadline = at;
             }
             continue;
@@ -1719,14 +1729,6 @@ fn shrink_check(io: &mut ShardIo, id: ConnId) {
     if t.shrink() {
         io.metrics.tls_shrinks += 1;
     }
-}
-
-/// A connection just opened; its deadline entry is still the one from the handshake, at a
-/// tick not recorded (the first keepalive check or the handshake deadline, possibly parked
-/// earlier by the wheel), so `now` stands in: whichever entry comes first acts as the
-/// deadline entry (see [`on_tick`]).
-fn opened_deadline(c: &mut Conn, now: Tick) {
-    c.deadline = now;
 }
 
 fn c_last_rx(io: &ShardIo, id: ConnId) -> Tick {

@@ -345,7 +345,15 @@ struct State {
     /// Busy fraction of the last completed window (reported by snapshots, so scrapes and
     /// health probes do not reset it).
     busy_ratio: f64,
+    /// `tls_shrinks` at the last heap trim, and when it ran.
+    trimmed_at: (u64, Instant),
 }
+
+/// Return freed heap to the OS after this many TLS sessions shrank (at most every
+/// `TRIM_EVERY`): a burst of handshakes leaves megabytes in the allocator's free lists that
+/// idle sessions no longer need, and that would otherwise count as the connections' memory.
+const TRIM_AFTER_SHRINKS: u64 = 1000;
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Registered I/O memory per shard executor (glommio's default is 10 MiB).
 const SHARD_IO_MEMORY: usize = 64 << 10;
@@ -436,6 +444,7 @@ async fn run_shard(
         due: Vec::new(),
         rounds: 0,
         busy_ratio: 0.0,
+        trimmed_at: (0, Instant::now()),
     }));
     tracing::info!(shard = id, "shard started");
 
@@ -564,6 +573,11 @@ fn on_tick(st: &mut State) {
         }
     }
     let now = Instant::now();
+    let shrinks = st.io.metrics.tls_shrinks;
+    if shrinks >= st.trimmed_at.0 + TRIM_AFTER_SHRINKS && now >= st.trimmed_at.1 + TRIM_EVERY {
+        st.trimmed_at = (shrinks, now);
+        trim_heap();
+    }
     let wall = now.duration_since(st.window_start);
     if wall >= BUSY_WINDOW {
         st.busy_ratio = (st.busy.as_secs_f64() / wall.as_secs_f64()).min(1.0);
@@ -649,6 +663,15 @@ fn begin_shutdown(st: &mut State) {
 }
 
 extern "C" fn wake_signal(_: libc::c_int) {}
+
+/// Give free heap pages back to the OS (glibc: also the free pages inside its arenas).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// Whether thread `tid` of this process is runnable or running (`R` in its /proc stat).
 fn thread_runnable(tid: i32) -> bool {
