@@ -763,16 +763,22 @@ mod watchdog_tests {
         assert!(thread_runnable(unsafe { libc::gettid() }));
         let tid = Arc::new(AtomicI32::new(0));
         let t2 = tid.clone();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
         let h = std::thread::spawn(move || {
             // SAFETY: as above.
             t2.store(unsafe { libc::gettid() }, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(500));
+            let _ = wait.recv(); // blocks (sleeping) until released
         });
         while tid.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!thread_runnable(tid.load(Ordering::SeqCst)));
+        // It may still be runnable for a moment on a loaded host; it must be seen asleep.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while thread_runnable(tid.load(Ordering::SeqCst)) {
+            assert!(std::time::Instant::now() < deadline, "never seen asleep");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        release.send(()).unwrap();
         h.join().unwrap();
         assert!(!thread_runnable(-1), "unknown thread: not runnable");
     }
