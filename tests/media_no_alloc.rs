@@ -109,6 +109,42 @@ fn flv_demux_does_not_allocate() {
     assert_eq!(&out[..written], FLV);
 }
 
+/// The streaming path: bytes arrive 7 at a time, the demuxer answers "need more" until a
+/// whole header or tag is in the window. Same tags as one-buffer demuxing, no allocation.
+#[test]
+fn flv_demux_in_small_chunks_does_not_allocate() {
+    let mut whole = flv::Demuxer::new();
+    let mut rest = FLV;
+    let mut expected = 0usize;
+    while let (n @ 1.., Ok(Some(ev))) = whole.decode(rest) {
+        expected += usize::from(matches!(ev, flv::FlvEvent::Tag(_)));
+        rest = &rest[n..];
+    }
+    let ((tags, consumed, failed), allocs) = count(|| {
+        let mut d = flv::Demuxer::new();
+        let (mut pos, mut avail, mut tags, mut failed) = (0usize, 0usize, 0usize, false);
+        while pos < FLV.len() {
+            match d.decode(&FLV[pos..avail]) {
+                (n @ 1.., Ok(ev)) => {
+                    tags += usize::from(matches!(ev, Some(flv::FlvEvent::Tag(_))));
+                    pos += n;
+                }
+                (_, Ok(_)) if avail < FLV.len() => avail = (avail + 7).min(FLV.len()),
+                _ => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        (tags, pos, failed)
+    });
+    assert!(!failed, "demuxing stopped at byte {consumed}");
+    assert_eq!(allocs, 0);
+    assert_eq!(consumed, FLV.len());
+    assert_eq!(tags, expected);
+    assert!(tags > 100);
+}
+
 #[test]
 fn ts_does_not_allocate() {
     let mut garbage_then_ts = vec![0x47, 1, 2, 3];
