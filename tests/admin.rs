@@ -4,20 +4,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let (n, rest) = l.split_once(['{', ' ']).unwrap_or((l, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 fn wait_for(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

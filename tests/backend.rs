@@ -42,21 +42,13 @@ fn backend(sock: &std::path::Path, args: &[&str]) -> Child {
 }
 
 fn wait_attached(s: &Split, n: f64) {
-    let admin = s.gw.admin.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http_get(admin, "/metrics");
-        let v: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("corelay_backends_attached{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum();
-        if v >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "backend did not attach: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let v = wait_metric(
+        &s.gw,
+        "corelay_backends_attached",
+        n,
+        Duration::from_secs(10),
+    );
+    assert!(v >= n, "backend did not attach: {v}");
 }
 
 fn kill9(c: &mut Child) {
@@ -179,11 +171,7 @@ fn full_ring_pauses_reading_and_loses_nothing() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
-    let pauses: f64 = body
-        .lines()
-        .filter(|l| l.starts_with("corelay_backpressure_pauses_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let pauses = metric(&body, "corelay_backpressure_pauses_total", &[]);
     assert!(pauses >= 1.0, "ring never filled:\n{body}");
     let mut b = backend(&s.sock, &[]);
     for i in 0..200 {
@@ -420,14 +408,11 @@ fn backend_subprotocol_must_be_one_the_client_offered() {
         }
     }
     let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
-    let refused: f64 = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("corelay_handshake_failures_total{")
-                && l.contains("cause=\"subprotocol\"")
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let refused = metric(
+        &body,
+        "corelay_handshake_failures_total",
+        &[("cause", "subprotocol")],
+    );
     assert_eq!(refused, 5.0, "{body}");
 }
 

@@ -269,17 +269,14 @@ fn slow_consumer_is_closed_with_1008() {
     assert!(matches!(last, Msg::Close(Some(1008), _)), "{last:?}");
     // Counted; once the client is gone, so is the connection with its queued output.
     drop(c);
-    let sum = |body: &str, name: &str| -> f64 {
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, body) = http_get(g.admin.unwrap(), "/metrics");
-        assert_eq!(sum(&body, "corelay_slow_consumer_closes_total{"), 1.0);
-        if sum(&body, "corelay_connections_open{") == 0.0 {
+        assert_eq!(
+            metric(&body, "corelay_slow_consumer_closes_total", &[]),
+            1.0
+        );
+        if metric(&body, "corelay_connections_open", &[]) == 0.0 {
             break;
         }
         assert!(
@@ -337,12 +334,7 @@ fn many_connections_over_two_shards() {
     // SO_REUSEPORT spread them over both shards (each holds a fair share, not just one).
     let (_, body) = http_get(g.admin.unwrap(), "/metrics");
     for shard in ["0", "1"] {
-        let line = format!("corelay_connections_open{{shard=\"{shard}\"}} ");
-        let n: f64 = body
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {line} in /metrics"));
+        let n = metric(&body, "corelay_connections_open", &[("shard", shard)]);
         assert!(n >= 300.0, "shard {shard} holds {n} of 1000");
     }
 }

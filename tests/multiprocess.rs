@@ -140,21 +140,13 @@ fn ring_cfg(listen: &str, cpu_offset: usize, sock: &Path) -> String {
 
 /// Waits until `gw` reports a backend attached to each of its `shards` shards.
 fn wait_attached(gw: &Gw, shards: f64) {
-    let admin = gw.admin.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http_get(admin, "/metrics");
-        let v: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("corelay_backends_attached{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum();
-        if v >= shards {
-            return;
-        }
-        assert!(Instant::now() < deadline, "backend did not attach: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let v = wait_metric(
+        gw,
+        "corelay_backends_attached",
+        shards,
+        Duration::from_secs(10),
+    );
+    assert!(v >= shards, "backend did not attach: {v}");
 }
 
 /// One backend process serving two gateway processes on one port (docs/deployment.md). An SDK

@@ -26,24 +26,12 @@ fn gateway_with(cert: &std::path::Path, key: &std::path::Path, timeouts: &str, t
 
 /// A counter or gauge summed over the shards, from the admin endpoint.
 fn counter(g: &Gw, name: &str) -> u64 {
-    let (status, body) = common::http_get(g.admin.expect("admin address logged"), "/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.split_once(['{', ' ']).is_some_and(|(n, _)| n == name))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    common::wait_metric(g, name, 0.0, Duration::ZERO) as u64
 }
 
 /// Poll `name` until it reaches `want`; returns the last value (`want` unless timed out).
 fn wait_counter(g: &Gw, name: &str, want: u64, timeout: Duration) -> u64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = counter(g, name);
-        if v >= want || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_metric(g, name, want as f64, timeout) as u64
 }
 
 fn echo_text(ws: &mut tungstenite::WebSocket<tls_support::Client>, text: &str) {

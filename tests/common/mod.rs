@@ -347,3 +347,34 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Metric `name` from Prometheus text, summed over the series whose labels include every
+/// `labels` pair (0 when there is none).
+pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let (n, rest) = l.split_once(['{', ' ']).unwrap_or((l, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Polls `gw`'s `/metrics` until `name` (summed over shards) reaches `want` or `timeout`
+/// passes; returns the last value read.
+pub fn wait_metric(gw: &Gw, name: &str, want: f64, timeout: Duration) -> f64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = http_get(gw.admin.expect("admin address logged"), "/metrics");
+        assert_eq!(status, 200);
+        let v = metric(&body, name, &[]);
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
