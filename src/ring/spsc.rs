@@ -123,6 +123,39 @@ fn write_header(ring: &RingPtr, off: u64, len: u32, kind: u16, flags: u16, conn:
     }
 }
 
+/// One end's sleep bookkeeping around its shared `*_parked` flag and its doorbell.
+#[derive(Debug, Default)]
+struct Nap {
+    /// We set the flag and have not cleared it since.
+    parked: bool,
+    /// The bell may hold a count from an earlier park. It is drained before the next park,
+    /// so the read is never on the wake-up path.
+    bell_dirty: bool,
+}
+
+impl Nap {
+    /// Announces sleep: resets a bell rung earlier, then sets the flag. SeqCst RMW: orders
+    /// the store before the caller's reload of the other side's position (docs §4).
+    fn park(&mut self, flag: &AtomicU32, bell: &EventFd) {
+        if std::mem::take(&mut self.bell_dirty) {
+            let _ = bell.drain();
+        }
+        flag.swap(1, Ordering::SeqCst);
+        self.parked = true;
+    }
+
+    /// Clears the flag if we hold it.
+    fn unpark(&mut self, flag: &AtomicU32) {
+        if !std::mem::take(&mut self.parked) {
+            return;
+        }
+        // 0 means the other side took the flag, so it rang (or is about to ring) the bell.
+        if flag.swap(0, Ordering::Relaxed) == 0 {
+            self.bell_dirty = true;
+        }
+    }
+}
+
 /// The producing end of a ring.
 pub struct Producer {
     ring: RingPtr,
@@ -132,11 +165,8 @@ pub struct Producer {
     published: u64,
     /// Last validated `committed` read from the consumer.
     committed: u64,
-    /// We set `space_parked` and have not cleared it since.
-    parked: bool,
-    /// The space bell may hold a count from an earlier park (drained before the next one,
-    /// so the drain is never on the wake-up path).
-    bell_dirty: bool,
+    /// Sleep bookkeeping for `space_parked` / the space bell.
+    nap: Nap,
     data_bell: EventFd,
     space_bell: EventFd,
 }
@@ -174,8 +204,7 @@ impl Producer {
             tail,
             published: tail,
             committed,
-            parked: false,
-            bell_dirty: false,
+            nap: Nap::default(),
             data_bell,
             space_bell,
         })
@@ -384,14 +413,9 @@ impl Producer {
             });
         }
         self.flush();
-        if self.bell_dirty {
-            self.bell_dirty = false;
-            let _ = self.space_bell.drain();
-        }
         // Any fitting position needs at most pad + record bytes.
         let size = record_size(len) as u64;
-        self.ring.space_parked().swap(1, Ordering::SeqCst);
-        self.parked = true;
+        self.nap.park(self.ring.space_parked(), &self.space_bell);
         self.reload_committed(Ordering::SeqCst)?;
         let to_end = self.ring.cap - (self.tail & self.ring.mask());
         // Progress is possible if the record fits, or if a PAD fits (claim will write it).
@@ -404,14 +428,7 @@ impl Producer {
 
     /// Clears the `space_parked` flag after waking (no-op when not parked).
     pub fn unpark(&mut self) {
-        if !self.parked {
-            return;
-        }
-        self.parked = false;
-        // 0 means the consumer took the flag, so it rang (or is about to ring) the bell.
-        if self.ring.space_parked().swap(0, Ordering::Relaxed) == 0 {
-            self.bell_dirty = true;
-        }
+        self.nap.unpark(self.ring.space_parked());
     }
 
     /// Blocks (spinning briefly, then parking on the space eventfd) until a record with
@@ -564,11 +581,8 @@ pub struct Consumer {
     /// Position after the last peeked record (what `advance` moves to).
     pending: Option<u64>,
     max_payload: usize,
-    /// We set `data_parked` and have not cleared it since.
-    parked: bool,
-    /// The data bell may hold a count from an earlier park (drained before the next one,
-    /// so the drain is never on the wake-up path).
-    bell_dirty: bool,
+    /// Sleep bookkeeping for `data_parked` / the data bell.
+    nap: Nap,
     data_bell: EventFd,
     space_bell: EventFd,
 }
@@ -609,8 +623,7 @@ impl Consumer {
             committed,
             pending: None,
             max_payload,
-            parked: false,
-            bell_dirty: false,
+            nap: Nap::default(),
             data_bell,
             space_bell,
         })
@@ -797,13 +810,8 @@ impl Consumer {
         if self.head != self.tail {
             return Ok(false);
         }
-        if self.bell_dirty {
-            self.bell_dirty = false;
-            let _ = self.data_bell.drain();
-        }
         self.ring.head().store(self.head, Ordering::Relaxed);
-        self.ring.data_parked().swap(1, Ordering::SeqCst);
-        self.parked = true;
+        self.nap.park(self.ring.data_parked(), &self.data_bell);
         if self.reload_tail(Ordering::SeqCst)? != self.head {
             self.unpark();
             return Ok(false);
@@ -813,14 +821,7 @@ impl Consumer {
 
     /// Clears the `data_parked` flag after waking (no-op when not parked).
     pub fn unpark(&mut self) {
-        if !self.parked {
-            return;
-        }
-        self.parked = false;
-        // 0 means the producer took the flag, so it rang (or is about to ring) the bell.
-        if self.ring.data_parked().swap(0, Ordering::Relaxed) == 0 {
-            self.bell_dirty = true;
-        }
+        self.nap.unpark(self.ring.data_parked());
     }
 
     /// Blocks until data is available or `timeout` elapses: spins `spins` times on the tail,
