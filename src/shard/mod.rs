@@ -117,9 +117,7 @@ impl Control {
     }
 
     fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 (non-blocking eventfd).
-        unsafe { libc::read(self.efd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        read_counter(self.efd.as_raw_fd());
     }
 }
 
@@ -361,6 +359,14 @@ const SHARD_IO_MEMORY: usize = 64 << 10;
 /// Length of the busy-ratio window.
 const BUSY_WINDOW: Duration = Duration::from_secs(1);
 
+/// Reads (and so resets) the 8-byte counter of a non-blocking eventfd or timerfd; whether
+/// there was one.
+fn read_counter(fd: i32) -> bool {
+    let mut v: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) == 8 }
+}
+
 /// A non-blocking periodic timerfd firing every `tick`.
 fn tick_timer(tick: Duration) -> io::Result<OwnedFd> {
     // SAFETY: timerfd_create has no memory preconditions; the fd is owned right below.
@@ -551,16 +557,7 @@ fn dispatch(st: &mut State, r: Ready) {
 /// The periodic tick: wheel deadlines (pings, idle and close timeouts), accept retries, the
 /// busy window and the shutdown deadline.
 fn on_tick(st: &mut State) {
-    let mut n = 0u64;
-    // SAFETY: reads the 8-byte expiration count into a live u64 from our own timerfd.
-    let r = unsafe {
-        libc::read(
-            st.timer.as_raw_fd(),
-            (&mut n as *mut u64).cast(),
-            std::mem::size_of::<u64>(),
-        )
-    };
-    if r != 8 {
+    if !read_counter(st.timer.as_raw_fd()) {
         return; // EAGAIN: a spurious edge; the next expiration comes on its own.
     }
     let now_tick = (st.started.elapsed().as_millis() / st.tick.as_millis().max(1)) as u32;
