@@ -971,6 +971,37 @@ fn read_established(
     }
 }
 
+/// rustls's two decrypted-record readers (application data and early data), one interface.
+trait NextRecord {
+    fn next(&mut self) -> Option<Result<rustls::unbuffered::AppDataRecord<'_>, rustls::Error>>;
+}
+
+impl<D> NextRecord for rustls::unbuffered::ReadTraffic<'_, '_, D> {
+    fn next(&mut self) -> Option<Result<rustls::unbuffered::AppDataRecord<'_>, rustls::Error>> {
+        self.next_record()
+    }
+}
+
+impl NextRecord
+    for rustls::unbuffered::ReadEarlyData<'_, '_, rustls::server::ServerConnectionData>
+{
+    fn next(&mut self) -> Option<Result<rustls::unbuffered::AppDataRecord<'_>, rustls::Error>> {
+        self.next_record()
+    }
+}
+
+/// Appends every decrypted record's payload to `plain`; returns the input bytes they took
+/// (to discard), or the first error.
+fn take_records(r: &mut impl NextRecord, plain: &mut Vec<u8>) -> Result<usize, rustls::Error> {
+    let mut discard = 0;
+    while let Some(rec) = r.next() {
+        let rec = rec?;
+        plain.extend_from_slice(rec.payload);
+        discard += rec.discard;
+    }
+    Ok(discard)
+}
+
 fn read_tls_inner(
     inner: &mut Hs,
     buf: &mut [u8],
@@ -1003,44 +1034,22 @@ fn read_tls_inner(
                 return Err(fail(inner, error, &mut buf[pos + discard..], out));
             }
             Ok(ConnectionState::ReadTraffic(mut rt)) => {
-                let mut failed = None;
-                while let Some(rec) = rt.next_record() {
-                    match rec {
-                        Ok(rec) => {
-                            plain.extend_from_slice(rec.payload);
-                            extra += rec.discard;
-                        }
-                        Err(error) => {
-                            failed = Some(error);
-                            break;
-                        }
-                    }
-                }
+                let r = take_records(&mut rt, plain);
                 drop(rt);
-                if let Some(error) = failed {
-                    return Err(fail(inner, error, &mut buf[pos + discard..], out));
+                match r {
+                    Ok(n) => extra += n,
+                    Err(error) => return Err(fail(inner, error, &mut buf[pos + discard..], out)),
                 }
                 false
             }
             Ok(ConnectionState::ReadEarlyData(mut ed)) => {
                 // Early data is disabled (max_early_data_size = 0): never offered, but
                 // drain it if it ever shows up.
-                let mut failed = None;
-                while let Some(rec) = ed.next_record() {
-                    match rec {
-                        Ok(rec) => {
-                            plain.extend_from_slice(rec.payload);
-                            extra += rec.discard;
-                        }
-                        Err(error) => {
-                            failed = Some(error);
-                            break;
-                        }
-                    }
-                }
+                let r = take_records(&mut ed, plain);
                 drop(ed);
-                if let Some(error) = failed {
-                    return Err(fail(inner, error, &mut buf[pos + discard..], out));
+                match r {
+                    Ok(n) => extra += n,
+                    Err(error) => return Err(fail(inner, error, &mut buf[pos + discard..], out)),
                 }
                 false
             }
