@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use corelay::ring::msg::{self, DataKind, Msg as RMsg};
+use corelay::ring::msg::{self, DataKind, ToBackend, ToGateway};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,7 +151,7 @@ fn full_ring_pauses_reading_and_loses_nothing() {
         let dir = TempDir::new("bp");
         let sock = dir.0.join("a.sock");
         let toml = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n[backend]\nmode = \"ring\"\nring_bytes = 4096\nattach_socket = \"{}\"\n[timeouts]\nhandshake_ms = 20000\n",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n[limits]\nmax_message_bytes = 4064\n[backend]\nmode = \"ring\"\nring_bytes = 4096\nattach_socket = \"{}\"\n[timeouts]\nhandshake_ms = 20000\n",
             sock.display()
         );
         Split {
@@ -225,13 +225,13 @@ fn out_of_order_answers_reach_the_client_in_order() {
         for (i, side) in sides.iter_mut().enumerate() {
             while let Some(rec) = side.rx.peek().unwrap() {
                 let (conn, seq) = (rec.conn, rec.seq);
-                match RMsg::from_record(&rec).unwrap() {
-                    RMsg::Open { .. } => {
-                        let m = RMsg::Accept { subprotocol: None };
+                match ToBackend::from_record(&rec).unwrap() {
+                    ToBackend::Open { .. } => {
+                        let m = ToGateway::Accept { subprotocol: None };
                         assert!(msg::push(&mut side.tx, conn, 0, &m).unwrap());
                         side.tx.flush();
                     }
-                    RMsg::Message { payload, .. } => {
+                    ToBackend::Message { payload, .. } => {
                         reqs.push((i, conn, seq, String::from_utf8(payload.to_vec()).unwrap()))
                     }
                     _ => {}
@@ -244,7 +244,7 @@ fn out_of_order_answers_reach_the_client_in_order() {
     }
     for (i, conn, seq, text) in reqs.iter().rev() {
         let answer = format!("a-{text}");
-        let m = RMsg::Send {
+        let m = ToGateway::Send {
             in_reply_to: Some(*seq),
             data: DataKind::Text,
             payload: answer.as_bytes(),
@@ -255,7 +255,7 @@ fn out_of_order_answers_reach_the_client_in_order() {
     }
     // A duplicate of an answered request is dropped.
     let (i, conn, seq, _) = &reqs[0];
-    let dup = RMsg::Send {
+    let dup = ToGateway::Send {
         in_reply_to: Some(*seq),
         data: DataKind::Text,
         payload: b"duplicate",
@@ -285,12 +285,12 @@ fn garbage_in_a_ring_detaches_the_backend_not_the_gateway() {
         for side in sides.iter_mut() {
             while let Some(rec) = side.rx.peek().unwrap() {
                 let conn = rec.conn;
-                if let Ok(RMsg::Open { .. }) = RMsg::from_record(&rec) {
-                    let m = RMsg::Accept { subprotocol: None };
+                if let Ok(ToBackend::Open { .. }) = ToBackend::from_record(&rec) {
+                    let m = ToGateway::Accept { subprotocol: None };
                     assert!(msg::push(&mut side.tx, conn, 0, &m).unwrap());
                     side.tx.flush();
                 }
-                let is_msg = matches!(RMsg::from_record(&rec), Ok(RMsg::Message { .. }));
+                let is_msg = matches!(ToBackend::from_record(&rec), Ok(ToBackend::Message { .. }));
                 side.rx.advance();
                 if is_msg {
                     break 'outer;
@@ -373,11 +373,11 @@ fn backend_subprotocol_must_be_one_the_client_offered() {
             for side in sides.iter_mut() {
                 while let Some(rec) = side.rx.peek().unwrap() {
                     let conn = rec.conn;
-                    let open = matches!(RMsg::from_record(&rec), Ok(RMsg::Open { .. }));
+                    let open = matches!(ToBackend::from_record(&rec), Ok(ToBackend::Open { .. }));
                     side.rx.advance();
                     side.rx.commit();
                     if open {
-                        let m = RMsg::Accept {
+                        let m = ToGateway::Accept {
                             subprotocol: Some(proto),
                         };
                         assert!(msg::push(&mut side.tx, conn, 0, &m).unwrap());

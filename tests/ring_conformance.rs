@@ -6,7 +6,7 @@
 use std::os::fd::OwnedFd;
 
 use corelay::ring::layout::{self, record_size, ring as rgh, RECORD_HEADER};
-use corelay::ring::msg::{self, DataKind, Msg};
+use corelay::ring::msg::{self, DataKind, ToBackend, ToGateway};
 use corelay::ring::{BackendSide, BackingKind, Doorbells, GatewaySide, Region, RingError};
 
 /// Two endpoints over one region. For shm the backend maps the memfd a second time (as a
@@ -486,7 +486,7 @@ fn random_garbage_never_panics(k: BackingKind) {
             match p.be.rx.peek() {
                 Ok(Some(r)) => {
                     assert!(r.payload.len() <= 1024);
-                    let _ = Msg::from_record(&r);
+                    let _ = ToBackend::from_record(&r);
                     p.be.rx.advance();
                 }
                 Ok(None) | Err(_) => break,
@@ -546,22 +546,23 @@ fn messages_through_ring(k: BackingKind) {
     let mut hb = Vec::new();
     let headers =
         msg::encode_headers(&[(b"origin", b"https://x"), (b"cookie", b"a=b")], &mut hb).unwrap();
-    let open = Msg::Open {
+    let open = ToBackend::Open {
+        protocol: msg::Protocol::Ws,
         peer: msg::PeerAddr::Ip("10.1.2.3:4567".parse().unwrap()),
         path: b"/chat",
         query: b"room=1",
         headers,
     };
     assert!(msg::push(&mut p.gw.tx, 42, 1, &open).unwrap());
-    let m = Msg::Message {
+    let m = ToBackend::Message {
         data: DataKind::Binary,
         payload: b"\x00\x01",
     };
     assert!(msg::push(&mut p.gw.tx, 42, 2, &m).unwrap());
     let r = p.be.rx.peek().unwrap().unwrap();
     assert_eq!(r.conn, 42);
-    assert_eq!(Msg::from_record(&r).unwrap(), open);
-    if let Msg::Open { headers, .. } = Msg::from_record(&r).unwrap() {
+    assert_eq!(ToBackend::from_record(&r).unwrap(), open);
+    if let ToBackend::Open { headers, .. } = ToBackend::from_record(&r).unwrap() {
         let v: Vec<_> = headers.iter().collect();
         assert_eq!(
             v,
@@ -573,16 +574,16 @@ fn messages_through_ring(k: BackingKind) {
     }
     p.be.rx.advance();
     let r = p.be.rx.peek().unwrap().unwrap();
-    assert_eq!(Msg::from_record(&r).unwrap(), m);
+    assert_eq!(ToBackend::from_record(&r).unwrap(), m);
     p.be.rx.advance();
-    let reply = Msg::Send {
+    let reply = ToGateway::Send {
         in_reply_to: Some(2),
         data: DataKind::Text,
         payload: b"ok",
     };
     assert!(msg::push(&mut p.be.tx, 42, 1, &reply).unwrap());
     let r = p.gw.rx.peek().unwrap().unwrap();
-    assert_eq!(Msg::from_record(&r).unwrap(), reply);
+    assert_eq!(ToGateway::from_record(&r).unwrap(), reply);
 }
 
 macro_rules! suite {

@@ -1,11 +1,21 @@
-//! Property tests for the message codec: encode/decode round trips, and decoding arbitrary
-//! bytes with arbitrary kind/flags never panics.
+//! Property tests for the message codec: encode/decode round trips per direction, decoding
+//! arbitrary bytes with arbitrary kind/flags never panics, and no kind decodes both ways.
 
-use corelay::ring::msg::{self, DataKind, Msg, PeerAddr};
+use corelay::ring::msg::{
+    self, DataKind, MsgError, PeerAddr, Protocol, RingMsg, ToBackend, ToGateway,
+};
 use proptest::prelude::*;
 
 fn data_kind() -> impl Strategy<Value = DataKind> {
     prop_oneof![Just(DataKind::Text), Just(DataKind::Binary)]
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![
+        Just(Protocol::Ws),
+        Just(Protocol::Media),
+        Just(Protocol::Live)
+    ]
 }
 
 fn peer() -> impl Strategy<Value = PeerAddr> {
@@ -22,51 +32,134 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..max)
 }
 
-fn check(m: &Msg<'_>) {
-    let len = m.encoded_len().unwrap();
-    let mut buf = vec![0u8; len];
+fn enc(m: &impl RingMsg) -> Vec<u8> {
+    let mut buf = vec![0u8; m.encoded_len().unwrap()];
     m.encode(&mut buf).unwrap();
-    let back = Msg::decode(m.kind(), m.flags(), &buf).unwrap();
-    assert_eq!(&back, m);
+    buf
+}
+
+fn check_tb(m: &ToBackend<'_>) {
+    let buf = enc(m);
+    assert_eq!(&ToBackend::decode(m.kind(), m.flags(), &buf).unwrap(), m);
+    assert_eq!(
+        ToGateway::decode(m.kind(), m.flags(), &buf),
+        Err(MsgError::WrongDirection(m.kind()))
+    );
+}
+
+fn check_tg(m: &ToGateway<'_>) {
+    let buf = enc(m);
+    assert_eq!(&ToGateway::decode(m.kind(), m.flags(), &buf).unwrap(), m);
+    assert_eq!(
+        ToBackend::decode(m.kind(), m.flags(), &buf),
+        Err(MsgError::WrongDirection(m.kind()))
+    );
 }
 
 proptest! {
     #[test]
     fn roundtrip_simple(d in data_kind(), p in bytes(300), code in any::<u16>(), g in any::<u64>(),
                         irt in proptest::option::of(any::<u64>()), a in any::<u32>(), b in any::<u32>()) {
-        check(&Msg::Message { data: d, payload: &p });
-        check(&Msg::Closed { code, reason: &p });
-        check(&Msg::Close { code, reason: &p });
-        check(&Msg::Reject { status: code, reason: &p });
-        check(&Msg::Accept { subprotocol: if p.is_empty() { None } else { Some(&p) } });
-        check(&Msg::Send { in_reply_to: irt, data: d, payload: &p });
-        check(&Msg::Join { group: g });
-        check(&Msg::Leave { group: g });
-        check(&Msg::Publish { group: g, data: d, payload: &p });
-        check(&Msg::Heartbeat { interval_ms: a, timeout_ms: b });
+        check_tb(&ToBackend::Message { data: d, payload: &p });
+        check_tb(&ToBackend::Closed { code, reason: &p });
+        check_tg(&ToGateway::Close { code, reason: &p });
+        check_tg(&ToGateway::Reject { status: code, reason: &p });
+        check_tg(&ToGateway::Accept { subprotocol: if p.is_empty() { None } else { Some(&p) } });
+        check_tg(&ToGateway::Send { in_reply_to: irt, data: d, payload: &p });
+        check_tg(&ToGateway::Done { in_reply_to: g });
+        check_tg(&ToGateway::Join { group: g });
+        check_tg(&ToGateway::Leave { group: g });
+        check_tg(&ToGateway::Publish { group: g, data: d, payload: &p });
+        check_tg(&ToGateway::Heartbeat { interval_ms: a, timeout_ms: b });
     }
 
     #[test]
-    fn roundtrip_open(pe in peer(), path in bytes(100), query in bytes(100),
+    fn roundtrip_open(pr in protocol(), pe in peer(), path in bytes(100), query in bytes(100),
                       hs in proptest::collection::vec((bytes(20), bytes(40)), 0..8)) {
         let pairs: Vec<(&[u8], &[u8])> = hs.iter().map(|(n, v)| (&n[..], &v[..])).collect();
         let mut hb = Vec::new();
         let headers = msg::encode_headers(&pairs, &mut hb).unwrap();
-        let m = Msg::Open { peer: pe, path: &path, query: &query, headers };
-        check(&m);
-        if let Msg::Open { headers, .. } = m {
+        let m = ToBackend::Open { protocol: pr, peer: pe, path: &path, query: &query, headers };
+        check_tb(&m);
+        if let ToBackend::Open { headers, .. } = m {
             prop_assert_eq!(headers.iter().collect::<Vec<_>>(), pairs);
         }
     }
 
     #[test]
     fn decode_arbitrary_never_panics(kind in prop_oneof![0u16..32, any::<u16>()], flags in any::<u16>(), p in bytes(200)) {
-        if let Ok(m) = Msg::decode(kind, flags, &p) {
-            // Anything that decodes re-encodes to the same bytes.
-            let mut buf = vec![0u8; m.encoded_len().unwrap()];
-            m.encode(&mut buf).unwrap();
-            if let Msg::Open { .. } = m { } else { prop_assert_eq!(&buf, &p); }
-            if let Msg::Open { headers, .. } = m { let _ = headers.iter().count(); }
+        let tb = ToBackend::decode(kind, flags, &p);
+        let tg = ToGateway::decode(kind, flags, &p);
+        // No kind means something in both directions.
+        prop_assert!(tb.is_err() || tg.is_err());
+        // Anything that decodes re-encodes to the same bytes (Open: the same message).
+        if let Ok(m) = tb {
+            let buf = enc(&m);
+            prop_assert_eq!(ToBackend::decode(kind, flags, &buf).unwrap(), m);
+            if !matches!(m, ToBackend::Open { .. }) { prop_assert_eq!(&buf, &p); }
+        }
+        if let Ok(m) = tg {
+            prop_assert_eq!(&enc(&m), &p);
         }
     }
+}
+
+/// Byte-exact layouts from docs/ring-protocol.md §5 (version 2).
+#[test]
+fn documented_layouts() {
+    let mut hb = Vec::new();
+    let headers = msg::encode_headers(&[(b"origin", b"x")], &mut hb).unwrap();
+    let open = ToBackend::Open {
+        protocol: Protocol::Media,
+        peer: PeerAddr::Ip("[::1]:513".parse().unwrap()),
+        path: b"/a",
+        query: b"",
+        headers,
+    };
+    let mut want = vec![6u8, 1, 0x01, 0x02];
+    want.extend_from_slice(&[0; 15]);
+    want.push(1);
+    want.extend_from_slice(b"\x02\x00/a\x00\x00\x01\x00\x06\x00origin\x01\x00x");
+    assert_eq!((open.kind(), open.flags(), enc(&open)), (1, 0, want));
+    let mut hb0 = Vec::new();
+    let v4 = ToBackend::Open {
+        protocol: Protocol::Ws,
+        peer: PeerAddr::Ip("127.0.0.1:8080".parse().unwrap()),
+        path: b"",
+        query: b"",
+        headers: msg::encode_headers(&[], &mut hb0).unwrap(),
+    };
+    let b = enc(&v4);
+    assert_eq!(&b[..8], &[4, 0, 0x90, 0x1f, 127, 0, 0, 1]);
+    let done = ToGateway::Done { in_reply_to: 7 };
+    assert_eq!(
+        (done.kind(), done.flags(), enc(&done)),
+        (24, 0, 7u64.to_le_bytes().to_vec())
+    );
+    // An empty binary reply is a message (flags IN_REPLY_TO | BINARY, 8 bytes of payload).
+    let empty = ToGateway::Send {
+        in_reply_to: Some(7),
+        data: DataKind::Binary,
+        payload: b"",
+    };
+    assert_eq!(
+        (empty.kind(), empty.flags(), enc(&empty)),
+        (18, 3, 7u64.to_le_bytes().to_vec())
+    );
+    assert_eq!(
+        ToBackend::decode(
+            1,
+            0,
+            &[4, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        ),
+        Err(MsgError::Invalid("open.protocol"))
+    );
+    assert_eq!(
+        ToGateway::decode(24, 0, &[0; 9]),
+        Err(MsgError::Trailing("done"))
+    );
+    assert_eq!(
+        ToGateway::decode(24, 1, &[0; 8]),
+        Err(MsgError::BadFlags { kind: 24, flags: 1 })
+    );
 }

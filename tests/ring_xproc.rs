@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corelay::ring::attach::{self, ShardOffer};
-use corelay::ring::msg::{self, DataKind, Msg};
+use corelay::ring::msg::{self, DataKind, ToBackend, ToGateway};
 use corelay::ring::{Doorbells, GatewaySide, Region};
 
 const ENV: &str = "CORELAY_RING_CHILD";
@@ -35,9 +35,9 @@ fn child_main() {
             continue;
         };
         let (conn, seq) = (r.conn, r.seq);
-        match Msg::from_record(&r).expect("child: bad msg") {
-            Msg::Message { data, payload } => {
-                let reply = Msg::Send {
+        match ToBackend::from_record(&r).expect("child: bad msg") {
+            ToBackend::Message { data, payload } => {
+                let reply = ToGateway::Send {
                     in_reply_to: Some(seq),
                     data,
                     payload,
@@ -48,7 +48,7 @@ fn child_main() {
                         .unwrap();
                 }
             }
-            Msg::Closed { .. } => {
+            ToBackend::Closed { .. } => {
                 be.rx.advance();
                 be.rx.commit();
                 std::process::exit(0);
@@ -148,7 +148,7 @@ fn pump(
         let mut progressed = false;
         while *next <= n {
             let p = payload(*next);
-            let m = Msg::Message {
+            let m = ToBackend::Message {
                 data: DataKind::Binary,
                 payload: &p,
             };
@@ -159,8 +159,8 @@ fn pump(
             progressed = true;
         }
         while let Some(r) = gw.rx.peek().unwrap() {
-            match Msg::from_record(&r).unwrap() {
-                Msg::Send {
+            match ToGateway::from_record(&r).unwrap() {
+                ToGateway::Send {
                     in_reply_to: Some(s),
                     data: DataKind::Binary,
                     payload: p,
@@ -185,7 +185,7 @@ fn pump(
 }
 
 fn finish(gw: &mut GatewaySide, seq: u64, mut child: Child) {
-    let bye = Msg::Closed {
+    let bye = ToBackend::Closed {
         code: 1000,
         reason: b"",
     };

@@ -32,6 +32,10 @@ pub enum ConfigError {
     },
 }
 
+/// Bytes a ring record adds to a message: the 24-byte record header, plus the 8-byte
+/// `in_reply_to` of the reply (docs/ring-protocol.md §3, §5).
+pub const RING_MESSAGE_OVERHEAD: u64 = 32;
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -159,7 +163,8 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 0,
             max_handshake_bytes: 8192,
             max_frame_bytes: 16 << 20,
-            max_message_bytes: 16 << 20,
+            // Fits the default 4 MiB backend ring (validate() requires that in ring mode).
+            max_message_bytes: 1 << 20,
             max_outbound_bytes: 4 << 20,
             read_buffer_bytes: 64 << 10,
         }
@@ -399,6 +404,19 @@ impl GatewayConfig {
                 "must be a power of two >= 4096",
             ));
         }
+        // A message the ring cannot hold would be closed with 1009 at run time, however small
+        // the configured limit says it may be: refuse the combination at start instead.
+        let ring_max = (self.backend.ring_bytes as u64).saturating_sub(RING_MESSAGE_OVERHEAD);
+        if self.backend.mode == BackendMode::Ring && self.limits.max_message_bytes > ring_max {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!(
+                    "must be <= backend.ring_bytes - {RING_MESSAGE_OVERHEAD} ({ring_max}): a message \
+                     travels to the backend in one ring record; raise backend.ring_bytes or \
+                     lower limits.max_message_bytes"
+                ),
+            ));
+        }
         if !(1..=255).contains(&self.backend.max_backends) {
             return Err(invalid("backend.max_backends", "must be in 1..=255"));
         }
@@ -503,6 +521,22 @@ mod tests {
             .to_string()
             .contains("server.shards"));
         assert!((1..=MAX_SHARDS).contains(&GatewayConfig::default().shard_count()));
+    }
+
+    #[test]
+    fn message_limit_must_fit_the_ring() {
+        GatewayConfig::default().validate().unwrap();
+        let c = GatewayConfig::from_toml("[limits]\nmax_message_bytes = 16777216\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.max_message_bytes"), "{e}");
+        assert!(e.contains("backend.ring_bytes"), "{e}");
+        let fits = format!("[limits]\nmax_message_bytes = {}\n", (4 << 20) - 32);
+        GatewayConfig::from_toml(&fits).unwrap().validate().unwrap();
+        let over = format!("[limits]\nmax_message_bytes = {}\n", (4 << 20) - 31);
+        assert!(GatewayConfig::from_toml(&over).unwrap().validate().is_err());
+        // Echo mode has no ring.
+        let echo = "[backend]\nmode = \"echo\"\n[limits]\nmax_message_bytes = 16777216\n";
+        GatewayConfig::from_toml(echo).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -16,8 +16,9 @@ use super::region::{BackendSide, Region};
 
 /// Handshake magic, both directions.
 pub const ATTACH_MAGIC: [u8; 8] = *b"CRLYATT1";
-/// Handshake version.
-pub const ATTACH_VERSION: u32 = 1;
+/// Handshake (and message protocol) version. 2: explicit `Done` completions, `Open` with a
+/// protocol tag, typed directions (docs/ring-protocol.md §5, §6).
+pub const ATTACH_VERSION: u32 = 2;
 /// File descriptors sent per shard: memfd, to_backend_data, to_backend_space,
 /// to_gateway_data, to_gateway_space.
 pub const FDS_PER_SHARD: usize = 5;
@@ -130,8 +131,12 @@ pub fn read_client_hello(
     }
     let v = le32(&hello[8..12]);
     if v != ATTACH_VERSION {
+        // The server hello names our version, so the backend can say what it must speak.
         let _ = s.write_all(&server_hello(status::BAD_VERSION, 0));
-        return Err(AttachError::BadVersion(v));
+        return Err(AttachError::VersionMismatch {
+            ours: ATTACH_VERSION,
+            theirs: v,
+        });
     }
     Ok((peer, le32(&hello[12..16])))
 }
@@ -241,7 +246,10 @@ pub fn handshake_route(stream: &UnixStream, route: u32) -> Result<Attached, Atta
     }
     let v = le32(&sh[8..12]);
     if v != ATTACH_VERSION {
-        return Err(AttachError::BadVersion(v));
+        return Err(AttachError::VersionMismatch {
+            ours: ATTACH_VERSION,
+            theirs: v,
+        });
     }
     match le32(&sh[12..16]) {
         status::OK => {}

@@ -57,6 +57,14 @@ pub enum AttachError {
     /// Unsupported layout or protocol version.
     #[error("unsupported version {0}")]
     BadVersion(u32),
+    /// The two sides of the attach handshake speak different protocol versions.
+    #[error("attach protocol version mismatch: this side speaks {ours}, the peer {theirs}")]
+    VersionMismatch {
+        /// Our version.
+        ours: u32,
+        /// The peer's version.
+        theirs: u32,
+    },
     /// Header fields are inconsistent with each other or with the file.
     #[error("bad region layout: {0}")]
     BadLayout(&'static str),

@@ -1,7 +1,9 @@
 //! Typed message payloads carried in ring records (sans-IO, zero-copy views).
 //!
 //! A record's `kind` selects the message, its `flags` carry per-kind bits, `conn` the
-//! connection id, `seq` the per-ring sequence number. All multi-byte integers are
+//! connection id, `seq` the sequence number. Each direction has its own type
+//! ([`ToBackend`], [`ToGateway`]): a decoder refuses the other direction's kinds
+//! ([`MsgError::WrongDirection`]) and an encoder cannot produce them. All multi-byte integers are
 //! little-endian. Every decoder validates lengths and returns [`MsgError`]; none panics.
 //! Layouts are documented byte by byte in `docs/ring-protocol.md`.
 
@@ -36,6 +38,8 @@ pub mod kind {
     pub const PUBLISH: u16 = 22;
     /// B→G: liveness policy and beat.
     pub const HEARTBEAT: u16 = 23;
+    /// B→G: a request completed without a reply.
+    pub const DONE: u16 = 24;
 }
 
 /// Record flag bits.
@@ -55,6 +59,9 @@ pub enum MsgError {
     /// Unknown record kind.
     #[error("unknown kind {0}")]
     UnknownKind(u16),
+    /// A kind defined for the other direction (e.g. an `Open` from a backend).
+    #[error("kind {0} belongs to the other direction")]
+    WrongDirection(u16),
     /// The payload ended before a field did.
     #[error("truncated {0}")]
     Truncated(&'static str),
@@ -102,7 +109,7 @@ impl DataKind {
     }
 }
 
-/// Client address in an [`Msg::Open`].
+/// Client address in a [`ToBackend::Open`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerAddr {
     /// Unknown / not IP (e.g. a Unix socket).
@@ -111,7 +118,7 @@ pub enum PeerAddr {
     Ip(SocketAddr),
 }
 
-/// Header name/value pairs of an [`Msg::Open`], iterated lazily from the payload.
+/// Header name/value pairs of a [`ToBackend::Open`], iterated lazily from the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headers<'a> {
     count: u16,
@@ -156,73 +163,119 @@ impl<'a> Iterator for HeaderIter<'a> {
     }
 }
 
-/// A decoded message; borrows from the record payload.
+/// Application protocol of a connection, carried in [`ToBackend::Open`] so one backend can
+/// serve more than WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// A WebSocket connection (`ws://` or `wss://`).
+    Ws,
+    /// A media stream (FLV, MPEG-TS, RTP over RFC 4571; see `proto::media`).
+    Media,
+    /// A live-streaming session.
+    Live,
+}
+
+impl Protocol {
+    /// The wire value (`open.protocol`).
+    pub const fn wire(self) -> u8 {
+        match self {
+            Protocol::Ws => 0,
+            Protocol::Media => 1,
+            Protocol::Live => 2,
+        }
+    }
+    /// Decodes the wire value; `None` for an undefined one.
+    pub const fn from_wire(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Protocol::Ws),
+            1 => Some(Protocol::Media),
+            2 => Some(Protocol::Live),
+            _ => None,
+        }
+    }
+}
+
+/// A gateway → backend message; borrows from the record payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Msg<'a> {
-    /// G→B: new client connection awaiting Accept/Reject. `conn` is in the record header.
+pub enum ToBackend<'a> {
+    /// A new client connection awaiting Accept/Reject. `conn` is in the record header.
     Open {
+        /// The connection's application protocol.
+        protocol: Protocol,
         /// Client address.
         peer: PeerAddr,
         /// Request path (without query).
         path: &'a [u8],
         /// Query string (without `?`), possibly empty.
         query: &'a [u8],
-        /// Selected request headers.
+        /// Selected request headers (names in lower case).
         headers: Headers<'a>,
     },
-    /// G→B: one client message.
+    /// One client message: a request the backend completes exactly once, with
+    /// [`ToGateway::Send`] (`in_reply_to`) or [`ToGateway::Done`].
     Message {
         /// Text or binary.
         data: DataKind,
         /// The message bytes.
         payload: &'a [u8],
     },
-    /// G→B: the client connection closed.
+    /// The client connection closed.
     Closed {
         /// WebSocket close code (1006 if abnormal).
         code: u16,
         /// Close reason.
         reason: &'a [u8],
     },
-    /// B→G: accept the handshake.
+}
+
+/// A backend → gateway message; borrows from the record payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToGateway<'a> {
+    /// Accept the handshake.
     Accept {
         /// Chosen subprotocol, if any.
         subprotocol: Option<&'a [u8]>,
     },
-    /// B→G: reject the handshake.
+    /// Reject the handshake.
     Reject {
         /// HTTP status (before the upgrade) or close code.
         status: u16,
         /// Reason text.
         reason: &'a [u8],
     },
-    /// B→G: send to one connection.
+    /// Send to one connection: the reply to request `in_reply_to`, or a push (`None`).
+    /// An empty payload is an empty message like any other.
     Send {
-        /// Sequence number of the gateway record this answers, if any.
+        /// Request seq this answers (completing it), if any.
         in_reply_to: Option<u64>,
         /// Text or binary.
         data: DataKind,
         /// Message bytes.
         payload: &'a [u8],
     },
-    /// B→G: close a connection.
+    /// Complete request `in_reply_to` without sending anything.
+    Done {
+        /// Request seq this completes.
+        in_reply_to: u64,
+    },
+    /// Close a connection.
     Close {
         /// Close code.
         code: u16,
         /// Close reason.
         reason: &'a [u8],
     },
-    /// B→G: add `conn` to a group.
+    /// Add `conn` to a group.
     Join {
         /// Group id.
         group: u64,
     },
-    /// B→G: remove `conn` from a group.
+    /// Remove `conn` from a group.
     Leave {
         /// Group id.
         group: u64,
     },
-    /// B→G: fan out to a group.
+    /// Fan out to a group.
     Publish {
         /// Group id.
         group: u64,
@@ -231,13 +284,26 @@ pub enum Msg<'a> {
         /// Message bytes.
         payload: &'a [u8],
     },
-    /// B→G: liveness policy; each heartbeat also counts as a beat.
+    /// Liveness policy; each heartbeat also counts as a beat.
     Heartbeat {
         /// Interval at which the backend sends heartbeats.
         interval_ms: u32,
         /// The gateway declares the backend dead after this long without one.
         timeout_ms: u32,
     },
+}
+
+/// A message that can be written into a ring record (implemented by [`ToBackend`] and
+/// [`ToGateway`]; each direction has its own type, so a wrong-way kind cannot be built).
+pub trait RingMsg {
+    /// The record kind.
+    fn kind(&self) -> u16;
+    /// The record flags.
+    fn flags(&self) -> u16;
+    /// Encoded payload length in bytes.
+    fn encoded_len(&self) -> Result<usize, MsgError>;
+    /// Writes the payload into `out`, exactly [`encoded_len`](Self::encoded_len) bytes.
+    fn encode(&self, out: &mut [u8]) -> Result<(), MsgError>;
 }
 
 #[derive(Clone, Debug)]
@@ -292,33 +358,47 @@ fn check_flags(kind: u16, f: u16, allowed: u16) -> Result<(), MsgError> {
     }
 }
 
-/// Fixed part of the Open payload: family u8, reserved u8, port u16, addr [u8; 16].
+/// Fixed part of the Open payload: family u8, protocol u8, port u16, addr [u8; 16].
 const OPEN_FIXED: usize = 20;
 
-impl<'a> Msg<'a> {
-    /// Decodes a payload given the record's `kind` and `flags`.
-    pub fn decode(kind: u16, f: u16, payload: &'a [u8]) -> Result<Msg<'a>, MsgError> {
+fn is_to_gateway(k: u16) -> bool {
+    (kind::ACCEPT..=kind::DONE).contains(&k)
+}
+
+fn is_to_backend(k: u16) -> bool {
+    (kind::OPEN..=kind::CLOSED).contains(&k)
+}
+
+fn decode_peer(r: &mut Reader<'_>) -> Result<(Protocol, PeerAddr), MsgError> {
+    let fam = r.take(1, "open.family")?[0];
+    let protocol = Protocol::from_wire(r.take(1, "open.protocol")?[0])
+        .ok_or(MsgError::Invalid("open.protocol"))?;
+    let port = r.u16("open.port")?;
+    let a = r.take(16, "open.addr")?;
+    let peer = match fam {
+        0 => PeerAddr::Unknown,
+        4 => PeerAddr::Ip(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            port,
+        )),
+        6 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(a);
+            PeerAddr::Ip(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
+        }
+        _ => return Err(MsgError::Invalid("open.family")),
+    };
+    Ok((protocol, peer))
+}
+
+impl<'a> ToBackend<'a> {
+    /// Decodes a gateway → backend payload given the record's `kind` and `flags`.
+    pub fn decode(kind: u16, f: u16, payload: &'a [u8]) -> Result<Self, MsgError> {
         let mut r = Reader { b: payload };
-        let m = match kind {
+        Ok(match kind {
             kind::OPEN => {
                 check_flags(kind, f, 0)?;
-                let fam = r.take(1, "open.family")?[0];
-                r.take(1, "open.reserved")?;
-                let port = r.u16("open.port")?;
-                let a = r.take(16, "open.addr")?;
-                let peer = match fam {
-                    0 => PeerAddr::Unknown,
-                    4 => PeerAddr::Ip(SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
-                        port,
-                    )),
-                    6 => {
-                        let mut o = [0u8; 16];
-                        o.copy_from_slice(a);
-                        PeerAddr::Ip(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
-                    }
-                    _ => return Err(MsgError::Invalid("open.family")),
-                };
+                let (protocol, peer) = decode_peer(&mut r)?;
                 let path = r.lp("open.path")?;
                 let query = r.lp("open.query")?;
                 let count = r.u16("open.header_count")?;
@@ -329,7 +409,8 @@ impl<'a> Msg<'a> {
                 }
                 let used = start.len() - r.b.len();
                 r.end("open")?;
-                Msg::Open {
+                ToBackend::Open {
+                    protocol,
                     peer,
                     path,
                     query,
@@ -341,28 +422,134 @@ impl<'a> Msg<'a> {
             }
             kind::MESSAGE => {
                 check_flags(kind, f, flags::DATA_MASK)?;
-                Msg::Message {
+                ToBackend::Message {
                     data: DataKind::from_flags(f),
                     payload: r.rest(),
                 }
             }
-            kind::CLOSED | kind::CLOSE | kind::REJECT => {
+            kind::CLOSED => {
+                check_flags(kind, f, 0)?;
+                let code = r.u16("closed.code")?;
+                ToBackend::Closed {
+                    code,
+                    reason: r.rest(),
+                }
+            }
+            k if is_to_gateway(k) => return Err(MsgError::WrongDirection(k)),
+            k => return Err(MsgError::UnknownKind(k)),
+        })
+    }
+
+    /// Decodes a ring record of the `to_backend` ring.
+    pub fn from_record(rec: &Record<'a>) -> Result<Self, MsgError> {
+        Self::decode(rec.kind, rec.flags, rec.payload)
+    }
+}
+
+impl RingMsg for ToBackend<'_> {
+    fn kind(&self) -> u16 {
+        match self {
+            ToBackend::Open { .. } => kind::OPEN,
+            ToBackend::Message { .. } => kind::MESSAGE,
+            ToBackend::Closed { .. } => kind::CLOSED,
+        }
+    }
+
+    fn flags(&self) -> u16 {
+        match self {
+            ToBackend::Message { data, .. } => data.flag(),
+            _ => 0,
+        }
+    }
+
+    fn encoded_len(&self) -> Result<usize, MsgError> {
+        Ok(match self {
+            ToBackend::Open {
+                path,
+                query,
+                headers,
+                ..
+            } => {
+                check_lp(path, "open.path")?;
+                check_lp(query, "open.query")?;
+                OPEN_FIXED + 2 + path.len() + 2 + query.len() + 2 + headers.bytes.len()
+            }
+            ToBackend::Message { payload, .. } => payload.len(),
+            ToBackend::Closed { reason, .. } => 2 + reason.len(),
+        })
+    }
+
+    fn encode(&self, out: &mut [u8]) -> Result<(), MsgError> {
+        if out.len() != self.encoded_len()? {
+            return Err(MsgError::Invalid("output length"));
+        }
+        let mut w = Writer { b: out, at: 0 };
+        match self {
+            ToBackend::Open {
+                protocol,
+                peer,
+                path,
+                query,
+                headers,
+            } => {
+                let (fam, port, a) = match peer {
+                    PeerAddr::Unknown => (0u8, 0u16, [0u8; 16]),
+                    PeerAddr::Ip(sa) => {
+                        let mut a = [0u8; 16];
+                        let fam = match sa.ip() {
+                            IpAddr::V4(v4) => {
+                                a[..4].copy_from_slice(&v4.octets());
+                                4
+                            }
+                            IpAddr::V6(v6) => {
+                                a = v6.octets();
+                                6
+                            }
+                        };
+                        (fam, sa.port(), a)
+                    }
+                };
+                w.put(&[fam, protocol.wire()]);
+                w.put(&port.to_le_bytes());
+                w.put(&a);
+                w.lp(path);
+                w.lp(query);
+                w.put(&headers.count.to_le_bytes());
+                w.put(headers.bytes);
+            }
+            ToBackend::Message { payload, .. } => w.put(payload),
+            ToBackend::Closed { code, reason } => {
+                w.put(&code.to_le_bytes());
+                w.put(reason);
+            }
+        }
+        debug_assert_eq!(w.at, w.b.len());
+        Ok(())
+    }
+}
+
+impl<'a> ToGateway<'a> {
+    /// Decodes a backend → gateway payload given the record's `kind` and `flags`.
+    pub fn decode(kind: u16, f: u16, payload: &'a [u8]) -> Result<Self, MsgError> {
+        let mut r = Reader { b: payload };
+        let m = match kind {
+            kind::CLOSE | kind::REJECT => {
                 check_flags(kind, f, 0)?;
                 let code = r.u16("code")?;
                 let reason = r.rest();
-                match kind {
-                    kind::CLOSED => Msg::Closed { code, reason },
-                    kind::CLOSE => Msg::Close { code, reason },
-                    _ => Msg::Reject {
+                if kind == kind::CLOSE {
+                    ToGateway::Close { code, reason }
+                } else {
+                    ToGateway::Reject {
                         status: code,
                         reason,
-                    },
+                    }
                 }
             }
             kind::ACCEPT => {
                 check_flags(kind, f, 0)?;
                 let p = r.rest();
-                Msg::Accept {
+                ToGateway::Accept {
                     subprotocol: if p.is_empty() { None } else { Some(p) },
                 }
             }
@@ -373,26 +560,32 @@ impl<'a> Msg<'a> {
                 } else {
                     None
                 };
-                Msg::Send {
+                ToGateway::Send {
                     in_reply_to,
                     data: DataKind::from_flags(f),
                     payload: r.rest(),
                 }
+            }
+            kind::DONE => {
+                check_flags(kind, f, 0)?;
+                let in_reply_to = r.u64("done.in_reply_to")?;
+                r.end("done")?;
+                ToGateway::Done { in_reply_to }
             }
             kind::JOIN | kind::LEAVE => {
                 check_flags(kind, f, 0)?;
                 let group = r.u64("group")?;
                 r.end("join/leave")?;
                 if kind == kind::JOIN {
-                    Msg::Join { group }
+                    ToGateway::Join { group }
                 } else {
-                    Msg::Leave { group }
+                    ToGateway::Leave { group }
                 }
             }
             kind::PUBLISH => {
                 check_flags(kind, f, flags::DATA_MASK)?;
                 let group = r.u64("publish.group")?;
-                Msg::Publish {
+                ToGateway::Publish {
                     group,
                     data: DataKind::from_flags(f),
                     payload: r.rest(),
@@ -403,43 +596,42 @@ impl<'a> Msg<'a> {
                 let interval_ms = r.u32("heartbeat.interval")?;
                 let timeout_ms = r.u32("heartbeat.timeout")?;
                 r.end("heartbeat")?;
-                Msg::Heartbeat {
+                ToGateway::Heartbeat {
                     interval_ms,
                     timeout_ms,
                 }
             }
+            k if is_to_backend(k) => return Err(MsgError::WrongDirection(k)),
             k => return Err(MsgError::UnknownKind(k)),
         };
         Ok(m)
     }
 
-    /// Decodes a ring record.
-    pub fn from_record(rec: &Record<'a>) -> Result<Msg<'a>, MsgError> {
-        Msg::decode(rec.kind, rec.flags, rec.payload)
+    /// Decodes a ring record of the `to_gateway` ring.
+    pub fn from_record(rec: &Record<'a>) -> Result<Self, MsgError> {
+        Self::decode(rec.kind, rec.flags, rec.payload)
     }
+}
 
-    /// The record kind for this message.
-    pub fn kind(&self) -> u16 {
+impl RingMsg for ToGateway<'_> {
+    fn kind(&self) -> u16 {
         match self {
-            Msg::Open { .. } => kind::OPEN,
-            Msg::Message { .. } => kind::MESSAGE,
-            Msg::Closed { .. } => kind::CLOSED,
-            Msg::Accept { .. } => kind::ACCEPT,
-            Msg::Reject { .. } => kind::REJECT,
-            Msg::Send { .. } => kind::SEND,
-            Msg::Close { .. } => kind::CLOSE,
-            Msg::Join { .. } => kind::JOIN,
-            Msg::Leave { .. } => kind::LEAVE,
-            Msg::Publish { .. } => kind::PUBLISH,
-            Msg::Heartbeat { .. } => kind::HEARTBEAT,
+            ToGateway::Accept { .. } => kind::ACCEPT,
+            ToGateway::Reject { .. } => kind::REJECT,
+            ToGateway::Send { .. } => kind::SEND,
+            ToGateway::Done { .. } => kind::DONE,
+            ToGateway::Close { .. } => kind::CLOSE,
+            ToGateway::Join { .. } => kind::JOIN,
+            ToGateway::Leave { .. } => kind::LEAVE,
+            ToGateway::Publish { .. } => kind::PUBLISH,
+            ToGateway::Heartbeat { .. } => kind::HEARTBEAT,
         }
     }
 
-    /// The record flags for this message.
-    pub fn flags(&self) -> u16 {
+    fn flags(&self) -> u16 {
         match self {
-            Msg::Message { data, .. } | Msg::Publish { data, .. } => data.flag(),
-            Msg::Send {
+            ToGateway::Publish { data, .. } => data.flag(),
+            ToGateway::Send {
                 in_reply_to, data, ..
             } => {
                 data.flag()
@@ -453,85 +645,37 @@ impl<'a> Msg<'a> {
         }
     }
 
-    /// Encoded payload length in bytes.
-    pub fn encoded_len(&self) -> Result<usize, MsgError> {
+    fn encoded_len(&self) -> Result<usize, MsgError> {
         Ok(match self {
-            Msg::Open {
-                path,
-                query,
-                headers,
-                ..
-            } => {
-                check_lp(path, "open.path")?;
-                check_lp(query, "open.query")?;
-                OPEN_FIXED + 2 + path.len() + 2 + query.len() + 2 + headers.bytes.len()
-            }
-            Msg::Message { payload, .. } => payload.len(),
-            Msg::Closed { reason, .. } | Msg::Close { reason, .. } | Msg::Reject { reason, .. } => {
-                2 + reason.len()
-            }
-            Msg::Accept { subprotocol } => subprotocol.map_or(0, |s| s.len()),
-            Msg::Send {
+            ToGateway::Close { reason, .. } | ToGateway::Reject { reason, .. } => 2 + reason.len(),
+            ToGateway::Accept { subprotocol } => subprotocol.map_or(0, |s| s.len()),
+            ToGateway::Send {
                 in_reply_to,
                 payload,
                 ..
             } => in_reply_to.map_or(0, |_| 8) + payload.len(),
-            Msg::Join { .. } | Msg::Leave { .. } => 8,
-            Msg::Publish { payload, .. } => 8 + payload.len(),
-            Msg::Heartbeat { .. } => 8,
+            ToGateway::Done { .. } | ToGateway::Join { .. } | ToGateway::Leave { .. } => 8,
+            ToGateway::Publish { payload, .. } => 8 + payload.len(),
+            ToGateway::Heartbeat { .. } => 8,
         })
     }
 
-    /// Writes the payload into `out`, which must be exactly [`encoded_len`](Self::encoded_len)
-    /// bytes long.
-    pub fn encode(&self, out: &mut [u8]) -> Result<(), MsgError> {
+    fn encode(&self, out: &mut [u8]) -> Result<(), MsgError> {
         if out.len() != self.encoded_len()? {
             return Err(MsgError::Invalid("output length"));
         }
         let mut w = Writer { b: out, at: 0 };
         match self {
-            Msg::Open {
-                peer,
-                path,
-                query,
-                headers,
-            } => {
-                match peer {
-                    PeerAddr::Unknown => w.put(&[0u8; 20]),
-                    PeerAddr::Ip(sa) => {
-                        let mut a = [0u8; 16];
-                        let fam = match sa.ip() {
-                            IpAddr::V4(v4) => {
-                                a[..4].copy_from_slice(&v4.octets());
-                                4u8
-                            }
-                            IpAddr::V6(v6) => {
-                                a = v6.octets();
-                                6u8
-                            }
-                        };
-                        w.put(&[fam, 0]);
-                        w.put(&sa.port().to_le_bytes());
-                        w.put(&a);
-                    }
-                }
-                w.lp(path);
-                w.lp(query);
-                w.put(&headers.count.to_le_bytes());
-                w.put(headers.bytes);
-            }
-            Msg::Message { payload, .. } => w.put(payload),
-            Msg::Closed { code, reason }
-            | Msg::Close { code, reason }
-            | Msg::Reject {
+            ToGateway::Close { code, reason }
+            | ToGateway::Reject {
                 status: code,
                 reason,
             } => {
                 w.put(&code.to_le_bytes());
                 w.put(reason);
             }
-            Msg::Accept { subprotocol } => w.put(subprotocol.unwrap_or(&[])),
-            Msg::Send {
+            ToGateway::Accept { subprotocol } => w.put(subprotocol.unwrap_or(&[])),
+            ToGateway::Send {
                 in_reply_to,
                 payload,
                 ..
@@ -541,12 +685,14 @@ impl<'a> Msg<'a> {
                 }
                 w.put(payload);
             }
-            Msg::Join { group } | Msg::Leave { group } => w.put(&group.to_le_bytes()),
-            Msg::Publish { group, payload, .. } => {
+            ToGateway::Done { in_reply_to: group }
+            | ToGateway::Join { group }
+            | ToGateway::Leave { group } => w.put(&group.to_le_bytes()),
+            ToGateway::Publish { group, payload, .. } => {
                 w.put(&group.to_le_bytes());
                 w.put(payload);
             }
-            Msg::Heartbeat {
+            ToGateway::Heartbeat {
                 interval_ms,
                 timeout_ms,
             } => {
@@ -583,7 +729,7 @@ impl Writer<'_> {
     }
 }
 
-/// Encodes a header list for [`Msg::Open`] into `buf` and returns the view to put in the
+/// Encodes a header list for [`ToBackend::Open`] into `buf` and returns the view to put in the
 /// message. Fails if a name or value exceeds 65535 bytes or there are more than 65535 pairs.
 pub fn encode_headers<'b>(
     pairs: &[(&[u8], &[u8])],
@@ -619,7 +765,7 @@ pub enum PushError {
 }
 
 /// Encodes `msg` straight into a claimed ring slot and publishes it. `Ok(false)` if full.
-pub fn push(p: &mut Producer, conn: u64, seq: u64, msg: &Msg<'_>) -> Result<bool, PushError> {
+pub fn push(p: &mut Producer, conn: u64, seq: u64, msg: &impl RingMsg) -> Result<bool, PushError> {
     let len = msg.encoded_len()?;
     let Some(mut slot) = p.claim(len)? else {
         return Ok(false);

@@ -255,6 +255,18 @@ impl Region {
         })
     }
 
+    /// A consumer of `to_backend` for the gateway, starting at its `committed` position: the
+    /// gateway takes over what a departed backend left unhandled (and hands it to another
+    /// backend). Only while no backend process uses this region: the ring has one consumer.
+    pub fn takeover_consumer(&self, bells: &Doorbells) -> Result<Consumer, RingError> {
+        let l = self.layout;
+        Consumer::new(
+            self.ring(l.tb_offset, l.tb_capacity),
+            bells.to_backend_data.clone(),
+            bells.to_backend_space.clone(),
+        )
+    }
+
     /// Base pointer of the mapping (tests use it to inject corruption).
     #[doc(hidden)]
     pub fn raw_base(&self) -> *mut u8 {

@@ -1,7 +1,8 @@
 //! The demo service started by `corelay demo`: chat rooms on `/room/NAME` (every message is
-//! published to the room), echo on every other path, and optional token authentication.
+//! published to the room), `/whoami` (every message is answered with what the backend was told
+//! about the connection), echo on every other path, and optional token authentication.
 
-use super::{group_id, ConnId, Ctx, DataKind, OpenRequest, Service, Verdict};
+use super::{group_id, ConnId, Ctx, DataKind, OpenRequest, PeerAddr, Service, Verdict};
 
 /// Rooms + echo (+ token check when `token` is set).
 #[derive(Debug, Default)]
@@ -11,6 +12,8 @@ pub struct DemoService {
     /// If set, echoed replies are prefixed with it (tells backends apart in tests and demos).
     pub tag: Option<String>,
     rooms: std::collections::HashMap<ConnId, u64>,
+    /// `/whoami` connections: the description of what their `Open` carried.
+    whoami: std::collections::HashMap<ConnId, String>,
 }
 
 impl DemoService {
@@ -20,6 +23,7 @@ impl DemoService {
             token,
             tag: None,
             rooms: Default::default(),
+            whoami: Default::default(),
         }
     }
 }
@@ -47,12 +51,22 @@ impl Service for DemoService {
             ctx.join(conn, g);
             return Verdict::Accept(None);
         }
+        if req.path == "/whoami" {
+            self.whoami.insert(conn, describe(req));
+        }
         Verdict::Accept(None)
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, kind: DataKind, payload: &[u8]) {
+        if let Some(w) = self.whoami.get(&conn) {
+            return ctx.reply(DataKind::Text, w.as_bytes());
+        }
         match self.rooms.get(&conn) {
-            Some(&g) => ctx.publish(g, kind, payload),
+            Some(&g) => {
+                ctx.publish(g, kind, payload);
+                // The sender gets the publish like every member; no reply of its own.
+                ctx.done();
+            }
             None => match &self.tag {
                 Some(t) => {
                     let mut v = t.as_bytes().to_vec();
@@ -66,5 +80,30 @@ impl Service for DemoService {
 
     fn on_closed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _code: u16, _reason: &[u8]) {
         self.rooms.remove(&conn);
+        self.whoami.remove(&conn);
     }
+}
+
+/// `protocol=ws peer=IP:PORT headers=name:value,...` (lossy UTF-8).
+fn describe(req: &OpenRequest<'_>) -> String {
+    let peer = match req.peer {
+        PeerAddr::Ip(a) => a.to_string(),
+        PeerAddr::Unknown => "unknown".into(),
+    };
+    let headers: Vec<String> = req
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            format!(
+                "{}:{}",
+                String::from_utf8_lossy(n),
+                String::from_utf8_lossy(v)
+            )
+        })
+        .collect();
+    format!(
+        "protocol={:?} peer={peer} headers={}",
+        req.protocol,
+        headers.join(",")
+    )
 }

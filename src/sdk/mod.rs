@@ -5,8 +5,9 @@
 //! Depends only on `proto` and `ring` (never on the gateway runtime).
 //!
 //! Protocol duties the SDK fulfils for you (docs/ring-protocol.md):
-//! - every request (`Message`) gets exactly one completion: your [`Ctx::reply`], or an empty
-//!   completion when you did not reply, so the gateway can keep replies in request order;
+//! - every request (`Message`) gets exactly one completion: your [`Ctx::reply`] (any message,
+//!   an empty one included), or a `Done` record (nothing sent) when you called [`Ctx::done`]
+//!   or did not reply, so the gateway can keep replies in request order;
 //! - records are committed only after the replies they caused are published, so a backend
 //!   killed at any instant loses nothing: its successor gets every uncommitted request again,
 //!   and the gateway drops replies to requests already answered.
@@ -14,10 +15,10 @@
 pub mod demo;
 
 pub use crate::proto::conn_id::ConnId;
-pub use crate::ring::msg::{DataKind, Headers, PeerAddr};
+pub use crate::ring::msg::{DataKind, Headers, PeerAddr, Protocol};
 
 use crate::ring::attach::{self, Attached};
-use crate::ring::msg::{self, Msg};
+use crate::ring::msg::{self, RingMsg, ToBackend, ToGateway};
 use crate::ring::{Consumer, Doorbells, Producer, Region};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -53,13 +54,15 @@ pub enum Verdict {
 /// A new connection's upgrade request.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenRequest<'a> {
-    /// Client address.
+    /// The connection's application protocol (WebSocket today).
+    pub protocol: Protocol,
+    /// Client address (IPv4 or IPv6 and port, as the gateway accepted it).
     pub peer: PeerAddr,
     /// Request path, e.g. `/room/lobby`.
     pub path: &'a str,
     /// Query string without `?` (may be empty).
     pub query: &'a str,
-    /// Forwarded request headers.
+    /// Forwarded request headers (names in lower case).
     pub headers: Headers<'a>,
 }
 
@@ -90,7 +93,8 @@ pub trait Service {
     }
 
     /// A message from a client. Answer with [`Ctx::reply`] (delivered in request order), or
-    /// act otherwise (publish, send...); the SDK completes the request either way.
+    /// complete it without an answer with [`Ctx::done`] (publish, send...); returning without
+    /// either is the same as [`Ctx::done`].
     fn on_message(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _kind: DataKind, _payload: &[u8]) {}
 
     /// A client connection is gone (close code; 1006 if it dropped).
@@ -106,12 +110,23 @@ struct Link {
 pub struct Ctx<'a> {
     txs: &'a mut [Producer],
     current: Option<(ConnId, u64)>,
-    replied: bool,
+    outcome: Outcome,
     error: Option<SdkError>,
 }
 
+/// How the request being handled was completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not yet: the SDK completes it with `Done` when the handler returns.
+    Pending,
+    /// Answered with a message ([`Ctx::reply`]).
+    Replied,
+    /// Completed without a message ([`Ctx::done`]).
+    Done,
+}
+
 impl Ctx<'_> {
-    fn push(&mut self, shard: usize, conn: ConnId, seq: u64, m: &Msg<'_>) {
+    fn push(&mut self, shard: usize, conn: ConnId, seq: u64, m: &ToGateway<'_>) {
         if self.error.is_some() {
             return;
         }
@@ -142,16 +157,18 @@ impl Ctx<'_> {
     }
 
     /// Answer the request being handled (in [`Service::on_message`]): delivered to the client
-    /// after the answers to its earlier requests. Only the first reply counts.
+    /// after the answers to its earlier requests, whatever its length (an empty message is a
+    /// message). Only the first completion counts: a later reply is sent as a push
+    /// ([`Ctx::send`]).
     pub fn reply(&mut self, kind: DataKind, payload: &[u8]) {
         let Some((conn, seq)) = self.current else {
             return;
         };
-        if self.replied {
+        if self.outcome != Outcome::Pending {
             return self.send(conn, kind, payload);
         }
-        self.replied = true;
-        let m = Msg::Send {
+        self.outcome = Outcome::Replied;
+        let m = ToGateway::Send {
             in_reply_to: Some(seq),
             data: kind,
             payload,
@@ -159,9 +176,29 @@ impl Ctx<'_> {
         self.push(conn.shard() as usize, conn, 0, &m);
     }
 
+    /// Complete the request being handled without sending anything to the client (e.g. the
+    /// message was published to a room): the answers to later requests no longer wait for it.
+    /// Does nothing if it is already completed.
+    pub fn done(&mut self) {
+        let Some((conn, seq)) = self.current else {
+            return;
+        };
+        if self.outcome != Outcome::Pending {
+            return;
+        }
+        self.outcome = Outcome::Done;
+        let m = ToGateway::Done { in_reply_to: seq };
+        self.push(conn.shard() as usize, conn, 0, &m);
+    }
+
+    /// How the request being handled has been completed so far.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
     /// Send a message to any connection now (not ordered with replies).
     pub fn send(&mut self, conn: ConnId, kind: DataKind, payload: &[u8]) {
-        let m = Msg::Send {
+        let m = ToGateway::Send {
             in_reply_to: None,
             data: kind,
             payload,
@@ -171,7 +208,7 @@ impl Ctx<'_> {
 
     /// Close a connection with a WebSocket close code.
     pub fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
-        let m = Msg::Close {
+        let m = ToGateway::Close {
             code,
             reason: reason.as_bytes(),
         };
@@ -180,18 +217,18 @@ impl Ctx<'_> {
 
     /// Add a connection to a group.
     pub fn join(&mut self, conn: ConnId, group: u64) {
-        self.push(conn.shard() as usize, conn, 0, &Msg::Join { group });
+        self.push(conn.shard() as usize, conn, 0, &ToGateway::Join { group });
     }
 
     /// Remove a connection from a group.
     pub fn leave(&mut self, conn: ConnId, group: u64) {
-        self.push(conn.shard() as usize, conn, 0, &Msg::Leave { group });
+        self.push(conn.shard() as usize, conn, 0, &ToGateway::Leave { group });
     }
 
     /// Send to every member of a group, on every shard (one record per shard; the gateway
     /// fans out).
     pub fn publish(&mut self, group: u64, kind: DataKind, payload: &[u8]) {
-        let m = Msg::Publish {
+        let m = ToGateway::Publish {
             group,
             data: kind,
             payload,
@@ -359,17 +396,19 @@ impl Backend {
                 let mut ctx = Ctx {
                     txs: &mut self.txs,
                     current: None,
-                    replied: false,
+                    outcome: Outcome::Pending,
                     error: None,
                 };
-                match Msg::from_record(&rec) {
-                    Ok(Msg::Open {
+                match ToBackend::from_record(&rec) {
+                    Ok(ToBackend::Open {
+                        protocol,
                         peer,
                         path,
                         query,
                         headers,
                     }) => {
                         let req = OpenRequest {
+                            protocol,
                             peer,
                             path: std::str::from_utf8(path).unwrap_or(""),
                             query: std::str::from_utf8(query).unwrap_or(""),
@@ -378,7 +417,7 @@ impl Backend {
                         let m = match service.on_open(&mut ctx, conn, &req) {
                             Verdict::Accept(p) => {
                                 let bytes = p.map(String::into_bytes);
-                                let m = Msg::Accept {
+                                let m = ToGateway::Accept {
                                     subprotocol: bytes.as_deref(),
                                 };
                                 ctx.push(conn.shard() as usize, conn, 0, &m);
@@ -387,32 +426,25 @@ impl Backend {
                             Verdict::Reject(status) => Some(status),
                         };
                         if let Some(status) = m {
-                            let m = Msg::Reject {
+                            let m = ToGateway::Reject {
                                 status,
                                 reason: b"",
                             };
                             ctx.push(conn.shard() as usize, conn, 0, &m);
                         }
                     }
-                    Ok(Msg::Message { data, payload }) => {
+                    Ok(ToBackend::Message { data, payload }) => {
                         ctx.current = Some((conn, seq));
                         service.on_message(&mut ctx, conn, data, payload);
-                        if !ctx.replied {
-                            // Complete the request without a message (empty binary reply).
-                            let m = Msg::Send {
-                                in_reply_to: Some(seq),
-                                data: DataKind::Binary,
-                                payload: b"",
-                            };
-                            ctx.push(conn.shard() as usize, conn, 0, &m);
-                        }
+                        // Every request is completed exactly once.
+                        ctx.done();
                     }
-                    Ok(Msg::Closed { code, reason }) => {
+                    Ok(ToBackend::Closed { code, reason }) => {
                         service.on_closed(&mut ctx, conn, code, reason)
                     }
-                    // Not for backends, or malformed: skip it (the gateway is trusted; a
-                    // record it did not mean is still not worth dying for).
-                    Ok(_) | Err(_) => {}
+                    // Malformed: skip it (the gateway is trusted; a record it did not mean is
+                    // still not worth dying for).
+                    Err(_) => {}
                 }
                 if let Some(e) = ctx.error {
                     return Err(e);
@@ -440,14 +472,14 @@ impl Backend {
             if let Some((interval, timeout)) = self.heartbeat {
                 if last_beat.elapsed() >= Duration::from_millis(interval as u64) {
                     last_beat = std::time::Instant::now();
-                    let m = Msg::Heartbeat {
+                    let m = ToGateway::Heartbeat {
                         interval_ms: interval,
                         timeout_ms: timeout,
                     };
                     let mut ctx = Ctx {
                         txs: &mut self.txs,
                         current: None,
-                        replied: false,
+                        outcome: Outcome::Pending,
                         error: None,
                     };
                     for shard in 0..ctx.txs.len() {

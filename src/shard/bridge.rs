@@ -20,8 +20,10 @@ use super::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
 use super::hub::{HubEvent, HubShared};
 use crate::config::BackendConfig;
 use crate::proto::ws::DataKind;
-use crate::ring::msg::{self, DataKind as RingKind, Msg, PeerAddr};
-use crate::ring::{Doorbells, GatewaySide};
+use crate::ring::msg::{
+    self, DataKind as RingKind, PeerAddr, Protocol, RingMsg, ToBackend, ToGateway,
+};
+use crate::ring::{Doorbells, GatewaySide, Producer};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -30,45 +32,47 @@ use std::time::{Duration, Instant};
 type Set<T> = HashSet<T, ahash::RandomState>;
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
-struct Slot {
-    route: u32,
-    side: GatewaySide,
-    bells: Doorbells,
-    attached: bool,
+pub(super) struct Slot {
+    pub(super) route: u32,
+    pub(super) side: GatewaySide,
+    pub(super) bells: Doorbells,
+    pub(super) attached: bool,
     /// Parked waiting for ring space (the backend rings `to_backend_space`).
-    space_parked: bool,
-    heartbeat: Option<(Duration, Instant)>,
+    pub(super) space_parked: bool,
+    pub(super) heartbeat: Option<(Duration, Instant)>,
     /// Doorbells are in the shard's epoll set.
-    registered: bool,
+    pub(super) registered: bool,
 }
 
 /// A `Closed` that did not fit in the ring yet (sent as soon as there is room).
-struct PendingClosed {
-    slot: u8,
-    conn: ConnId,
-    seq: u64,
-    code: u16,
-    reason: Vec<u8>,
+pub(super) struct PendingClosed {
+    pub(super) slot: u8,
+    pub(super) conn: ConnId,
+    pub(super) seq: u64,
+    pub(super) code: u16,
+    pub(super) reason: Vec<u8>,
 }
 
 /// Per-shard handler that talks to backends over rings.
 pub struct RingHandler {
-    slots: Vec<Option<Slot>>,
+    pub(super) slots: Vec<Option<Slot>>,
     /// Slots whose rings were retired (corrupt): never used again.
-    dead: Set<u8>,
-    next_rr: usize,
-    groups: Map<u64, Set<ConnId>>,
-    memberships: Map<ConnId, Vec<u64>>,
-    pending_closed: VecDeque<PendingClosed>,
+    pub(super) dead: Set<u8>,
+    pub(super) next_rr: usize,
+    pub(super) groups: Map<u64, Set<ConnId>>,
+    pub(super) memberships: Map<ConnId, Vec<u64>>,
+    pub(super) pending_closed: VecDeque<PendingClosed>,
     /// Connections that reached the reorder window (resumed when answers arrive).
-    window_stalled: Set<ConnId>,
-    window: u32,
-    forward: Vec<String>,
-    route_field: String,
-    routes: Map<Vec<u8>, u32>,
-    hub: Arc<HubShared>,
-    stats: HandlerStats,
-    scratch: Vec<u8>,
+    pub(super) window_stalled: Set<ConnId>,
+    pub(super) window: u32,
+    pub(super) forward: Vec<String>,
+    pub(super) route_field: String,
+    pub(super) routes: Map<Vec<u8>, u32>,
+    pub(super) hub: Arc<HubShared>,
+    pub(super) stats: HandlerStats,
+    /// Slots being handed to a successor backend (a rolling deploy; see `handover.rs`).
+    pub(super) handovers: Vec<super::handover::Handover>,
+    pub(super) scratch: Vec<u8>,
 }
 
 const DATA: u32 = 0;
@@ -120,6 +124,7 @@ impl RingHandler {
                 .collect(),
             hub,
             stats: HandlerStats::default(),
+            handovers: Vec::new(),
             scratch: Vec::new(),
         };
         if let Some((side, bells)) = slot0 {
@@ -186,8 +191,16 @@ impl RingHandler {
     fn keyed_slot(&self, conn: ConnId, payload: &[u8]) -> Option<u8> {
         let key = crate::proto::route_key::json_field(payload, &self.route_field)?;
         let route = *self.routes.get(key)?;
+        // Slots with a backend first: a slot whose backend left (and was handed over) gets
+        // keyed messages only when no backend of the route is attached.
+        let live = self.slots.iter().enumerate().any(|(i, s)| {
+            s.as_ref().is_some_and(|s| s.route == route && s.attached)
+                && !self.dead.contains(&(i as u8))
+        });
         let serves = |(i, s): &(usize, &Option<Slot>)| {
-            s.as_ref().is_some_and(|s| s.route == route) && !self.dead.contains(&(*i as u8))
+            s.as_ref()
+                .is_some_and(|s| s.route == route && (s.attached || !live))
+                && !self.dead.contains(&(*i as u8))
         };
         // Counted, then picked: no allocation per keyed message.
         let n = self.slots.iter().enumerate().filter(serves).count();
@@ -204,18 +217,29 @@ impl RingHandler {
         Some(i as u8)
     }
 
-    fn push(&mut self, slot: u8, conn: ConnId, seq: u64, m: &Msg<'_>) -> Result<bool, ()> {
+    fn push(&mut self, slot: u8, conn: ConnId, seq: u64, m: &ToBackend<'_>) -> Result<bool, ()> {
+        let need = m.encoded_len().unwrap_or(0);
+        self.push_with(slot, need, |tx| msg::push(tx, conn.0, seq, m))
+    }
+
+    /// Runs `write` on the slot's `to_backend` producer; when the ring is full, asks the
+    /// backend to ring `to_backend_space` once `need` payload bytes fit.
+    pub(super) fn push_with(
+        &mut self,
+        slot: u8,
+        need: usize,
+        write: impl FnOnce(&mut Producer) -> Result<bool, msg::PushError>,
+    ) -> Result<bool, ()> {
         let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
             return Err(());
         };
-        match msg::push(&mut s.side.tx, conn.0, seq, m) {
+        match write(&mut s.side.tx) {
             Ok(true) => Ok(true),
             Ok(false) => {
                 if !s.space_parked {
                     s.space_parked = true;
                     self.stats.backpressure_pauses += 1;
                     // Ask the backend to ring `to_backend_space` when it frees room.
-                    let need = m.encoded_len().unwrap_or(0);
                     if let Ok(false) = s.side.tx.park_for_space(need) {
                         // Room appeared meanwhile: the next attempt will succeed.
                         s.space_parked = false;
@@ -244,7 +268,7 @@ impl RingHandler {
             }
             match s.side.rx.peek() {
                 Ok(Some(rec)) => {
-                    let decoded = Msg::from_record(&rec);
+                    let decoded = ToGateway::from_record(&rec);
                     let conn = ConnId(rec.conn);
                     match decoded {
                         Ok(m) => {
@@ -284,7 +308,7 @@ impl RingHandler {
 
     /// A ring held garbage: stop using it, close its connections, have the hub kick the
     /// backend. The gateway itself carries on.
-    fn retire(&mut self, io: &mut ShardIo, slot: u8, s: Slot, why: &str) {
+    pub(super) fn retire(&mut self, io: &mut ShardIo, slot: u8, s: Slot, why: &str) {
         tracing::error!(slot, reason = why, "backend ring corrupt: detaching it");
         self.stats.backend_corrupt_detaches += 1;
         if s.attached {
@@ -294,6 +318,7 @@ impl RingHandler {
         io.deregister_fd(s.bells.to_backend_space.as_raw_fd());
         self.dead.insert(slot);
         self.pending_closed.retain(|p| p.slot != slot);
+        self.abandon_handovers(slot);
         for id in io.connection_ids() {
             if io.route(id) == Some(slot) {
                 io.close(id, 1011, "backend failed");
@@ -309,16 +334,16 @@ impl RingHandler {
         io: &mut ShardIo,
         heartbeat: &mut Option<(Duration, Instant)>,
         conn: ConnId,
-        m: Msg<'_>,
+        m: ToGateway<'_>,
     ) -> Result<(), String> {
         match m {
-            Msg::Accept { subprotocol } => {
+            ToGateway::Accept { subprotocol } => {
                 // Invalid UTF-8 turns into U+FFFD, which is no token: refused (502) like any
                 // other subprotocol the client did not offer. Borrowed when valid.
                 let p = subprotocol.map(String::from_utf8_lossy);
                 io.accept(conn, p.as_deref());
             }
-            Msg::Reject { status, reason } => {
+            ToGateway::Reject { status, reason } => {
                 if !io.reject(conn, status) {
                     // Already open: a reject is a close with that code.
                     if (1000..5000).contains(&status) {
@@ -326,39 +351,25 @@ impl RingHandler {
                     }
                 }
             }
-            Msg::Send {
+            ToGateway::Send {
                 in_reply_to,
                 data,
                 payload,
             } => {
                 let k = from_ring(data);
                 match in_reply_to {
-                    Some(seq) => {
-                        // An empty binary reply completes the request without sending.
-                        let out = if payload.is_empty() && k == DataKind::Binary {
-                            None
-                        } else {
-                            Some(k)
-                        };
-                        if io.reply(conn, seq, out, payload) == ReplyOutcome::Invalid {
-                            tracing::debug!(?conn, seq, "reply to a request never made");
-                        }
-                        if self.window_stalled.contains(&conn)
-                            && io.next_request(conn).is_none_or(|(_, n)| n < self.window)
-                        {
-                            self.window_stalled.remove(&conn);
-                            io.resume(conn);
-                        }
-                    }
+                    // Empty payloads are messages like any other (`Done` completes silently).
+                    Some(seq) => self.complete(io, conn, seq, Some(k), payload),
                     None => {
                         let _ = io.send(conn, k, payload);
                     }
                 }
             }
-            Msg::Close { code, reason } => {
+            ToGateway::Done { in_reply_to } => self.complete(io, conn, in_reply_to, None, b""),
+            ToGateway::Close { code, reason } => {
                 io.close(conn, code, &String::from_utf8_lossy(reason));
             }
-            Msg::Join { group } => {
+            ToGateway::Join { group } => {
                 if io.route(conn).is_some() {
                     self.groups.entry(group).or_default().insert(conn);
                     let g = self.memberships.entry(conn).or_default();
@@ -367,10 +378,10 @@ impl RingHandler {
                     }
                 }
             }
-            Msg::Leave { group } => {
+            ToGateway::Leave { group } => {
                 self.leave(conn, group);
             }
-            Msg::Publish {
+            ToGateway::Publish {
                 group,
                 data,
                 payload,
@@ -382,18 +393,35 @@ impl RingHandler {
                     }
                 }
             }
-            Msg::Heartbeat {
+            ToGateway::Heartbeat {
                 interval_ms: _,
                 timeout_ms,
             } => {
                 let t = Duration::from_millis(timeout_ms.max(1) as u64);
                 *heartbeat = Some((t, Instant::now()));
             }
-            Msg::Open { .. } | Msg::Message { .. } | Msg::Closed { .. } => {
-                return Err(format!("gateway-bound kind {} from a backend", m.kind()));
-            }
         }
         Ok(())
+    }
+
+    /// Request `seq` of `conn` is answered (`kind` = None: completed without a message).
+    fn complete(
+        &mut self,
+        io: &mut ShardIo,
+        conn: ConnId,
+        seq: u64,
+        kind: Option<DataKind>,
+        payload: &[u8],
+    ) {
+        if io.reply(conn, seq, kind, payload) == ReplyOutcome::Invalid {
+            tracing::debug!(?conn, seq, "reply to a request never made");
+        }
+        if self.window_stalled.contains(&conn)
+            && io.next_request(conn).is_none_or(|(_, n)| n < self.window)
+        {
+            self.window_stalled.remove(&conn);
+            io.resume(conn);
+        }
     }
 
     fn leave(&mut self, conn: ConnId, group: u64) {
@@ -413,7 +441,7 @@ impl RingHandler {
 
     fn flush_pending_closed(&mut self) {
         while let Some(p) = self.pending_closed.pop_front() {
-            let m = Msg::Closed {
+            let m = ToBackend::Closed {
                 code: p.code,
                 reason: &p.reason,
             };
@@ -433,8 +461,10 @@ impl Handler for RingHandler {
         let req = info.request;
         let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
         for (name, value) in req.headers() {
-            if self.forward.iter().any(|f| f.eq_ignore_ascii_case(name)) {
-                pairs.push((name.as_bytes(), value));
+            // Names reach the backend in lower case (the configured spelling; HTTP names are
+            // case-insensitive), whatever case the client used.
+            if let Some(f) = self.forward.iter().find(|f| f.eq_ignore_ascii_case(name)) {
+                pairs.push((f.as_bytes(), value));
             }
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -446,7 +476,8 @@ impl Handler for RingHandler {
                 return OpenDecision::Reject { status: 431 };
             }
         };
-        let m = Msg::Open {
+        let m = ToBackend::Open {
+            protocol: Protocol::Ws,
             peer: PeerAddr::Ip(info.peer),
             path: req.path().as_bytes(),
             query: req.query().unwrap_or("").as_bytes(),
@@ -486,7 +517,7 @@ impl Handler for RingHandler {
             self.window_stalled.insert(conn);
             return Delivery::Full;
         }
-        let m = Msg::Message {
+        let m = ToBackend::Message {
             data: to_ring(kind),
             payload,
         };
@@ -522,7 +553,7 @@ impl Handler for RingHandler {
         let seq = io.next_request(conn).map_or(0, |(s, _)| s - 1);
         let reason = reason.as_bytes();
         let reason = &reason[..reason.len().min(123)];
-        let m = Msg::Closed { code, reason };
+        let m = ToBackend::Closed { code, reason };
         if self.pending_closed.is_empty() {
             if let Ok(true) | Err(()) = self.push(slot, conn, seq, &m) {
                 return;
@@ -553,6 +584,7 @@ impl Handler for RingHandler {
             s.side.tx.unpark();
             s.space_parked = false;
             self.flush_pending_closed();
+            self.run_handovers(io);
             io.resume_stalled();
         }
     }
@@ -597,7 +629,7 @@ impl Handler for RingHandler {
                     let _ = s.bells.to_backend_space.signal();
                 }
             }
-            HubEvent::Detached { slot } => {
+            HubEvent::Detached { slot, takeover } => {
                 if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
                     if s.attached {
                         s.attached = false;
@@ -605,6 +637,9 @@ impl Handler for RingHandler {
                             self.stats.backends_attached.saturating_sub(1);
                     }
                     self.stats.backend_detaches += 1;
+                }
+                if let Some((to, rx)) = takeover {
+                    self.start_handover(io, slot, to, *rx);
                 }
             }
         }
@@ -617,6 +652,10 @@ impl Handler for RingHandler {
             if self.slots[i].as_ref().is_some_and(|s| !s.registered) {
                 self.register(io, i as u8);
             }
+        }
+        if !self.handovers.is_empty() {
+            // What the connections still bound to a departing slot sent this round.
+            self.run_handovers(io);
         }
         let (mut tb, mut tg) = (0, 0);
         for s in self.slots.iter_mut().flatten() {

@@ -107,6 +107,9 @@ impl Extra {
             && self.ws_key.is_none()
             && self.offered.is_empty()
             && self.reorder.is_empty()
+            // Kept until the open decision: releasing it between reads of the handshake
+            // would hand the backend 0.0.0.0:0 instead of the client's address.
+            && self.peer.is_none()
     }
 }
 
@@ -793,6 +796,7 @@ impl ShardIo {
         let Some(key) = x.ws_key.take() else {
             return false;
         };
+        x.peer = None;
         let offered = std::mem::take(&mut x.offered);
         if !confirmable(offered.split(','), protocol) {
             tracing::debug!(

@@ -24,6 +24,9 @@ pub struct ConnTable<T> {
 }
 
 const NONE: u32 = u32::MAX;
+/// Generations start at 1 and skip 0 when they wrap, so no id is ever 0: the ring protocol
+/// uses `conn = 0` for records that are not connection-scoped.
+const FIRST_GENERATION: u32 = 1;
 
 impl<T> ConnTable<T> {
     /// An empty table for `shard`, refusing inserts past `capacity_limit` live entries.
@@ -72,9 +75,9 @@ impl<T> ConnTable<T> {
             if slot == NONE {
                 return None;
             }
-            let id = ConnId::new(self.shard, 0, slot);
+            let id = ConnId::new(self.shard, FIRST_GENERATION, slot);
             self.entries.push(Entry {
-                generation: 0,
+                generation: FIRST_GENERATION,
                 slot: Slot::Live(f(id)),
             });
             id
@@ -129,7 +132,10 @@ impl<T> ConnTable<T> {
                 next_free: self.free_head,
             },
         );
-        e.generation = (e.generation + 1) & ConnId::GENERATION_MASK;
+        e.generation = match (e.generation + 1) & ConnId::GENERATION_MASK {
+            0 => FIRST_GENERATION,
+            g => g,
+        };
         self.free_head = id.slot();
         self.len -= 1;
         match old {
@@ -192,6 +198,15 @@ mod tests {
             t.remove(last);
             last = t.insert_with(|_| ()).unwrap();
             assert!(last.generation() <= ConnId::GENERATION_MASK);
+            assert_ne!(last.0, 0, "shard 0, slot 0 must not make id 0");
         }
+    }
+
+    #[test]
+    fn no_id_is_zero() {
+        let mut t = ConnTable::new(0, 4);
+        let first = t.insert_with(|_| ()).unwrap();
+        assert_eq!(first.slot(), 0);
+        assert_ne!(first.0, 0);
     }
 }

@@ -12,7 +12,7 @@
 use super::GatewayHandle;
 use crate::config::BackendConfig;
 use crate::ring::attach::{self, PeerCred, ShardOffer};
-use crate::ring::{Doorbells, EventFd, GatewaySide, Region};
+use crate::ring::{Consumer, Doorbells, EventFd, GatewaySide, Region};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -41,10 +41,15 @@ pub enum HubEvent {
         /// The backend's pid.
         pid: i32,
     },
-    /// The slot's backend went away; its messages wait in the rings for the next one.
+    /// The slot's backend went away. With `takeover`, another backend of the same route is
+    /// attached: the shard hands it what the slot's `to_backend` ring still holds (read with
+    /// this consumer, from `committed`) and rebinds the slot's connections to it, then reports
+    /// [`HubShared::handed_over`]. Without, the messages wait in the rings for the next backend.
     Detached {
         /// Slot number.
         slot: u8,
+        /// The successor slot and a consumer of this shard's `to_backend` ring of `slot`.
+        takeover: Option<(u8, Box<Consumer>)>,
     },
 }
 
@@ -52,6 +57,8 @@ pub enum HubEvent {
 pub struct HubShared {
     wake: EventFd,
     kicks: Mutex<Vec<u8>>,
+    /// Slots a shard finished handing over (one entry per shard and handover).
+    handed: Mutex<Vec<u8>>,
     stop: AtomicBool,
 }
 
@@ -60,6 +67,16 @@ impl HubShared {
     /// garbage). Called by a shard's handler.
     pub fn kick(&self, slot: u8) {
         self.kicks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot);
+        let _ = self.wake.signal();
+    }
+
+    /// A shard finished handing `slot` over to its successor (or gave up: the successor
+    /// failed); once every shard did, the slot may be offered to a new backend again.
+    pub fn handed_over(&self, slot: u8) {
+        self.handed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(slot);
@@ -84,6 +101,9 @@ struct Slot {
     rings: Vec<ShardRings>,
     backend: Option<(UnixStream, PeerCred)>,
     retired: bool,
+    /// Shards still handing this slot's messages to a successor: until 0 no backend may take
+    /// the slot (its `to_backend` ring has a consumer in the gateway).
+    handing_over: usize,
 }
 
 /// The hub before its thread starts: socket bound, slot 0 created.
@@ -126,6 +146,7 @@ fn create_slot(
             rings,
             backend: None,
             retired: false,
+            handing_over: 0,
         },
         sides,
     ))
@@ -162,6 +183,7 @@ impl Hub {
             shared: Arc::new(HubShared {
                 wake: EventFd::new()?,
                 kicks: Mutex::new(Vec::new()),
+                handed: Mutex::new(Vec::new()),
                 stop: AtomicBool::new(false),
             }),
             initial: sides.into_iter().map(|s| Mutex::new(Some(s))).collect(),
@@ -230,6 +252,14 @@ impl Hub {
                 for slot in kicks {
                     self.retire(slot as usize, &gw);
                 }
+                let handed = std::mem::take(
+                    &mut *self.shared.handed.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                for slot in handed {
+                    if let Some(s) = self.slots.get_mut(slot as usize) {
+                        s.handing_over = s.handing_over.saturating_sub(1);
+                    }
+                }
             }
             for (k, &slot) in owners.iter().enumerate() {
                 if fds[2 + k].revents != 0 {
@@ -258,14 +288,63 @@ impl Hub {
             Err(e) => e.kind() != io::ErrorKind::WouldBlock,
         };
         if gone {
-            tracing::warn!(
-                slot,
-                pid = cred.pid,
-                "backend detached; its messages wait for the next one"
-            );
+            let pid = cred.pid;
             self.slots[slot].backend = None;
-            for shard in 0..self.shards {
-                gw.deliver(shard, Box::new(HubEvent::Detached { slot: slot as u8 }));
+            self.detached(slot, pid, gw);
+        }
+    }
+
+    /// A backend left `slot`. If another backend of the route is attached (a rolling deploy
+    /// started the new one first), the shards hand it the slot's unhandled messages and
+    /// connections; otherwise they wait in the slot for the next backend to attach.
+    fn detached(&mut self, slot: usize, pid: i32, gw: &GatewayHandle) {
+        let route = self.slots[slot].route;
+        let successor = self.slots.iter().position(|s| {
+            s.route == route && s.backend.is_some() && !s.retired && s.handing_over == 0
+        });
+        let consumers: Option<Vec<Consumer>> = successor.and_then(|_| {
+            let s = &self.slots[slot];
+            s.rings
+                .iter()
+                .map(|r| r.region.takeover_consumer(&r.bells))
+                .collect::<Result<_, _>>()
+                .map_err(|e| tracing::error!(slot, error = %e, "cannot take over the ring"))
+                .ok()
+        });
+        match (successor, consumers) {
+            (Some(to), Some(consumers)) => {
+                tracing::warn!(
+                    slot,
+                    pid,
+                    successor = to,
+                    "backend detached; its messages and connections go to the successor"
+                );
+                self.slots[slot].handing_over = self.shards;
+                for (shard, rx) in consumers.into_iter().enumerate() {
+                    gw.deliver(
+                        shard,
+                        Box::new(HubEvent::Detached {
+                            slot: slot as u8,
+                            takeover: Some((to as u8, Box::new(rx))),
+                        }),
+                    );
+                }
+            }
+            _ => {
+                tracing::warn!(
+                    slot,
+                    pid,
+                    "backend detached; its messages wait for the next one"
+                );
+                for shard in 0..self.shards {
+                    gw.deliver(
+                        shard,
+                        Box::new(HubEvent::Detached {
+                            slot: slot as u8,
+                            takeover: None,
+                        }),
+                    );
+                }
             }
         }
     }
@@ -286,7 +365,13 @@ impl Hub {
             );
             let _ = stream.shutdown(std::net::Shutdown::Both);
             for shard in 0..self.shards {
-                gw.deliver(shard, Box::new(HubEvent::Detached { slot: slot as u8 }));
+                gw.deliver(
+                    shard,
+                    Box::new(HubEvent::Detached {
+                        slot: slot as u8,
+                        takeover: None,
+                    }),
+                );
             }
         }
     }
@@ -303,10 +388,9 @@ impl Hub {
         };
         // Take over a slot of the same route whose backend is gone (its messages are
         // waiting), else a new one.
-        let free = self
-            .slots
-            .iter()
-            .position(|s| s.backend.is_none() && !s.retired && s.route == route);
+        let free = self.slots.iter().position(|s| {
+            s.backend.is_none() && !s.retired && s.route == route && s.handing_over == 0
+        });
         let slot = match free {
             Some(i) => i,
             None if self.slots.len() < self.max_backends => {

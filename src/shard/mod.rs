@@ -15,6 +15,7 @@ pub mod bridge;
 pub mod conn;
 pub mod conn_table;
 pub mod handler;
+mod handover;
 pub mod hub;
 pub mod listener;
 pub mod reactor;
