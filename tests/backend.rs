@@ -617,3 +617,203 @@ fn readyz_follows_backend_presence() {
     let g2 = Gw::start(&toml, &[]);
     assert_eq!(http_get(g2.admin.unwrap(), "/readyz").0, 200);
 }
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// A tungstenite client (not ours) with a read timeout, and its socket's local address.
+fn ws_client(addr: std::net::SocketAddr, path: &str) -> (Ws, std::net::SocketAddr) {
+    let (ws, _) = tungstenite::connect(format!("ws://{addr}{path}")).unwrap();
+    let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() else {
+        unreachable!("ws:// is plain TCP")
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let local = s.local_addr().unwrap();
+    (ws, local)
+}
+
+fn ws_recv(ws: &mut Ws) -> tungstenite::Message {
+    loop {
+        match ws.read().expect("no answer from the gateway") {
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+#[test]
+fn empty_messages_and_done_through_a_backend_process() {
+    use tungstenite::Message as W;
+    // A window of 2: a completion that never arrived would stall the room client below.
+    let s = split("reorder_window = 2\n");
+    let mut b = backend(&s.sock, &[]);
+    wait_attached(&s, 2.0);
+    let (mut ws, _) = ws_client(s.gw.addr, "/");
+    // Protocol v1 lost an empty binary reply (it was the "done" sentinel).
+    for m in [
+        W::Binary(Vec::new().into()),
+        W::Text("".into()),
+        W::Binary(b"x".to_vec().into()),
+        W::Binary(Vec::new().into()),
+    ] {
+        ws.send(m.clone()).unwrap();
+        assert_eq!(ws_recv(&mut ws), m);
+    }
+    // Done without reply: a room member's message is published (it gets the publish, not a
+    // reply), and each request is completed by a `Done`.
+    let (mut room, _) = ws_client(s.gw.addr, "/room/solo");
+    for i in 0..10 {
+        room.send(W::Text(format!("p{i}").into())).unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(ws_recv(&mut room), W::Text(format!("p{i}").into()));
+    }
+    room.send(W::Binary(Vec::new().into())).unwrap();
+    assert_eq!(ws_recv(&mut room), W::Binary(Vec::new().into()));
+    // Nothing else came: the echo connection still answers in order, and the room's next
+    // message is the next thing it sees.
+    ws.send(W::Text("after".into())).unwrap();
+    assert_eq!(ws_recv(&mut ws), W::Text("after".into()));
+    room.send(W::Text("last".into())).unwrap();
+    assert_eq!(ws_recv(&mut room), W::Text("last".into()));
+    kill9(&mut b);
+}
+
+fn whoami_gateway(listen: &str) -> Split {
+    let dir = TempDir::new("who");
+    let sock = dir.0.join("attach.sock");
+    let toml = format!(
+        "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"ring\"\nattach_socket = \"{}\"\nforward_headers = [\"x-client-tag\"]\n",
+        sock.display()
+    );
+    Split {
+        gw: Gw::start(&toml, &[]),
+        sock,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn backend_sees_the_client_address_ipv4_and_ipv6() {
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let s = whoami_gateway(listen);
+        let mut b = backend(&s.sock, &[]);
+        wait_attached(&s, 2.0);
+        for _ in 0..4 {
+            let (mut ws, local) = ws_client(s.gw.addr, "/whoami");
+            ws.send(tungstenite::Message::Text("?".into())).unwrap();
+            let tungstenite::Message::Text(t) = ws_recv(&mut ws) else {
+                panic!("text expected")
+            };
+            // Before: `peer=0.0.0.0:0` whenever the request arrived after the first read.
+            assert!(
+                t.starts_with(&format!("protocol=Ws peer={local} ")),
+                "{t} (client is {local})"
+            );
+        }
+        kill9(&mut b);
+    }
+}
+
+#[test]
+fn forwarded_header_names_reach_the_backend_in_lower_case() {
+    let s = whoami_gateway("127.0.0.1:0");
+    let mut b = backend(&s.sock, &[]);
+    wait_attached(&s, 2.0);
+    let mut c = Client::try_connect(s.gw.addr, "/whoami", "X-CLIENT-Tag: Mixed Value\r\n").unwrap();
+    c.text("?");
+    let Msg::Text(t) = c.recv_data() else {
+        panic!("text expected")
+    };
+    assert!(t.ends_with(" headers=x-client-tag:Mixed Value"), "{t}");
+    kill9(&mut b);
+}
+
+#[test]
+fn an_old_protocol_backend_is_refused_clearly() {
+    use std::io::Write;
+    let s = split("");
+    let mut st = std::os::unix::net::UnixStream::connect(&s.sock).unwrap();
+    st.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = b"CRLYATT1".to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&0u32.to_le_bytes());
+    st.write_all(&hello).unwrap();
+    let mut sh = [0u8; 24];
+    st.read_exact(&mut sh).unwrap();
+    assert_eq!(&sh[..8], b"CRLYATT1");
+    assert_eq!(
+        u32::from_le_bytes(sh[8..12].try_into().unwrap()),
+        2,
+        "gateway version"
+    );
+    assert_eq!(
+        u32::from_le_bytes(sh[12..16].try_into().unwrap()),
+        2,
+        "BAD_VERSION"
+    );
+    assert!(s
+        .gw
+        .wait_log("this side speaks 2, the peer 1", Duration::from_secs(10))
+        .is_some());
+}
+
+/// Start new, then stop old: backend A serves 16 clients, B (same route) attaches, the
+/// clients queue 30 requests each, A is stopped with `sig` while they are in flight. Every
+/// request gets exactly one reply, in order, from A or B; no connection stalls; afterwards
+/// everything is served by B.
+fn rolling_deploy(sig: i32) {
+    let s = split("");
+    let mut a = backend(&s.sock, &["--tag", "a:"]);
+    wait_attached(&s, 2.0);
+    let mut clients: Vec<Client> = (0..16).map(|_| Client::connect(s.gw.addr, "/")).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.text(&format!("c{i}-warm"));
+        assert_eq!(c.recv_data(), Msg::Text(format!("a:c{i}-warm")));
+    }
+    let mut b = backend(&s.sock, &["--tag", "b:"]);
+    wait_attached(&s, 4.0);
+    for k in 0..30 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.text(&format!("c{i}-m{k}"));
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(a.id() as i32, sig) };
+    let _ = a.wait();
+    let (mut from_a, mut from_b) = (0, 0);
+    for k in 0..30 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let body = format!("c{i}-m{k}");
+            match c.recv_data() {
+                Msg::Text(t) if t == format!("a:{body}") => from_a += 1,
+                Msg::Text(t) if t == format!("b:{body}") => from_b += 1,
+                other => panic!("client {i} request {k}: got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(from_a + from_b, 16 * 30);
+    // The connections are B's now, and new ones too.
+    wait_attached(&s, 2.0);
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.text(&format!("c{i}-after"));
+        assert_eq!(c.recv_data(), Msg::Text(format!("b:c{i}-after")));
+    }
+    let mut n = Client::connect(s.gw.addr, "/");
+    n.text("new");
+    assert_eq!(n.recv_data(), Msg::Text("b:new".into()));
+    assert!(s
+        .gw
+        .wait_log("slot handed over", Duration::from_secs(5))
+        .is_some());
+    kill9(&mut b);
+}
+
+#[test]
+fn rolling_deploy_sigterm_loses_nothing() {
+    rolling_deploy(libc::SIGTERM);
+}
+
+#[test]
+fn rolling_deploy_kill_9_loses_nothing() {
+    rolling_deploy(libc::SIGKILL);
+}
