@@ -2,6 +2,8 @@
 //!
 //! Layout (design §3): `shard (8 bits) | generation (24 bits) | slot (32 bits)`. The slot
 //! indexes the shard's connection table; the generation makes a stale id detectable in O(1).
+//! Generations start at 1 (and skip 0 when they wrap), so no connection's id is 0: the ring
+//! protocol reserves `conn = 0` for records that are not connection-scoped.
 //! It lives in `proto` because backends (which never link the runtime) use it too.
 
 /// A connection id, unique within one gateway process while the connection lives.

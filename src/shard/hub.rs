@@ -3,7 +3,9 @@
 //! A **slot** is one set of rings: one region per shard (two SPSC rings each) plus their
 //! doorbells. Slots outlive backend processes: when a backend dies (its attach socket closes),
 //! its slot stays, with every message still in its rings, and the next backend to attach takes
-//! the slot over and resumes at `committed`. A backend that corrupts its rings is kicked and
+//! the slot over and resumes at `committed` — or, if another backend of the same route is
+//! attached when it dies, the shards hand the slot's messages and connections to that one
+//! (`handover.rs`). A backend that corrupts its rings is kicked and
 //! its slot retired for good. Several backends attach at once, each with its own slot.
 //!
 //! Runs on a plain thread (control path). Shards learn about slots through their control
