@@ -676,3 +676,7 @@ impl Established {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;
