@@ -52,11 +52,11 @@ fn pair13() -> (Established, Established) {
     )
 }
 
+/// What `read` returned: (bytes consumed, close_notify seen).
+type ReadResult = Result<(usize, bool), RecordError>;
+
 /// Feed `wire` to `server`: (plaintext, response records, result).
-fn feed(
-    server: &mut Established,
-    mut wire: Vec<u8>,
-) -> (Vec<u8>, Vec<u8>, Result<(usize, bool), RecordError>) {
+fn feed(server: &mut Established, mut wire: Vec<u8>) -> (Vec<u8>, Vec<u8>, ReadResult) {
     let (mut plain, mut out) = (Vec::new(), Vec::new());
     let r = server.read(&mut wire, &mut plain, &mut out);
     (plain, out, r)
