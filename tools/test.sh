@@ -17,6 +17,7 @@ command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
 command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
+command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -621,8 +621,15 @@ impl ShardIo {
                 plain.clear();
                 write(&mut plain);
                 if let Err(e) = session.write_plain(&plain, &mut self.out) {
+                    // `out` holds whole records only, the session's alert last: they go out.
+                    // The session is dead, so end the connection through the read path (which
+                    // has the handler to report the close to): shutting the read side makes
+                    // the socket readable with EOF.
                     tracing::debug!(?id, error = %e, "TLS write failed");
-                    self.out.truncate(start as usize);
+                    if let Some(c) = self.conns.get(id) {
+                        // SAFETY: the fd is owned by the connection and open.
+                        unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RD) };
+                    }
                 }
                 self.tls_plain = plain;
                 true
@@ -1233,7 +1240,7 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
                 }
                 io.arm_shrink(id);
                 if peer_closed {
-                    on_eof(io, h, id);
+                    tls_peer_closed(io, h, id);
                     exhausted = false;
                     break;
                 }
@@ -1255,6 +1262,26 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
     finish_read(io, id, exhausted);
     io.scratch = scratch;
     io.plain = plain;
+}
+
+/// The client sent close_notify: it will send nothing more, but still reads. Answer with our
+/// close_notify behind whatever is staged and drain (RFC 8446 §6.1, RFC 5246 §7.2.1) instead
+/// of dropping the output as a bare EOF would.
+fn tls_peer_closed(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+    let Some(state) = io.conns.get(id).map(|c| c.state) else {
+        return;
+    };
+    if !matches!(state, ConnState::Open | ConnState::Closing) {
+        on_eof(io, h, id);
+        return;
+    }
+    h.on_close(io, id, 1006, "");
+    if let Some(c) = io.conns.get_mut(id) {
+        if c.close_code == 0 {
+            c.close_code = 1006;
+        }
+    }
+    io.begin_drain(id);
 }
 
 fn keep_tls_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {

@@ -28,8 +28,20 @@ use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, Suppo
 pub(crate) const CT_ALERT: u8 = 21;
 pub(crate) const CT_HANDSHAKE: u8 = 22;
 pub(crate) const CT_APPDATA: u8 = 23;
+const HS_CLIENT_HELLO: u8 = 1;
 const HS_KEY_UPDATE: u8 = 24;
 const MAX_PLAIN: usize = 1 << 14;
+/// The largest record length any version accepts in the header (RFC 5246 §6.2.3), checked as
+/// soon as the header is in, like rustls's deframer; the per-version bound follows once the
+/// whole record is.
+const MAX_WIRE_LEN: usize = MAX_PLAIN + 2048;
+/// KeyUpdate messages accepted without application data in between (rustls and BoringSSL:
+/// 32). Each costs an HKDF step and a new AEAD context, and a requested one a reply.
+pub(crate) const MAX_KEY_UPDATES: u8 = 32;
+/// Warning alerts accepted over the connection's life (rustls and BoringSSL: 4).
+const MAX_WARNING_ALERTS: u8 = 4;
+/// Consecutive empty records accepted (rustls: 32).
+const MAX_EMPTY_RECORDS: u8 = 32;
 const TAG: usize = 16;
 const EXPLICIT: usize = 8;
 
@@ -104,6 +116,15 @@ impl Dir {
         })
     }
 
+    /// TLS 1.2: bytes of explicit nonce per record (AES-GCM 8, ChaCha20-Poly1305 none).
+    fn explicit_len(&self) -> usize {
+        if self.alg == Alg::Chacha20 {
+            0
+        } else {
+            EXPLICIT
+        }
+    }
+
     fn nonce(&self) -> [u8; NONCE_LEN] {
         let mut n = self.iv;
         for (a, b) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
@@ -149,6 +170,29 @@ pub(crate) struct Established {
     limit: u64,
     /// TLS 1.3: derives the next traffic secrets on KeyUpdate. `None` for TLS 1.2.
     kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+    /// What the peer may still do before it is cut off (see the `MAX_*` constants).
+    budget: Budget,
+}
+
+/// Protocol actions that are legal but cost us work for nothing when repeated.
+#[derive(Clone, Copy)]
+struct Budget {
+    /// KeyUpdates left until the next application data record.
+    key_updates: u8,
+    warnings: u8,
+    /// TLS 1.2 ClientHellos answered with a no_renegotiation warning (one).
+    renegotiations: u8,
+    /// Empty records in a row so far.
+    empty_run: u8,
+}
+
+impl Budget {
+    const FULL: Budget = Budget {
+        key_updates: MAX_KEY_UPDATES,
+        warnings: MAX_WARNING_ALERTS,
+        renegotiations: 1,
+        empty_run: 0,
+    };
 }
 
 impl Established {
@@ -174,6 +218,7 @@ impl Established {
             rx: Dir::new(rx_seq, rx)?,
             limit,
             kernel: tls13.then(|| Box::new(kernel)),
+            budget: Budget::FULL,
         })
     }
 
@@ -196,22 +241,41 @@ impl Established {
     }
 
     /// Protect one record of `typ` carrying `payload` (≤ 2^14 bytes) and append it to `out`.
+    /// On error nothing is appended: `out` only ever holds whole records.
     fn seal(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         debug_assert!(payload.len() <= MAX_PLAIN);
         if self.tx.seq >= self.limit {
             if self.tls13 && typ != CT_HANDSHAKE {
                 self.key_update_tx(false, out)?;
-            } else if !self.tls13 {
-                return Err(RecordError {
-                    error: rustls::Error::EncryptError,
-                    alert: None,
-                });
+            } else if !self.tls13 && (typ != CT_ALERT || self.tx.seq == u64::MAX) {
+                // TLS 1.2 cannot rekey. The limit is a safety margin far below where the
+                // nonce would repeat, so the closing alert may still go out past it (as rustls
+                // sends its close_notify there).
+                return Err(fatal(
+                    rustls::Error::EncryptError,
+                    AlertDescription::CloseNotify,
+                ));
             }
         }
+        let start = out.len();
+        let r = self.seal_record(typ, payload, out);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    fn seal_record(
+        &mut self,
+        typ: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
         self.active = true;
         let nonce = self.tx.nonce();
         let seq = self.tx.seq;
         let start = out.len();
+        let failed = |_| fatal(rustls::Error::EncryptError, AlertDescription::InternalError);
         if self.tls13 {
             let len = payload.len() + 1 + TAG;
             out.reserve(5 + len);
@@ -229,17 +293,10 @@ impl Established {
                     Aad::from(hdr),
                     body,
                 )
-                .map_err(|_| RecordError {
-                    error: rustls::Error::EncryptError,
-                    alert: None,
-                })?;
+                .map_err(failed)?;
             out.extend_from_slice(tag.as_ref());
         } else {
-            let explicit = if self.tx.alg == Alg::Chacha20 {
-                0
-            } else {
-                EXPLICIT
-            };
+            let explicit = self.tx.explicit_len();
             let len = explicit + payload.len() + TAG;
             out.reserve(5 + len);
             out.extend_from_slice(&[typ, 3, 3]);
@@ -256,17 +313,16 @@ impl Established {
                     Aad::from(aad),
                     body,
                 )
-                .map_err(|_| RecordError {
-                    error: rustls::Error::EncryptError,
-                    alert: None,
-                })?;
+                .map_err(failed)?;
             out.extend_from_slice(tag.as_ref());
         }
         self.tx.seq += 1;
         Ok(())
     }
 
-    /// Encrypt application data into as many records as needed.
+    /// Encrypt application data into as many records as needed. On error `out` holds the
+    /// whole records sealed before it (their sequence numbers are spent) and no partial one;
+    /// the error's `alert` is what to send before closing.
     pub(crate) fn write(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         if plain.is_empty() {
             return Ok(());
@@ -278,34 +334,34 @@ impl Established {
         Ok(())
     }
 
-    /// Encrypt an alert.
-    pub(crate) fn alert(&mut self, fatal: bool, desc: AlertDescription, out: &mut Vec<u8>) {
-        let level = if fatal { 2 } else { 1 };
+    /// Encrypt an alert (close_notify is sent as a warning, everything else as fatal).
+    pub(crate) fn alert(&mut self, desc: AlertDescription, out: &mut Vec<u8>) {
+        let level = if desc == AlertDescription::CloseNotify {
+            1
+        } else {
+            2
+        };
         let _ = self.seal(CT_ALERT, &[level, u8::from(desc)], out);
     }
 
     /// Send our KeyUpdate (encrypted under the current key), then switch tx keys.
     fn key_update_tx(&mut self, request: bool, out: &mut Vec<u8>) -> Result<(), RecordError> {
         let Some(kernel) = self.kernel.as_mut() else {
-            return Err(RecordError {
-                error: rustls::Error::EncryptError,
-                alert: None,
-            });
+            return Err(fatal(
+                rustls::Error::EncryptError,
+                AlertDescription::InternalError,
+            ));
         };
         let (seq, secrets) = kernel.update_tx_secret().map_err(|e| RecordError {
             error: e,
             alert: Some(AlertDescription::InternalError),
         })?;
         // The message goes out under the old key: seal it before swapping.
-        let saved_limit = self.limit;
-        self.limit = u64::MAX;
-        let r = self.seal(
+        self.seal_record(
             CT_HANDSHAKE,
             &[HS_KEY_UPDATE, 0, 0, 1, u8::from(request)],
             out,
-        );
-        self.limit = saved_limit;
-        r?;
+        )?;
         self.tx = Dir::new(seq, secrets).ok_or_else(|| RecordError {
             error: rustls::Error::General("key update: unsupported cipher".into()),
             alert: Some(AlertDescription::InternalError),
@@ -314,8 +370,9 @@ impl Established {
     }
 
     /// Decrypt the complete records at the front of `buf` (in place); append application
-    /// data to `plain` and any response records (KeyUpdate) to `out`. Returns bytes consumed
-    /// and whether close_notify was received (everything after it is ignored).
+    /// data to `plain` and any response records (KeyUpdate, no_renegotiation) to `out`.
+    /// Returns bytes consumed and whether close_notify was received (everything after it is
+    /// ignored).
     pub(crate) fn read(
         &mut self,
         buf: &mut [u8],
@@ -327,10 +384,16 @@ impl Established {
             let rec = &mut buf[pos..];
             let typ = rec[0];
             let len = usize::from(u16::from_be_bytes([rec[3], rec[4]]));
+            check_header(typ, rec[1], len)?;
+            if rec.len() < 5 + len {
+                break;
+            }
+            // The per-version bound on the whole record (TLS 1.3: RFC 8446 §5.2; TLS 1.2 AEAD:
+            // the plaintext limit plus the explicit nonce and tag, RFC 5246 §6.2.3.3).
             let max = if self.tls13 {
                 MAX_PLAIN + 256
             } else {
-                MAX_PLAIN + 2048
+                MAX_PLAIN + self.rx.explicit_len() + TAG
             };
             if len > max {
                 return Err(fatal(
@@ -338,129 +401,36 @@ impl Established {
                     AlertDescription::RecordOverflow,
                 ));
             }
-            if rec[1] != 3 {
-                return Err(fatal(
-                    rustls::Error::General(format!("bad record version {}.{}", rec[1], rec[2])),
-                    AlertDescription::DecodeError,
-                ));
-            }
-            if rec.len() < 5 + len {
-                break;
-            }
             let (hdr, rest) = rec.split_at_mut(5);
             let body = &mut rest[..len];
             let hdr: [u8; 5] = (&*hdr).try_into().expect("5 bytes");
             pos += 5 + len;
             self.active = true;
-            if self.rx.seq >= self.limit && !self.tls13 {
-                return Err(fatal(
-                    rustls::Error::DecryptError,
-                    AlertDescription::BadRecordMac,
-                ));
-            }
-            let nonce;
-            let (inner_typ, payload): (u8, &mut [u8]) = if self.tls13 {
-                if typ != CT_APPDATA {
-                    return Err(fatal(
-                        rustls::Error::General(format!(
-                            "unexpected record type {typ} after the handshake"
-                        )),
-                        AlertDescription::UnexpectedMessage,
-                    ));
-                }
-                nonce = self.rx.nonce();
-                let p = self
-                    .rx
-                    .ctx()
-                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(hdr), body)
-                    .map_err(|_| {
-                        fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac)
-                    })?;
-                // Strip the zero padding; the last non-zero byte is the real type.
-                let Some(end) = p.iter().rposition(|&b| b != 0) else {
-                    return Err(fatal(
-                        rustls::Error::General("record without content type".into()),
-                        AlertDescription::UnexpectedMessage,
-                    ));
-                };
-                if end > MAX_PLAIN {
-                    return Err(fatal(
-                        rustls::Error::PeerSentOversizedRecord,
-                        AlertDescription::RecordOverflow,
-                    ));
-                }
-                let t = p[end];
-                (t, &mut p[..end])
-            } else {
-                let explicit = if self.rx.alg == Alg::Chacha20 {
-                    0
-                } else {
-                    EXPLICIT
-                };
-                if body.len() < explicit + TAG {
-                    return Err(fatal(
-                        rustls::Error::DecryptError,
-                        AlertDescription::BadRecordMac,
-                    ));
-                }
-                let mut n = self.rx.nonce();
-                if explicit > 0 {
-                    n[4..].copy_from_slice(&body[..EXPLICIT]);
-                }
-                nonce = n;
-                let aad = tls12_aad(self.rx.seq, typ, body.len() - explicit - TAG);
-                let p = self
-                    .rx
-                    .ctx()
-                    .open_in_place(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(aad),
-                        &mut body[explicit..],
-                    )
-                    .map_err(|_| {
-                        fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac)
-                    })?;
-                if p.len() > MAX_PLAIN {
-                    return Err(fatal(
-                        rustls::Error::PeerSentOversizedRecord,
-                        AlertDescription::RecordOverflow,
-                    ));
-                }
-                (typ, p)
-            };
+            let (inner_typ, payload) = self.open(typ, hdr, body)?;
             self.rx.seq += 1;
+            if payload.is_empty() {
+                if self.budget.empty_run == MAX_EMPTY_RECORDS {
+                    return Err(fatal(
+                        rustls::PeerMisbehaved::TooManyEmptyFragments.into(),
+                        AlertDescription::UnexpectedMessage,
+                    ));
+                }
+                self.budget.empty_run += 1;
+            } else {
+                self.budget.empty_run = 0;
+            }
             match inner_typ {
-                CT_APPDATA => plain.extend_from_slice(payload),
+                CT_APPDATA => {
+                    self.budget.key_updates = MAX_KEY_UPDATES;
+                    plain.extend_from_slice(payload);
+                }
                 CT_ALERT => {
-                    if payload.len() != 2 {
-                        return Err(fatal(
-                            rustls::Error::General("malformed alert".into()),
-                            AlertDescription::DecodeError,
-                        ));
-                    }
-                    let desc = AlertDescription::from(payload[1]);
-                    if desc == AlertDescription::CloseNotify {
+                    if self.on_alert(payload)? {
                         return Ok((buf.len(), true));
                     }
-                    if payload[0] == 1 && !self.tls13 {
-                        continue; // TLS 1.2 warning alerts are ignored
-                    }
-                    if desc == AlertDescription::UserCanceled {
-                        continue;
-                    }
-                    return Err(RecordError {
-                        error: rustls::Error::AlertReceived(desc),
-                        alert: None,
-                    });
                 }
                 CT_HANDSHAKE if self.tls13 => self.handshake(payload, out)?,
-                CT_HANDSHAKE => {
-                    // TLS 1.2 renegotiation (ClientHello): refused.
-                    return Err(fatal(
-                        rustls::Error::General("renegotiation is not supported".into()),
-                        AlertDescription::NoRenegotiation,
-                    ));
-                }
+                CT_HANDSHAKE => self.renegotiation(payload, out)?,
                 other => {
                     return Err(fatal(
                         rustls::Error::General(format!("unexpected content type {other}")),
@@ -472,8 +442,144 @@ impl Established {
         Ok((pos, false))
     }
 
+    /// Authenticate and decrypt one whole record in place: (content type, plaintext).
+    fn open<'b>(
+        &mut self,
+        typ: u8,
+        hdr: [u8; 5],
+        body: &'b mut [u8],
+    ) -> Result<(u8, &'b mut [u8]), RecordError> {
+        let bad_mac = || fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac);
+        if self.tls13 {
+            if typ != CT_APPDATA {
+                return Err(fatal(
+                    rustls::Error::General(format!(
+                        "unexpected record type {typ} after the handshake"
+                    )),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            }
+            let nonce = self.rx.nonce();
+            let p = self
+                .rx
+                .ctx()
+                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(hdr), body)
+                .map_err(|_| bad_mac())?;
+            // Strip the zero padding; the last non-zero byte is the real type.
+            let Some(end) = p.iter().rposition(|&b| b != 0) else {
+                return Err(fatal(
+                    rustls::Error::General("record without content type".into()),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            };
+            if end > MAX_PLAIN {
+                return Err(fatal(
+                    rustls::Error::PeerSentOversizedRecord,
+                    AlertDescription::RecordOverflow,
+                ));
+            }
+            let t = p[end];
+            Ok((t, &mut p[..end]))
+        } else {
+            let explicit = self.rx.explicit_len();
+            if body.len() < explicit + TAG {
+                return Err(bad_mac());
+            }
+            let mut nonce = self.rx.nonce();
+            if explicit > 0 {
+                nonce[4..].copy_from_slice(&body[..EXPLICIT]);
+            }
+            // No record limit on receive: the sender is the one that must stop (or rekey)
+            // before reusing nonces; the explicit nonce is its choice.
+            let aad = tls12_aad(self.rx.seq, typ, body.len() - explicit - TAG);
+            let p = self
+                .rx
+                .ctx()
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    &mut body[explicit..],
+                )
+                .map_err(|_| bad_mac())?;
+            Ok((typ, p))
+        }
+    }
+
+    /// A decrypted alert; true for close_notify.
+    fn on_alert(&mut self, payload: &[u8]) -> Result<bool, RecordError> {
+        let &[level, desc] = payload else {
+            return Err(fatal(
+                rustls::Error::General("malformed alert".into()),
+                AlertDescription::DecodeError,
+            ));
+        };
+        let desc = AlertDescription::from(desc);
+        if level != 1 && level != 2 {
+            return Err(fatal(
+                rustls::Error::AlertReceived(desc),
+                AlertDescription::IllegalParameter,
+            ));
+        }
+        if desc == AlertDescription::CloseNotify {
+            return Ok(true);
+        }
+        if level == 2 {
+            return Err(RecordError {
+                error: rustls::Error::AlertReceived(desc),
+                alert: None,
+            });
+        }
+        if self.budget.warnings == 0 {
+            return Err(fatal(
+                rustls::PeerMisbehaved::TooManyWarningAlertsReceived.into(),
+                AlertDescription::UnexpectedMessage,
+            ));
+        }
+        self.budget.warnings -= 1;
+        // TLS 1.3 has no warning alerts except user_canceled (RFC 8446 §6).
+        if self.tls13 && desc != AlertDescription::UserCanceled {
+            return Err(fatal(
+                rustls::Error::AlertReceived(desc),
+                AlertDescription::DecodeError,
+            ));
+        }
+        Ok(false)
+    }
+
+    /// TLS 1.2: a ClientHello after the handshake asks for renegotiation. Refused with a
+    /// no_renegotiation *warning* (RFC 5246 §7.2.2), once; anything else is fatal.
+    fn renegotiation(&mut self, msg: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let whole_hello = matches!(msg, [HS_CLIENT_HELLO, a, b, c, rest @ ..]
+            if u32::from_be_bytes([0, *a, *b, *c]) as usize == rest.len());
+        if !whole_hello {
+            return Err(fatal(
+                rustls::Error::General("unexpected handshake message after the handshake".into()),
+                AlertDescription::UnexpectedMessage,
+            ));
+        }
+        if self.budget.renegotiations == 0 {
+            return Err(fatal(
+                rustls::PeerMisbehaved::TooManyRenegotiationRequests.into(),
+                AlertDescription::NoRenegotiation,
+            ));
+        }
+        self.budget.renegotiations -= 1;
+        self.seal(
+            CT_ALERT,
+            &[1, u8::from(AlertDescription::NoRenegotiation)],
+            out,
+        )
+    }
+
     /// TLS 1.3 post-handshake messages from a client: only KeyUpdate is legal.
     fn handshake(&mut self, mut msgs: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if msgs.is_empty() {
+            // RFC 8446 §5.1: no zero-length fragments of handshake messages.
+            return Err(fatal(
+                rustls::Error::General("empty handshake record".into()),
+                AlertDescription::UnexpectedMessage,
+            ));
+        }
         while !msgs.is_empty() {
             let [typ, a, b, c, rest @ ..] = msgs else {
                 return Err(fatal(
@@ -502,6 +608,13 @@ impl Established {
                     AlertDescription::UnexpectedMessage,
                 ));
             }
+            if self.budget.key_updates == 0 {
+                return Err(fatal(
+                    rustls::PeerMisbehaved::TooManyKeyUpdateRequests.into(),
+                    AlertDescription::UnexpectedMessage,
+                ));
+            }
+            self.budget.key_updates -= 1;
             let kernel = self
                 .kernel
                 .as_mut()
@@ -523,6 +636,24 @@ impl Established {
     }
 }
 
+/// The checks a record header gets before its body is in (the same as rustls's deframer, so
+/// that both fail at the same byte).
+fn check_header(typ: u8, major: u8, len: usize) -> Result<(), RecordError> {
+    if !(20..=24).contains(&typ) || major != 3 || (len == 0 && typ != CT_APPDATA) {
+        return Err(fatal(
+            rustls::Error::General(format!("bad record header: type {typ}, length {len}")),
+            AlertDescription::DecodeError,
+        ));
+    }
+    if len >= MAX_WIRE_LEN {
+        return Err(fatal(
+            rustls::Error::PeerSentOversizedRecord,
+            AlertDescription::RecordOverflow,
+        ));
+    }
+    Ok(())
+}
+
 impl Established {
     /// A dummy used only while swapping states (never used for I/O: its session is failed).
     pub(crate) fn placeholder() -> Established {
@@ -541,6 +672,11 @@ impl Established {
             rx: dir(),
             limit: 0,
             kernel: None,
+            budget: Budget::FULL,
         }
     }
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

@@ -742,17 +742,31 @@ impl TlsSession {
                 });
             }
         };
-        if r.is_ok() {
-            if let State::Rustls(hs) = &self.state {
-                if hs.convert
-                    && hs.flags & (F_FAILED | F_PEER_CLOSED | F_SENT_CLOSE) == 0
-                    && !hs.conn.is_handshaking()
-                {
-                    self.establish()?;
-                }
-            }
+        // TLS 1.2 has no KeyUpdate, so nothing can be pending inside rustls once the
+        // handshake is done; TLS 1.3 waits for the first write (see `write_plain`).
+        if r.is_ok() && self.may_establish(false) {
+            self.establish()?;
         }
         r
+    }
+
+    /// Whether to leave rustls for `record.rs` now.
+    ///
+    /// TLS 1.3: only right after rustls itself encrypted application data (`after_write`).
+    /// A KeyUpdate(update_requested) from the client makes rustls switch its send key at
+    /// once and keep the reply, encrypted under the old key, in a private slot
+    /// (`queued_key_update_message`) that only its next non-empty `encrypt` (or alert)
+    /// flushes; `dangerous_into_kernel_connection` does not look at that slot. Converting
+    /// earlier would drop the reply while we encrypt under keys the client does not have yet
+    /// (docs/tls.md, "rustls API gap").
+    fn may_establish(&self, after_write: bool) -> bool {
+        let State::Rustls(hs) = &self.state else {
+            return false;
+        };
+        hs.convert
+            && hs.flags & (F_FAILED | F_PEER_CLOSED | F_SENT_CLOSE) == 0
+            && !hs.conn.is_handshaking()
+            && (after_write || hs.conn.protocol_version() == Some(ProtocolVersion::TLSv1_2))
     }
 
     fn set_failed(&mut self) {
@@ -824,13 +838,23 @@ impl TlsSession {
                         |b| wt.encrypt(plain, b),
                         encrypt_needed,
                     )
-                })
+                })?;
+                if !plain.is_empty() && self.may_establish(true) {
+                    self.establish()?;
+                }
+                Ok(())
             }
             State::Established(est) => est.rec.write(plain, out).map_err(|e| {
+                // Records sealed before the failure stay in `out` (their sequence numbers
+                // are spent); the alert follows them, then the engine closes.
                 est.flags |= F_FAILED;
+                let before = out.len();
+                if let Some(desc) = e.alert {
+                    est.rec.alert(desc, out);
+                }
                 TlsError::Protocol {
                     error: e.error,
-                    alert_sent: false,
+                    alert_sent: out.len() > before,
                 }
             }),
         }
@@ -855,8 +879,7 @@ impl TlsSession {
                 }
             }
             State::Established(est) => {
-                est.rec
-                    .alert(false, rustls::AlertDescription::CloseNotify, out);
+                est.rec.alert(rustls::AlertDescription::CloseNotify, out);
                 est.flags |= F_SENT_CLOSE;
             }
         }
@@ -961,7 +984,7 @@ fn read_established(
             est.flags |= F_FAILED;
             let before = out.len();
             if let Some(desc) = alert {
-                est.rec.alert(true, desc, out);
+                est.rec.alert(desc, out);
             }
             Err(TlsError::Protocol {
                 error,

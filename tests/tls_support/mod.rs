@@ -242,6 +242,8 @@ pub fn serve(mut sock: TcpStream, mut sess: TlsSession) -> SessionInfo {
                     info.echoed += plain.len();
                     sess.write_plain(&plain, &mut out).unwrap();
                     plain.clear();
+                    // TLS 1.3 leaves rustls at the first write (tls.rs `may_establish`).
+                    info.compact = sess.is_compact();
                 }
                 if sess.peer_closed() {
                     info.peer_closed = true;
