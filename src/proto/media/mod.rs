@@ -14,4 +14,5 @@
 pub mod flv;
 pub mod rfc4571;
 pub mod rtp;
+pub mod stun;
 pub mod ts;
