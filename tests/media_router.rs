@@ -371,3 +371,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn stun_fuzz_seeds_check() {
+    // The seeds are the RFC 5769 vectors (password "VOkJxbRl1RmTxUk/WvJxBt").
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/stun");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let s = std::fs::read(e.unwrap().path()).unwrap();
+        let m = stun::StunMessage::parse(&s).unwrap();
+        m.check_fingerprint().unwrap();
+        m.check_integrity(b"VOkJxbRl1RmTxUk/WvJxBt").unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
