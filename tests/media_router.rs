@@ -51,9 +51,14 @@ fn ffmpeg_rtp(codec: &[&str]) -> Vec<Vec<u8>> {
         if exited.is_none() {
             exited = child.try_wait().unwrap();
         }
-        assert!(Instant::now() < deadline, "ffmpeg did not finish");
+        if exited.is_none() && Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ffmpeg did not finish");
+        }
     }
-    assert!(exited.unwrap().success(), "ffmpeg failed");
+    // Already reaped by `try_wait`; `wait` returns the same status.
+    assert!(child.wait().unwrap().success(), "ffmpeg failed");
     out
 }
 
