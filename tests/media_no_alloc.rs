@@ -4,7 +4,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use corelay::proto::media::{flv, rfc4571, rtp, ts};
+use corelay::proto::media::{
+    credential, fanout, flv, hop, keyframe, rfc4571, rtp, stun, ts, MediaKind,
+};
 
 struct Counting;
 
@@ -255,4 +257,100 @@ fn rtp_and_rfc4571_do_not_allocate() {
     assert_eq!(allocs, 0);
     assert!(rtp_n > 100 && rtcp_n >= 1);
     assert_eq!(ext_els, 2);
+}
+
+/// STUN admission on the media port: the client's Binding request, the router's credential
+/// verification, integrity and fingerprint checks, and its answer.
+#[test]
+fn stun_and_credential_do_not_allocate() {
+    let ring = credential::Keyring::new(1, &[7u8; 32], Some((0, &[6u8; 32]))).unwrap();
+    let claims = credential::Claims {
+        session: 1,
+        member: 2,
+        media: MediaKind::Video,
+        expires: 100,
+    };
+    let mut token = [0u8; credential::TOKEN_LEN];
+    let mut req = [0u8; 256];
+    let mut resp = [0u8; 256];
+    let (ok, allocs) = count(|| {
+        let key = ring.issue(&claims, &mut token).unwrap();
+        let n = stun::binding_request(&mut req, &[1; 12], &token, &key).unwrap();
+        let m = stun::StunMessage::parse(&req[..n]).unwrap();
+        m.check_fingerprint().unwrap();
+        let tok = credential::token_from_username(m.username().unwrap());
+        let v = ring.verify(tok, 50).unwrap();
+        m.check_integrity(&v.media_key).unwrap();
+        let from = "198.51.100.1:5000".parse().unwrap();
+        let n = stun::binding_success(&mut resp, &m.transaction_id(), from, &v.media_key).unwrap();
+        let r = stun::StunMessage::parse(&resp[..n]).unwrap();
+        let _ = stun::demux(&resp[..n]);
+        r.xor_mapped_address().unwrap() == from && r.attributes().count() == 3
+    });
+    assert!(ok);
+    assert_eq!(allocs, 0);
+}
+
+/// Per-packet router work: hop tag open/seal, ownership, keyframe detection, PLI/FIR, limiter,
+/// and queue push/pop once the queue exists.
+#[test]
+fn router_packet_path_does_not_allocate() {
+    let key = hop::HopKey::new(&[3u8; 32]);
+    let mut tx = hop::HopSender::new(key.clone(), hop::Direction::Upstream);
+    let mut rx = hop::HopReceiver::new(key, hop::Direction::Upstream);
+    let own = fanout::OwnedSsrcs::new(&[(9, MediaKind::Video)]).unwrap();
+    let mut q = fanout::DestQueue::new(4, 4);
+    let mut buf = [0u8; 128];
+    let payload = [0x7C, 0x85, 0xAA, 0xBB]; // FU-A start of an IDR
+    let n = rtp::RtpWriter {
+        payload_type: 96,
+        ssrc: 9,
+        payload: &payload,
+        ..Default::default()
+    }
+    .write(&mut buf)
+    .unwrap();
+    let src = keyframe::KeyframeSource {
+        extension_id: Some(1),
+        codec: Some(keyframe::Codec::H264),
+    };
+    let (keys, allocs) = count(|| {
+        let mut tracker = keyframe::KeyframeTracker::default();
+        let mut limiter = keyframe::KeyframeRequestLimiter::new(300);
+        let mut keys = 0;
+        for i in 0..20u32 {
+            let mut pkt = buf;
+            let sealed = tx.seal(&mut pkt, n).unwrap();
+            let inner = rx.open(&pkt[..sealed]).unwrap();
+            let kind = own.check_rtp(inner).unwrap();
+            let p = rtp::RtpPacket::parse(inner).unwrap();
+            let key = tracker.observe(&src, &p);
+            keys += usize::from(key);
+            let _ = q.push(fanout::Queued {
+                item: i,
+                kind,
+                ssrc: p.ssrc(),
+                keyframe_start: key,
+            });
+            while let Some(ssrc) = q.take_keyframe_request() {
+                if limiter.request(u64::from(i) * 100) {
+                    let mut fb = [0u8; 32];
+                    let a = keyframe::write_pli(&mut fb, 1, ssrc).unwrap();
+                    let b = keyframe::write_fir(&mut fb[a..], 1, ssrc, limiter.fir_seq()).unwrap();
+                    for h in rtp::rtcp_packets(&fb[..a + b]) {
+                        let h = h.unwrap();
+                        let _ = keyframe::keyframe_request(&h).unwrap();
+                        let _ = keyframe::rtcp_ssrcs(&h);
+                    }
+                    own.check_rtcp(&fb[..a + b]).unwrap();
+                }
+            }
+            if i % 4 == 0 {
+                let _ = q.pop();
+            }
+        }
+        keys
+    });
+    assert_eq!(keys, 1);
+    assert_eq!(allocs, 0);
 }

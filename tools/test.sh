@@ -18,6 +18,7 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
 command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
 command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, rtmp_ffmpeg.rs
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
