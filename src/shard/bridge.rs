@@ -14,7 +14,7 @@
 //!   stops reading until answers come.
 //! - `Publish` fans out here: one ring record reaches every member of the group on this shard.
 
-use super::conn::{ReplyOutcome, ShardIo};
+use super::conn::{CloseEvent, ReplyOutcome, ShardIo};
 use super::conn_table::ConnId;
 use super::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
 use super::hub::{HubEvent, HubShared};
@@ -359,12 +359,11 @@ impl RingHandler {
                 io.close(conn, code, &String::from_utf8_lossy(reason));
             }
             Msg::Join { group } => {
-                if io.route(conn).is_some() {
-                    self.groups.entry(group).or_default().insert(conn);
-                    let g = self.memberships.entry(conn).or_default();
-                    if !g.contains(&group) {
-                        g.push(group);
-                    }
+                // Only a live connection joins: its close event (which leaves every group)
+                // is still to come.
+                if io.route(conn).is_some() && self.groups.entry(group).or_default().insert(conn) {
+                    self.memberships.entry(conn).or_default().push(group);
+                    self.stats.group_members += 1;
                 }
             }
             Msg::Leave { group } => {
@@ -398,7 +397,9 @@ impl RingHandler {
 
     fn leave(&mut self, conn: ConnId, group: u64) {
         if let Some(g) = self.groups.get_mut(&group) {
-            g.remove(&conn);
+            if g.remove(&conn) {
+                self.stats.group_members -= 1;
+            }
             if g.is_empty() {
                 self.groups.remove(&group);
             }
@@ -503,11 +504,14 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_close(&mut self, io: &mut ShardIo, conn: ConnId, code: u16, reason: &str) {
+    fn on_close(&mut self, _io: &mut ShardIo, ev: &CloseEvent) {
+        let conn = ev.conn;
         if let Some(gs) = self.memberships.remove(&conn) {
             for g in gs {
                 if let Some(set) = self.groups.get_mut(&g) {
-                    set.remove(&conn);
+                    if set.remove(&conn) {
+                        self.stats.group_members -= 1;
+                    }
                     if set.is_empty() {
                         self.groups.remove(&g);
                     }
@@ -515,13 +519,12 @@ impl Handler for RingHandler {
             }
         }
         self.window_stalled.remove(&conn);
-        let Some(slot) = io.route(conn) else { return };
+        let slot = ev.route;
         if self.dead.contains(&slot) {
             return;
         }
-        let seq = io.next_request(conn).map_or(0, |(s, _)| s - 1);
-        let reason = reason.as_bytes();
-        let reason = &reason[..reason.len().min(123)];
+        let (seq, code) = (ev.last_seq, ev.code);
+        let reason = ev.cause.label().as_bytes();
         let m = Msg::Closed { code, reason };
         if self.pending_closed.is_empty() {
             if let Ok(true) | Err(()) = self.push(slot, conn, seq, &m) {
@@ -637,6 +640,7 @@ impl Handler for RingHandler {
     fn stats(&self) -> HandlerStats {
         HandlerStats {
             ready: self.stats.backends_attached > 0,
+            groups: self.groups.len() as u64,
             ..self.stats
         }
     }
