@@ -2,7 +2,9 @@
 //! shared-memory rings and applies what they answer.
 //!
 //! - `Open`, `Message`, `Closed` go into the `to_backend` ring of the connection's slot
-//!   (sticky: a connection stays with the slot it was opened on). `Message` records carry the
+//!   (sticky: a connection stays with the slot it was opened on). `Closed` comes from the
+//!   engine's close event, so every `Open` gets exactly one, and the connection leaves its
+//!   groups then. `Message` records carry the
 //!   connection's request seq (1, 2, ...), which replies name in `in_reply_to`.
 //! - Records from `to_gateway` are validated; a ring holding garbage gets its backend kicked,
 //!   its slot retired and the connections bound to it closed with 1011 — the gateway goes on.
