@@ -278,6 +278,16 @@ pub fn metrics_text(snaps: &[Option<ShardSnapshot>], baseline_rss: u64) -> Strin
         |s: &ShardSnapshot| s.handler.backpressure_pauses
     );
     gauge_family!(
+        "groups",
+        "Groups with at least one member",
+        |s: &ShardSnapshot| s.handler.groups
+    );
+    gauge_family!(
+        "group_members",
+        "Group memberships (a connection in two groups counts twice)",
+        |s: &ShardSnapshot| s.handler.group_members
+    );
+    gauge_family!(
         "backends_attached",
         "Backends attached to the shard",
         |s: &ShardSnapshot| s.handler.backends_attached

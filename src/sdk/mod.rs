@@ -97,7 +97,10 @@ pub trait Service {
     /// either is the same as [`Ctx::done`].
     fn on_message(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _kind: DataKind, _payload: &[u8]) {}
 
-    /// A client connection is gone (close code; 1006 if it dropped).
+    /// A client connection is gone: called exactly once for every connection `on_open` was
+    /// called for (rejected ones included), with the close code it ended with (1006 if none)
+    /// and the cause as `reason` (`peer`, `local`, `slow_consumer`, ...; see
+    /// docs/ring-protocol.md). By then it has left every group.
     fn on_closed(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _code: u16, _reason: &[u8]) {}
 }
 

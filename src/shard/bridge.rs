@@ -2,7 +2,9 @@
 //! shared-memory rings and applies what they answer.
 //!
 //! - `Open`, `Message`, `Closed` go into the `to_backend` ring of the connection's slot
-//!   (sticky: a connection stays with the slot it was opened on). `Message` records carry the
+//!   (sticky: a connection stays with the slot it was opened on). `Closed` comes from the
+//!   engine's close event, so every `Open` gets exactly one, and the connection leaves its
+//!   groups then. `Message` records carry the
 //!   connection's request seq (1, 2, ...), which replies name in `in_reply_to`.
 //! - Records from `to_gateway` are validated; a ring holding garbage gets its backend kicked,
 //!   its slot retired and the connections bound to it closed with 1011 — the gateway goes on.
@@ -14,7 +16,7 @@
 //!   stops reading until answers come.
 //! - `Publish` fans out here: one ring record reaches every member of the group on this shard.
 
-use super::conn::{ReplyOutcome, ShardIo};
+use super::conn::{CloseEvent, ReplyOutcome, ShardIo};
 use super::conn_table::ConnId;
 use super::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
 use super::hub::{HubEvent, HubShared};
@@ -370,12 +372,11 @@ impl RingHandler {
                 io.close(conn, code, &String::from_utf8_lossy(reason));
             }
             ToGateway::Join { group } => {
-                if io.route(conn).is_some() {
-                    self.groups.entry(group).or_default().insert(conn);
-                    let g = self.memberships.entry(conn).or_default();
-                    if !g.contains(&group) {
-                        g.push(group);
-                    }
+                // Only a live connection joins: its close event (which leaves every group)
+                // is still to come.
+                if io.route(conn).is_some() && self.groups.entry(group).or_default().insert(conn) {
+                    self.memberships.entry(conn).or_default().push(group);
+                    self.stats.group_members += 1;
                 }
             }
             ToGateway::Leave { group } => {
@@ -426,7 +427,9 @@ impl RingHandler {
 
     fn leave(&mut self, conn: ConnId, group: u64) {
         if let Some(g) = self.groups.get_mut(&group) {
-            g.remove(&conn);
+            if g.remove(&conn) {
+                self.stats.group_members -= 1;
+            }
             if g.is_empty() {
                 self.groups.remove(&group);
             }
@@ -534,11 +537,14 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_close(&mut self, io: &mut ShardIo, conn: ConnId, code: u16, reason: &str) {
+    fn on_close(&mut self, _io: &mut ShardIo, ev: &CloseEvent) {
+        let conn = ev.conn;
         if let Some(gs) = self.memberships.remove(&conn) {
             for g in gs {
                 if let Some(set) = self.groups.get_mut(&g) {
-                    set.remove(&conn);
+                    if set.remove(&conn) {
+                        self.stats.group_members -= 1;
+                    }
                     if set.is_empty() {
                         self.groups.remove(&g);
                     }
@@ -546,13 +552,12 @@ impl Handler for RingHandler {
             }
         }
         self.window_stalled.remove(&conn);
-        let Some(slot) = io.route(conn) else { return };
+        let slot = ev.route;
         if self.dead.contains(&slot) {
             return;
         }
-        let seq = io.next_request(conn).map_or(0, |(s, _)| s - 1);
-        let reason = reason.as_bytes();
-        let reason = &reason[..reason.len().min(123)];
+        let (seq, code) = (ev.last_seq, ev.code);
+        let reason = ev.cause.label().as_bytes();
         let m = ToBackend::Closed { code, reason };
         if self.pending_closed.is_empty() {
             if let Ok(true) | Err(()) = self.push(slot, conn, seq, &m) {
@@ -676,6 +681,7 @@ impl Handler for RingHandler {
     fn stats(&self) -> HandlerStats {
         HandlerStats {
             ready: self.stats.backends_attached > 0,
+            groups: self.groups.len() as u64,
             ..self.stats
         }
     }

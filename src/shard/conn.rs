@@ -20,6 +20,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+mod close;
+pub use close::{deliver_closed, CloseCause, CloseEvent};
+
 /// Connection lifecycle (RFC 6455 §4, §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -36,21 +39,26 @@ pub enum ConnState {
     Draining,
 }
 
-const F_WRITE_BLOCKED: u8 = 1; // last send hit EAGAIN; wait for EPOLLOUT
-const F_READ_PAUSED: u8 = 2; // stalled by backpressure, or awaiting the open decision
-const F_PING_OUT: u8 = 4; // we sent a ping and have heard nothing since
-const F_SHUT_WR: u8 = 8; // shutdown(SHUT_WR) done
-const F_DIRTY: u8 = 16; // in the flush list
-const F_READ_PENDING: u8 = 32; // edge seen but not read to EAGAIN (budget or pause)
-const F_OPENED: u8 = 64; // the upgrade completed (close codes are counted for these)
-const F_SHRINK_ARMED: u8 = 128; // a second wheel entry, the TLS shrink check, is pending
+const F_WRITE_BLOCKED: u16 = 1; // last send hit EAGAIN; wait for EPOLLOUT
+const F_READ_PAUSED: u16 = 2; // stalled by backpressure, or awaiting the open decision
+const F_PING_OUT: u16 = 4; // we sent a ping and have heard nothing since
+const F_SHUT_WR: u16 = 8; // shutdown(SHUT_WR) done
+const F_DIRTY: u16 = 16; // in the flush list
+const F_READ_PENDING: u16 = 32; // edge seen but not read to EAGAIN (budget or pause)
+const F_OPENED: u16 = 64; // the upgrade completed (close codes are counted for these)
+const F_SHRINK_ARMED: u16 = 128; // a second wheel entry, the TLS shrink check, is pending
+/// The handler knows of the connection (it accepted or left pending the upgrade): its
+/// removal queues a close event.
+const F_ANNOUNCED: u16 = 256;
 
 /// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
 pub struct Conn {
     fd: OwnedFd,
     state: ConnState,
-    flags: u8,
+    flags: u16,
     close_code: u16,
+    /// Why it is ending, once something started ending it (see [`CloseCause`]).
+    cause: Option<CloseCause>,
     /// While open: tick of the last input. During the handshake (`Handshake`, `AwaitOpen`):
     /// the handshake deadline (no field to spare for it in the idle record).
     last_rx: Tick,
@@ -242,6 +250,8 @@ pub struct ShardIo {
     tls_plain: Vec<u8>,
     /// TLS records produced while reading (handshake, alerts, tickets).
     tls_out: Vec<u8>,
+    /// Close events of removed connections, until the shard loop hands them to the handler.
+    closed: Vec<CloseEvent>,
 }
 
 fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
@@ -367,6 +377,7 @@ impl ShardIo {
             plain: Vec::new(),
             tls_plain: Vec::new(),
             tls_out: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -455,7 +466,6 @@ impl ShardIo {
             x.reorder.insert(at, (seq, kind, payload.to_vec()));
             let buffered: usize = x.reorder.iter().map(|r| r.2.len()).sum();
             if buffered > self.settings.max_outbound {
-                self.metrics.slow_consumer_closes += 1;
                 self.close_slow(id);
             }
             return ReplyOutcome::Buffered;
@@ -533,6 +543,7 @@ impl ShardIo {
             state: ConnState::Handshake,
             flags: 0,
             close_code: 0,
+            cause: None,
             last_rx: deadline,
             deadline,
             ip_slot,
@@ -550,7 +561,7 @@ impl ShardIo {
         };
         if let Err(e) = self.poller.add(raw, id.0, Interest::ReadWrite) {
             tracing::warn!(error = %e, "epoll add failed");
-            self.destroy(id);
+            self.remove(id, CloseCause::Reset);
             return;
         }
         self.metrics.opened += 1;
@@ -685,7 +696,6 @@ impl ShardIo {
         // The bound is on the backlog already waiting when another message comes: one large
         // message to a client that keeps up is fine, a client that stops reading is not.
         if conn.tx_queued() > self.settings.max_outbound {
-            self.metrics.slow_consumer_closes += 1;
             self.close_slow(id);
             return Err(SendError::SlowConsumer);
         }
@@ -702,33 +712,37 @@ impl ShardIo {
         self.stage(id, |out| frame_into(out, op, payload));
     }
 
-    /// Start the closing handshake with `code` (no-op if already closing).
+    /// Start the closing handshake with `code` (no-op if already closing); a connection
+    /// not open yet is dropped.
     pub fn close(&mut self, id: ConnId, code: u16, reason: &str) {
+        self.close_for(id, code, reason, CloseCause::Local);
+    }
+
+    /// [`ShardIo::close`] for `cause`.
+    fn close_for(&mut self, id: ConnId, code: u16, reason: &str, cause: CloseCause) {
+        self.set_cause(id, cause, code);
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         match conn.state {
             ConnState::Open => {
                 conn.state = ConnState::Closing;
-                if conn.close_code == 0 {
-                    conn.close_code = code;
-                }
                 conn.deadline = self.now + self.settings.close_ticks;
                 let mut p = [0u8; 125];
                 let n = ws::write_close_payload(&mut p, code, reason);
                 self.send_control(id, OpCode::Close, &p[..n]);
             }
             ConnState::Handshake | ConnState::AwaitOpen => {
-                self.destroy(id);
+                self.remove(id, cause);
             }
             ConnState::Closing | ConnState::Draining => {}
         }
     }
 
-    /// Fail the connection (protocol error): send a close frame, then drain and close
-    /// without waiting for the peer's close frame.
-    fn fail(&mut self, id: ConnId, code: u16, reason: &str) {
-        self.close(id, code, reason);
+    /// Fail the connection (protocol error, slow consumer): send a close frame, then drain
+    /// and close without waiting for the peer's close frame.
+    fn fail(&mut self, id: ConnId, code: u16, reason: &str, cause: CloseCause) {
+        self.close_for(id, code, reason, cause);
         self.begin_drain(id);
     }
 
@@ -762,10 +776,11 @@ impl ShardIo {
         if conn.state != ConnState::Open {
             return;
         }
+        self.metrics.slow_consumer_closes += 1;
         if conn.tls.is_some() {
             // The queue holds TLS records: cutting one would fail the peer's integrity check,
             // and a close frame cannot jump the queue. Drop the connection.
-            self.abort(id, 1008);
+            self.abort(id, 1008, CloseCause::SlowConsumer);
             return;
         }
         // Keep only the frame that is partly on the wire (cutting it would corrupt the
@@ -779,7 +794,7 @@ impl ShardIo {
         for seg in self.out_segs.iter_mut().filter(|s| s.0 == id) {
             seg.2 = seg.1;
         }
-        self.fail(id, 1008, "slow consumer");
+        self.fail(id, 1008, "slow consumer", CloseCause::SlowConsumer);
     }
 
     /// Complete a pending upgrade (the handler returned [`OpenDecision::Pending`]).
@@ -812,6 +827,7 @@ impl ShardIo {
                 "handler chose a subprotocol the client did not offer"
             );
             self.metrics.count_handshake_failure("subprotocol");
+            self.set_cause(id, CloseCause::Rejected, 0);
             self.stage(id, |out| write_status(out, 502));
             self.begin_drain(id);
             return false;
@@ -834,6 +850,7 @@ impl ShardIo {
             return false;
         }
         self.metrics.count_handshake_failure("rejected");
+        self.set_cause(id, CloseCause::Rejected, 0);
         self.stage(id, |out| write_status(out, status));
         self.begin_drain(id);
         true
@@ -896,7 +913,7 @@ impl ShardIo {
                         self.mark_dirty(id);
                     }
                     Err(_) => {
-                        self.abort(id, 1006);
+                        self.abort(id, 1006, CloseCause::Reset);
                         continue;
                     }
                 }
@@ -905,7 +922,6 @@ impl ShardIo {
                 c.state == ConnState::Open
                     && c.tx_queued() > self.settings.max_outbound + data.len()
             }) {
-                self.metrics.slow_consumer_closes += 1;
                 self.close_slow(id);
             }
         }
@@ -956,7 +972,7 @@ impl ShardIo {
                         return;
                     }
                     Err(_) => {
-                        self.abort(id, 1006);
+                        self.abort(id, 1006, CloseCause::Reset);
                         return;
                     }
                 }
@@ -974,41 +990,18 @@ impl ShardIo {
             // resets data it has not read; when shutting down, a finished close handshake is
             // enough.
             if self.shutting_down {
-                self.destroy(id);
+                self.remove(id, CloseCause::Shutdown);
             }
         }
     }
 
     // ---------------------------------------------------------------- teardown
 
-    /// Close the socket and forget the connection (no close frame). `code` is reported to
-    /// metrics when the connection had been open.
-    fn abort(&mut self, id: ConnId, code: u16) {
-        if let Some(c) = self.conns.get_mut(id) {
-            if c.close_code == 0 {
-                c.close_code = code;
-            }
-        }
-        self.destroy(id);
-    }
-
-    pub(crate) fn destroy(&mut self, id: ConnId) -> Option<ConnState> {
-        let conn = self.conns.remove(id)?;
-        self.poller.remove(conn.fd.as_raw_fd());
-        if conn.ip_slot != u32::MAX {
-            self.ip_release(conn.ip_slot);
-        }
-        if conn.flags & F_OPENED != 0 {
-            let code = if conn.close_code == 0 {
-                1006
-            } else {
-                conn.close_code
-            };
-            self.metrics.count_close(code);
-        }
-        self.metrics.closed += 1;
-        Some(conn.state)
-        // conn (and its fd) dropped here
+    /// Close the socket and forget the connection (no close frame), unless a close code and
+    /// cause were already recorded.
+    fn abort(&mut self, id: ConnId, code: u16, cause: CloseCause) {
+        self.set_cause(id, cause, code);
+        self.remove(id, cause);
     }
 
     /// Conns whose reading was paused for backpressure get their stalled message offered
@@ -1117,7 +1110,7 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
         let room = scratch.len() - have;
         match recv(fd, &mut scratch[have..]) {
             Ok(0) => {
-                on_eof(io, h, id);
+                on_eof(io, id);
                 exhausted = false;
                 break;
             }
@@ -1147,7 +1140,7 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
                 keep_leftover(io, id, &scratch[..have]);
             }
             Err(_) => {
-                on_eof(io, h, id);
+                on_eof(io, id);
                 exhausted = false;
                 break;
             }
@@ -1192,7 +1185,7 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
         let room = scratch.len() - have;
         let n = match recv(fd, &mut scratch[have..]) {
             Ok(0) => {
-                on_eof(io, h, id);
+                on_eof(io, id);
                 exhausted = false;
                 break;
             }
@@ -1213,7 +1206,7 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
                 break;
             }
             Err(_) => {
-                on_eof(io, h, id);
+                on_eof(io, id);
                 exhausted = false;
                 break;
             }
@@ -1240,13 +1233,13 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
                 }
                 io.arm_shrink(id);
                 if peer_closed {
-                    tls_peer_closed(io, h, id);
+                    tls_peer_closed(io, id);
                     exhausted = false;
                     break;
                 }
             }
             Err(e) => {
-                tls_failed(io, h, id, &e, &scratch[..total]);
+                tls_failed(io, id, &e, &scratch[..total]);
                 exhausted = false;
                 break;
             }
@@ -1267,20 +1260,16 @@ fn on_readable_tls(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
 /// The client sent close_notify: it will send nothing more, but still reads. Answer with our
 /// close_notify behind whatever is staged and drain (RFC 8446 §6.1, RFC 5246 §7.2.1) instead
 /// of dropping the output as a bare EOF would.
-fn tls_peer_closed(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+fn tls_peer_closed(io: &mut ShardIo, id: ConnId) {
     let Some(state) = io.conns.get(id).map(|c| c.state) else {
         return;
     };
     if !matches!(state, ConnState::Open | ConnState::Closing) {
-        on_eof(io, h, id);
+        on_eof(io, id);
         return;
     }
-    h.on_close(io, id, 1006, "");
-    if let Some(c) = io.conns.get_mut(id) {
-        if c.close_code == 0 {
-            c.close_code = 1006;
-        }
-    }
+    // The close event is emitted when the drain ends and the connection is removed.
+    io.set_cause(id, CloseCause::Peer, 1006);
     io.begin_drain(id);
 }
 
@@ -1294,24 +1283,18 @@ fn keep_tls_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
 
 /// A TLS error: answer plaintext HTTP with a clear 400, send the session's alert (already
 /// staged), and close.
-fn tls_failed(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, e: &TlsError, input: &[u8]) {
+fn tls_failed(io: &mut ShardIo, id: ConnId, e: &TlsError, input: &[u8]) {
     let Some(c) = io.conns.get(id) else { return };
     let state = c.state;
     if matches!(e, TlsError::PlaintextHttp) || crate::transport::looks_like_http(input) {
         io.stage_raw(id, crate::transport::PLAINTEXT_ON_TLS_PORT_RESPONSE);
     }
-    match state {
-        ConnState::Handshake => io.metrics.count_handshake_failure(e.cause()),
-        ConnState::AwaitOpen | ConnState::Open | ConnState::Closing => {
-            h.on_close(io, id, 1006, "tls error");
-        }
-        ConnState::Draining => {}
+    if state == ConnState::Handshake {
+        io.metrics.count_handshake_failure(e.cause());
     }
     tracing::debug!(?id, error = %e, "TLS failure");
+    io.set_cause(id, CloseCause::Tls, 1006);
     if let Some(c) = io.conns.get_mut(id) {
-        if c.close_code == 0 {
-            c.close_code = 1006;
-        }
         c.state = ConnState::Draining;
         c.deadline = io.now + io.settings.close_ticks;
     }
@@ -1329,27 +1312,16 @@ fn keep_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
     }
 }
 
-fn on_eof(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+/// The peer's end of the stream (or a read error): a draining connection is done, any
+/// other dropped without a (finished) close handshake.
+fn on_eof(io: &mut ShardIo, id: ConnId) {
     let Some(conn) = io.conns.get(id) else {
         return;
     };
-    match conn.state {
-        ConnState::Open | ConnState::Closing => {
-            h.on_close(io, id, 1006, "");
-            io.abort(id, 1006);
-        }
-        ConnState::AwaitOpen => {
-            h.on_close(io, id, 1006, "");
-            io.destroy(id);
-        }
-        ConnState::Handshake => {
-            io.metrics.count_handshake_failure("eof");
-            io.destroy(id);
-        }
-        ConnState::Draining => {
-            io.destroy(id);
-        }
+    if conn.state == ConnState::Handshake {
+        io.metrics.count_handshake_failure("eof");
     }
+    io.abort(id, 1006, CloseCause::Reset);
 }
 
 /// Process input bytes; returns how many were consumed (the rest is kept as leftover).
@@ -1402,7 +1374,13 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
         peer,
         request: &req,
     };
-    match h.on_open(io, &info) {
+    let decision = h.on_open(io, &info);
+    if !matches!(decision, OpenDecision::Reject { .. }) {
+        if let Some(c) = io.conns.get_mut(id) {
+            c.flags |= F_ANNOUNCED;
+        }
+    }
+    match decision {
         OpenDecision::Accept { protocol } => {
             if !confirmable(req.protocols(), protocol) {
                 // An in-process handler bug, refused like a backend's (see `ShardIo::accept`).
@@ -1412,6 +1390,7 @@ fn process_handshake(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mu
                     "handler chose a subprotocol the client did not offer"
                 );
                 io.metrics.count_handshake_failure("subprotocol");
+                io.set_cause(id, CloseCause::Rejected, 0);
                 io.stage(id, |out| write_status(out, 500));
                 io.begin_drain(id);
                 return buf.len();
@@ -1501,9 +1480,8 @@ fn process_frames(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [
             Ok(None) => break,
             Err(e) => {
                 let code = e.close_code();
-                h.on_close(io, id, code, "");
                 io.metrics.count_protocol_error(code);
-                io.fail(id, code, &e.to_string());
+                io.fail(id, code, &e.to_string(), CloseCause::Protocol);
                 return buf.len();
             }
         };
@@ -1562,7 +1540,7 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
             false
         }
         Event::Close(frame) => {
-            let (code, reason) = frame.map_or((1005, ""), |f| (f.code, f.reason));
+            let code = frame.map_or(1005, |f| f.code);
             if state == ConnState::Open {
                 // Echo the peer's code (RFC 6455 §5.5.1), then drain.
                 let mut p = [0u8; 125];
@@ -1572,16 +1550,9 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
                     0
                 };
                 io.send_control(id, OpCode::Close, &p[..n]);
-                h.on_close(io, id, code, reason);
-            } else {
-                let ours = conn.close_code;
-                h.on_close(io, id, ours, "");
             }
-            if let Some(c) = io.conns.get_mut(id) {
-                if c.close_code == 0 {
-                    c.close_code = code;
-                }
-            }
+            // Ours (if we closed first) stays the code and cause the connection ended with.
+            io.set_cause(id, CloseCause::Peer, code);
             io.begin_drain(id);
             true
         }
@@ -1654,7 +1625,7 @@ pub fn retry_stalled(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool 
 /// (`F_SHRINK_ARMED`) until it has shrunk. Entries carry only the id, so while open
 /// `deadline` holds the tick of the deadline entry (set whenever it is scheduled, from the
 /// admission on): an entry coming round before it is the shrink check.
-pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<ConnId>) {
+pub fn on_tick(io: &mut ShardIo, now: Tick, due: &mut Vec<ConnId>) {
     io.now = now;
     due.clear();
     io.wheel.expire(now, due);
@@ -1699,12 +1670,8 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
         }
         match c.state {
             ConnState::Handshake | ConnState::AwaitOpen => {
-                let awaiting = c.state == ConnState::AwaitOpen;
                 io.metrics.count_handshake_failure("timeout");
-                if awaiting {
-                    h.on_close(io, id, 1006, "open timeout");
-                }
-                io.destroy(id);
+                io.remove(id, CloseCause::OpenTimeout);
             }
             ConnState::Open => {
                 if s.ping_ticks > 0 && c.flags & F_PING_OUT == 0 {
@@ -1718,14 +1685,13 @@ pub fn on_tick(io: &mut ShardIo, h: &mut dyn Handler, now: Tick, due: &mut Vec<C
                     }
                 } else {
                     io.metrics.idle_closes += 1;
-                    h.on_close(io, id, 1001, "idle timeout");
-                    io.close(id, 1001, "idle timeout");
+                    io.close_for(id, 1001, "idle timeout", CloseCause::IdleTimeout);
                     let at = io.now + io.settings.close_ticks;
                     io.wheel.schedule(id, at);
                 }
             }
             ConnState::Closing | ConnState::Draining => {
-                io.destroy(id);
+                io.remove(id, CloseCause::CloseTimeout);
             }
         }
     }
@@ -1772,18 +1738,9 @@ pub fn start_shutdown(io: &mut ShardIo, h: &mut dyn Handler) {
     h.on_shutdown(io);
     for id in io.conns.ids() {
         match io.conns.get(id).map(|c| c.state) {
-            Some(ConnState::Open) => {
-                h.on_close(io, id, 1001, "server shutdown");
-                io.close(id, 1001, "server shutdown");
-            }
             Some(ConnState::Closing) | Some(ConnState::Draining) => {}
-            Some(ConnState::AwaitOpen) => {
-                h.on_close(io, id, 1006, "server shutdown");
-                io.destroy(id);
-            }
-            _ => {
-                io.destroy(id);
-            }
+            // Open: the close handshake; not open yet: dropped.
+            _ => io.close_for(id, 1001, "server shutdown", CloseCause::Shutdown),
         }
     }
 }
@@ -1791,7 +1748,7 @@ pub fn start_shutdown(io: &mut ShardIo, h: &mut dyn Handler) {
 /// Close every remaining connection immediately (shutdown deadline passed).
 pub fn force_close_all(io: &mut ShardIo) {
     for id in io.conns.ids() {
-        io.destroy(id);
+        io.remove(id, CloseCause::Shutdown);
     }
 }
 

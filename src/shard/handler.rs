@@ -4,7 +4,7 @@
 //! same trait; the engine does not know which one it drives. A handler acts on connections
 //! only through [`ShardIo`] (send, close, accept, reject), by [`ConnId`].
 
-use super::conn::ShardIo;
+use super::conn::{CloseEvent, ShardIo};
 use super::conn_table::ConnId;
 use crate::proto::handshake::Request;
 use crate::proto::ws::DataKind;
@@ -62,8 +62,11 @@ pub trait Handler {
         payload: &[u8],
     ) -> Delivery;
 
-    /// The connection is gone (close code received, sent, or 1006 when it dropped).
-    fn on_close(&mut self, io: &mut ShardIo, conn: ConnId, code: u16, reason: &str);
+    /// A connection this handler knew of is gone: removed from the shard, whatever the
+    /// path. Called exactly once for every connection whose [`Handler::on_open`] returned
+    /// `Accept` or `Pending` (also when the upgrade then failed or was rejected), never for
+    /// one it rejected or never saw (bad request, per-IP limit, handshake timeout).
+    fn on_close(&mut self, io: &mut ShardIo, ev: &CloseEvent);
 
     /// One of the handler's own file descriptors registered with
     /// [`ShardIo::register_handler_fd`] became readable.
@@ -103,6 +106,10 @@ pub struct HandlerStats {
     pub ring_to_gateway_bytes: u64,
     /// Times the shard stopped reading sockets because a ring was full.
     pub backpressure_pauses: u64,
+    /// Groups with at least one member.
+    pub groups: u64,
+    /// Group memberships (a connection in two groups counts twice).
+    pub group_members: u64,
 }
 
 /// Echoes every message back on the same connection; accepts every upgrade, selecting the
@@ -132,7 +139,7 @@ impl Handler for EchoHandler {
         Delivery::Taken
     }
 
-    fn on_close(&mut self, _io: &mut ShardIo, _conn: ConnId, _code: u16, _reason: &str) {}
+    fn on_close(&mut self, _io: &mut ShardIo, _ev: &CloseEvent) {}
 
     fn stats(&self) -> HandlerStats {
         HandlerStats {

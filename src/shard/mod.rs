@@ -493,7 +493,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
         for r in ready.iter() {
             dispatch(st, *r);
         }
-        st.io.flush();
+        settle(st);
         if n < batch {
             epoll_drained = true;
             break;
@@ -514,9 +514,29 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
             },
         );
     }
+    settle(st);
     st.handler.on_round_end(&mut st.io);
-    st.io.flush();
+    if settle(st) {
+        // Publish what the close events queued (e.g. `Closed` records in the rings).
+        st.handler.on_round_end(&mut st.io);
+    }
     Ok(epoll_drained && st.io.ready.is_empty())
+}
+
+/// Write what is staged, and hand the handler the close events of the connections removed
+/// meanwhile (a write error removes one). Returns whether there were close events.
+fn settle(st: &mut State) -> bool {
+    let mut any = false;
+    // A handler reacting to a close may stage output; a few passes settle it, anything
+    // left waits for the next round (nothing is lost: the queue stays).
+    for _ in 0..4 {
+        st.io.flush();
+        if !conn::deliver_closed(&mut st.io, st.handler.as_mut()) {
+            break;
+        }
+        any = true;
+    }
+    any
 }
 
 fn dispatch(st: &mut State, r: Ready) {
@@ -563,7 +583,7 @@ fn on_tick(st: &mut State) {
     }
     let now_tick = (st.started.elapsed().as_millis() / st.tick.as_millis().max(1)) as u32;
     let mut due = std::mem::take(&mut st.due);
-    conn::on_tick(&mut st.io, st.handler.as_mut(), now_tick, &mut due);
+    conn::on_tick(&mut st.io, now_tick, &mut due);
     st.due = due;
     if std::mem::take(&mut st.accept_retry) {
         for i in 0..st.listeners.len() {
@@ -656,7 +676,7 @@ fn begin_shutdown(st: &mut State) {
         st.io.poller.remove(l.as_raw_fd());
     }
     conn::start_shutdown(&mut st.io, st.handler.as_mut());
-    st.io.flush();
+    settle(st);
     st.shutdown_deadline = Some(Instant::now() + st.shutdown_after);
 }
 

@@ -1,0 +1,150 @@
+//! How a connection ends: the one function that removes it from the shard
+//! ([`ShardIo::remove`]) and the close events it queues for the handler.
+//!
+//! Every path out (peer close, our close, protocol error, slow consumer, write error, every
+//! timeout, TLS error, shutdown) ends in [`ShardIo::remove`]. The slab hands a connection
+//! out of `remove` once (its generation moves on, so a stale id finds nothing), which makes
+//! "one close event per connection" hold by construction. The event is queued rather than
+//! given to the handler at once because removals happen deep inside [`ShardIo`] methods
+//! that have no handler at hand; the shard loop hands the queue over with
+//! [`deliver_closed`] before it sleeps or reads the next batch.
+
+use super::{ShardIo, F_ANNOUNCED, F_OPENED};
+use crate::shard::conn_table::ConnId;
+use crate::shard::handler::Handler;
+
+/// Why a connection ended. The first cause recorded wins: a slow consumer whose close
+/// handshake then times out ended for being slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseCause {
+    /// The client sent a close frame.
+    Peer,
+    /// The handler (backend `Close`, or `Reject` after the upgrade) closed it.
+    Local,
+    /// The handler refused the pending upgrade (backend `Reject`), or chose a subprotocol
+    /// the client did not offer.
+    Rejected,
+    /// The client broke the protocol (bad frame, invalid UTF-8, oversized message).
+    Protocol,
+    /// The client did not read fast enough (outbound bound passed): 1008.
+    SlowConsumer,
+    /// The socket dropped without a close handshake (EOF, reset, write error).
+    Reset,
+    /// No input for the idle timeout.
+    IdleTimeout,
+    /// The upgrade was not decided within the handshake timeout.
+    OpenTimeout,
+    /// The peer did not finish the close handshake in time.
+    CloseTimeout,
+    /// The TLS layer failed (bad record, alert).
+    Tls,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl CloseCause {
+    /// The label sent as the reason of the backend's `Closed` record.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCause::Peer => "peer",
+            CloseCause::Local => "local",
+            CloseCause::Rejected => "rejected",
+            CloseCause::Protocol => "protocol_error",
+            CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::Reset => "reset",
+            CloseCause::IdleTimeout => "idle_timeout",
+            CloseCause::OpenTimeout => "open_timeout",
+            CloseCause::CloseTimeout => "close_timeout",
+            CloseCause::Tls => "tls_error",
+            CloseCause::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A connection the handler knew of is gone. The connection is no longer in the table, so
+/// the event carries what the handler needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseEvent {
+    /// The connection (stale now).
+    pub conn: ConnId,
+    /// The close code it ended with (sent or received), 1006 when there was none.
+    pub code: u16,
+    /// Why it ended.
+    pub cause: CloseCause,
+    /// The handler's routing byte ([`ShardIo::set_route`]).
+    pub route: u8,
+    /// Seq of its last request handed to the handler (0 if none).
+    pub last_seq: u64,
+}
+
+impl ShardIo {
+    /// Record why `id` is ending and with which close code, unless already recorded.
+    pub(super) fn set_cause(&mut self, id: ConnId, cause: CloseCause, code: u16) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.cause.is_none() {
+                c.cause = Some(cause);
+            }
+            if c.close_code == 0 {
+                c.close_code = code;
+            }
+        }
+    }
+
+    /// The only way a connection leaves the shard: out of the table, its per-IP slot
+    /// released, its fd out of epoll and closed, and, if the handler knew of it (it accepted
+    /// or left pending the upgrade), one [`CloseEvent`] queued. `cause` applies unless one
+    /// was recorded earlier. Returns false when `id` was already gone (nothing happens).
+    pub(crate) fn remove(&mut self, id: ConnId, cause: CloseCause) -> bool {
+        let Some(conn) = self.conns.remove(id) else {
+            return false;
+        };
+        self.poller
+            .remove(std::os::fd::AsRawFd::as_raw_fd(&conn.fd));
+        if conn.ip_slot != u32::MAX {
+            self.ip_release(conn.ip_slot);
+        }
+        let code = match conn.close_code {
+            0 => 1006,
+            c => c,
+        };
+        if conn.flags & F_OPENED != 0 {
+            self.metrics.count_close(code);
+        }
+        self.metrics.closed += 1;
+        if conn.flags & F_ANNOUNCED != 0 {
+            self.closed.push(CloseEvent {
+                conn: id,
+                code,
+                cause: conn.cause.unwrap_or(cause),
+                route: conn.route,
+                last_seq: conn.seq_in as u64,
+            });
+        }
+        true
+        // conn (and its fd) dropped here
+    }
+
+    /// Close events queued and not yet handed to the handler.
+    pub fn closes_pending(&self) -> usize {
+        self.closed.len()
+    }
+}
+
+/// Hand every queued close event to the handler; returns whether there were any.
+pub fn deliver_closed(io: &mut ShardIo, h: &mut dyn Handler) -> bool {
+    if io.closed.is_empty() {
+        return false;
+    }
+    while !io.closed.is_empty() {
+        let mut events = std::mem::take(&mut io.closed);
+        for ev in events.drain(..) {
+            h.on_close(io, &ev);
+        }
+        // Keep the allocation unless the handler's reactions queued more meanwhile.
+        if io.closed.is_empty() {
+            io.closed = events;
+        }
+    }
+    true
+}
