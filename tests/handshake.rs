@@ -350,6 +350,12 @@ fn matches_tungstenite_accept_key() {
 }
 
 proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        // Next to this file (tests/ has no lib.rs for the default to anchor on).
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
     #[test]
     fn arbitrary_input_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
                                     max_bytes in 0usize..1000, max_headers in 0usize..100) {

@@ -454,7 +454,11 @@ fn two_byte_elements() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig {
+        // Next to this file (tests/ has no lib.rs for the default to anchor on).
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::with_cases(256)
+    })]
 
     #[test]
     fn rtp_write_parse_roundtrip(

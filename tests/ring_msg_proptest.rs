@@ -57,6 +57,12 @@ fn check_tg(m: &ToGateway<'_>) {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        // Next to this file (tests/ has no lib.rs for the default to anchor on).
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn roundtrip_simple(d in data_kind(), p in bytes(300), code in any::<u16>(), g in any::<u64>(),
                         irt in proptest::option::of(any::<u64>()), a in any::<u32>(), b in any::<u32>()) {

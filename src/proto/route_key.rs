@@ -173,6 +173,12 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            // Next to this file, like the integration tests' regression files.
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+            ..ProptestConfig::default()
+        })]
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256), field in "[a-z]{1,4}") {
             let _ = json_field(&bytes, &field);
