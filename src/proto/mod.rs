@@ -8,6 +8,7 @@ pub mod conn_id;
 pub mod handshake;
 pub mod media;
 pub mod route_key;
+pub mod rtmp;
 pub mod ws;
 
 pub use buf::BufferTooSmall;
