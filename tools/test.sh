@@ -17,6 +17,7 @@ command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
 command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/rtmp_ffmpeg.rs (ffmpeg, ffprobe)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
