@@ -142,7 +142,17 @@ fn ffprobe_frames(file: &Path, stream: &str) -> usize {
         "ffprobe: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    // MPEG-TS inputs list the stream twice (under its program and alone): same count.
+    let text = String::from_utf8_lossy(&o.stdout);
+    let counts: Vec<usize> = text
+        .split_whitespace()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        !counts.is_empty() && counts.iter().all(|c| *c == counts[0]),
+        "{text}"
+    );
+    counts[0]
 }
 
 #[test]
@@ -224,4 +234,78 @@ fn ffmpeg_publishes_and_tags_form_a_valid_flv() {
     std::fs::write(&path, &file).unwrap();
     assert_eq!(ffprobe_frames(&path, "v:0"), FRAMES);
     assert!(ffprobe_frames(&path, "a:0") > 100);
+}
+
+#[test]
+fn ffmpeg_publish_remuxed_to_hls_decodes_cleanly() {
+    use corelay::proto::media::hls::{HlsConfig, HlsSegmenter};
+    let dir = tmpdir("hls");
+    let p = publish_with_ffmpeg(&dir);
+    let cfg = HlsConfig {
+        target_duration_ms: 1000,
+        window: 10,
+        ..HlsConfig::default()
+    };
+    let mut seg = HlsSegmenter::new(cfg);
+    let mut cut = Vec::new();
+    for (_, tag) in &p.tags {
+        cut.extend(seg.push_tag(tag).unwrap());
+    }
+    cut.extend(seg.finish());
+    // Keyframes at 0, 1 and 2 s with a 1 s target: three segments.
+    assert_eq!(cut, [0, 1, 2]);
+    let mut playlist = String::new();
+    seg.playlist("seg-", true, &mut playlist);
+    std::fs::write(dir.join("live.m3u8"), &playlist).unwrap();
+    let mut total = 0;
+    for s in seg.segments() {
+        assert_eq!(s.data.len() % 188, 0);
+        assert!((960..=1040).contains(&s.duration_ms), "{playlist}");
+        total += s.duration_ms;
+        let path = dir.join(format!("seg-{}.ts", s.sequence));
+        std::fs::write(&path, &s.data).unwrap();
+        // Each segment starts with a keyframe.
+        let o = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-read_intervals",
+                "%+#1",
+            ])
+            .args([
+                "-show_entries",
+                "frame=key_frame,pict_type",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let first = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            first.lines().next().is_some_and(|l| l.starts_with("1,I")),
+            "segment {}: {first}",
+            s.sequence
+        );
+        assert_eq!(ffprobe_frames(&path, "v:0"), 25, "segment {}", s.sequence);
+    }
+    assert!((2960..=3040).contains(&total), "{playlist}");
+    assert!(
+        playlist.contains("#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"),
+        "{playlist}"
+    );
+
+    // ffmpeg decodes the whole playlist (video and audio) without a single error line.
+    let o = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+        .arg(dir.join("live.m3u8"))
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "", "decode errors");
+    assert_eq!(ffprobe_frames(&dir.join("live.m3u8"), "v:0"), FRAMES);
+    assert!(ffprobe_frames(&dir.join("live.m3u8"), "a:0") > 100);
 }

@@ -12,6 +12,9 @@
 //! See `docs/media.md`.
 
 pub mod flv;
+pub mod gop;
+pub mod hls;
+pub mod remux;
 pub mod rfc4571;
 pub mod rtp;
 pub mod ts;
