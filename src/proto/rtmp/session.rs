@@ -310,7 +310,7 @@ impl RtmpSession {
             Some(Err(e)) => return Err(e.into()),
             _ => 0.0,
         };
-        let args = r;
+        let mut args = r;
         if name != "connect" && !self.connected {
             return Err(RtmpError::Protocol("command before connect"));
         }
@@ -333,8 +333,7 @@ impl RtmpSession {
             }
             "publish" | "play" => {
                 let stream = args
-                    .skip(1)
-                    .next()
+                    .nth(1)
                     .transpose()?
                     .and_then(|v| v.as_str())
                     .ok_or(RtmpError::BadCommand("publish/play without a stream name"))?;
@@ -368,8 +367,7 @@ impl RtmpSession {
             }
             "deleteStream" | "closeStream" => {
                 let sid = if name == "deleteStream" {
-                    args.skip(1)
-                        .next()
+                    args.nth(1)
                         .transpose()?
                         .and_then(|v| v.as_number())
                         .filter(|n| *n >= 0.0 && *n <= f64::from(u32::MAX))
