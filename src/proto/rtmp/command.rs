@@ -138,7 +138,7 @@ impl Outbox {
         })
     }
 
-    /// `_result` with no value (answers `releaseStream`, `FCPublish`, `FCUnpublish`).
+    /// `_result` with no value (answers `releaseStream`, `FCPublish`).
     pub fn empty_result(&mut self, out: &mut Vec<u8>, txid: f64) -> Result<(), RtmpError> {
         self.amf(out, MSG_COMMAND_AMF0, CSID_COMMAND, 0, |w| {
             w.string("_result").number(txid).null().undefined();

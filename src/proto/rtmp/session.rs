@@ -316,7 +316,11 @@ impl RtmpSession {
         }
         match name {
             "connect" => self.on_connect(txid, args),
-            "releaseStream" | "FCPublish" | "FCUnpublish" => {
+            // No answer to FCUnpublish: publishers (ffmpeg) close right after it and deleteStream,
+            // and bytes they never read turn their close into a reset that can drop our
+            // unread input (the deleteStream itself).
+            "FCUnpublish" => Ok(None),
+            "releaseStream" | "FCPublish" => {
                 if txid != 0.0 {
                     self.outbox.empty_result(&mut self.out, txid)?;
                 }
