@@ -207,6 +207,80 @@ pub fn write_playlist<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::media::flv::{write_tag, TagType};
+
+    fn tag(tt: TagType, ts: u32, body: &[u8]) -> Vec<u8> {
+        let mut t = vec![0u8; body.len() + 15];
+        write_tag(&mut t, tt, ts, body).unwrap();
+        t
+    }
+
+    #[test]
+    fn audio_only_segments_slide() {
+        let mut h = HlsSegmenter::new(HlsConfig {
+            target_duration_ms: 100,
+            window: 2,
+            ..HlsConfig::default()
+        });
+        // Frames before the AAC config are not written; segments start at the first frame.
+        assert_eq!(h.push_tag(&tag(TagType::Audio, 0, &[0xAF, 1, 1])), Ok(None));
+        assert_eq!(
+            h.push_tag(&tag(TagType::Audio, 0, &[0xAF, 0, 0x12, 0x10])),
+            Ok(None)
+        );
+        let mut done = Vec::new();
+        for i in 0..20u32 {
+            done.extend(
+                h.push_tag(&tag(TagType::Audio, 10 + i * 23, &[0xAF, 1, 0x21, 0x42]))
+                    .unwrap(),
+            );
+        }
+        done.extend(h.finish());
+        assert_eq!(done, [0, 1, 2, 3]);
+        let segs: Vec<_> = h.segments().map(|s| (s.sequence, s.duration_ms)).collect();
+        // 5 frames (115 ms) per segment; the last holds 5 frames + the spacing estimate.
+        assert_eq!(segs, [(2, 115), (3, 115)]);
+        assert!(h.segment(1).is_none());
+        let first =
+            crate::proto::media::ts::TsPacket::parse(&h.segment(3).unwrap().data[..188]).unwrap();
+        assert_eq!(first.pid(), crate::proto::media::ts::PAT_PID);
+        let mut p = String::new();
+        h.playlist("a", false, &mut p);
+        assert!(
+            p.contains("#EXT-X-MEDIA-SEQUENCE:2\n#EXTINF:0.115,\na2.ts\n"),
+            "{p}"
+        );
+        assert!(!p.contains("ENDLIST"));
+    }
+
+    #[test]
+    fn video_waits_for_keyframe() {
+        let mut h = HlsSegmenter::new(HlsConfig::default());
+        let seq = [
+            0x17, 0, 0, 0, 0, 1, 0x42, 0xC0, 0x1E, 0xFF, 0xE1, 0, 2, 0x67, 0x42, 1, 0, 2, 0x68,
+            0xCE,
+        ];
+        h.push_tag(&tag(TagType::Video, 0, &seq)).unwrap();
+        h.push_tag(&tag(
+            TagType::Video,
+            0,
+            &[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41],
+        ))
+        .unwrap();
+        assert_eq!(h.finish(), None);
+        h.push_tag(&tag(
+            TagType::Video,
+            40,
+            &[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65],
+        ))
+        .unwrap();
+        assert_eq!(h.finish(), Some(0));
+        let data = &h.segment(0).unwrap().data;
+        // PAT, PMT, then the IDR's PES with random access.
+        assert!(crate::proto::media::ts::TsPacket::parse(&data[376..564])
+            .unwrap()
+            .random_access());
+    }
 
     #[test]
     fn playlist_format() {

@@ -190,8 +190,13 @@ fn publish_flow() {
     more.cmd(0, |w| {
         w.string("deleteStream").number(4.0).null().number(1.0);
     });
+    more.cmd(0, |w| {
+        w.string("FCUnpublish").number(5.0).null().string("key");
+    });
     let (evs, _) = run(&mut s, &more.wire, 100);
     assert_eq!(evs, [Event::DeleteStream { stream_id: 1 }]);
+    // Nothing answers FCUnpublish or deleteStream (the publisher is closing).
+    assert!(s.pending_output().is_empty());
     assert_eq!(s.close(), Some(Event::Closed { publishing: None }));
     assert_eq!(s.close(), None);
 }
