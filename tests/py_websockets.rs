@@ -82,9 +82,5 @@ fn python_websockets_over_wss_with_python_ssl() {
     );
     let g = Gw::start(&toml, &[]);
     let addr = g.tls.expect("wss address logged");
-    run_client(&[
-        "wss",
-        &format!("wss://{addr}"),
-        cert.to_str().unwrap(),
-    ]);
+    run_client(&["wss", &format!("wss://{addr}"), cert.to_str().unwrap()]);
 }
