@@ -351,8 +351,9 @@ fn run_backend(
 fn run_contract(attach: &std::path::Path) -> Result<()> {
     init_tracing(&std::env::var("CORELAY_LOG").unwrap_or_else(|_| "warn".into()));
     let cfg = corelay::sdk::AttachConfig::from_env_at(attach.into())?;
-    let mut backend = corelay::sdk::Backend::attach_config(&cfg, std::time::Duration::from_secs(10))
-        .context("attaching to the gateway")?;
+    let mut backend =
+        corelay::sdk::Backend::attach_config(&cfg, std::time::Duration::from_secs(10))
+            .context("attaching to the gateway")?;
     let tag = std::env::var(corelay::sdk::env::TAG).unwrap_or_default();
     let mut service = corelay::sdk::check::CheckService::new(tag);
     match backend.run(&mut service) {

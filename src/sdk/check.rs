@@ -69,9 +69,17 @@ impl Service for CheckService {
                 ctx.close(conn, 4000, "bye");
                 ctx.done();
             }
-            Some(t) if t.starts_with("hold:") => {
+            Some(t) if t.starts_with("hold:") || t.starts_with("holdack:") => {
+                let (x, ack) = match t.strip_prefix("hold:") {
+                    Some(x) => (x, false),
+                    None => (&t[8..], true),
+                };
                 if let Some(d) = ctx.defer() {
-                    self.held.insert(conn, (d, t.as_bytes()[5..].to_vec()));
+                    self.held.insert(conn, (d, x.as_bytes().to_vec()));
+                    if ack {
+                        // Pushed at once: tells the checker the request is now deferred.
+                        ctx.send(conn, DataKind::Text, b"held");
+                    }
                 }
             }
             Some(t) if t.starts_with("join:") => {

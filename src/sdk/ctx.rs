@@ -141,7 +141,9 @@ impl<'a> Ctx<'a> {
         }
         self.outcome = Outcome::Deferred;
         let d = Deferred { conn, seq };
-        self.held.get_mut(conn.shard() as usize)?.push(Held { d, pos });
+        self.held
+            .get_mut(conn.shard() as usize)?
+            .push(Held { d, pos });
         Some(d)
     }
 
@@ -230,4 +232,3 @@ impl<'a> Ctx<'a> {
         }
     }
 }
-

@@ -16,8 +16,8 @@ pub mod check;
 mod ctx;
 pub mod demo;
 
-pub use ctx::{Ctx, Deferred, Outcome};
 use ctx::Held;
+pub use ctx::{Ctx, Deferred, Outcome};
 
 pub use crate::proto::conn_id::ConnId;
 pub use crate::ring::msg::{DataKind, Headers, PeerAddr, Protocol};
@@ -147,8 +147,8 @@ pub struct AttachConfig {
 impl AttachConfig {
     /// `CORELAY_ATTACH` (required), `CORELAY_ROUTE`, `CORELAY_HEARTBEAT_MS`.
     pub fn from_env() -> Result<Self, SdkError> {
-        let path = var(env::ATTACH)
-            .ok_or_else(|| SdkError::Env(format!("{} is not set", env::ATTACH)))?;
+        let path =
+            var(env::ATTACH).ok_or_else(|| SdkError::Env(format!("{} is not set", env::ATTACH)))?;
         Self::from_env_at(path.into())
     }
 
@@ -468,8 +468,7 @@ impl Backend {
 
     /// The heartbeat interval set by [`Backend::set_heartbeat`], if any.
     pub fn heartbeat_interval(&self) -> Option<Duration> {
-        self.heartbeat
-            .map(|(i, _)| Duration::from_millis(i as u64))
+        self.heartbeat.map(|(i, _)| Duration::from_millis(i as u64))
     }
 
     /// Serve until the gateway goes away ([`SdkError::GatewayGone`]) or an error occurs.

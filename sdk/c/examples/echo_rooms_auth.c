@@ -171,12 +171,15 @@ static void on_message(void *user, corelay_ctx *ctx, uint64_t conn, int binary, 
     } else if (bytes_eq(d, n, "close")) {
         corelay_close(ctx, conn, 4000, (const uint8_t *)"bye", 3);
         corelay_done(ctx);
-    } else if (starts(d, n, "hold:")) {
+    } else if (starts(d, n, "hold:") || starts(d, n, "holdack:")) {
+        size_t skip = starts(d, n, "hold:") ? 5 : 8;
         if (corelay_defer(ctx, &c->held) == 0) {
             c->holding = 1;
-            c->held_len = n - 5;
+            c->held_len = n - skip;
             c->held_text = xrealloc(NULL, c->held_len);
-            memcpy(c->held_text, d + 5, c->held_len);
+            memcpy(c->held_text, d + skip, c->held_len);
+            /* Pushed at once: tells the checker the request is now deferred. */
+            if (skip == 8) corelay_send(ctx, conn, 0, (const uint8_t *)"held", 4);
         }
     } else if (starts(d, n, "join:")) {
         corelay_join(ctx, conn, group(d + 5, n - 5));

@@ -367,14 +367,32 @@ impl Service for CService {
         let mut c = CallCtx { ctx, verdict: None };
         let bin = c_int::from(kind == DataKind::Binary);
         // SAFETY: payload and ctx live for the call.
-        unsafe { f(self.0.user, as_c(&mut c), conn.0, bin, payload.as_ptr(), payload.len()) };
+        unsafe {
+            f(
+                self.0.user,
+                as_c(&mut c),
+                conn.0,
+                bin,
+                payload.as_ptr(),
+                payload.len(),
+            )
+        };
     }
 
     fn on_closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, code: u16, reason: &[u8]) {
         let Some(f) = self.0.on_closed else { return };
         let mut c = CallCtx { ctx, verdict: None };
         // SAFETY: reason and ctx live for the call.
-        unsafe { f(self.0.user, as_c(&mut c), conn.0, code, reason.as_ptr(), reason.len()) };
+        unsafe {
+            f(
+                self.0.user,
+                as_c(&mut c),
+                conn.0,
+                code,
+                reason.as_ptr(),
+                reason.len(),
+            )
+        };
     }
 }
 
@@ -549,7 +567,12 @@ pub unsafe extern "C" fn corelay_reject(c: *mut corelay_ctx, status: u16) {
 /// # Safety
 /// `c` is the callback's ctx; `data` has `len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn corelay_reply(c: *mut corelay_ctx, binary: c_int, data: *const u8, len: usize) {
+pub unsafe extern "C" fn corelay_reply(
+    c: *mut corelay_ctx,
+    binary: c_int,
+    data: *const u8,
+    len: usize,
+) {
     if let Some(c) = ctx(c) {
         c.ctx.reply(kind(binary), bytes(data, len));
     }
@@ -653,7 +676,13 @@ pub unsafe extern "C" fn corelay_send(
 /// # Safety
 /// `c` is a live ctx; `reason` has `len` readable bytes (UTF-8).
 #[no_mangle]
-pub unsafe extern "C" fn corelay_close(c: *mut corelay_ctx, conn: u64, code: u16, reason: *const u8, len: usize) {
+pub unsafe extern "C" fn corelay_close(
+    c: *mut corelay_ctx,
+    conn: u64,
+    code: u16,
+    reason: *const u8,
+    len: usize,
+) {
     if let Some(c) = ctx(c) {
         let r = String::from_utf8_lossy(bytes(reason, len));
         c.ctx.close(ConnId(conn), code, &r);
@@ -705,7 +734,9 @@ pub unsafe extern "C" fn corelay_publish(
 /// `name` has `len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn corelay_group_id(name: *const u8, len: usize) -> u64 {
-    bytes(name, len).iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes(name, len)
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
 }

@@ -46,10 +46,12 @@ class CheckService(Service):
         elif t == b"close":
             ctx.close(conn, 4000, "bye")
             ctx.done()
-        elif t is not None and t.startswith(b"hold:"):
+        elif t is not None and (t.startswith(b"hold:") or t.startswith(b"holdack:")):
             d = ctx.defer()
             if d is not None:
-                self.held[conn] = (d, t[5:])
+                self.held[conn] = (d, t.partition(b":")[2])
+                if t.startswith(b"holdack:"):
+                    ctx.send(conn, b"held")  # at once: the checker knows it is deferred
         elif t is not None and t.startswith(b"join:"):
             ctx.join(conn, group_id(t[5:]))
             ctx.reply(b"joined:" + t[5:])

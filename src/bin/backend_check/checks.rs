@@ -10,20 +10,60 @@ use std::time::{Duration, Instant};
 pub(crate) type Check = fn(&mut Env) -> Result<(), String>;
 
 pub(crate) const ALL: &[(&str, &str, Check)] = &[
-    ("attach", "attaches (route 0) and serves every shard", attach),
+    (
+        "attach",
+        "attaches (route 0) and serves every shard",
+        attach,
+    ),
     ("echo", "text and binary echo, 200 pipelined in order", echo),
-    ("empty", "empty text and binary messages are messages", empty),
+    (
+        "empty",
+        "empty text and binary messages are messages",
+        empty,
+    ),
     ("large", "messages up to the 1 MiB limit, intact", large),
-    ("open", "Open -> Reject 403 / 401, Accept with a token", open),
-    ("subprotocol", "Accept confirms an offered subprotocol", subprotocol),
-    ("order", "replies in request order under out-of-order completion", order),
+    (
+        "open",
+        "Open -> Reject 403 / 401, Accept with a token",
+        open,
+    ),
+    (
+        "subprotocol",
+        "Accept confirms an offered subprotocol",
+        subprotocol,
+    ),
+    (
+        "order",
+        "replies in request order under out-of-order completion",
+        order,
+    ),
     ("push", "a push (Send without in_reply_to) arrives", push),
-    ("closed", "Closed is delivered; the backend's Close reaches the client", closed),
+    (
+        "closed",
+        "Closed is delivered; the backend's Close reaches the client",
+        closed,
+    ),
     ("groups", "join / publish / leave across shards", groups),
-    ("route", "a backend of route 7 gets the keyed messages", route),
-    ("heartbeat", "heartbeats: a stopped backend gets no new connections", heartbeat),
-    ("garbage", "a peer writing garbage is cut off; gateway and backend go on", garbage),
-    ("kill9", "kill -9 and restart: every reply exactly once, in order", kill9),
+    (
+        "route",
+        "a backend of route 7 gets the keyed messages",
+        route,
+    ),
+    (
+        "heartbeat",
+        "heartbeats: a stopped backend gets no new connections",
+        heartbeat,
+    ),
+    (
+        "garbage",
+        "a peer writing garbage is cut off; gateway and backend go on",
+        garbage,
+    ),
+    (
+        "kill9",
+        "kill -9 and restart: every reply exactly once, in order",
+        kill9,
+    ),
 ];
 
 fn ws(env: &Env, path: &str) -> Result<Client, String> {
@@ -147,7 +187,10 @@ fn subprotocol(env: &mut Env) -> Result<(), String> {
     }
     let mut c = ws(env, "/proto")?;
     if c.protocol.is_some() {
-        return Err(format!("/proto without an offer confirmed {:?}", c.protocol));
+        return Err(format!(
+            "/proto without an offer confirmed {:?}",
+            c.protocol
+        ));
     }
     c.roundtrip("q")
 }
@@ -267,10 +310,16 @@ fn route(env: &mut Env) -> Result<(), String> {
     let mut c = ws(env, "/")?;
     let keyed = r#"{"ns":"check","n":1}"#;
     c.text(keyed)?;
-    c.expect(&Msg::text(&format!("r7:{keyed}")), "keyed message via route 7")?;
+    c.expect(
+        &Msg::text(&format!("r7:{keyed}")),
+        "keyed message via route 7",
+    )?;
     c.roundtrip("unkeyed")?;
     c.text(r#"{"ns":"other"}"#)?;
-    c.expect(&Msg::text(r#"{"ns":"other"}"#), "unknown key stays on route 0")?;
+    c.expect(
+        &Msg::text(r#"{"ns":"other"}"#),
+        "unknown key stays on route 0",
+    )?;
     if let Some(o) = env.extra.pop() {
         stop(o, Duration::from_secs(5));
     }
@@ -334,7 +383,10 @@ fn heartbeat_phases(env: &mut Env) -> Result<(), String> {
     let mut streak = 0;
     while streak < 8 {
         if Instant::now() > deadline {
-            return Err("a stopped backend kept getting new connections (no heartbeat policy announced?)".into());
+            return Err(
+                "a stopped backend kept getting new connections (no heartbeat policy announced?)"
+                    .into(),
+            );
         }
         match probe(env, Duration::from_secs(1)) {
             Some(Msg::Text(t)) if t == "decoy:x" => streak += 1,
@@ -352,7 +404,9 @@ fn heartbeat_phases(env: &mut Env) -> Result<(), String> {
             }
         }
         if Instant::now() > deadline {
-            return Err("the resumed backend got no new connection (heartbeats not resumed?)".into());
+            return Err(
+                "the resumed backend got no new connection (heartbeats not resumed?)".into(),
+            );
         }
     }
 }
@@ -383,7 +437,11 @@ fn garbage(env: &mut Env) -> Result<(), String> {
     match std::io::Read::read(&mut &stream, &mut b) {
         Ok(0) => {}
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Ok(n) => return Err(format!("rogue: the gateway sent {n} bytes instead of cutting it off")),
+        Ok(n) => {
+            return Err(format!(
+                "rogue: the gateway sent {n} bytes instead of cutting it off"
+            ))
+        }
         Err(e) => return Err(format!("rogue was not cut off: {e}")),
     }
     env.wait_attached(1, Duration::from_secs(10))?;
@@ -393,17 +451,23 @@ fn garbage(env: &mut Env) -> Result<(), String> {
 
 fn kill9(env: &mut Env) -> Result<(), String> {
     let mut c = ws(env, "/")?;
+    let mut other = ws(env, "/")?;
     c.set_timeout(Duration::from_secs(20));
     let want = |i: usize| Msg::Text(format!("k{i}"));
     for i in 0..100 {
         c.queue(&want(i))?;
     }
     // k100 stays uncompleted until k101 arrives: the backend must not commit past it.
-    c.queue(&Msg::text("hold:k100"))?;
+    // `holdack` pushes "held" once it deferred the request, so the kill comes after that.
+    c.queue(&Msg::text("holdack:k100"))?;
     c.flush()?;
     for i in 0..100 {
         c.expect(&want(i), &format!("reply {i} before the kill"))?;
     }
+    c.expect(&Msg::text("held"), "the push acknowledging holdack:k100")?;
+    // A reply to a request sent after the ack was published after the backend finished the
+    // batch that deferred k100 (and committed what it meant to commit).
+    other.roundtrip("sync")?;
     let mut b = env.backend.take().ok_or("no backend")?;
     let _ = b.kill();
     let _ = b.wait();
@@ -419,6 +483,11 @@ fn kill9(env: &mut Env) -> Result<(), String> {
     });
     env.start_backend().map_err(|e| format!("{e:#}"))?;
     env.wait_attached(1, Duration::from_secs(15))?;
+    // The uncommitted holdack:k100 is delivered again, so it is acknowledged again.
+    c.expect(
+        &Msg::text("held"),
+        "holdack:k100 delivered again after the restart",
+    )?;
     for i in 100..300 {
         c.expect(&want(i), &format!("reply {i} after the restart"))?;
     }

@@ -42,7 +42,7 @@ pub(crate) struct Client {
 
 /// How an upgrade ended.
 pub(crate) enum Upgrade {
-    Open(Client),
+    Open(Box<Client>),
     /// The gateway answered with this HTTP status instead of 101.
     Refused(u16),
 }
@@ -63,7 +63,8 @@ pub(crate) fn upgrade(
         req.headers_mut().insert(name, value);
     }
     let tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    tcp.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     match tungstenite::client::client(req, tcp) {
         Ok((ws, resp)) => {
@@ -72,7 +73,7 @@ pub(crate) fn upgrade(
                 .get("sec-websocket-protocol")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            Ok(Upgrade::Open(Client { ws, protocol }))
+            Ok(Upgrade::Open(Box::new(Client { ws, protocol })))
         }
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
             Ok(Upgrade::Refused(r.status().as_u16()))
@@ -93,7 +94,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, String> {
         match upgrade(addr, path, &[], timeout)? {
-            Upgrade::Open(c) => Ok(c),
+            Upgrade::Open(c) => Ok(*c),
             Upgrade::Refused(s) => Err(format!("{path}: refused with HTTP {s}, expected 101")),
         }
     }
@@ -152,7 +153,11 @@ impl Client {
         if &got == want {
             Ok(())
         } else {
-            Err(format!("{what}: got {}, expected {}", got.show(), want.show()))
+            Err(format!(
+                "{what}: got {}, expected {}",
+                got.show(),
+                want.show()
+            ))
         }
     }
 

@@ -94,7 +94,10 @@ pub(crate) struct Env {
 impl Env {
     /// Spawns the backend command with the attach environment; `route`/`tag` override.
     pub(crate) fn spawn_backend(&self, route: u32, tag: &str, heartbeat: bool) -> Result<Child> {
-        let (prog, args) = self.command.split_first().context("empty backend command")?;
+        let (prog, args) = self
+            .command
+            .split_first()
+            .context("empty backend command")?;
         let mut cmd = Command::new(prog);
         cmd.args(args)
             .env(corelay::sdk::env::ATTACH, &self.sock)
@@ -113,7 +116,11 @@ impl Env {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting the backend {prog:?}"))?;
-        let p = if tag.is_empty() { "[backend] " } else { "[other backend] " };
+        let p = if tag.is_empty() {
+            "[backend] "
+        } else {
+            "[other backend] "
+        };
         if let Some(o) = child.stdout.take() {
             self.log.follow(o, p, self.verbose);
         }
@@ -191,7 +198,11 @@ pub(crate) fn stop(mut c: Child, grace: Duration) {
     let _ = c.wait();
 }
 
-fn start_gateway(args: &Args, dir: &std::path::Path, log: &Log) -> Result<(Child, SocketAddr, SocketAddr)> {
+fn start_gateway(
+    args: &Args,
+    dir: &std::path::Path,
+    log: &Log,
+) -> Result<(Child, SocketAddr, SocketAddr)> {
     let sock = dir.join("attach.sock");
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = {}\npin = false\n\
@@ -232,7 +243,10 @@ fn start_gateway(args: &Args, dir: &std::path::Path, log: &Log) -> Result<(Child
             return Ok((gw, ws, admin));
         }
         if let Ok(Some(st)) = gw.try_wait() {
-            bail!("the gateway exited at start ({st}):\n{}", log.tail(20).join("\n"));
+            bail!(
+                "the gateway exited at start ({st}):\n{}",
+                log.tail(20).join("\n")
+            );
         }
         if Instant::now() > deadline {
             let _ = gw.kill();
