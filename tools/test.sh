@@ -19,6 +19,7 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
 command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, rtmp_ffmpeg.rs
+command -v cc >/dev/null || need_apt+=(gcc)                   # tests/sdk_backends.rs (C example)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -30,6 +31,13 @@ done
 
 step "python test clients (pinned, cached venv: tools/py/env.sh)"
 bash tools/py/env.sh >/dev/null
+
+# tests/sdk_backends.rs regenerates the C header and diffs it with the committed one.
+CBINDGEN_VERSION=0.29.0
+if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
+  step "installing cbindgen $CBINDGEN_VERSION"
+  cargo install cbindgen --version "$CBINDGEN_VERSION" --locked
+fi
 
 step "format and lints"
 cargo fmt --all -- --check

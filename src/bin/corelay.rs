@@ -1,5 +1,7 @@
 //! The corelay gateway binary: `corelay run --config corelay.toml`, `corelay demo`.
 
+mod backend_check;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use corelay::admin;
@@ -61,8 +63,12 @@ enum Cmd {
     /// Run the demo backend (rooms on /room/NAME, echo elsewhere) attached to a gateway.
     Backend {
         /// The gateway's attach socket.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "CORELAY_ATTACH")]
         attach: PathBuf,
+        /// Serve the backend-check contract (docs/backend-check.md) instead of the demo; the
+        /// route, heartbeat and tag then come from CORELAY_ROUTE, CORELAY_HEARTBEAT_MS, CORELAY_TAG.
+        #[arg(long)]
+        contract: bool,
         /// Require this token (`?token=` or `Authorization: Bearer`).
         #[arg(long)]
         token: Option<String>,
@@ -73,6 +79,9 @@ enum Cmd {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Drive a backend through a real gateway and check that it speaks the ring protocol
+    /// (docs/backend-check.md): `corelay backend-check -- COMMAND [ARGS...]`.
+    BackendCheck(backend_check::Args),
     /// Print the effective configuration checks and exit.
     Check {
         /// TOML configuration file.
@@ -337,6 +346,21 @@ fn run_backend(
     }
 }
 
+/// `corelay backend --contract`: the Rust SDK's backend-check contract service.
+fn run_contract(attach: &std::path::Path) -> Result<()> {
+    init_tracing(&std::env::var("CORELAY_LOG").unwrap_or_else(|_| "warn".into()));
+    let cfg = corelay::sdk::AttachConfig::from_env_at(attach.into())?;
+    let mut backend =
+        corelay::sdk::Backend::attach_config(&cfg, std::time::Duration::from_secs(10))
+            .context("attaching to the gateway")?;
+    let tag = std::env::var(corelay::sdk::env::TAG).unwrap_or_default();
+    let mut service = corelay::sdk::check::CheckService::new(tag);
+    match backend.run(&mut service) {
+        Err(corelay::sdk::SdkError::GatewayGone) => Ok(()),
+        r => r.context("serving"),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -352,10 +376,17 @@ fn main() -> Result<()> {
         }
         Cmd::Backend {
             attach,
+            contract: true,
+            ..
+        } => run_contract(&attach),
+        Cmd::Backend {
+            attach,
             token,
             route,
             tag,
+            contract: false,
         } => run_backend(&attach, token, route, tag),
+        Cmd::BackendCheck(args) => backend_check::main(args),
         Cmd::Check { config } => {
             let cfg = load(config.as_ref(), None)?;
             println!("configuration OK ({} shards)", cfg.shard_count());

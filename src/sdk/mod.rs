@@ -12,13 +12,18 @@
 //!   killed at any instant loses nothing: its successor gets every uncommitted request again,
 //!   and the gateway drops replies to requests already answered.
 
+pub mod check;
+mod ctx;
 pub mod demo;
+
+use ctx::Held;
+pub use ctx::{Ctx, Deferred, Outcome};
 
 pub use crate::proto::conn_id::ConnId;
 pub use crate::ring::msg::{DataKind, Headers, PeerAddr, Protocol};
 
 use crate::ring::attach::{self, Attached};
-use crate::ring::msg::{self, RingMsg, ToBackend, ToGateway};
+use crate::ring::msg::{ToBackend, ToGateway};
 use crate::ring::{Consumer, Doorbells, Producer, Region};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -40,6 +45,21 @@ pub enum SdkError {
     /// I/O error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A `CORELAY_*` environment variable is missing or invalid ([`Backend::attach_env`]).
+    #[error("environment: {0}")]
+    Env(String),
+}
+
+/// Environment variables every SDK example honours (docs/backend-check.md).
+pub mod env {
+    /// Path of the gateway's attach socket (required).
+    pub const ATTACH: &str = "CORELAY_ATTACH";
+    /// Route id to serve (default 0).
+    pub const ROUTE: &str = "CORELAY_ROUTE";
+    /// Heartbeat interval in milliseconds; the announced timeout is three intervals.
+    pub const HEARTBEAT_MS: &str = "CORELAY_HEARTBEAT_MS";
+    /// Prefix of the contract backend's echoed replies.
+    pub const TAG: &str = "CORELAY_TAG";
 }
 
 /// What a service says about a new connection.
@@ -92,9 +112,9 @@ pub trait Service {
         Verdict::Accept(None)
     }
 
-    /// A message from a client. Answer with [`Ctx::reply`] (delivered in request order), or
-    /// complete it without an answer with [`Ctx::done`] (publish, send...); returning without
-    /// either is the same as [`Ctx::done`].
+    /// A message from a client. Answer with [`Ctx::reply`] (delivered in request order),
+    /// complete it without an answer with [`Ctx::done`] (publish, send...), or put it off with
+    /// [`Ctx::defer`]; returning without any of these is the same as [`Ctx::done`].
     fn on_message(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _kind: DataKind, _payload: &[u8]) {}
 
     /// A client connection is gone: called exactly once for every connection `on_open` was
@@ -109,144 +129,62 @@ struct Link {
     bells: Doorbells,
 }
 
-/// What a service can do while handling an event.
-pub struct Ctx<'a> {
-    txs: &'a mut [Producer],
-    current: Option<(ConnId, u64)>,
-    outcome: Outcome,
-    error: Option<SdkError>,
-}
-
-/// How the request being handled was completed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Not yet: the SDK completes it with `Done` when the handler returns.
-    Pending,
-    /// Answered with a message ([`Ctx::reply`]).
-    Replied,
-    /// Completed without a message ([`Ctx::done`]).
-    Done,
-}
-
-impl Ctx<'_> {
-    fn push(&mut self, shard: usize, conn: ConnId, seq: u64, m: &ToGateway<'_>) {
-        if self.error.is_some() {
-            return;
-        }
-        let Some(tx) = self.txs.get_mut(shard) else {
-            return;
-        };
-        loop {
-            match msg::push(tx, conn.0, seq, m) {
-                Ok(true) => return,
-                Ok(false) => {
-                    // The gateway drains its ring continuously; wait for room.
-                    tx.flush();
-                    if let Err(e) = tx.wait_for_space(
-                        m.encoded_len().unwrap_or(0),
-                        Some(Duration::from_millis(100)),
-                    ) {
-                        self.error = Some(e.into());
-                        return;
-                    }
-                }
-                Err(msg::PushError::Ring(e)) => {
-                    self.error = Some(e.into());
-                    return;
-                }
-                Err(msg::PushError::Msg(_)) => return,
-            }
-        }
-    }
-
-    /// Answer the request being handled (in [`Service::on_message`]): delivered to the client
-    /// after the answers to its earlier requests, whatever its length (an empty message is a
-    /// message). Only the first completion counts: a later reply is sent as a push
-    /// ([`Ctx::send`]).
-    pub fn reply(&mut self, kind: DataKind, payload: &[u8]) {
-        let Some((conn, seq)) = self.current else {
-            return;
-        };
-        if self.outcome != Outcome::Pending {
-            return self.send(conn, kind, payload);
-        }
-        self.outcome = Outcome::Replied;
-        let m = ToGateway::Send {
-            in_reply_to: Some(seq),
-            data: kind,
-            payload,
-        };
-        self.push(conn.shard() as usize, conn, 0, &m);
-    }
-
-    /// Complete the request being handled without sending anything to the client (e.g. the
-    /// message was published to a room): the answers to later requests no longer wait for it.
-    /// Does nothing if it is already completed.
-    pub fn done(&mut self) {
-        let Some((conn, seq)) = self.current else {
-            return;
-        };
-        if self.outcome != Outcome::Pending {
-            return;
-        }
-        self.outcome = Outcome::Done;
-        let m = ToGateway::Done { in_reply_to: seq };
-        self.push(conn.shard() as usize, conn, 0, &m);
-    }
-
-    /// How the request being handled has been completed so far.
-    pub fn outcome(&self) -> Outcome {
-        self.outcome
-    }
-
-    /// Send a message to any connection now (not ordered with replies).
-    pub fn send(&mut self, conn: ConnId, kind: DataKind, payload: &[u8]) {
-        let m = ToGateway::Send {
-            in_reply_to: None,
-            data: kind,
-            payload,
-        };
-        self.push(conn.shard() as usize, conn, 0, &m);
-    }
-
-    /// Close a connection with a WebSocket close code.
-    pub fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
-        let m = ToGateway::Close {
-            code,
-            reason: reason.as_bytes(),
-        };
-        self.push(conn.shard() as usize, conn, 0, &m);
-    }
-
-    /// Add a connection to a group.
-    pub fn join(&mut self, conn: ConnId, group: u64) {
-        self.push(conn.shard() as usize, conn, 0, &ToGateway::Join { group });
-    }
-
-    /// Remove a connection from a group.
-    pub fn leave(&mut self, conn: ConnId, group: u64) {
-        self.push(conn.shard() as usize, conn, 0, &ToGateway::Leave { group });
-    }
-
-    /// Send to every member of a group, on every shard (one record per shard; the gateway
-    /// fans out).
-    pub fn publish(&mut self, group: u64, kind: DataKind, payload: &[u8]) {
-        let m = ToGateway::Publish {
-            group,
-            data: kind,
-            payload,
-        };
-        for shard in 0..self.txs.len() {
-            self.push(shard, ConnId(0), 0, &m);
-        }
-    }
-}
-
 /// Group id for a name (stable FNV-1a hash; use the same in every backend).
 pub fn group_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Where and how to attach: what the `CORELAY_*` environment variables ([`env`]) say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachConfig {
+    /// The gateway's attach socket.
+    pub path: std::path::PathBuf,
+    /// Route id to serve (0 = default).
+    pub route: u32,
+    /// Heartbeat interval (the announced timeout is three intervals).
+    pub heartbeat: Option<Duration>,
+}
+
+impl AttachConfig {
+    /// `CORELAY_ATTACH` (required), `CORELAY_ROUTE`, `CORELAY_HEARTBEAT_MS`.
+    pub fn from_env() -> Result<Self, SdkError> {
+        let path =
+            var(env::ATTACH).ok_or_else(|| SdkError::Env(format!("{} is not set", env::ATTACH)))?;
+        Self::from_env_at(path.into())
+    }
+
+    /// Like [`from_env`](Self::from_env) with the socket path given.
+    pub fn from_env_at(path: std::path::PathBuf) -> Result<Self, SdkError> {
+        let route = match var(env::ROUTE) {
+            Some(v) => v
+                .parse::<u32>()
+                .map_err(|_| SdkError::Env(format!("{}={v}: not a u32", env::ROUTE)))?,
+            None => 0,
+        };
+        let heartbeat = match var(env::HEARTBEAT_MS) {
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|&ms| ms > 0 && ms <= u32::MAX / 3)
+                    .map(|ms| Duration::from_millis(ms as u64))
+                    .ok_or_else(|| {
+                        SdkError::Env(format!("{}={v}: not a positive u32", env::HEARTBEAT_MS))
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            path,
+            route,
+            heartbeat,
+        })
+    }
+}
+
+fn var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
 /// An attached backend.
@@ -255,6 +193,8 @@ pub struct Backend {
     links: Vec<Link>,
     txs: Vec<Producer>,
     rxs: Vec<Consumer>,
+    /// Per shard: deferred requests not yet completed (they hold the commit point).
+    held: Vec<Vec<Held>>,
     heartbeat: Option<(u32, u32)>,
     /// How long [`Backend::run`] polls the rings before parking (see [`Backend::set_spin`]).
     spin: Duration,
@@ -300,6 +240,7 @@ impl Backend {
         let mut be = Backend {
             stream,
             links,
+            held: (0..txs.len()).map(|_| Vec::new()).collect(),
             txs,
             rxs,
             heartbeat: None,
@@ -315,6 +256,31 @@ impl Backend {
                 revents: 0,
             })
             .collect();
+        Ok(be)
+    }
+
+    /// Attach as the environment says ([`AttachConfig::from_env`]), retrying for up to
+    /// `retry` while the gateway is still starting.
+    pub fn attach_env(retry: Duration) -> Result<Backend, SdkError> {
+        Self::attach_config(&AttachConfig::from_env()?, retry)
+    }
+
+    /// Attach with `cfg` (route and heartbeat policy), retrying for up to `retry` while the
+    /// gateway is still starting (its socket does not exist yet or refuses connections).
+    pub fn attach_config(cfg: &AttachConfig, retry: Duration) -> Result<Backend, SdkError> {
+        let deadline = std::time::Instant::now() + retry;
+        let mut be = loop {
+            match Self::attach_route(&cfg.path, cfg.route) {
+                Ok(b) => break b,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(i) = cfg.heartbeat {
+            be.set_heartbeat(i, i * 3);
+        }
         Ok(be)
     }
 
@@ -396,12 +362,8 @@ impl Backend {
                 let Some(rec) = rx.peek()? else { break };
                 let conn = ConnId(rec.conn);
                 let seq = rec.seq;
-                let mut ctx = Ctx {
-                    txs: &mut self.txs,
-                    current: None,
-                    outcome: Outcome::Pending,
-                    error: None,
-                };
+                let pos = rec.pos;
+                let mut ctx = Ctx::new(&mut self.txs, &mut self.held);
                 match ToBackend::from_record(&rec) {
                     Ok(ToBackend::Open {
                         protocol,
@@ -437,7 +399,7 @@ impl Backend {
                         }
                     }
                     Ok(ToBackend::Message { data, payload }) => {
-                        ctx.current = Some((conn, seq));
+                        ctx.current = Some((conn, seq, pos));
                         service.on_message(&mut ctx, conn, data, payload);
                         // Every request is completed exactly once.
                         ctx.done();
@@ -456,15 +418,60 @@ impl Backend {
                 handled += 1;
             }
         }
-        // Publish the replies first, then commit: a crash in between re-delivers requests
-        // (answered twice, deduplicated by the gateway) but never loses one.
+        self.flush_and_commit()?;
+        Ok(handled)
+    }
+
+    /// Publish the replies first, then commit: a crash in between re-delivers requests
+    /// (answered twice, deduplicated by the gateway) but never loses one. A shard with
+    /// deferred requests commits only up to the oldest one's record.
+    fn flush_and_commit(&mut self) -> Result<(), SdkError> {
         for tx in &mut self.txs {
             tx.flush();
         }
-        for rx in &mut self.rxs {
-            rx.commit();
+        for (rx, held) in self.rxs.iter_mut().zip(&self.held) {
+            match held.iter().map(|h| h.pos).min() {
+                None => rx.commit(),
+                Some(p) if p > rx.committed() => rx.commit_to(p)?,
+                Some(_) => {}
+            }
         }
-        Ok(handled)
+        Ok(())
+    }
+
+    /// Act outside a callback: complete [`Deferred`] requests, push to connections, publish.
+    /// What `f` queued is published (and the commit point moved) before this returns.
+    pub fn with_ctx<R>(&mut self, f: impl FnOnce(&mut Ctx<'_>) -> R) -> Result<R, SdkError> {
+        let mut ctx = Ctx::new(&mut self.txs, &mut self.held);
+        let r = f(&mut ctx);
+        if let Some(e) = ctx.error {
+            return Err(e);
+        }
+        self.flush_and_commit()?;
+        Ok(r)
+    }
+
+    /// Send one `Heartbeat` record per shard with the policy of [`Backend::set_heartbeat`]
+    /// (nothing if none was set). [`Backend::run`] calls it every interval; a foreign event
+    /// loop driving [`Backend::poll`] calls it itself.
+    pub fn send_heartbeat(&mut self) -> Result<(), SdkError> {
+        let Some((interval, timeout)) = self.heartbeat else {
+            return Ok(());
+        };
+        let m = ToGateway::Heartbeat {
+            interval_ms: interval,
+            timeout_ms: timeout,
+        };
+        self.with_ctx(|ctx| {
+            for shard in 0..ctx.txs.len() {
+                ctx.push(shard, ConnId(0), 0, &m);
+            }
+        })
+    }
+
+    /// The heartbeat interval set by [`Backend::set_heartbeat`], if any.
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        self.heartbeat.map(|(i, _)| Duration::from_millis(i as u64))
     }
 
     /// Serve until the gateway goes away ([`SdkError::GatewayGone`]) or an error occurs.
@@ -472,25 +479,10 @@ impl Backend {
         let mut last_beat = std::time::Instant::now() - Duration::from_secs(3600);
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
-            if let Some((interval, timeout)) = self.heartbeat {
-                if last_beat.elapsed() >= Duration::from_millis(interval as u64) {
+            if let Some(interval) = self.heartbeat_interval() {
+                if last_beat.elapsed() >= interval {
                     last_beat = std::time::Instant::now();
-                    let m = ToGateway::Heartbeat {
-                        interval_ms: interval,
-                        timeout_ms: timeout,
-                    };
-                    let mut ctx = Ctx {
-                        txs: &mut self.txs,
-                        current: None,
-                        outcome: Outcome::Pending,
-                        error: None,
-                    };
-                    for shard in 0..ctx.txs.len() {
-                        ctx.push(shard, ConnId(0), 0, &m);
-                    }
-                    if let Some(e) = ctx.error {
-                        return Err(e);
-                    }
+                    self.send_heartbeat()?;
                 }
             }
             if self.poll_once(service)? > 0 {
