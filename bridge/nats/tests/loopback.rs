@@ -1,0 +1,258 @@
+//! One host, real processes: nats-server (JetStream), a gateway in ring mode, its bridge,
+//! workers; clients are tungstenite. Push to a connection and to a user, rooms, presence
+//! counts against the gateway's own, and workers killed mid-request (JetStream redelivery).
+
+mod support;
+use corelay::ring::msg::DataKind;
+use corelay::sdk::group_id;
+use corelay_nats::{Worker, WorkerConfig};
+use std::time::Duration;
+use support::*;
+
+const GW: &str = "gw1";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn lib_worker(rt: &tokio::runtime::Runtime, nats: &str) -> Worker {
+    rt.block_on(async {
+        let c = corelay_nats::connect(nats, "test", 1024).await.unwrap();
+        Worker::new(
+            c,
+            WorkerConfig {
+                ack_wait: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    })
+}
+
+fn stats(rt: &tokio::runtime::Runtime, w: &Worker) -> String {
+    rt.block_on(async {
+        let m = w
+            .client()
+            .request(format!("corelay.gw.{GW}.stats"), bytes::Bytes::new());
+        tokio::time::timeout(Duration::from_secs(5), m)
+            .await
+            .unwrap()
+            .unwrap()
+    })
+    .payload
+    .iter()
+    .map(|b| *b as char)
+    .collect()
+}
+
+fn stat(line: &str, key: &str) -> u64 {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn push_rooms_and_presence_through_nats() {
+    let dir = TempDir::new("loop");
+    let gwbin = corelay_bin();
+    let (_nats, port) = nats_server(&dir.0);
+    let nats = format!("nats://127.0.0.1:{port}");
+    let gw = gateway(&gwbin, &dir.0, "127.0.0.1", &[]);
+    let _bridge = bridge(&gw.sock, GW, &nats, &["--lease-ms", "3000"], &[]);
+    let _w = worker(&nats, &["--ack-wait-ms", "2000"], &[]);
+    let rt = rt();
+    let w = lib_worker(&rt, &nats);
+
+    let mut alice = client(gw.addr, "/room/lobby?user=alice");
+    let mut bob = client(gw.addr, "/room/lobby?user=bob");
+    let mut carol = client(gw.addr, "/?user=carol");
+
+    // Requests and replies, in order.
+    for i in 0..50 {
+        send(&mut alice, &format!("m{i}"));
+    }
+    for i in 0..50 {
+        assert_eq!(recv(&mut alice), format!("m{i}"));
+    }
+
+    // Presence: each user once; this gateway's count equals the gateway's own.
+    let alice_at = wait_for("alice in the registry", Duration::from_secs(10), || {
+        let v = rt.block_on(w.registry().lookup("alice")).ok()?;
+        (v.len() == 1).then(|| v[0].clone())
+    });
+    assert_eq!(alice_at.gw, GW);
+    wait_for(
+        "registry count == gateway count",
+        Duration::from_secs(10),
+        || {
+            let reg = rt.block_on(w.registry().count(Some(GW))).ok()?;
+            let total = rt.block_on(w.registry().count(None)).ok()?;
+            let own = metric(gw.admin, "corelay_connections_open")?;
+            (reg == 3 && total == 3 && own == 3.0).then_some(())
+        },
+    );
+
+    // Push to a connection and to a user, from a backend that knows no host.
+    rt.block_on(w.push_conn(&alice_at, DataKind::Text, b"to alice"))
+        .unwrap();
+    assert_eq!(recv(&mut alice), "to alice");
+    assert_eq!(
+        rt.block_on(w.push_user("carol", DataKind::Text, b"to carol"))
+            .unwrap(),
+        1
+    );
+    assert_eq!(recv(&mut carol), "to carol");
+    assert_eq!(
+        rt.block_on(w.push_user("nobody", DataKind::Text, b"x"))
+            .unwrap(),
+        0
+    );
+
+    // A room: members get a publish once; a non-member does not.
+    rt.block_on(w.publish_room(group_id("lobby"), DataKind::Text, b"lobby news"))
+        .unwrap();
+    assert_eq!(recv(&mut alice), "lobby news");
+    assert_eq!(recv(&mut bob), "lobby news");
+    // Worker-side commands: bob pushes to carol, and publishes to the room.
+    send(&mut bob, "user:carol:hello from bob");
+    assert_eq!(recv(&mut carol), "hello from bob");
+    send(&mut bob, "room:lobby:from bob");
+    assert_eq!(recv(&mut alice), "from bob");
+    assert_eq!(recv(&mut bob), "from bob");
+    rt.block_on(w.push_user("carol", DataKind::Text, b"sentinel"))
+        .unwrap();
+    assert_eq!(recv(&mut carol), "sentinel", "carol is not in the lobby");
+    assert_eq!(stat(&stats(&rt, &w), "rooms"), 1);
+
+    // Logout on close; counts follow; the room subscription ends with its last member.
+    bob.close(None).unwrap();
+    let _ = bob.read();
+    wait_for("bob logged out", Duration::from_secs(10), || {
+        let v = rt.block_on(w.registry().lookup("bob")).ok()?;
+        let n = rt.block_on(w.registry().count(Some(GW))).ok()?;
+        (v.is_empty() && n == 2).then_some(())
+    });
+    // The gateway counts a connection until its close handshake has drained.
+    wait_for(
+        "gateway count == registry count",
+        Duration::from_secs(30),
+        || (metric(gw.admin, "corelay_connections_open")? == 2.0).then_some(()),
+    );
+    alice.close(None).unwrap();
+    let _ = alice.read();
+    wait_for("room unsubscribed", Duration::from_secs(10), || {
+        (stat(&stats(&rt, &w), "rooms") == 0).then_some(())
+    });
+    // The gateway key carries the bridge's own counts (refreshed every lease/3).
+    wait_for("gateway key", Duration::from_secs(10), || {
+        let g = rt.block_on(w.registry().gateways()).ok()?;
+        (g == vec![(GW.to_string(), 1, 1)]).then_some(())
+    });
+    // The Open goes through NATS to a worker, which decides; a refused connection (never
+    // reported Closed by the gateway) leaves the bridge's own count too.
+    assert_eq!(try_client(gw.addr, "/?reject=1").err(), Some(403));
+    wait_for(
+        "rejected connection closed",
+        Duration::from_secs(30),
+        || {
+            let s = stats(&rt, &w);
+            (stat(&s, "open") == 1 && metric(gw.admin, "corelay_connections_open")? == 1.0)
+                .then_some(())
+        },
+    );
+    // An invalid batch is refused as a whole with a reason.
+    let err = rt.block_on(w.send_raw(GW, vec![1, 2, 3])).unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+#[test]
+fn workers_killed_mid_request_lose_nothing() {
+    let dir = TempDir::new("kill");
+    let gwbin = corelay_bin();
+    let (_nats, port) = nats_server(&dir.0);
+    let nats = format!("nats://127.0.0.1:{port}");
+    let gw = gateway(&gwbin, &dir.0, "127.0.0.1", &[]);
+    let _bridge = bridge(&gw.sock, GW, &nats, &[], &[]);
+    let log = |n: &str| dir.0.join(format!("{n}.log"));
+    let la = log("a");
+    // Worker A replies but never acks: killed after its replies reached the client.
+    let mut a = worker(
+        &nats,
+        &[
+            "--ack-wait-ms",
+            "2000",
+            "--hold-ack-ms",
+            "600000",
+            "--log",
+            la.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut c = client(gw.addr, "/");
+    for i in 0..10 {
+        send(&mut c, &format!("a{i}"));
+    }
+    for i in 0..10 {
+        assert_eq!(recv(&mut c), format!("a{i}"));
+    }
+    a.kill9();
+    // B gets every unacked event again (the Open and requests 1..=10), marked redelivered,
+    // and answers again: the gateway drops those duplicate replies.
+    let lb = log("b");
+    let mut b = worker(&nats, &["--log", lb.to_str().unwrap()], &[]);
+    wait_for(
+        "redeliveries answered by B",
+        Duration::from_secs(30),
+        || {
+            let l = worker_log(&lb);
+            (1..=10u64)
+                .all(|s| {
+                    l.iter()
+                        .any(|(w, _, _, seq, d)| w == "done" && *seq == s && *d >= 2)
+                })
+                .then_some(())
+        },
+    );
+    send(&mut c, "end-a");
+    assert_eq!(
+        recv(&mut c),
+        "end-a",
+        "a duplicate reply reached the client"
+    );
+    b.kill9();
+
+    // C takes requests and dies before answering them: D answers, in order, once.
+    let lc = log("c");
+    let mut cw = worker(
+        &nats,
+        &["--delay-ms", "600000", "--log", lc.to_str().unwrap()],
+        &[],
+    );
+    for i in 0..5 {
+        send(&mut c, &format!("c{i}"));
+    }
+    wait_for("C holds the requests", Duration::from_secs(20), || {
+        (worker_log(&lc).iter().filter(|(w, ..)| w == "got").count() == 5).then_some(())
+    });
+    cw.kill9();
+    let ld = log("d");
+    let _d = worker(&nats, &["--log", ld.to_str().unwrap()], &[]);
+    for i in 0..5 {
+        assert_eq!(recv(&mut c), format!("c{i}"));
+    }
+    send(&mut c, "end-c");
+    assert_eq!(recv(&mut c), "end-c");
+    let l = worker_log(&ld);
+    assert!(
+        l.iter()
+            .filter(|(w, _, _, s, d)| w == "done" && (12..=16).contains(s) && *d >= 2)
+            .count()
+            == 5,
+        "{l:?}"
+    );
+}
