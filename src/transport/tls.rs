@@ -701,6 +701,24 @@ impl TlsSession {
         }
     }
 
+    /// Test hook: a session on a rustls configuration built by the caller, on the compact
+    /// record layer (`compact`, which needs `enable_secret_extraction`) or on rustls's. The
+    /// differential tests (`tests/tls_differential.rs`, `fuzz/fuzz_targets/tls_differential.rs`)
+    /// use it to run one deterministic handshake into both record layers.
+    #[doc(hidden)]
+    pub fn session_with_config(config: Arc<ServerConfig>, compact: bool) -> TlsSession {
+        let conn = UnbufferedServerConnection::new(config)
+            .expect("a ServerConfig with at least one protocol version");
+        TlsSession {
+            state: State::Rustls(Box::new(Hs {
+                conn,
+                flags: 0,
+                sni: None,
+                convert: compact,
+            })),
+        }
+    }
+
     /// Feed ciphertext read from the socket.
     ///
     /// `buf` holds the leftover from the previous call (as that call left it: records may
@@ -1117,9 +1135,7 @@ fn read_tls_inner(
         // it is pending, so refuse it.
         inner.flags |= F_FAILED;
         return Err(TlsError::Protocol {
-            error: rustls::Error::General(
-                "fragmented post-handshake message is not supported".into(),
-            ),
+            error: super::record::fragmented(),
             alert_sent: false,
         });
     }
