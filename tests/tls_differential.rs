@@ -41,7 +41,16 @@ fn named() -> Vec<(&'static str, Vec<Op>)> {
                 Op::Write { len: 1 },
             ],
         ),
-        ("warning", vec![Op::Alert { level: 1, desc: 90 }, data(5)]),
+        (
+            "warning (not user_canceled)",
+            vec![
+                Op::Alert {
+                    level: 1,
+                    desc: 112,
+                },
+                data(5),
+            ],
+        ),
         (
             "user_canceled",
             vec![Op::Alert { level: 1, desc: 90 }, data(5)],
