@@ -107,6 +107,42 @@ def hs_seeds():
     return 2 * len(s)
 
 
+def tls_seeds():
+    """tls_differential: suite byte, then (op, a, b) triples (see parse() in tests/tls_diff/mod.rs)."""
+
+    def op(code, a=0, b=0):
+        return bytes([code, a, b])
+
+    data = lambda n: op(0, n >> 8, n & 0xFF)
+    deliver = lambda chunk: op(10, 0, chunk)
+    streams = {
+        "data": data(100) + data(0) + deliver(0),
+        "dribble": data(300) + deliver(1),
+        "max_record": op(2, 0, 7) + deliver(3),
+        "oversize": op(2, 1, 7),
+        "key_update": op(4, 1) + data(5) + op(11, 0, 9) + op(4, 0) + data(2),
+        "close_notify": data(5) + op(5, 1, 0) + data(5),
+        "warnings": op(5, 1, 90) * 5,
+        "fatal_alert": op(5, 2, 40),
+        "empty_run": op(3) * 33,
+        "bit_flip": data(64) + op(9, 0, 40),
+        "renegotiation": op(9, 1) + data(3) + op(9, 1),
+        "raw_header": op(8, 3, 40) + op(8, 0x48, 0),
+        "padding": op(7, 0, 10) + op(7, 99, 4),
+        "handshake_msg": op(6, 4, 10),
+    }
+    out = os.path.join(HERE, "seeds", "tls_differential")
+    os.makedirs(out, exist_ok=True)
+    n = 0
+    for name, ops in sorted(streams.items()):
+        for suite in range(6):
+            with open(os.path.join(out, f"{name}_{suite}"), "wb") as f:
+                f.write(bytes([suite]) + ops)
+            n += 1
+    return n
+
+
 if __name__ == "__main__":
     print("ws_decoder seeds:", ws_seeds())
     print("handshake seeds:", hs_seeds())
+    print("tls_differential seeds:", tls_seeds())

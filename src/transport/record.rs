@@ -134,12 +134,13 @@ impl Dir {
     }
 }
 
-fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+/// TLS 1.2 AEAD additional data (RFC 5246 §6.2.3.3): seq ‖ type ‖ version ‖ length, with the
+/// version as the record header carries it (so a changed version byte fails to authenticate).
+fn tls12_aad(seq: u64, typ: u8, version: [u8; 2], len: usize) -> [u8; 13] {
     let mut a = [0u8; 13];
     a[..8].copy_from_slice(&seq.to_be_bytes());
     a[8] = typ;
-    a[9] = 3;
-    a[10] = 3;
+    a[9..11].copy_from_slice(&version);
     a[11..].copy_from_slice(&(len as u16).to_be_bytes());
     a
 }
@@ -303,7 +304,7 @@ impl Established {
             out.extend_from_slice(&(len as u16).to_be_bytes());
             out.extend_from_slice(&nonce[4..4 + explicit]);
             out.extend_from_slice(payload);
-            let aad = tls12_aad(seq, typ, payload.len());
+            let aad = tls12_aad(seq, typ, [3, 3], payload.len());
             let body = &mut out[start + 5 + explicit..];
             let tag = self
                 .tx
@@ -431,12 +432,7 @@ impl Established {
                 }
                 CT_HANDSHAKE if self.tls13 => self.handshake(payload, out)?,
                 CT_HANDSHAKE => self.renegotiation(payload, out)?,
-                other => {
-                    return Err(fatal(
-                        rustls::Error::General(format!("unexpected content type {other}")),
-                        AlertDescription::UnexpectedMessage,
-                    ));
-                }
+                other => return Err(unexpected_type(self.tls13, other)),
             }
         }
         Ok((pos, false))
@@ -452,10 +448,14 @@ impl Established {
         let bad_mac = || fatal(rustls::Error::DecryptError, AlertDescription::BadRecordMac);
         if self.tls13 {
             if typ != CT_APPDATA {
+                // RFC 8446 §5.2: the outer type is always application_data. (rustls rebuilds
+                // the AAD from constants and does not look at it: see docs/tls.md,
+                // "Differential testing".)
                 return Err(fatal(
-                    rustls::Error::General(format!(
-                        "unexpected record type {typ} after the handshake"
-                    )),
+                    rustls::Error::InappropriateMessage {
+                        expect_types: vec![rustls::ContentType::ApplicationData],
+                        got_type: rustls::ContentType::from(typ),
+                    },
                     AlertDescription::UnexpectedMessage,
                 ));
             }
@@ -468,7 +468,7 @@ impl Established {
             // Strip the zero padding; the last non-zero byte is the real type.
             let Some(end) = p.iter().rposition(|&b| b != 0) else {
                 return Err(fatal(
-                    rustls::Error::General("record without content type".into()),
+                    rustls::PeerMisbehaved::IllegalTlsInnerPlaintext.into(),
                     AlertDescription::UnexpectedMessage,
                 ));
             };
@@ -491,7 +491,12 @@ impl Established {
             }
             // No record limit on receive: the sender is the one that must stop (or rekey)
             // before reusing nonces; the explicit nonce is its choice.
-            let aad = tls12_aad(self.rx.seq, typ, body.len() - explicit - TAG);
+            let aad = tls12_aad(
+                self.rx.seq,
+                typ,
+                [hdr[1], hdr[2]],
+                body.len() - explicit - TAG,
+            );
             let p = self
                 .rx
                 .ctx()
@@ -508,10 +513,12 @@ impl Established {
     /// A decrypted alert; true for close_notify.
     fn on_alert(&mut self, payload: &[u8]) -> Result<bool, RecordError> {
         let &[level, desc] = payload else {
-            return Err(fatal(
-                rustls::Error::General("malformed alert".into()),
-                AlertDescription::DecodeError,
-            ));
+            let e = if payload.len() < 2 {
+                rustls::InvalidMessage::MissingData("AlertDescription")
+            } else {
+                rustls::InvalidMessage::TrailingData("AlertMessagePayload")
+            };
+            return Err(fatal(e.into(), AlertDescription::DecodeError));
         };
         let desc = AlertDescription::from(desc);
         if level != 1 && level != 2 {
@@ -549,11 +556,21 @@ impl Established {
     /// TLS 1.2: a ClientHello after the handshake asks for renegotiation. Refused with a
     /// no_renegotiation *warning* (RFC 5246 §7.2.2), once; anything else is fatal.
     fn renegotiation(&mut self, msg: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let partial = match msg {
+            [_, a, b, c, rest @ ..] => u32::from_be_bytes([0, *a, *b, *c]) as usize > rest.len(),
+            _ => true,
+        };
+        if partial {
+            return Err(fatal(fragmented(), AlertDescription::UnexpectedMessage));
+        }
         let whole_hello = matches!(msg, [HS_CLIENT_HELLO, a, b, c, rest @ ..]
             if u32::from_be_bytes([0, *a, *b, *c]) as usize == rest.len());
         if !whole_hello {
             return Err(fatal(
-                rustls::Error::General("unexpected handshake message after the handshake".into()),
+                rustls::Error::InappropriateMessage {
+                    expect_types: vec![rustls::ContentType::ApplicationData],
+                    got_type: rustls::ContentType::Handshake,
+                },
                 AlertDescription::UnexpectedMessage,
             ));
         }
@@ -575,36 +592,43 @@ impl Established {
     fn handshake(&mut self, mut msgs: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         if msgs.is_empty() {
             // RFC 8446 §5.1: no zero-length fragments of handshake messages.
-            return Err(fatal(
-                rustls::Error::General("empty handshake record".into()),
-                AlertDescription::UnexpectedMessage,
-            ));
+            return Err(fatal(fragmented(), AlertDescription::UnexpectedMessage));
         }
         while !msgs.is_empty() {
             let [typ, a, b, c, rest @ ..] = msgs else {
-                return Err(fatal(
-                    rustls::Error::General("handshake message split across records".into()),
-                    AlertDescription::UnexpectedMessage,
-                ));
+                return Err(fatal(fragmented(), AlertDescription::UnexpectedMessage));
             };
             let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
             if rest.len() < len {
+                return Err(fatal(fragmented(), AlertDescription::UnexpectedMessage));
+            }
+            let (body, next) = rest.split_at(len);
+            if *typ != HS_KEY_UPDATE {
+                // Not parsed: any other message is refused whatever its body (rustls parses
+                // it first and may report decode_error instead; docs/tls.md).
                 return Err(fatal(
-                    rustls::Error::General("handshake message split across records".into()),
+                    rustls::Error::InappropriateHandshakeMessage {
+                        expect_types: vec![rustls::HandshakeType::KeyUpdate],
+                        got_type: rustls::HandshakeType::from(*typ),
+                    },
                     AlertDescription::UnexpectedMessage,
                 ));
             }
-            let (body, next) = rest.split_at(len);
-            if *typ != HS_KEY_UPDATE || len != 1 || body[0] > 1 {
-                return Err(fatal(
-                    rustls::Error::General(format!("unexpected post-handshake message {typ}")),
-                    AlertDescription::UnexpectedMessage,
-                ));
+            let malformed = match body {
+                [] => Some(rustls::InvalidMessage::MissingData("KeyUpdateRequest")),
+                [0 | 1] => None,
+                [_] => Some(rustls::InvalidMessage::InvalidKeyUpdate),
+                _ => Some(rustls::InvalidMessage::TrailingData(
+                    "HandshakeMessagePayload",
+                )),
+            };
+            if let Some(e) = malformed {
+                return Err(fatal(e.into(), AlertDescription::DecodeError));
             }
             if !next.is_empty() {
                 // RFC 8446 §5.1: a key change must end its record.
                 return Err(fatal(
-                    rustls::Error::General("data after KeyUpdate in the same record".into()),
+                    rustls::PeerMisbehaved::KeyEpochWithPendingFragment.into(),
                     AlertDescription::UnexpectedMessage,
                 ));
             }
@@ -636,14 +660,49 @@ impl Established {
     }
 }
 
+/// A post-handshake handshake message split over several records (or an empty fragment of
+/// one): not supported, with the same error as the session's rustls phase reports for it.
+pub(crate) fn fragmented() -> rustls::Error {
+    rustls::Error::General(FRAGMENTED.into())
+}
+
+/// The text of [`fragmented`]'s error.
+pub(crate) const FRAGMENTED: &str = "fragmented post-handshake message is not supported";
+
+/// A decrypted record of a type that has no business after the handshake.
+fn unexpected_type(tls13: bool, typ: u8) -> RecordError {
+    let error = match typ {
+        20 if tls13 => rustls::PeerMisbehaved::IllegalMiddleboxChangeCipherSpec.into(),
+        // Heartbeat (24) is not supported: rustls treats it as an unknown type.
+        20..=23 => rustls::Error::InappropriateMessage {
+            expect_types: vec![
+                rustls::ContentType::ApplicationData,
+                rustls::ContentType::Alert,
+                rustls::ContentType::Handshake,
+            ],
+            got_type: rustls::ContentType::from(typ),
+        },
+        _ => rustls::InvalidMessage::InvalidContentType.into(),
+    };
+    // RFC 8446 §5: an unexpected record type is unexpected_message (rustls: decode_error
+    // for unknown types).
+    fatal(error, AlertDescription::UnexpectedMessage)
+}
+
 /// The checks a record header gets before its body is in (the same as rustls's deframer, so
 /// that both fail at the same byte).
 fn check_header(typ: u8, major: u8, len: usize) -> Result<(), RecordError> {
-    if !(20..=24).contains(&typ) || major != 3 || (len == 0 && typ != CT_APPDATA) {
-        return Err(fatal(
-            rustls::Error::General(format!("bad record header: type {typ}, length {len}")),
-            AlertDescription::DecodeError,
-        ));
+    let bad = if !(20..=24).contains(&typ) {
+        Some(rustls::InvalidMessage::InvalidContentType)
+    } else if major != 3 {
+        Some(rustls::InvalidMessage::UnknownProtocolVersion)
+    } else if len == 0 && typ != CT_APPDATA {
+        Some(rustls::InvalidMessage::InvalidEmptyPayload)
+    } else {
+        None
+    };
+    if let Some(e) = bad {
+        return Err(fatal(e.into(), AlertDescription::DecodeError));
     }
     if len >= MAX_WIRE_LEN {
         return Err(fatal(
