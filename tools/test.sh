@@ -62,7 +62,7 @@ step "Autobahn|Testsuite 1.* - 11.* against the gateway in echo mode (tools/auto
 # saves a release (LTO) build.
 cargo build --bin corelay
 port=$((20000 + RANDOM % 20000))
-"${CARGO_TARGET_DIR:-target}/debug/corelay" run --echo --listen "127.0.0.1:$port" --shards 2 --no-admin >/tmp/corelay-autobahn.log 2>&1 &
+"${CARGO_TARGET_DIR:-target}/debug/corelay" run --config tools/autobahn/gateway.toml --echo --listen "127.0.0.1:$port" --shards 2 --no-admin >/tmp/corelay-autobahn.log 2>&1 &
 gw=$!
 trap 'kill $gw 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "listening on" /tmp/corelay-autobahn.log && break; sleep 0.1; done
