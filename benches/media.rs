@@ -2,13 +2,16 @@
 //! - RTP, 1200-byte payload with a one-byte header extension: `rtp-types`, `rtp-rs`.
 //! - MPEG-TS, 7 × 188-byte packets (one 1316-byte UDP payload): `mpeg2ts-reader`.
 //! - FLV, every tag of `tests/data/media/sample.flv`: `flv_codec` (allocates a `Vec` per tag).
+//! - RTMP chunk decode of the sample's tags (chunk size 4096) and FLV → MPEG-TS remux of them
+//!   (no comparator).
 //!
 //! Run: `cargo bench --bench media -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 
 use bytecodec::io::IoDecodeExt;
-use corelay::proto::media::{flv, rtp, ts};
+use corelay::proto::media::{flv, remux, rtp, ts};
+use corelay::proto::rtmp::chunk::{ChunkDecoder, ChunkWriter, MSG_SET_CHUNK_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const FLV: &[u8] = include_bytes!("../tests/data/media/sample.flv");
@@ -233,5 +236,79 @@ fn bench_flv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_rtp, bench_ts, bench_flv);
+fn sample_tags() -> Vec<&'static [u8]> {
+    let mut d = flv::Demuxer::new();
+    let mut rest = FLV;
+    let mut v = Vec::new();
+    while let (k @ 1.., Ok(Some(ev))) = d.decode(rest) {
+        if let flv::FlvEvent::Tag(_) = ev {
+            v.push(&rest[..k]);
+        }
+        rest = &rest[k..];
+    }
+    v
+}
+
+fn bench_rtmp(c: &mut Criterion) {
+    let tags = sample_tags();
+    // The tags as a publisher sends them: Set Chunk Size 4096, then one message per tag.
+    let mut wire = Vec::new();
+    ChunkWriter::default()
+        .write(
+            &mut wire,
+            2,
+            MSG_SET_CHUNK_SIZE,
+            0,
+            0,
+            &4096u32.to_be_bytes(),
+        )
+        .unwrap();
+    let mut w = ChunkWriter::default();
+    w.set_chunk_size(4096).unwrap();
+    for t in &tags {
+        let t = flv::FlvTag::parse(t).unwrap();
+        w.write(
+            &mut wire,
+            6,
+            t.header.tag_type.to_u8(),
+            1,
+            t.header.timestamp,
+            t.body,
+        )
+        .unwrap();
+    }
+    let mut g = c.benchmark_group("rtmp_chunk_decode_sample");
+    g.throughput(Throughput::Bytes(wire.len() as u64));
+    g.bench_function("corelay", |b| {
+        b.iter(|| {
+            let mut d = ChunkDecoder::default();
+            let mut rest = &wire[..];
+            let mut n = 0;
+            while let (k, Ok(Some(m))) = d.decode(rest) {
+                n += m.body().len();
+                rest = &rest[k..];
+            }
+            n
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("flv_to_ts_remux_sample");
+    g.throughput(Throughput::Bytes(FLV.len() as u64));
+    let mut out = Vec::with_capacity(4 * FLV.len());
+    g.bench_function("corelay", |b| {
+        b.iter(|| {
+            let mut m = remux::TsMuxer::new();
+            out.clear();
+            m.write_psi(&mut out).unwrap();
+            for t in &tags {
+                m.push_tag(black_box(t), &mut out).unwrap();
+            }
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_rtp, bench_ts, bench_flv, bench_rtmp);
 criterion_main!(benches);

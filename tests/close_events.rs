@@ -520,3 +520,70 @@ fn mixed_paths_under_load() {
     r.settled(30);
     assert_eq!(r.opens(), 30);
 }
+
+#[test]
+fn slow_consumer_on_wss() {
+    // The TLS path stages sealed records; its slow-consumer close drops the connection at
+    // once (no close frame can be queued behind a full buffer) and must still be reported.
+    let g = tls_support::generate(&["localhost"], tls_support::KeyKind::EcdsaP256, false);
+    let tdir = tls_support::TempDir::new("close-tls-slow");
+    let (cert, key) = tls_support::write(&tdir, "srv", &g);
+    let r = rig_with(
+        &format!(
+            "[limits]\nmax_outbound_bytes = 65536\n[timeouts]\ntick_ms = 10\nclose_ms = 300\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+        "tls_listen = [\"127.0.0.1:0\"]",
+    );
+    let cfg = tls_support::client_config(std::slice::from_ref(&g.der), None);
+    let stream = tls_support::connect(r.gw.tls.expect("tls address"), &cfg, "localhost").unwrap();
+    let (mut ws, resp) = tungstenite::client::client("ws://localhost/a", stream).unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::Text("hi".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    r.wait_members(2.0);
+    for _ in 0..256 {
+        if !r.ev.lock().unwrap().closes.is_empty() {
+            break;
+        }
+        if ws.send(Message::Text("flood".into())).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c = r.settled(1);
+    assert_eq!(only_close(&c), (1008, "slow_consumer"));
+}
+
+#[test]
+fn write_error_while_sending() {
+    // The client resets its socket while the gateway is still writing a flood to it: the
+    // failing send (EPIPE/ECONNRESET), not a read, is what ends the connection here.
+    let r = rig("[timeouts]\ntick_ms = 10");
+    let mut ws = connect(&r, "/a");
+    r.wait_members(2.0);
+    ws.send(Message::Text("flood".into())).unwrap();
+    ws.send(Message::Text("flood".into())).unwrap();
+    let s = ws.into_inner();
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a linger struct of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+    let c = r.settled(1);
+    let (code, cause) = only_close(&c);
+    assert_eq!(code, 1006);
+    assert_eq!(cause, "reset");
+}

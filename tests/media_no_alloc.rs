@@ -5,8 +5,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use corelay::proto::media::{
-    credential, fanout, flv, hop, keyframe, rfc4571, rtp, stun, ts, MediaKind,
+    credential, fanout, flv, hop, keyframe, remux, rfc4571, rtp, stun, ts, MediaKind,
 };
+use corelay::proto::rtmp::{amf0, chunk};
 
 struct Counting;
 
@@ -353,4 +354,110 @@ fn router_packet_path_does_not_allocate() {
     });
     assert_eq!(keys, 1);
     assert_eq!(allocs, 0);
+}
+
+/// RTMP chunk headers (all four formats, 1- to 3-byte basic headers, extended timestamps) and
+/// AMF0 commands parse into views without allocating.
+#[test]
+fn rtmp_chunk_headers_and_amf0_do_not_allocate() {
+    let headers: [&[u8]; 6] = [
+        &[0x03, 0, 0, 1, 0, 0, 5, 20, 1, 0, 0, 0],
+        &[0x46, 0, 0, 40, 0, 0x10, 0, 9],
+        &[0x84, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0],
+        &[0xC4, 1, 0, 0, 0],
+        &[0x00, 10, 0, 0, 1, 0, 0, 5, 20, 1, 0, 0, 0],
+        &[0xC1, 1, 2],
+    ];
+    let mut cmd = Vec::new();
+    amf0::Writer::new(&mut cmd)
+        .string("connect")
+        .number(1.0)
+        .object()
+        .key("app")
+        .string("live")
+        .key("tcUrl")
+        .string("rtmp://127.0.0.1:1935/live")
+        .key("nested")
+        .ecma_array(1)
+        .key("n")
+        .number(3.0)
+        .end()
+        .end()
+        .strict_array(2)
+        .null()
+        .boolean(true);
+    let ((lens, app, props), allocs) = count(|| {
+        let mut lens = 0;
+        for h in headers {
+            lens += chunk::ChunkHeader::parse(h, |c| c == 4).unwrap().len;
+        }
+        let mut app = None;
+        let mut props = 0;
+        for v in amf0::Reader::new(&cmd) {
+            let v = v.unwrap();
+            if let Some(p) = v.as_properties() {
+                app = p.get_str("app");
+                for kv in p.iter() {
+                    let (_, v) = kv.unwrap();
+                    props += 1;
+                    if let Some(inner) = v.as_properties() {
+                        props += inner.iter().count();
+                    }
+                }
+            }
+            if let amf0::Amf0Value::StrictArray(e) = v {
+                props += e.iter().count();
+            }
+        }
+        (lens, app, props)
+    });
+    assert_eq!(allocs, 0);
+    assert_eq!(lens, 12 + 8 + 8 + 5 + 13 + 3);
+    assert_eq!((app, props), (Some("live"), 6));
+}
+
+/// Once its PES scratch buffer and the output have grown, the TS remuxer writes every coded
+/// frame of the sample without allocating.
+#[test]
+fn ts_remux_of_frames_does_not_allocate_when_warm() {
+    let mut tags = Vec::new();
+    let mut d = flv::Demuxer::new();
+    let mut rest = FLV;
+    while let (n @ 1.., Ok(Some(ev))) = d.decode(rest) {
+        if let flv::FlvEvent::Tag(_) = ev {
+            tags.push(&rest[..n]);
+        }
+        rest = &rest[n..];
+    }
+    let mut mux = remux::TsMuxer::new();
+    let mut out = Vec::new();
+    let mut written = 0;
+    for t in &tags {
+        written += usize::from(matches!(
+            mux.push_tag(t, &mut out).unwrap(),
+            remux::Pushed::Video { .. } | remux::Pushed::Audio
+        ));
+    }
+    let first_len = out.len();
+    let frames: Vec<&[u8]> = tags
+        .iter()
+        .copied()
+        .filter(|t| !flv::FlvTag::parse(t).unwrap().is_config())
+        .collect();
+    out.clear();
+    let (frames_out, allocs) = count(|| {
+        let mut n = 0;
+        for t in &frames {
+            n += usize::from(matches!(
+                mux.push_tag(t, &mut out).unwrap(),
+                remux::Pushed::Video { .. } | remux::Pushed::Audio
+            ));
+        }
+        n
+    });
+    assert_eq!(allocs, 0);
+    // Every frame written the first time (the end-of-sequence tag is skipped both times).
+    assert_eq!(frames_out, written);
+    assert!(written > 100);
+    assert_eq!(out.len(), first_len);
 }

@@ -28,6 +28,9 @@ for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 
+step "python test clients (pinned, cached venv: tools/py/env.sh)"
+bash tools/py/env.sh >/dev/null
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -1,5 +1,5 @@
-//! Zero-allocation sans-IO media codecs: borrowed views over `&[u8]`, in-place rewrites over
-//! `&mut [u8]`, writers into caller buffers. No allocation and no panic on any input.
+//! Sans-IO media codecs, allocation-free where they parse: borrowed views over `&[u8]`,
+//! in-place rewrites over `&mut [u8]`, writers into caller buffers. No panic on any input.
 //!
 //! - [`rtp`]: RTP (RFC 3550) packets, RFC 8285 header extensions, RTP/RTCP demux (RFC 5761).
 //! - [`rfc4571`]: RTP/RTCP over a byte stream (16-bit length prefix), incremental decoder.
@@ -10,6 +10,11 @@
 //! - [`hop`]: per-packet hop-by-hop authentication tag for RTP/RTCP on the 8801 ports.
 //! - [`keyframe`]: keyframe detection (our RTP header extension, H.264, VP8), PLI/FIR, rate limit.
 //! - [`fanout`]: per-destination bounded queue with media-type drop policy, SSRC ownership.
+//! - [`remux`]: FLV (H.264/AAC) → MPEG-TS remuxer; [`hls`]: segmenter and m3u8 playlist.
+//! - [`gop`]: GOP cache and bounded viewer queue over shared FLV tags.
+//!
+//! `remux`, `hls` and `gop` own buffers (segments, shared `Bytes` tags), bounded by their
+//! limits; the rest never allocates.
 //!
 //! The incremental decoders ([`rfc4571::Decoder`], [`flv::Demuxer`], [`ts::Framer`]) share the
 //! contract of the WebSocket decoder: `decode(&mut self, buf) -> (consumed, Result<Option<item>, E>)`,
@@ -19,8 +24,11 @@
 pub mod credential;
 pub mod fanout;
 pub mod flv;
+pub mod gop;
+pub mod hls;
 pub mod hop;
 pub mod keyframe;
+pub mod remux;
 pub mod rfc4571;
 pub mod rtp;
 pub mod stun;
