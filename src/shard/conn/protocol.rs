@@ -4,7 +4,8 @@
 
 use super::open::process_handshake;
 use super::{CloseCause, ConnState, ShardIo, F_READ_PAUSED};
-use crate::proto::ws::{self, DataKind, Decoder, Event, OpCode};
+use crate::proto::ws::session::{self, Reaction};
+use crate::proto::ws::{DataKind, Decoder, Event, OpCode};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::{Delivery, Handler};
 
@@ -62,58 +63,46 @@ fn process_frames(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [
     off
 }
 
-/// Returns true when the caller must stop decoding (connection paused, draining or gone).
+/// Carry out what the session asks for one event. Returns true when the caller must stop
+/// decoding (connection paused, draining or gone).
 fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>) -> bool {
     let Some(conn) = io.conns.get_mut(id) else {
         return true;
     };
-    let state = conn.life.state();
-    match ev {
-        Event::Data {
+    let open = conn.life.is_open();
+    let assembling = conn.extra.as_ref().is_some_and(|x| !x.msg.is_empty());
+    match session::receive(ev, open, assembling) {
+        Reaction::Message(kind, payload) => {
+            io.metrics.messages_in += 1;
+            deliver(io, h, id, kind, payload)
+        }
+        Reaction::Fragment {
             kind,
             payload,
-            first,
-            last,
+            complete,
         } => {
-            if state != ConnState::Open {
-                return false; // data after our close frame is discarded (RFC 6455 §5.5.1)
-            }
-            let assembling = conn.extra.as_ref().is_some_and(|x| !x.msg.is_empty());
-            if first && last && !assembling {
-                io.metrics.messages_in += 1;
-                return deliver(io, h, id, kind, payload);
-            }
             let x = conn.extra();
             x.msg.extend_from_slice(payload);
-            if last {
-                let msg = std::mem::take(&mut x.msg);
-                io.metrics.messages_in += 1;
-                return deliver(io, h, id, kind, &msg);
+            if !complete {
+                return false;
             }
-            false
+            let msg = std::mem::take(&mut x.msg);
+            io.metrics.messages_in += 1;
+            deliver(io, h, id, kind, &msg)
         }
-        Event::Ping(p) => {
-            if state == ConnState::Open {
-                io.send_control(id, OpCode::Pong, p);
-            }
+        Reaction::Pong(p) => {
+            io.send_control(id, OpCode::Pong, p);
             shrink_tls(io, id);
             false
         }
-        Event::Pong(_) => {
+        Reaction::Alive => {
             shrink_tls(io, id);
             false
         }
-        Event::Close(frame) => {
-            let code = frame.map_or(1005, |f| f.code);
-            if state == ConnState::Open {
-                // Echo the peer's code (RFC 6455 §5.5.1), then drain.
-                let mut p = [0u8; 125];
-                let n = if frame.is_some() {
-                    ws::write_close_payload(&mut p, code, "")
-                } else {
-                    0
-                };
-                io.send_control(id, OpCode::Close, &p[..n]);
+        Reaction::Discarded => false,
+        Reaction::PeerClosed { code, echo } => {
+            if let Some(echo) = echo {
+                io.send_control(id, OpCode::Close, echo.as_bytes());
             }
             // Ours (if we closed first) stays the code and cause the connection ended with.
             io.set_cause(id, CloseCause::Peer, code);
