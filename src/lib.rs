@@ -4,25 +4,34 @@
 //! wss, media) and hands their traffic to business logic in separate, stateless backend
 //! processes over shared-memory rings.
 //!
-//! ## Layers (dependencies point one way)
+//! ## Layers (dependencies point down)
 //!
 //! ```text
-//!  proto  (sans-IO codecs)   ─┐
-//!  ring   (shm layout, SPSC)  ─┼─► shard (glommio, per core) ─► transport ─► bin
-//!  config / metrics           ─┘
-//!  sdk  ──► ring, proto        (never shard, transport or glommio)
+//!  bin                      binaries
+//!  admin                    metrics/health endpoint (control path)
+//!  backend                  backend plane: attach hub, ring handler, router, handover
+//!  shard                    engine: glommio shards, connection lifecycle, the Handler seam
+//!  transport                TLS
+//!  config, metrics          settings (incl. the types they validate), counters
+//!  sdk                      backend-side library: ring, proto (never the runtime)
+//!  ring, fanout             shared-memory rings; generic group registry
+//!  proto                    sans-IO codecs
 //! ```
 //!
-//! - [`proto`], [`ring`] and [`sdk`] build without the `runtime` feature; CI builds them
-//!   alone (`--no-default-features --features sdk`) and `tests/layering.rs` checks their imports.
-//! - `shard`, `config` and `metrics` need the `runtime` feature (glommio, sockets).
+//! The exact allowed-imports table is in docs/architecture.md; `tests/layering.rs` parses it
+//! and checks every `crate::` path of every layer against it (and that it has no cycle).
+//! [`proto`], [`ring`], [`fanout`] and [`sdk`] build without the `runtime` feature; CI builds
+//! them alone (`--no-default-features --features sdk`).
 
+pub mod fanout;
 pub mod proto;
 pub mod ring;
 pub mod sdk;
 
 #[cfg(feature = "runtime")]
 pub mod admin;
+#[cfg(feature = "runtime")]
+pub mod backend;
 #[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]

@@ -3,10 +3,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use corelay::admin;
+use corelay::backend::{Hub, RingHandler};
 use corelay::config::{BackendMode, GatewayConfig};
-use corelay::shard::bridge::RingHandler;
 use corelay::shard::handler::{EchoHandler, Handler};
-use corelay::shard::hub::Hub;
 use corelay::shard::{Gateway, HandlerFactory};
 use nix::sys::signal::{SigSet, Signal};
 use std::net::SocketAddr;

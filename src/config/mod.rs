@@ -60,8 +60,18 @@ pub struct GatewayConfig {
     /// Logging.
     pub log: LogConfig,
     /// Certificates for the `server.tls_listen` listeners (wss).
-    pub tls: Option<crate::transport::TlsSettings>,
+    pub tls: Option<TlsSettings>,
 }
+
+/// The largest TLS record on the wire (5-byte header + 2^14 plaintext + 256 expansion, RFC
+/// 8446 §5.2). The engine's scratch buffer must hold one record plus what is read after it:
+/// `read_buffer_bytes` ≥ this (the default 64 KiB is fine).
+pub const MAX_TLS_RECORD_LEN: usize = 5 + (1 << 14) + 256;
+
+/// Slots of each shard's timing wheel: a deadline up to `WHEEL_SLOTS - 1` ticks ahead is met
+/// exactly; a farther one comes round early and is re-scheduled by its owner. Defined here,
+/// below the engine that uses it, because validation bounds timeouts by it.
+pub const WHEEL_SLOTS: usize = 4096;
 
 /// Most shards one process runs: shard ids are 8 bits and 255 is reserved for the shards' own
 /// file descriptors.
@@ -306,7 +316,7 @@ impl GatewayConfig {
                     "server.tls_listen needs a [tls] section (cert, key)",
                 ));
             }
-            if self.limits.read_buffer_bytes < crate::transport::MAX_TLS_RECORD_LEN + 1024 {
+            if self.limits.read_buffer_bytes < MAX_TLS_RECORD_LEN + 1024 {
                 return Err(invalid(
                     "limits.read_buffer_bytes",
                     "must hold a whole TLS record (>= 17669) when server.tls_listen is set",
@@ -379,7 +389,7 @@ impl GatewayConfig {
         }
         if let Some(tls) = &self.tls {
             // A shrink check farther than one wheel turn would come round early.
-            let max = (crate::shard::timers::WHEEL_SLOTS as u64 - 1) * t.tick_ms;
+            let max = (WHEEL_SLOTS as u64 - 1) * t.tick_ms;
             let v = tls.shrink_idle_ms;
             if v != 0 && !(t.tick_ms..=max).contains(&v) {
                 return Err(invalid(
@@ -455,6 +465,59 @@ impl GatewayConfig {
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
+}
+
+/// `[tls]` settings: certificate files and resumption.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Default certificate chain (PEM, leaf first): served when no SNI entry matches.
+    pub cert: PathBuf,
+    /// Private key for `cert` (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// Extra certificates chosen by the client's SNI.
+    pub sni: Vec<SniCert>,
+    /// Stateless resumption tickets (TLS 1.3 and 1.2); keys rotate every 6 h.
+    pub tickets: bool,
+    /// Entries of the stateful session cache (TLS 1.2 session ids, and TLS 1.3 resumption
+    /// when `tickets` is off); 0 disables it. Shared by all shards.
+    pub session_cache: usize,
+    /// Refuse to load a certificate that is expired or not yet valid (default on).
+    pub reject_expired: bool,
+    /// Keep rustls's own record layer after the handshake instead of the compact one
+    /// (`record.rs`): ~3.5 KB instead of ~1 KB per idle connection. For comparison/debugging.
+    pub rustls_records: bool,
+    /// Milliseconds without a TLS record in either direction after which a connection's
+    /// session drops its two cipher contexts (~1.2 KB, rebuilt on the next record); it
+    /// happens 1 to 2 times this after the last record. 0 = only after a keepalive exchange.
+    pub shrink_idle_ms: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            sni: Vec::new(),
+            tickets: true,
+            session_cache: 4096,
+            reject_expired: true,
+            rustls_records: false,
+            shrink_idle_ms: 1000,
+        }
+    }
+}
+
+/// One SNI entry: these server names get this certificate.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// DNS names (case-insensitive); `*.example.com` matches one label.
+    pub names: Vec<String>,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }
 
 #[cfg(test)]

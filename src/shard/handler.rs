@@ -73,7 +73,7 @@ pub trait Handler {
     fn on_handler_fd(&mut self, _io: &mut ShardIo, _index: u32) {}
 
     /// A control-path message for this handler (e.g. a backend slot appeared).
-    fn on_control(&mut self, _io: &mut ShardIo, _msg: Box<dyn std::any::Any + Send>) {}
+    fn on_control(&mut self, _io: &mut ShardIo, _msg: super::control::ControlMsg) {}
 
     /// End of an I/O round: publish batched work (e.g. flush ring producers).
     fn on_round_end(&mut self, _io: &mut ShardIo) {}

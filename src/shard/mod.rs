@@ -9,14 +9,13 @@
 //! kernel that wake-up was lost now and then (an idle shard slept for seconds past its
 //! deadlines). A timerfd wakes the shard the same way a socket does.
 //!
-//! May not be imported by `proto`, `ring` or `sdk`.
+//! The engine layer: may import `proto`, `ring`, `config`, `metrics`, `transport`, `fanout`;
+//! never the backend plane, `admin` or the binaries (docs/architecture.md, tests/layering.rs).
 
-pub mod bridge;
 pub mod conn;
 pub mod conn_table;
+pub mod control;
 pub mod handler;
-mod handover;
-pub mod hub;
 pub mod listener;
 pub mod reactor;
 pub mod timers;
@@ -27,11 +26,11 @@ use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DecoderConfig, Role};
 use conn::{ShardIo, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_TIMER};
 use conn_table::ConnId;
+use control::ControlMsg;
 use glommio::{LocalExecutorBuilder, Placement};
 use handler::Handler;
 use handler::HandlerStats;
 use reactor::{Interest, Ready};
-use std::any::Any;
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -52,7 +51,7 @@ struct Control {
     snapshot_wanted: AtomicBool,
     snapshot: Mutex<Option<ShardSnapshot>>,
     snapshot_ready: Condvar,
-    inbox: Mutex<Vec<Box<dyn Any + Send>>>,
+    inbox: Mutex<Vec<ControlMsg>>,
     /// Liveness for the stall watchdog (control plane: the shard stores a relaxed counter
     /// once per loop iteration; only the watchdog thread reads it).
     progress: AtomicU64,
@@ -173,7 +172,7 @@ impl GatewayHandle {
     }
 
     /// Hand a control message to one shard's handler ([`Handler::on_control`]).
-    pub fn deliver(&self, shard: usize, msg: Box<dyn Any + Send>) {
+    pub fn deliver(&self, shard: usize, msg: ControlMsg) {
         if let Some(c) = self.controls.get(shard) {
             c.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
             c.signal();

@@ -9,9 +9,7 @@
 
 use super::conn_table::ConnId;
 
-/// Slots of each shard's wheel: a deadline up to `WHEEL_SLOTS - 1` ticks ahead is met
-/// exactly; a farther one comes round early and is re-scheduled by its owner.
-pub const WHEEL_SLOTS: usize = 4096;
+pub use crate::config::WHEEL_SLOTS;
 
 /// Ticks since the shard started.
 pub type Tick = u32;

@@ -14,6 +14,7 @@
 
 use super::der;
 use super::record::{Established, RecordError};
+pub use crate::config::{SniCert, TlsSettings, MAX_TLS_RECORD_LEN};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -25,77 +26,16 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{HandshakeKind, ProtocolVersion};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The largest TLS record on the wire (5-byte header + 2^14 plaintext + 256 expansion, RFC
-/// 8446 §5.2). The engine's scratch buffer must hold one record plus what is read after it:
-/// `read_buffer_bytes` ≥ this (the default 64 KiB is fine).
-pub const MAX_TLS_RECORD_LEN: usize = 5 + (1 << 14) + 256;
-
 /// What the engine may send (then close) to a client that spoke plaintext HTTP to a TLS port.
 pub const PLAINTEXT_ON_TLS_PORT_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 Content-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\n\r\n\
 this port speaks TLS: use wss://...\r\n";
-
-// ------------------------------------------------------------------------------ settings
-
-/// `[tls]` settings: certificate files and resumption.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSettings {
-    /// Default certificate chain (PEM, leaf first): served when no SNI entry matches.
-    pub cert: PathBuf,
-    /// Private key for `cert` (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
-    pub key: PathBuf,
-    /// Extra certificates chosen by the client's SNI.
-    pub sni: Vec<SniCert>,
-    /// Stateless resumption tickets (TLS 1.3 and 1.2); keys rotate every 6 h.
-    pub tickets: bool,
-    /// Entries of the stateful session cache (TLS 1.2 session ids, and TLS 1.3 resumption
-    /// when `tickets` is off); 0 disables it. Shared by all shards.
-    pub session_cache: usize,
-    /// Refuse to load a certificate that is expired or not yet valid (default on).
-    pub reject_expired: bool,
-    /// Keep rustls's own record layer after the handshake instead of the compact one
-    /// (`record.rs`): ~3.5 KB instead of ~1 KB per idle connection. For comparison/debugging.
-    pub rustls_records: bool,
-    /// Milliseconds without a TLS record in either direction after which a connection's
-    /// session drops its two cipher contexts (~1.2 KB, rebuilt on the next record); it
-    /// happens 1 to 2 times this after the last record. 0 = only after a keepalive exchange.
-    pub shrink_idle_ms: u64,
-}
-
-impl Default for TlsSettings {
-    fn default() -> Self {
-        Self {
-            cert: PathBuf::new(),
-            key: PathBuf::new(),
-            sni: Vec::new(),
-            tickets: true,
-            session_cache: 4096,
-            reject_expired: true,
-            rustls_records: false,
-            shrink_idle_ms: 1000,
-        }
-    }
-}
-
-/// One SNI entry: these server names get this certificate.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SniCert {
-    /// DNS names (case-insensitive); `*.example.com` matches one label.
-    pub names: Vec<String>,
-    /// Certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Private key (PEM).
-    pub key: PathBuf,
-}
 
 // -------------------------------------------------------------------------------- errors
 

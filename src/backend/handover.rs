@@ -12,10 +12,10 @@
 //! Until the rebinding, the connections keep writing into the old ring (the copy follows
 //! them), so a connection's records reach the successor in order.
 
-use super::bridge::RingHandler;
-use super::conn::ShardIo;
+use super::ring_handler::RingHandler;
 use crate::ring::msg::{PushError, ToBackend};
 use crate::ring::{Consumer, Producer, Record};
+use crate::shard::conn::ShardIo;
 
 /// One slot being handed over on this shard.
 pub(super) struct Handover {
@@ -72,7 +72,12 @@ impl RingHandler {
                     let h = list.swap_remove(i);
                     tracing::error!(from = h.from, to = h.to, reason = %why, "handover failed");
                     self.hub.handed_over(h.from);
-                    if let Some(s) = self.slots.get_mut(h.from as usize).and_then(Option::take) {
+                    if let Some(s) = self
+                        .router
+                        .slots
+                        .get_mut(h.from as usize)
+                        .and_then(Option::take)
+                    {
                         self.retire(io, h.from, s, &why);
                     }
                 }
@@ -84,11 +89,11 @@ impl RingHandler {
     }
 
     fn step(&mut self, h: &mut Handover) -> Step {
-        if self.dead.contains(&h.to) || self.dead.contains(&h.from) {
+        if self.router.dead.contains(&h.to) || self.router.dead.contains(&h.from) {
             return Step::Abandoned;
         }
         // Records the connections queued this round become visible to the consumer.
-        if let Some(Some(s)) = self.slots.get_mut(h.from as usize) {
+        if let Some(Some(s)) = self.router.slots.get_mut(h.from as usize) {
             s.side.tx.flush();
         }
         let mut moved = false;

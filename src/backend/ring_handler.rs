@@ -1,4 +1,4 @@
-//! The ring bridge: the [`Handler`] that hands connection events to backend processes over
+//! The ring handler: the [`Handler`] that hands connection events to backend processes over
 //! shared-memory rings and applies what they answer.
 //!
 //! - `Open`, `Message`, `Closed` go into the `to_backend` ring of the connection's slot
@@ -14,37 +14,29 @@
 //! - Replies leave in request order with duplicates (replays after a backend restart)
 //!   dropped ([`ShardIo::reply`]); a connection with `reorder_window` unanswered requests
 //!   stops reading until answers come.
-//! - `Publish` fans out here: one ring record reaches every member of the group on this shard.
+//! - `Publish` fans out here: one ring record reaches every member of the group on this shard
+//!   (the registry is [`crate::fanout::Groups`]; which slot serves a message is `router.rs`).
 
-use super::conn::{CloseEvent, ReplyOutcome, ShardIo};
-use super::conn_table::ConnId;
-use super::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
-use super::hub::{HubEvent, HubShared};
+use super::handover::Handover;
+use super::hub::HubShared;
+use super::router::{Router, Slot};
 use crate::config::BackendConfig;
+use crate::fanout::Groups;
 use crate::proto::ws::DataKind;
 use crate::ring::msg::{
     self, DataKind as RingKind, PeerAddr, Protocol, RingMsg, ToBackend, ToGateway,
 };
 use crate::ring::{Doorbells, GatewaySide, Producer};
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::shard::conn::{CloseEvent, ReplyOutcome, ShardIo};
+use crate::shard::conn_table::ConnId;
+use crate::shard::control::{ControlMsg, HubEvent};
+use crate::shard::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Set<T> = HashSet<T, ahash::RandomState>;
-type Map<K, V> = HashMap<K, V, ahash::RandomState>;
-
-pub(super) struct Slot {
-    pub(super) route: u32,
-    pub(super) side: GatewaySide,
-    pub(super) bells: Doorbells,
-    pub(super) attached: bool,
-    /// Parked waiting for ring space (the backend rings `to_backend_space`).
-    pub(super) space_parked: bool,
-    pub(super) heartbeat: Option<(Duration, Instant)>,
-    /// Doorbells are in the shard's epoll set.
-    pub(super) registered: bool,
-}
 
 /// A `Closed` that did not fit in the ring yet (sent as soon as there is room).
 pub(super) struct PendingClosed {
@@ -57,23 +49,19 @@ pub(super) struct PendingClosed {
 
 /// Per-shard handler that talks to backends over rings.
 pub struct RingHandler {
-    pub(super) slots: Vec<Option<Slot>>,
-    /// Slots whose rings were retired (corrupt): never used again.
-    pub(super) dead: Set<u8>,
-    pub(super) next_rr: usize,
-    pub(super) groups: Map<u64, Set<ConnId>>,
-    pub(super) memberships: Map<ConnId, Vec<u64>>,
+    /// The slots and the choice among them.
+    pub(super) router: Router,
+    /// Group fan-out (`Join`/`Leave`/`Publish`).
+    pub(super) groups: Groups<u64, ConnId>,
     pub(super) pending_closed: VecDeque<PendingClosed>,
     /// Connections that reached the reorder window (resumed when answers arrive).
     pub(super) window_stalled: Set<ConnId>,
     pub(super) window: u32,
     pub(super) forward: Vec<String>,
-    pub(super) route_field: String,
-    pub(super) routes: Map<Vec<u8>, u32>,
     pub(super) hub: Arc<HubShared>,
     pub(super) stats: HandlerStats,
     /// Slots being handed to a successor backend (a rolling deploy; see `handover.rs`).
-    pub(super) handovers: Vec<super::handover::Handover>,
+    pub(super) handovers: Vec<Handover>,
     pub(super) scratch: Vec<u8>,
 }
 
@@ -105,11 +93,8 @@ impl RingHandler {
         slot0: Option<(GatewaySide, Doorbells)>,
     ) -> Self {
         let mut h = Self {
-            slots: Vec::new(),
-            dead: Set::default(),
-            next_rr: 0,
-            groups: Map::default(),
-            memberships: Map::default(),
+            router: Router::new(cfg),
+            groups: Groups::new(),
             pending_closed: VecDeque::new(),
             window_stalled: Set::default(),
             window: cfg.reorder_window,
@@ -118,19 +103,13 @@ impl RingHandler {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            route_field: cfg.route_field.clone(),
-            routes: cfg
-                .routes
-                .iter()
-                .map(|(k, &v)| (k.as_bytes().to_vec(), v))
-                .collect(),
             hub,
             stats: HandlerStats::default(),
             handovers: Vec::new(),
             scratch: Vec::new(),
         };
         if let Some((side, bells)) = slot0 {
-            h.slots.push(Some(Slot {
+            h.router.slots.push(Some(Slot {
                 route: 0,
                 side,
                 bells,
@@ -144,7 +123,7 @@ impl RingHandler {
     }
 
     fn register(&mut self, io: &mut ShardIo, slot: u8) {
-        let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+        let Some(Some(s)) = self.router.slots.get_mut(slot as usize) else {
             return;
         };
         s.registered = true;
@@ -162,63 +141,6 @@ impl RingHandler {
         self.drain_rx(io, slot);
     }
 
-    /// Pick a slot for a new connection: attached and healthy slots in turn; with none, the
-    /// first usable slot (its messages wait there for a backend).
-    fn pick_slot(&mut self) -> Option<u8> {
-        let now = Instant::now();
-        let usable: Vec<u8> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                let alive = s
-                    .heartbeat
-                    .is_none_or(|(t, last)| now.duration_since(last) < t);
-                (s.attached && alive && s.route == 0).then_some(i as u8)
-            })
-            .collect();
-        if !usable.is_empty() {
-            self.next_rr = self.next_rr.wrapping_add(1);
-            return Some(usable[self.next_rr % usable.len()]);
-        }
-        self.slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.route == 0))
-            .map(|i| i as u8)
-    }
-
-    /// The slot for a message with a route key: one of the route's slots, the same for every
-    /// message of the connection (chosen by its id).
-    fn keyed_slot(&self, conn: ConnId, payload: &[u8]) -> Option<u8> {
-        let key = crate::proto::route_key::json_field(payload, &self.route_field)?;
-        let route = *self.routes.get(key)?;
-        // Slots with a backend first: a slot whose backend left (and was handed over) gets
-        // keyed messages only when no backend of the route is attached.
-        let live = self.slots.iter().enumerate().any(|(i, s)| {
-            s.as_ref().is_some_and(|s| s.route == route && s.attached)
-                && !self.dead.contains(&(i as u8))
-        });
-        let serves = |(i, s): &(usize, &Option<Slot>)| {
-            s.as_ref()
-                .is_some_and(|s| s.route == route && (s.attached || !live))
-                && !self.dead.contains(&(*i as u8))
-        };
-        // Counted, then picked: no allocation per keyed message.
-        let n = self.slots.iter().enumerate().filter(serves).count();
-        if n == 0 {
-            return None;
-        }
-        let h = conn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        let (i, _) = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(serves)
-            .nth(h as usize % n)?;
-        Some(i as u8)
-    }
-
     fn push(&mut self, slot: u8, conn: ConnId, seq: u64, m: &ToBackend<'_>) -> Result<bool, ()> {
         let need = m.encoded_len().unwrap_or(0);
         self.push_with(slot, need, |tx| msg::push(tx, conn.0, seq, m))
@@ -232,7 +154,7 @@ impl RingHandler {
         need: usize,
         write: impl FnOnce(&mut Producer) -> Result<bool, msg::PushError>,
     ) -> Result<bool, ()> {
-        let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+        let Some(Some(s)) = self.router.slots.get_mut(slot as usize) else {
             return Err(());
         };
         match write(&mut s.side.tx) {
@@ -257,7 +179,12 @@ impl RingHandler {
     }
 
     fn drain_rx(&mut self, io: &mut ShardIo, slot: u8) {
-        let Some(mut s) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(mut s) = self
+            .router
+            .slots
+            .get_mut(slot as usize)
+            .and_then(Option::take)
+        else {
             return;
         };
         let mut corrupt = None;
@@ -303,7 +230,7 @@ impl RingHandler {
         }
         s.side.rx.commit();
         match corrupt {
-            None => self.slots[slot as usize] = Some(s),
+            None => self.router.slots[slot as usize] = Some(s),
             Some(why) => self.retire(io, slot, s, &why),
         }
     }
@@ -318,7 +245,7 @@ impl RingHandler {
         }
         io.deregister_fd(s.bells.to_gateway_data.as_raw_fd());
         io.deregister_fd(s.bells.to_backend_space.as_raw_fd());
-        self.dead.insert(slot);
+        self.router.dead.insert(slot);
         self.pending_closed.retain(|p| p.slot != slot);
         self.abandon_handovers(slot);
         for id in io.connection_ids() {
@@ -374,24 +301,21 @@ impl RingHandler {
             ToGateway::Join { group } => {
                 // Only a live connection joins: its close event (which leaves every group)
                 // is still to come.
-                if io.route(conn).is_some() && self.groups.entry(group).or_default().insert(conn) {
-                    self.memberships.entry(conn).or_default().push(group);
-                    self.stats.group_members += 1;
+                if io.route(conn).is_some() {
+                    self.groups.join(group, conn);
                 }
             }
             ToGateway::Leave { group } => {
-                self.leave(conn, group);
+                self.groups.leave(group, conn);
             }
             ToGateway::Publish {
                 group,
                 data,
                 payload,
             } => {
-                if let Some(members) = self.groups.get(&group) {
-                    let k = from_ring(data);
-                    for &m in members {
-                        let _ = io.send(m, k, payload);
-                    }
+                let k = from_ring(data);
+                for m in self.groups.members(group) {
+                    let _ = io.send(m, k, payload);
                 }
             }
             ToGateway::Heartbeat {
@@ -425,23 +349,6 @@ impl RingHandler {
         }
     }
 
-    fn leave(&mut self, conn: ConnId, group: u64) {
-        if let Some(g) = self.groups.get_mut(&group) {
-            if g.remove(&conn) {
-                self.stats.group_members -= 1;
-            }
-            if g.is_empty() {
-                self.groups.remove(&group);
-            }
-        }
-        if let Some(gs) = self.memberships.get_mut(&conn) {
-            gs.retain(|&x| x != group);
-            if gs.is_empty() {
-                self.memberships.remove(&conn);
-            }
-        }
-    }
-
     fn flush_pending_closed(&mut self) {
         while let Some(p) = self.pending_closed.pop_front() {
             let m = ToBackend::Closed {
@@ -458,7 +365,7 @@ impl RingHandler {
 
 impl Handler for RingHandler {
     fn on_open<'a>(&mut self, io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
-        let Some(slot) = self.pick_slot() else {
+        let Some(slot) = self.router.pick_slot() else {
             return OpenDecision::Reject { status: 503 };
         };
         let req = info.request;
@@ -508,12 +415,12 @@ impl Handler for RingHandler {
         let (Some(own), Some((seq, unanswered))) = (io.route(conn), io.next_request(conn)) else {
             return Delivery::Taken;
         };
-        let slot = if !self.route_field.is_empty() && kind == DataKind::Text {
-            self.keyed_slot(conn, payload).unwrap_or(own)
+        let slot = if self.router.keyed() && kind == DataKind::Text {
+            self.router.keyed_slot(conn, payload).unwrap_or(own)
         } else {
             own
         };
-        if self.dead.contains(&slot) {
+        if self.router.dead.contains(&slot) {
             return Delivery::Taken;
         }
         if unanswered >= self.window {
@@ -539,21 +446,10 @@ impl Handler for RingHandler {
 
     fn on_close(&mut self, _io: &mut ShardIo, ev: &CloseEvent) {
         let conn = ev.conn;
-        if let Some(gs) = self.memberships.remove(&conn) {
-            for g in gs {
-                if let Some(set) = self.groups.get_mut(&g) {
-                    if set.remove(&conn) {
-                        self.stats.group_members -= 1;
-                    }
-                    if set.is_empty() {
-                        self.groups.remove(&g);
-                    }
-                }
-            }
-        }
+        self.groups.leave_all(conn);
         self.window_stalled.remove(&conn);
         let slot = ev.route;
-        if self.dead.contains(&slot) {
+        if self.router.dead.contains(&slot) {
             return;
         }
         let (seq, code) = (ev.last_seq, ev.code);
@@ -575,10 +471,10 @@ impl Handler for RingHandler {
 
     fn on_handler_fd(&mut self, io: &mut ShardIo, index: u32) {
         let slot = (index / 2) as u8;
-        if self.dead.contains(&slot) {
+        if self.router.dead.contains(&slot) {
             return;
         }
-        let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+        let Some(Some(s)) = self.router.slots.get_mut(slot as usize) else {
             return;
         };
         if index % 2 == DATA {
@@ -594,11 +490,9 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_control(&mut self, io: &mut ShardIo, msg: Box<dyn std::any::Any + Send>) {
-        let Ok(ev) = msg.downcast::<HubEvent>() else {
-            return;
-        };
-        match *ev {
+    fn on_control(&mut self, io: &mut ShardIo, msg: ControlMsg) {
+        let ControlMsg::Hub(ev) = msg;
+        match ev {
             HubEvent::SlotReady {
                 slot,
                 route,
@@ -606,10 +500,10 @@ impl Handler for RingHandler {
                 bells,
             } => {
                 let i = slot as usize;
-                if self.slots.len() <= i {
-                    self.slots.resize_with(i + 1, || None);
+                if self.router.slots.len() <= i {
+                    self.router.slots.resize_with(i + 1, || None);
                 }
-                self.slots[i] = Some(Slot {
+                self.router.slots[i] = Some(Slot {
                     route,
                     side: *side,
                     bells,
@@ -621,7 +515,7 @@ impl Handler for RingHandler {
                 self.register(io, slot);
             }
             HubEvent::Attached { slot, pid } => {
-                if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
+                if let Some(Some(s)) = self.router.slots.get_mut(slot as usize) {
                     if !s.attached {
                         s.attached = true;
                         s.heartbeat = None;
@@ -635,7 +529,7 @@ impl Handler for RingHandler {
                 }
             }
             HubEvent::Detached { slot, takeover } => {
-                if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
+                if let Some(Some(s)) = self.router.slots.get_mut(slot as usize) {
                     if s.attached {
                         s.attached = false;
                         self.stats.backends_attached =
@@ -653,8 +547,8 @@ impl Handler for RingHandler {
     fn on_round_end(&mut self, io: &mut ShardIo) {
         // Slots handed over at construction (slot 0) are registered on the first round
         // (no allocation: this runs every round).
-        for i in 0..self.slots.len() {
-            if self.slots[i].as_ref().is_some_and(|s| !s.registered) {
+        for i in 0..self.router.slots.len() {
+            if self.router.slots[i].as_ref().is_some_and(|s| !s.registered) {
                 self.register(io, i as u8);
             }
         }
@@ -663,7 +557,7 @@ impl Handler for RingHandler {
             self.run_handovers(io);
         }
         let (mut tb, mut tg) = (0, 0);
-        for s in self.slots.iter_mut().flatten() {
+        for s in self.router.slots.iter_mut().flatten() {
             s.side.tx.flush();
             tb += s.side.tx.queued_bytes();
             tg += s.side.rx.queued_bytes();
@@ -673,7 +567,7 @@ impl Handler for RingHandler {
     }
 
     fn on_shutdown(&mut self, _io: &mut ShardIo) {
-        for s in self.slots.iter_mut().flatten() {
+        for s in self.router.slots.iter_mut().flatten() {
             s.side.tx.flush();
         }
     }
@@ -681,7 +575,8 @@ impl Handler for RingHandler {
     fn stats(&self) -> HandlerStats {
         HandlerStats {
             ready: self.stats.backends_attached > 0,
-            groups: self.groups.len() as u64,
+            groups: self.groups.group_count(),
+            group_members: self.groups.membership_count(),
             ..self.stats
         }
     }

@@ -11,10 +11,11 @@
 //! Runs on a plain thread (control path). Shards learn about slots through their control
 //! inbox ([`HubEvent`]), and report corrupt slots back through [`HubShared::kick`].
 
-use super::GatewayHandle;
 use crate::config::BackendConfig;
 use crate::ring::attach::{self, PeerCred, ShardOffer};
 use crate::ring::{Consumer, Doorbells, EventFd, GatewaySide, Region};
+use crate::shard::control::{ControlMsg, HubEvent};
+use crate::shard::GatewayHandle;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,38 +23,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Messages from the hub to a shard's handler (delivered through the shard's control inbox).
-pub enum HubEvent {
-    /// A slot's rings for this shard exist; the shard owns the gateway side from now on.
-    SlotReady {
-        /// Slot number.
-        slot: u8,
-        /// Route id served by the slot's backends (0 = default).
-        route: u32,
-        /// The gateway's producer (to_backend) and consumer (to_gateway).
-        side: Box<GatewaySide>,
-        /// The region's doorbells (the shard registers two of them in its epoll set).
-        bells: Doorbells,
-    },
-    /// A backend process took the slot.
-    Attached {
-        /// Slot number.
-        slot: u8,
-        /// The backend's pid.
-        pid: i32,
-    },
-    /// The slot's backend went away. With `takeover`, another backend of the same route is
-    /// attached: the shard hands it what the slot's `to_backend` ring still holds (read with
-    /// this consumer, from `committed`) and rebinds the slot's connections to it, then reports
-    /// [`HubShared::handed_over`]. Without, the messages wait in the rings for the next backend.
-    Detached {
-        /// Slot number.
-        slot: u8,
-        /// The successor slot and a consumer of this shard's `to_backend` ring of `slot`.
-        takeover: Option<(u8, Box<Consumer>)>,
-    },
-}
 
 /// State shared between the hub thread and the shards' handlers.
 pub struct HubShared {
@@ -325,7 +294,7 @@ impl Hub {
                 for (shard, rx) in consumers.into_iter().enumerate() {
                     gw.deliver(
                         shard,
-                        Box::new(HubEvent::Detached {
+                        ControlMsg::Hub(HubEvent::Detached {
                             slot: slot as u8,
                             takeover: Some((to as u8, Box::new(rx))),
                         }),
@@ -341,7 +310,7 @@ impl Hub {
                 for shard in 0..self.shards {
                     gw.deliver(
                         shard,
-                        Box::new(HubEvent::Detached {
+                        ControlMsg::Hub(HubEvent::Detached {
                             slot: slot as u8,
                             takeover: None,
                         }),
@@ -369,7 +338,7 @@ impl Hub {
             for shard in 0..self.shards {
                 gw.deliver(
                     shard,
-                    Box::new(HubEvent::Detached {
+                    ControlMsg::Hub(HubEvent::Detached {
                         slot: slot as u8,
                         takeover: None,
                     }),
@@ -403,7 +372,7 @@ impl Hub {
                         for (shard, (side, bells)) in sides.into_iter().enumerate() {
                             gw.deliver(
                                 shard,
-                                Box::new(HubEvent::SlotReady {
+                                ControlMsg::Hub(HubEvent::SlotReady {
                                     slot: id as u8,
                                     route,
                                     side: Box::new(side),
@@ -452,7 +421,7 @@ impl Hub {
                 for shard in 0..self.shards {
                     gw.deliver(
                         shard,
-                        Box::new(HubEvent::Attached {
+                        ControlMsg::Hub(HubEvent::Attached {
                             slot: slot as u8,
                             pid: cred.pid,
                         }),
