@@ -1,13 +1,13 @@
 //! Admission of accepted sockets: the per-IP cap, the table capacity, the new record.
 
 use super::output::send;
-use super::{CloseCause, Conn, Extra, Lifecycle, ShardIo, Transport};
+use super::{CloseCause, Conn, Extra, Lifecycle, Shard, Transport};
 use crate::proto::ws::Decoder;
 use crate::shard::reactor::Interest;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-impl ShardIo {
+impl Shard {
     /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
     pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool) {
         if self.shutting_down {

@@ -1,15 +1,15 @@
 //! How a connection ends: the one function that removes it from the shard
-//! ([`ShardIo::remove`]) and the close events it queues for the handler.
+//! ([`Shard::remove`]) and the close events it queues for the handler.
 //!
 //! Every path out (peer close, our close, protocol error, slow consumer, write error, every
-//! timeout, TLS error, shutdown) ends in [`ShardIo::remove`]. The slab hands a connection
+//! timeout, TLS error, shutdown) ends in [`Shard::remove`]. The slab hands a connection
 //! out of `remove` once (its generation moves on, so a stale id finds nothing), which makes
 //! "one close event per connection" hold by construction. The event is queued rather than
-//! given to the handler at once because removals happen deep inside [`ShardIo`] methods
+//! given to the handler at once because removals happen deep inside [`Shard`] methods
 //! that have no handler at hand; the shard loop hands the queue over with
 //! [`deliver_closed`] before it sleeps or reads the next batch.
 
-use super::{CloseStep, ShardIo};
+use super::{CloseStep, Shard};
 use crate::proto::ws::{self, OpCode};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::Handler;
@@ -73,19 +73,19 @@ pub struct CloseEvent {
     pub code: u16,
     /// Why it ended.
     pub cause: CloseCause,
-    /// The handler's routing byte ([`ShardIo::set_route`]).
+    /// The handler's routing byte ([`Shard::set_route`]).
     pub route: u8,
     /// Seq of its last request handed to the handler (0 if none).
     pub last_seq: u64,
 }
 
-impl ShardIo {
+impl Shard {
     /// not open yet is dropped.
     pub fn close(&mut self, id: ConnId, code: u16, reason: &str) {
         self.close_for(id, code, reason, CloseCause::Local);
     }
 
-    /// [`ShardIo::close`] for `cause`.
+    /// [`Shard::close`] for `cause`.
     pub(super) fn close_for(&mut self, id: ConnId, code: u16, reason: &str, cause: CloseCause) {
         let timing = self.settings.timing();
         let Some(conn) = self.conns.get_mut(id) else {
@@ -186,7 +186,7 @@ impl ShardIo {
 }
 
 /// Hand every queued close event to the handler; returns whether there were any.
-pub fn deliver_closed(io: &mut ShardIo, h: &mut dyn Handler) -> bool {
+pub fn deliver_closed(io: &mut Shard, h: &mut dyn Handler) -> bool {
     if io.closed.is_empty() {
         return false;
     }

@@ -1,7 +1,7 @@
 //! Deadlines and shutdown: the wheel entries that came due (handshake, ping, idle, close
 //! timeouts, the TLS shrink check), graceful shutdown and its forced end.
 
-use super::{CloseCause, ConnState, Due, ShardIo, F_SHRINK_ARMED};
+use super::{CloseCause, ConnState, Due, Shard, F_SHRINK_ARMED};
 use crate::proto::ws::OpCode;
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::Handler;
@@ -13,7 +13,7 @@ use crate::shard::timers::Tick;
 /// A connection has one wheel entry for its deadlines (handshake, ping, idle, close); an
 /// open wss connection whose cipher contexts are built also has its shrink check
 /// (`F_SHRINK_ARMED`) until it has shrunk.
-pub fn on_tick(io: &mut ShardIo, now: Tick, due: &mut Vec<ConnId>) {
+pub fn on_tick(io: &mut Shard, now: Tick, due: &mut Vec<ConnId>) {
     io.now = now;
     due.clear();
     io.wheel.expire(now, due);
@@ -55,7 +55,7 @@ pub fn on_tick(io: &mut ShardIo, now: Tick, due: &mut Vec<ConnId>) {
 /// record passed since the check was armed, else look again one shrink delay later. So an
 /// idle session shrinks 1 to 2 delays after its last record; a busy one is never shrunk
 /// between records.
-fn shrink_check(io: &mut ShardIo, id: ConnId) {
+fn shrink_check(io: &mut Shard, id: ConnId) {
     let d = io.settings.shrink_ticks;
     let Some(c) = io.conns.get_mut(id) else {
         return;
@@ -83,7 +83,7 @@ fn shrink_check(io: &mut ShardIo, id: ConnId) {
 }
 
 /// Begin graceful shutdown: close 1001 to every open connection, drop the others.
-pub fn start_shutdown(io: &mut ShardIo, h: &mut dyn Handler) {
+pub fn start_shutdown(io: &mut Shard, h: &mut dyn Handler) {
     io.shutting_down = true;
     h.on_shutdown(io);
     for id in io.conns.ids() {
@@ -96,7 +96,7 @@ pub fn start_shutdown(io: &mut ShardIo, h: &mut dyn Handler) {
 }
 
 /// Close every remaining connection immediately (shutdown deadline passed).
-pub fn force_close_all(io: &mut ShardIo) {
+pub fn force_close_all(io: &mut Shard) {
     for id in io.conns.ids() {
         io.remove(id, CloseCause::Shutdown);
     }

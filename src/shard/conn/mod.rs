@@ -1,4 +1,4 @@
-//! The connection engine of one shard ([`ShardIo`]) and its connection record ([`Conn`]).
+//! The connection engine of one shard ([`Shard`]) and its connection record ([`Conn`]).
 //!
 //! A connection is layers composed, not copied: a [`Transport`] (plain TCP or TLS) under a
 //! protocol (the upgrade request, then WebSocket frames), with its state and deadlines owned
@@ -172,7 +172,7 @@ impl ShardSettings {
     }
 }
 
-/// Errors from [`ShardIo::send`].
+/// Errors from [`Shard::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The id is stale or belongs to another shard.
@@ -186,7 +186,7 @@ pub enum SendError {
     SlowConsumer,
 }
 
-/// What happened to a reply given to [`ShardIo::reply`].
+/// What happened to a reply given to [`Shard::reply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyOutcome {
     /// Sent (with any buffered replies it unblocked).
@@ -210,7 +210,7 @@ pub(crate) const TOK_HANDLER: u64 = SPECIAL | (3 << 32);
 pub(crate) const TOK_TIMER: u64 = SPECIAL | (4 << 32);
 
 /// Everything of a shard except its handler: the handler acts through this.
-pub struct ShardIo {
+pub struct Shard {
     /// Shard id.
     pub shard: u8,
     pub(crate) settings: ShardSettings,
@@ -247,7 +247,7 @@ pub struct ShardIo {
     closed: Vec<CloseEvent>,
 }
 
-impl ShardIo {
+impl Shard {
     /// New shard state.
     pub fn new(
         shard: u8,

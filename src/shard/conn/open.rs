@@ -1,13 +1,13 @@
 //! The upgrade: the request parsed, the handler's open decision applied (now or later,
-//! [`ShardIo::accept`] / [`ShardIo::reject`]), the 101 or the refusal written.
+//! [`Shard::accept`] / [`Shard::reject`]), the 101 or the refusal written.
 
-use super::{CloseCause, ConnState, ShardIo, F_READ_PAUSED};
+use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
 use crate::proto::handshake;
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::{Handler, OpenDecision, OpenInfo};
 use std::net::SocketAddr;
 
-impl ShardIo {
+impl Shard {
     /// Complete a pending upgrade (the handler returned [`OpenDecision::Pending`]).
     ///
     /// `protocol` must be one of the subprotocols the client offered and a token. Anything
@@ -91,7 +91,7 @@ fn write_status(out: &mut Vec<u8>, status: u16) {
 }
 
 pub(super) fn process_handshake(
-    io: &mut ShardIo,
+    io: &mut Shard,
     h: &mut dyn Handler,
     id: ConnId,
     buf: &mut [u8],
@@ -130,7 +130,7 @@ pub(super) fn process_handshake(
     match decision {
         OpenDecision::Accept { protocol } => {
             if !confirmable(req.protocols(), protocol) {
-                // An in-process handler bug, refused like a backend's (see `ShardIo::accept`).
+                // An in-process handler bug, refused like a backend's (see `Shard::accept`).
                 tracing::debug!(
                     ?id,
                     ?protocol,
@@ -200,7 +200,7 @@ fn handshake_cause(err: &handshake::HandshakeError) -> &'static str {
     }
 }
 
-fn refuse_handshake(io: &mut ShardIo, id: ConnId, err: &handshake::HandshakeError) {
+fn refuse_handshake(io: &mut Shard, id: ConnId, err: &handshake::HandshakeError) {
     io.metrics.count_handshake_failure(handshake_cause(err));
     let mut buf = [0u8; 512];
     if let Ok(n) = handshake::write_error(&mut buf, err) {

@@ -2,7 +2,7 @@
 //! transmit queue and its bound (slow consumers).
 
 use super::{
-    CloseCause, ConnState, SendError, ShardIo, F_DIRTY, F_SHRINK_ARMED, F_SHUT_WR, F_WRITE_BLOCKED,
+    CloseCause, ConnState, SendError, Shard, F_DIRTY, F_SHRINK_ARMED, F_SHUT_WR, F_WRITE_BLOCKED,
 };
 use crate::proto::ws::{self, DataKind, OpCode};
 use crate::shard::conn_table::ConnId;
@@ -38,7 +38,7 @@ pub(super) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-impl ShardIo {
+impl Shard {
     pub(super) fn push_seg(&mut self, id: ConnId, start: u32) {
         let end = self.out.len() as u32;
         match self.out_segs.last_mut() {

@@ -3,14 +3,14 @@
 //! answered, the close handshake.
 
 use super::open::process_handshake;
-use super::{CloseCause, ConnState, ShardIo, F_READ_PAUSED};
+use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
 use crate::proto::ws::session::{self, Reaction};
 use crate::proto::ws::{DataKind, Decoder, Event, OpCode};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::{Delivery, Handler};
 
 /// Process input bytes; returns how many were consumed (the rest is kept as leftover).
-pub(super) fn process(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
+pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
     let Some(conn) = io.conns.get_mut(id) else {
         return buf.len();
     };
@@ -29,7 +29,7 @@ pub(super) fn process(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &m
     }
 }
 
-fn process_frames(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
+fn process_frames(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut [u8]) -> usize {
     let cfg = io.settings.decoder;
     let Some(conn) = io.conns.get_mut(id) else {
         return buf.len();
@@ -65,7 +65,7 @@ fn process_frames(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, buf: &mut [
 
 /// Carry out what the session asks for one event. Returns true when the caller must stop
 /// decoding (connection paused, draining or gone).
-fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>) -> bool {
+fn handle_event(io: &mut Shard, h: &mut dyn Handler, id: ConnId, ev: Event<'_>) -> bool {
     let Some(conn) = io.conns.get_mut(id) else {
         return true;
     };
@@ -115,7 +115,7 @@ fn handle_event(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, ev: Event<'_>
 /// A keepalive exchange just completed: the connection is most likely idle now, so let its TLS
 /// session drop the cipher contexts it rebuilds on the next record (TLS 1.3: ~2.3 KB -> ~1.1 KB).
 /// Not before sending the ping: the ping and its pong would rebuild both at once.
-fn shrink_tls(io: &mut ShardIo, id: ConnId) {
+fn shrink_tls(io: &mut Shard, id: ConnId) {
     if let Some(t) = io.conns.get_mut(id).and_then(|c| c.transport.tls_mut()) {
         if t.shrink() {
             io.metrics.tls_shrinks += 1;
@@ -124,7 +124,7 @@ fn shrink_tls(io: &mut ShardIo, id: ConnId) {
 }
 
 fn deliver(
-    io: &mut ShardIo,
+    io: &mut Shard,
     h: &mut dyn Handler,
     id: ConnId,
     kind: DataKind,
@@ -144,7 +144,7 @@ fn deliver(
 }
 
 /// Offer a connection's stalled message again; returns false if still full.
-pub fn retry_stalled(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool {
+pub fn retry_stalled(io: &mut Shard, h: &mut dyn Handler, id: ConnId) -> bool {
     let Some(c) = io.conns.get_mut(id) else {
         return true;
     };

@@ -3,7 +3,7 @@
 
 use super::protocol::{process, retry_stalled};
 use super::transport::Ingested;
-use super::{CloseCause, ConnState, ShardIo, F_READ_PAUSED, F_READ_PENDING};
+use super::{CloseCause, ConnState, Shard, F_READ_PAUSED, F_READ_PENDING};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::Handler;
 use crate::transport::TlsError;
@@ -22,7 +22,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Before reading more: offer a message stalled by backpressure again. False = still full
 /// (the connection stays paused).
-fn stalled_cleared(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool {
+fn stalled_cleared(io: &mut Shard, h: &mut dyn Handler, id: ConnId) -> bool {
     let has_stalled = io
         .conns
         .get(id)
@@ -31,7 +31,7 @@ fn stalled_cleared(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) -> bool {
 }
 
 /// Whether reading `id` may go on: clears the pending mark, refuses gone or paused ones.
-fn may_read(io: &mut ShardIo, id: ConnId) -> bool {
+fn may_read(io: &mut Shard, id: ConnId) -> bool {
     match io.conns.get_mut(id) {
         Some(c) => {
             c.flags &= !F_READ_PENDING;
@@ -43,7 +43,7 @@ fn may_read(io: &mut ShardIo, id: ConnId) -> bool {
 
 /// After a read loop: free idle buffers; if the budget ran out with data possibly left,
 /// come back after the other connections had their turn.
-fn finish_read(io: &mut ShardIo, id: ConnId, exhausted: bool) {
+fn finish_read(io: &mut Shard, id: ConnId, exhausted: bool) {
     if let Some(c) = io.conns.get_mut(id) {
         c.release_extra_if_empty();
         if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
@@ -57,7 +57,7 @@ fn finish_read(io: &mut ShardIo, id: ConnId, exhausted: bool) {
 /// every transport. Leftover input goes first, new bytes right behind it; the transport
 /// turns them into plaintext (in place, or decrypted behind leftover plaintext), the
 /// protocol consumes what it can, the rest is kept for the next read.
-pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
+pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
     let budget = io.settings.read_budget;
     if !stalled_cleared(io, h, id) {
         return;
@@ -179,7 +179,7 @@ pub fn on_readable(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId) {
 }
 
 /// Hand plaintext to the protocol and keep what it did not consume.
-fn consume(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, text: &mut [u8]) {
+fn consume(io: &mut Shard, h: &mut dyn Handler, id: ConnId, text: &mut [u8]) {
     let used = if text.is_empty() {
         0
     } else {
@@ -191,7 +191,7 @@ fn consume(io: &mut ShardIo, h: &mut dyn Handler, id: ConnId, text: &mut [u8]) {
 /// The client sent close_notify: it will send nothing more, but still reads. Answer with our
 /// close_notify behind whatever is staged and drain (RFC 8446 §6.1, RFC 5246 §7.2.1) instead
 /// of dropping the output as a bare EOF would.
-fn tls_peer_closed(io: &mut ShardIo, id: ConnId) {
+fn tls_peer_closed(io: &mut Shard, id: ConnId) {
     let Some(state) = io.conns.get(id).map(|c| c.life.state()) else {
         return;
     };
@@ -206,7 +206,7 @@ fn tls_peer_closed(io: &mut ShardIo, id: ConnId) {
 
 /// A TLS error: answer plaintext HTTP with a clear 400, send the session's alert (already
 /// staged), and drain (no close_notify: the session is dead).
-fn tls_failed(io: &mut ShardIo, id: ConnId, e: &TlsError, input: &[u8]) {
+fn tls_failed(io: &mut Shard, id: ConnId, e: &TlsError, input: &[u8]) {
     let timing = io.settings.timing();
     let Some(c) = io.conns.get(id) else { return };
     let state = c.life.state();
@@ -225,7 +225,7 @@ fn tls_failed(io: &mut ShardIo, id: ConnId, e: &TlsError, input: &[u8]) {
 }
 
 /// Keep unconsumed plaintext for the next read (not once draining: input is discarded).
-fn keep_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
+fn keep_leftover(io: &mut Shard, id: ConnId, rest: &[u8]) {
     if let Some(c) = io.conns.get_mut(id) {
         if c.life.state() != ConnState::Draining && !rest.is_empty() {
             c.extra().rx.extend_from_slice(rest);
@@ -234,7 +234,7 @@ fn keep_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
 }
 
 /// Keep unconsumed transport input (a partial TLS record) for the next read.
-fn keep_raw_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
+fn keep_raw_leftover(io: &mut Shard, id: ConnId, rest: &[u8]) {
     if let Some(c) = io.conns.get_mut(id) {
         if c.life.state() != ConnState::Draining && !rest.is_empty() {
             c.extra().raw_rx.extend_from_slice(rest);
@@ -244,7 +244,7 @@ fn keep_raw_leftover(io: &mut ShardIo, id: ConnId, rest: &[u8]) {
 
 /// The peer's end of the stream (or a read error): a draining connection is done, any
 /// other dropped without a (finished) close handshake.
-fn on_eof(io: &mut ShardIo, id: ConnId) {
+fn on_eof(io: &mut Shard, id: ConnId) {
     let Some(conn) = io.conns.get(id) else {
         return;
     };

@@ -1,11 +1,11 @@
 //! Backend replies in request order: sequence numbers handed out per request, replies
 //! released in that order (early ones held, replays dropped).
 
-use super::{ReplyOutcome, ShardIo};
+use super::{ReplyOutcome, Shard};
 use crate::proto::ws::DataKind;
 use crate::shard::conn_table::ConnId;
 
-impl ShardIo {
+impl Shard {
     /// The seq the next request of `id` will carry, and how many requests are unanswered.
     pub fn next_request(&self, id: ConnId) -> Option<(u64, u32)> {
         let c = self.conns.get(id)?;
@@ -15,7 +15,7 @@ impl ShardIo {
         ))
     }
 
-    /// Record that the request announced by [`ShardIo::next_request`] was handed on.
+    /// Record that the request announced by [`Shard::next_request`] was handed on.
     pub fn request_sent(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id) {
             c.seq_in = c.seq_in.wrapping_add(1);
