@@ -7,7 +7,7 @@
 //! into the successor's ring; when the old ring is empty the connections bound to the old slot
 //! are rebound to the successor, and later messages go there directly. Records the old backend
 //! handled but did not commit reach the successor too: their replies may come twice, and the
-//! gateway drops the second by `seq` (`ShardIo::reply`), so each client sees each reply once.
+//! gateway drops the second by `seq` (`Shard::reply`), so each client sees each reply once.
 //!
 //! Until the rebinding, the connections keep writing into the old ring (the copy follows
 //! them), so a connection's records reach the successor in order.
@@ -15,7 +15,7 @@
 use super::ring_handler::RingHandler;
 use crate::ring::msg::{PushError, ToBackend};
 use crate::ring::{Consumer, Producer, Record};
-use crate::shard::conn::ShardIo;
+use crate::shard::conn::Shard;
 
 /// One slot being handed over on this shard.
 pub(super) struct Handover {
@@ -48,13 +48,13 @@ enum Step {
 
 impl RingHandler {
     /// Start handing `from` over to `to` with `rx`, a consumer of `from`'s `to_backend` ring.
-    pub(super) fn start_handover(&mut self, io: &mut ShardIo, from: u8, to: u8, rx: Consumer) {
+    pub(super) fn start_handover(&mut self, io: &mut Shard, from: u8, to: u8, rx: Consumer) {
         self.handovers.push(Handover { from, to, rx });
         self.run_handovers(io);
     }
 
     /// Move what the departing slots hold to their successors; finish those that are empty.
-    pub(super) fn run_handovers(&mut self, io: &mut ShardIo) {
+    pub(super) fn run_handovers(&mut self, io: &mut Shard) {
         let mut list = std::mem::take(&mut self.handovers);
         let mut i = 0;
         while i < list.len() {
@@ -124,7 +124,7 @@ impl RingHandler {
     }
 
     /// `from` is empty: its connections (and their pending `Closed`) belong to `to` now.
-    fn rebind(&mut self, io: &mut ShardIo, from: u8, to: u8) {
+    fn rebind(&mut self, io: &mut Shard, from: u8, to: u8) {
         let mut n = 0usize;
         for id in io.connection_ids() {
             if io.route(id) == Some(from) {

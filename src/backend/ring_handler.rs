@@ -12,7 +12,7 @@
 //!   ring stays full, every other): backpressure, nothing accepted is dropped. The backend's
 //!   commit rings the space doorbell and reading resumes.
 //! - Replies leave in request order with duplicates (replays after a backend restart)
-//!   dropped ([`ShardIo::reply`]); a connection with `reorder_window` unanswered requests
+//!   dropped ([`Shard::reply`]); a connection with `reorder_window` unanswered requests
 //!   stops reading until answers come.
 //! - `Publish` fans out here: one ring record reaches every member of the group on this shard
 //!   (the registry is [`crate::fanout::Groups`]; which slot serves a message is `router.rs`).
@@ -27,7 +27,7 @@ use crate::ring::msg::{
     self, DataKind as RingKind, PeerAddr, Protocol, RingMsg, ToBackend, ToGateway,
 };
 use crate::ring::{Doorbells, GatewaySide, Producer};
-use crate::shard::conn::{CloseEvent, ReplyOutcome, ShardIo};
+use crate::shard::conn::{CloseEvent, ReplyOutcome, Shard};
 use crate::shard::conn_table::ConnId;
 use crate::shard::control::{ControlMsg, HubEvent};
 use crate::shard::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
@@ -122,7 +122,7 @@ impl RingHandler {
         h
     }
 
-    fn register(&mut self, io: &mut ShardIo, slot: u8) {
+    fn register(&mut self, io: &mut Shard, slot: u8) {
         let Some(Some(s)) = self.router.slots.get_mut(slot as usize) else {
             return;
         };
@@ -178,7 +178,7 @@ impl RingHandler {
         }
     }
 
-    fn drain_rx(&mut self, io: &mut ShardIo, slot: u8) {
+    fn drain_rx(&mut self, io: &mut Shard, slot: u8) {
         let Some(mut s) = self
             .router
             .slots
@@ -237,7 +237,7 @@ impl RingHandler {
 
     /// A ring held garbage: stop using it, close its connections, have the hub kick the
     /// backend. The gateway itself carries on.
-    pub(super) fn retire(&mut self, io: &mut ShardIo, slot: u8, s: Slot, why: &str) {
+    pub(super) fn retire(&mut self, io: &mut Shard, slot: u8, s: Slot, why: &str) {
         tracing::error!(slot, reason = why, "backend ring corrupt: detaching it");
         self.stats.backend_corrupt_detaches += 1;
         if s.attached {
@@ -260,7 +260,7 @@ impl RingHandler {
     /// Apply one backend record. `Err` = protocol violation (the ring is treated as corrupt).
     fn apply(
         &mut self,
-        io: &mut ShardIo,
+        io: &mut Shard,
         heartbeat: &mut Option<(Duration, Instant)>,
         conn: ConnId,
         m: ToGateway<'_>,
@@ -332,7 +332,7 @@ impl RingHandler {
     /// Request `seq` of `conn` is answered (`kind` = None: completed without a message).
     fn complete(
         &mut self,
-        io: &mut ShardIo,
+        io: &mut Shard,
         conn: ConnId,
         seq: u64,
         kind: Option<DataKind>,
@@ -364,7 +364,7 @@ impl RingHandler {
 }
 
 impl Handler for RingHandler {
-    fn on_open<'a>(&mut self, io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
+    fn on_open<'a>(&mut self, io: &mut Shard, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
         let Some(slot) = self.router.pick_slot() else {
             return OpenDecision::Reject { status: 503 };
         };
@@ -407,7 +407,7 @@ impl Handler for RingHandler {
 
     fn on_message(
         &mut self,
-        io: &mut ShardIo,
+        io: &mut Shard,
         conn: ConnId,
         kind: DataKind,
         payload: &[u8],
@@ -444,7 +444,7 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_close(&mut self, _io: &mut ShardIo, ev: &CloseEvent) {
+    fn on_close(&mut self, _io: &mut Shard, ev: &CloseEvent) {
         let conn = ev.conn;
         self.groups.leave_all(conn);
         self.window_stalled.remove(&conn);
@@ -469,7 +469,7 @@ impl Handler for RingHandler {
         });
     }
 
-    fn on_handler_fd(&mut self, io: &mut ShardIo, index: u32) {
+    fn on_handler_fd(&mut self, io: &mut Shard, index: u32) {
         let slot = (index / 2) as u8;
         if self.router.dead.contains(&slot) {
             return;
@@ -490,7 +490,7 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_control(&mut self, io: &mut ShardIo, msg: ControlMsg) {
+    fn on_control(&mut self, io: &mut Shard, msg: ControlMsg) {
         let ControlMsg::Hub(ev) = msg;
         match ev {
             HubEvent::SlotReady {
@@ -544,7 +544,7 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_round_end(&mut self, io: &mut ShardIo) {
+    fn on_round_end(&mut self, io: &mut Shard) {
         // Slots handed over at construction (slot 0) are registered on the first round
         // (no allocation: this runs every round).
         for i in 0..self.router.slots.len() {
@@ -566,7 +566,7 @@ impl Handler for RingHandler {
         self.stats.ring_to_gateway_bytes = tg;
     }
 
-    fn on_shutdown(&mut self, _io: &mut ShardIo) {
+    fn on_shutdown(&mut self, _io: &mut Shard) {
         for s in self.router.slots.iter_mut().flatten() {
             s.side.tx.flush();
         }

@@ -2,9 +2,9 @@
 //!
 //! The in-process [`EchoHandler`] and the shared-memory ring bridge to backends implement the
 //! same trait; the engine does not know which one it drives. A handler acts on connections
-//! only through [`ShardIo`] (send, close, accept, reject), by [`ConnId`].
+//! only through [`Shard`] (send, close, accept, reject), by [`ConnId`].
 
-use super::conn::{CloseEvent, ShardIo};
+use super::conn::{CloseEvent, Shard};
 use super::conn_table::ConnId;
 use crate::proto::handshake::Request;
 use crate::proto::ws::DataKind;
@@ -24,7 +24,7 @@ pub enum OpenDecision<'a> {
         /// HTTP status code.
         status: u16,
     },
-    /// Decide later with [`ShardIo::accept`] / [`ShardIo::reject`] (a backend is asked).
+    /// Decide later with [`Shard::accept`] / [`Shard::reject`] (a backend is asked).
     Pending,
 }
 
@@ -34,7 +34,7 @@ pub enum Delivery {
     /// Taken (handled or durably queued).
     Taken,
     /// Not taken: the handler is full. The engine keeps the message, stops reading this
-    /// connection, and offers it again after [`ShardIo::resume_stalled`].
+    /// connection, and offers it again after [`Shard::resume_stalled`].
     Full,
 }
 
@@ -51,12 +51,12 @@ pub struct OpenInfo<'a, 'b> {
 /// Connection events from one shard. Implementations live on that shard's thread.
 pub trait Handler {
     /// A valid upgrade request arrived.
-    fn on_open<'a>(&mut self, io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a>;
+    fn on_open<'a>(&mut self, io: &mut Shard, info: &OpenInfo<'a, '_>) -> OpenDecision<'a>;
 
     /// A complete text or binary message arrived (`payload` is borrowed from the read buffer).
     fn on_message(
         &mut self,
-        io: &mut ShardIo,
+        io: &mut Shard,
         conn: ConnId,
         kind: DataKind,
         payload: &[u8],
@@ -66,20 +66,20 @@ pub trait Handler {
     /// path. Called exactly once for every connection whose [`Handler::on_open`] returned
     /// `Accept` or `Pending` (also when the upgrade then failed or was rejected), never for
     /// one it rejected or never saw (bad request, per-IP limit, handshake timeout).
-    fn on_close(&mut self, io: &mut ShardIo, ev: &CloseEvent);
+    fn on_close(&mut self, io: &mut Shard, ev: &CloseEvent);
 
     /// One of the handler's own file descriptors registered with
-    /// [`ShardIo::register_handler_fd`] became readable.
-    fn on_handler_fd(&mut self, _io: &mut ShardIo, _index: u32) {}
+    /// [`Shard::register_handler_fd`] became readable.
+    fn on_handler_fd(&mut self, _io: &mut Shard, _index: u32) {}
 
     /// A control-path message for this handler (e.g. a backend slot appeared).
-    fn on_control(&mut self, _io: &mut ShardIo, _msg: super::control::ControlMsg) {}
+    fn on_control(&mut self, _io: &mut Shard, _msg: super::control::ControlMsg) {}
 
     /// End of an I/O round: publish batched work (e.g. flush ring producers).
-    fn on_round_end(&mut self, _io: &mut ShardIo) {}
+    fn on_round_end(&mut self, _io: &mut Shard) {}
 
     /// Called when the shard starts shutting down.
-    fn on_shutdown(&mut self, _io: &mut ShardIo) {}
+    fn on_shutdown(&mut self, _io: &mut Shard) {}
 
     /// Gauges and counters of the handler (rings, backends) for metrics and readiness.
     fn stats(&self) -> HandlerStats {
@@ -118,7 +118,7 @@ pub struct HandlerStats {
 pub struct EchoHandler;
 
 impl Handler for EchoHandler {
-    fn on_open<'a>(&mut self, _io: &mut ShardIo, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
+    fn on_open<'a>(&mut self, _io: &mut Shard, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
         OpenDecision::Accept {
             protocol: info
                 .request
@@ -129,7 +129,7 @@ impl Handler for EchoHandler {
 
     fn on_message(
         &mut self,
-        io: &mut ShardIo,
+        io: &mut Shard,
         conn: ConnId,
         kind: DataKind,
         payload: &[u8],
@@ -139,7 +139,7 @@ impl Handler for EchoHandler {
         Delivery::Taken
     }
 
-    fn on_close(&mut self, _io: &mut ShardIo, _ev: &CloseEvent) {}
+    fn on_close(&mut self, _io: &mut Shard, _ev: &CloseEvent) {}
 
     fn stats(&self) -> HandlerStats {
         HandlerStats {

@@ -24,7 +24,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DecoderConfig, Role};
-use conn::{ShardIo, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_TIMER};
+use conn::{Shard, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_TIMER};
 use conn_table::ConnId;
 use control::ControlMsg;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -319,7 +319,7 @@ fn settings(cfg: &GatewayConfig) -> ShardSettings {
 }
 
 struct State {
-    io: ShardIo,
+    io: Shard,
     handler: Box<dyn Handler>,
     listeners: Vec<(OwnedFd, bool)>,
     control: Arc<Control>,
@@ -413,7 +413,7 @@ async fn run_shard(
     for (i, (l, _)) in listeners.iter().enumerate() {
         poller.add(l.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
     }
-    let io = ShardIo::new(
+    let io = Shard::new(
         id,
         settings(&cfg),
         cfg.limits.max_connections_per_shard,

@@ -4,6 +4,8 @@
 //!   incrementally (see its buffer contract).
 //! - [`encoder`]: frame and close-payload writers into caller buffers.
 //! - [`apply_mask`]: word-at-a-time (un)masking for any chunking.
+//! - [`session`]: what each decoded event asks of the connection (assembly, ping/pong, the
+//!   peer's close), sans-IO.
 
 pub mod close;
 pub mod decoder;
@@ -11,6 +13,7 @@ pub mod encoder;
 pub mod error;
 pub mod frame;
 pub mod mask;
+pub mod session;
 mod utf8;
 
 pub use crate::proto::BufferTooSmall;

@@ -1,15 +1,16 @@
 //! How a connection ends: the one function that removes it from the shard
-//! ([`ShardIo::remove`]) and the close events it queues for the handler.
+//! ([`Shard::remove`]) and the close events it queues for the handler.
 //!
 //! Every path out (peer close, our close, protocol error, slow consumer, write error, every
-//! timeout, TLS error, shutdown) ends in [`ShardIo::remove`]. The slab hands a connection
+//! timeout, TLS error, shutdown) ends in [`Shard::remove`]. The slab hands a connection
 //! out of `remove` once (its generation moves on, so a stale id finds nothing), which makes
 //! "one close event per connection" hold by construction. The event is queued rather than
-//! given to the handler at once because removals happen deep inside [`ShardIo`] methods
+//! given to the handler at once because removals happen deep inside [`Shard`] methods
 //! that have no handler at hand; the shard loop hands the queue over with
 //! [`deliver_closed`] before it sleeps or reads the next batch.
 
-use super::{ShardIo, F_ANNOUNCED, F_OPENED};
+use super::{CloseStep, Shard};
+use crate::proto::ws::{self, OpCode};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::Handler;
 
@@ -72,22 +73,77 @@ pub struct CloseEvent {
     pub code: u16,
     /// Why it ended.
     pub cause: CloseCause,
-    /// The handler's routing byte ([`ShardIo::set_route`]).
+    /// The handler's routing byte ([`Shard::set_route`]).
     pub route: u8,
     /// Seq of its last request handed to the handler (0 if none).
     pub last_seq: u64,
 }
 
-impl ShardIo {
+impl Shard {
+    /// not open yet is dropped.
+    pub fn close(&mut self, id: ConnId, code: u16, reason: &str) {
+        self.close_for(id, code, reason, CloseCause::Local);
+    }
+
+    /// [`Shard::close`] for `cause`.
+    pub(super) fn close_for(&mut self, id: ConnId, code: u16, reason: &str, cause: CloseCause) {
+        let timing = self.settings.timing();
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match conn.life.close(self.now, &timing, code, cause) {
+            CloseStep::SendCloseFrame => {
+                let mut p = [0u8; 125];
+                let n = ws::write_close_payload(&mut p, code, reason);
+                self.send_control(id, OpCode::Close, &p[..n]);
+            }
+            CloseStep::Remove => {
+                self.remove(id, cause);
+            }
+            CloseStep::Nothing => {}
+        }
+    }
+
+    /// Fail the connection (protocol error, slow consumer): send a close frame, then drain
+    /// and close without waiting for the peer's close frame.
+    pub(super) fn fail(&mut self, id: ConnId, code: u16, reason: &str, cause: CloseCause) {
+        self.close_for(id, code, reason, cause);
+        self.begin_drain(id);
+    }
+
+    /// Stop taking messages: our close_notify (TLS) behind what is staged, then flush,
+    /// half-close and wait for the peer's EOF until the close deadline.
+    pub(super) fn begin_drain(&mut self, id: ConnId) {
+        let timing = self.settings.timing();
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let start = self.out.len() as u32;
+        conn.transport.close_notify(&mut self.out);
+        conn.life.drain(self.now, &timing);
+        // Buffered partial input and message state are meaningless now.
+        if let Some(e) = conn.extra.as_mut() {
+            e.rx = Vec::new();
+            e.msg = Vec::new();
+            e.stalled = None;
+        }
+        if self.out.len() as u32 != start {
+            self.push_seg(id, start);
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Close the socket and forget the connection (no close frame), unless a close code and
+    /// cause were already recorded.
+    pub(super) fn abort(&mut self, id: ConnId, code: u16, cause: CloseCause) {
+        self.set_cause(id, cause, code);
+        self.remove(id, cause);
+    }
+
     /// Record why `id` is ending and with which close code, unless already recorded.
     pub(super) fn set_cause(&mut self, id: ConnId, cause: CloseCause, code: u16) {
         if let Some(c) = self.conns.get_mut(id) {
-            if c.cause.is_none() {
-                c.cause = Some(cause);
-            }
-            if c.close_code == 0 {
-                c.close_code = code;
-            }
+            c.life.record(cause, code);
         }
     }
 
@@ -104,21 +160,19 @@ impl ShardIo {
         if conn.ip_slot != u32::MAX {
             self.ip_release(conn.ip_slot);
         }
-        let code = match conn.close_code {
-            0 => 1006,
-            c => c,
-        };
-        if conn.flags & F_OPENED != 0 {
-            self.metrics.count_close(code);
+        let (route, last_seq) = (conn.route, conn.seq_in as u64);
+        let ended = conn.life.ended(cause);
+        if ended.opened {
+            self.metrics.count_close(ended.code);
         }
         self.metrics.closed += 1;
-        if conn.flags & F_ANNOUNCED != 0 {
+        if ended.announced {
             self.closed.push(CloseEvent {
                 conn: id,
-                code,
-                cause: conn.cause.unwrap_or(cause),
-                route: conn.route,
-                last_seq: conn.seq_in as u64,
+                code: ended.code,
+                cause: ended.cause,
+                route,
+                last_seq,
             });
         }
         true
@@ -132,7 +186,7 @@ impl ShardIo {
 }
 
 /// Hand every queued close event to the handler; returns whether there were any.
-pub fn deliver_closed(io: &mut ShardIo, h: &mut dyn Handler) -> bool {
+pub fn deliver_closed(io: &mut Shard, h: &mut dyn Handler) -> bool {
     if io.closed.is_empty() {
         return false;
     }

@@ -1,0 +1,305 @@
+//! Output: staging per batch, encryption on TLS connections, the flush, the per-connection
+//! transmit queue and its bound (slow consumers).
+
+use super::{
+    CloseCause, ConnState, SendError, Shard, F_DIRTY, F_SHRINK_ARMED, F_SHUT_WR, F_WRITE_BLOCKED,
+};
+use crate::proto::ws::{self, DataKind, OpCode};
+use crate::shard::conn_table::ConnId;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let mut hdr = [0u8; ws::MAX_HEADER_LEN];
+    let n = ws::write_header(&mut hdr, true, opcode, payload.len(), None);
+    out.extend_from_slice(&hdr[..n]);
+    out.extend_from_slice(payload);
+}
+
+pub(super) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for reads of buf.len() bytes.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        // The stall watchdog may interrupt the shard thread with a signal.
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn push_seg(&mut self, id: ConnId, start: u32) {
+        let end = self.out.len() as u32;
+        match self.out_segs.last_mut() {
+            Some((last, _, e)) if *last == id && *e == start => *e = end,
+            _ => self.out_segs.push((id, start, end)),
+        }
+    }
+
+    /// Stage one unit of output for `id` (a frame, a 101, a status), sealed by its
+    /// transport. On a plain connection its end is recorded as a message boundary.
+    pub(super) fn stage(&mut self, id: ConnId, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.out.len() as u32;
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let tls = c.transport.is_tls();
+        if let Err(e) = c
+            .transport
+            .seal_with(&mut self.seal_staging, &mut self.out, write)
+        {
+            // `out` holds whole records only, the session's alert last: they go out. The
+            // session is dead, so end the connection through the read path (which has the
+            // handler to report the close to): shutting the read side makes the socket
+            // readable with EOF.
+            tracing::debug!(?id, error = %e, "TLS write failed");
+            // SAFETY: the fd is owned by the connection and open.
+            unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RD) };
+        }
+        self.push_seg(id, start);
+        if tls {
+            self.arm_shrink(id);
+        } else {
+            self.out_ends.push(self.out.len() as u32);
+        }
+    }
+
+    /// A wss connection used its cipher contexts: make sure its shrink check is pending.
+    /// While armed the connection has a second wheel entry (see [`on_tick`]); an idle one
+    /// has none, so the idle record stays one wheel entry.
+    pub(super) fn arm_shrink(&mut self, id: ConnId) {
+        let d = self.settings.shrink_ticks;
+        if d == 0 {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.flags & F_SHRINK_ARMED != 0 || !c.life.is_open() {
+            return;
+        }
+        let Some(t) = c.transport.tls_mut() else {
+            return;
+        };
+        if !t.holds_cipher_contexts() {
+            return;
+        }
+        // The records that built the contexts start the quiet period.
+        t.take_activity();
+        c.flags |= F_SHRINK_ARMED;
+        self.wheel.schedule(id, self.now + d);
+    }
+
+    /// Stage bytes that go to the socket as they are (TLS records from the session).
+    pub(super) fn stage_raw(&mut self, id: ConnId, bytes: &[u8]) {
+        let start = self.out.len() as u32;
+        self.out.extend_from_slice(bytes);
+        self.push_seg(id, start);
+    }
+
+    /// Queue a text or binary message to an open connection.
+    pub fn send(&mut self, id: ConnId, kind: DataKind, payload: &[u8]) -> Result<(), SendError> {
+        let conn = self.conns.get(id).ok_or(SendError::NoConnection)?;
+        if !conn.life.is_open() {
+            return Err(SendError::NotOpen);
+        }
+        // The bound is on the backlog already waiting when another message comes: one large
+        // message to a client that keeps up is fine, a client that stops reading is not.
+        if conn.tx_queued() > self.settings.max_outbound {
+            self.close_slow(id);
+            return Err(SendError::SlowConsumer);
+        }
+        let op = match kind {
+            DataKind::Text => OpCode::Text,
+            DataKind::Binary => OpCode::Binary,
+        };
+        self.metrics.messages_out += 1;
+        self.stage(id, |out| frame_into(out, op, payload));
+        Ok(())
+    }
+
+    pub(super) fn send_control(&mut self, id: ConnId, op: OpCode, payload: &[u8]) {
+        self.stage(id, |out| frame_into(out, op, payload));
+    }
+
+    /// Close a connection that passed its outbound bound with 1008.
+    pub(super) fn close_slow(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if !conn.life.is_open() {
+            return;
+        }
+        self.metrics.slow_consumer_closes += 1;
+        if !conn.transport.queue_is_cuttable() {
+            // The queue holds TLS records: cutting one would fail the peer's integrity check,
+            // and a close frame cannot jump the queue. Drop the connection.
+            self.abort(id, 1008, CloseCause::SlowConsumer);
+            return;
+        }
+        // Keep only the message that is partly on the wire, drop the rest, and put the close
+        // frame right behind it.
+        if let Some(e) = conn.extra.as_mut() {
+            e.tx.keep_current_message();
+        }
+        // Staged but unflushed output for this connection is dropped too.
+        for seg in self.out_segs.iter_mut().filter(|s| s.0 == id) {
+            seg.2 = seg.1;
+        }
+        self.fail(id, 1008, "slow consumer", CloseCause::SlowConsumer);
+    }
+
+    pub(super) fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.flags & F_DIRTY == 0 {
+                c.flags |= F_DIRTY;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Write everything staged this batch, then retry connections with queued output.
+    pub fn flush(&mut self) {
+        // Flushing can stage more (a slow-consumer close frame); a few passes settle it.
+        for _ in 0..4 {
+            if self.out_segs.is_empty() && self.dirty.is_empty() {
+                return;
+            }
+            self.flush_once();
+        }
+    }
+
+    fn flush_once(&mut self) {
+        let mut segs = std::mem::take(&mut self.out_segs);
+        let mut out = std::mem::take(&mut self.out);
+        let mut ends = std::mem::take(&mut self.out_ends);
+        for &(id, s, e) in &segs {
+            if s == e {
+                continue;
+            }
+            let data = &out[s as usize..e as usize];
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            // The message ends inside this run (slow path only: when it is queued).
+            let run_ends = || {
+                let lo = ends.partition_point(|&x| x <= s);
+                let hi = ends.partition_point(|&x| x <= e);
+                ends[lo..hi].iter().map(move |&x| (x - s) as usize)
+            };
+            if conn.tx_queued() > 0 || conn.flags & F_WRITE_BLOCKED != 0 {
+                conn.extra().tx.push(data, 0, run_ends());
+                self.mark_dirty(id);
+            } else {
+                let sent = send(conn.fd.as_raw_fd(), data);
+                if let Ok(n) = sent {
+                    self.metrics.bytes_out += n as u64;
+                }
+                match sent {
+                    Ok(n) if n == data.len() => {}
+                    Ok(n) => {
+                        // Queue the whole run, its sent part counted as sent, so the queue
+                        // starts at a message boundary.
+                        conn.flags |= F_WRITE_BLOCKED;
+                        conn.extra().tx.push(data, n, run_ends());
+                        self.mark_dirty(id);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flags |= F_WRITE_BLOCKED;
+                        conn.extra().tx.push(data, 0, run_ends());
+                        self.mark_dirty(id);
+                    }
+                    Err(_) => {
+                        self.abort(id, 1006, CloseCause::Reset);
+                        continue;
+                    }
+                }
+            }
+            if self.conns.get(id).is_some_and(|c| {
+                c.life.is_open() && c.tx_queued() > self.settings.max_outbound + data.len()
+            }) {
+                self.close_slow(id);
+            }
+        }
+        // Reuse the staging allocations unless something was staged meanwhile (which then
+        // goes out on the next pass); never keep a burst-sized buffer.
+        if self.out_segs.is_empty() {
+            segs.clear();
+            self.out_segs = segs;
+        }
+        if self.out.is_empty() {
+            ends.clear();
+            self.out_ends = ends;
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out.shrink_to(64 << 10);
+            }
+            self.out = out;
+        }
+
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.flags &= !F_DIRTY;
+            }
+            self.write_queued(id);
+        }
+        if self.dirty.is_empty() {
+            dirty.clear();
+            self.dirty = dirty;
+        }
+    }
+
+    /// Send queued output of one connection (on EPOLLOUT or after staging).
+    pub(crate) fn write_queued(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let fd = conn.fd.as_raw_fd();
+        let cuttable = conn.transport.queue_is_cuttable();
+        if let Some(x) = conn.extra.as_mut() {
+            while !x.tx.is_empty() {
+                match send(fd, x.tx.unsent()) {
+                    Ok(n) => {
+                        x.tx.advance(n);
+                        self.metrics.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flags |= F_WRITE_BLOCKED;
+                        x.tx.compact(cuttable);
+                        return;
+                    }
+                    Err(_) => {
+                        self.abort(id, 1006, CloseCause::Reset);
+                        return;
+                    }
+                }
+            }
+            x.tx.release();
+        }
+        conn.flags &= !F_WRITE_BLOCKED;
+        conn.release_extra_if_empty();
+        if conn.life.state() == ConnState::Draining && conn.flags & F_SHUT_WR == 0 {
+            conn.flags |= F_SHUT_WR;
+            // SAFETY: fd is owned by the connection and open.
+            unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+            // Normally we wait (up to close_ms) for the peer's FIN so that closing never
+            // resets data it has not read; when shutting down, a finished close handshake is
+            // enough.
+            if self.shutting_down {
+                self.remove(id, CloseCause::Shutdown);
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The read path: bytes from the socket, through the transport, into the protocol (the
+//! upgrade request, then WebSocket frames), events to the handler.
+
+use super::protocol::{process, retry_stalled};
+use super::transport::Ingested;
+use super::{CloseCause, ConnState, Shard, F_READ_PAUSED, F_READ_PENDING};
+use crate::shard::conn_table::ConnId;
+use crate::shard::handler::Handler;
+use crate::transport::TlsError;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Before reading more: offer a message stalled by backpressure again. False = still full
+/// (the connection stays paused).
+fn stalled_cleared(io: &mut Shard, h: &mut dyn Handler, id: ConnId) -> bool {
+    let has_stalled = io
+        .conns
+        .get(id)
+        .is_some_and(|c| c.extra.as_ref().is_some_and(|x| x.stalled.is_some()));
+    !has_stalled || retry_stalled(io, h, id)
+}
+
+/// Whether reading `id` may go on: clears the pending mark, refuses gone or paused ones.
+fn may_read(io: &mut Shard, id: ConnId) -> bool {
+    match io.conns.get_mut(id) {
+        Some(c) => {
+            c.flags &= !F_READ_PENDING;
+            c.flags & F_READ_PAUSED == 0
+        }
+        None => false,
+    }
+}
+
+/// After a read loop: free idle buffers; if the budget ran out with data possibly left,
+/// come back after the other connections had their turn.
+fn finish_read(io: &mut Shard, id: ConnId, exhausted: bool) {
+    if let Some(c) = io.conns.get_mut(id) {
+        c.release_extra_if_empty();
+        if exhausted && c.flags & (F_READ_PAUSED | F_READ_PENDING) == 0 {
+            c.flags |= F_READ_PENDING;
+            io.ready.push_back(id.0);
+        }
+    }
+}
+
+/// Read and process everything readable on `id` (up to the read budget): one path for
+/// every transport. Leftover input goes first, new bytes right behind it; the transport
+/// turns them into plaintext (in place, or decrypted behind leftover plaintext), the
+/// protocol consumes what it can, the rest is kept for the next read.
+pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
+    let budget = io.settings.read_budget;
+    if !stalled_cleared(io, h, id) {
+        return;
+    }
+    let mut scratch = std::mem::take(&mut io.scratch);
+    let mut plain = std::mem::take(&mut io.plain);
+    let mut exhausted = true;
+    for _ in 0..budget {
+        if !may_read(io, id) {
+            exhausted = false;
+            break;
+        }
+        let Some(conn) = io.conns.get_mut(id) else {
+            break;
+        };
+        let in_place = !conn.transport.is_tls();
+        plain.clear();
+        let mut have = 0;
+        if let Some(x) = conn.extra.as_mut() {
+            // Plain: the leftover plaintext is the leftover input. TLS: a partial record
+            // goes in front of the new bytes, leftover plaintext in front of what it
+            // decrypts to.
+            let raw = if in_place {
+                &mut x.rx
+            } else {
+                plain.extend_from_slice(&x.rx);
+                x.rx.clear();
+                &mut x.raw_rx
+            };
+            have = raw.len();
+            scratch[..have].copy_from_slice(raw);
+            raw.clear();
+        }
+        let fd = conn.fd.as_raw_fd();
+        let room = scratch.len() - have;
+        let n = match recv(fd, &mut scratch[have..]) {
+            Ok(0) => {
+                on_eof(io, id);
+                exhausted = false;
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Leftover plaintext may hold complete frames that were held back (paused for
+                // backpressure or a pending open): process it now, no new edge will come.
+                if in_place {
+                    consume(io, h, id, &mut scratch[..have]);
+                } else {
+                    consume(io, h, id, &mut plain);
+                    keep_raw_leftover(io, id, &scratch[..have]);
+                }
+                exhausted = false;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                // Put the leftover back and try again.
+                if in_place {
+                    keep_leftover(io, id, &scratch[..have]);
+                } else {
+                    keep_leftover(io, id, &plain);
+                    keep_raw_leftover(io, id, &scratch[..have]);
+                }
+                continue;
+            }
+            Err(_) => {
+                on_eof(io, id);
+                exhausted = false;
+                break;
+            }
+        };
+        io.metrics.bytes_in += n as u64;
+        let total = have + n;
+        let Some(conn) = io.conns.get_mut(id) else {
+            break;
+        };
+        // Records the transport answers with (handshake, tickets, alerts) are staged
+        // straight into the shard's output.
+        let start = io.out.len() as u32;
+        let ingested = conn
+            .transport
+            .ingest(&mut scratch[..total], &mut plain, &mut io.out);
+        if io.out.len() as u32 != start {
+            io.push_seg(id, start);
+        }
+        match ingested {
+            Ok(Ingested::InPlace) => consume(io, h, id, &mut scratch[..total]),
+            Ok(Ingested::Decrypted {
+                consumed,
+                peer_closed,
+            }) => {
+                keep_raw_leftover(io, id, &scratch[consumed..total]);
+                if !plain.is_empty() {
+                    consume(io, h, id, &mut plain);
+                }
+                io.arm_shrink(id);
+                if peer_closed {
+                    tls_peer_closed(io, id);
+                    exhausted = false;
+                    break;
+                }
+            }
+            Err(e) => {
+                tls_failed(io, id, &e, &scratch[..total]);
+                exhausted = false;
+                break;
+            }
+        }
+        if n < room {
+            exhausted = false;
+            break; // short read: the socket is drained (a new edge will come)
+        }
+        if let Some(c) = io.conns.get_mut(id) {
+            c.release_extra_if_empty();
+        }
+    }
+    finish_read(io, id, exhausted);
+    io.scratch = scratch;
+    io.plain = plain;
+}
+
+/// Hand plaintext to the protocol and keep what it did not consume.
+fn consume(io: &mut Shard, h: &mut dyn Handler, id: ConnId, text: &mut [u8]) {
+    let used = if text.is_empty() {
+        0
+    } else {
+        process(io, h, id, text)
+    };
+    keep_leftover(io, id, &text[used..]);
+}
+
+/// The client sent close_notify: it will send nothing more, but still reads. Answer with our
+/// close_notify behind whatever is staged and drain (RFC 8446 §6.1, RFC 5246 §7.2.1) instead
+/// of dropping the output as a bare EOF would.
+fn tls_peer_closed(io: &mut Shard, id: ConnId) {
+    let Some(state) = io.conns.get(id).map(|c| c.life.state()) else {
+        return;
+    };
+    if !matches!(state, ConnState::Open | ConnState::Closing) {
+        on_eof(io, id);
+        return;
+    }
+    // The close event is emitted when the drain ends and the connection is removed.
+    io.set_cause(id, CloseCause::Peer, 1006);
+    io.begin_drain(id);
+}
+
+/// A TLS error: answer plaintext HTTP with a clear 400, send the session's alert (already
+/// staged), and drain (no close_notify: the session is dead).
+fn tls_failed(io: &mut Shard, id: ConnId, e: &TlsError, input: &[u8]) {
+    let timing = io.settings.timing();
+    let Some(c) = io.conns.get(id) else { return };
+    let state = c.life.state();
+    if matches!(e, TlsError::PlaintextHttp) || crate::transport::looks_like_http(input) {
+        io.stage_raw(id, crate::transport::PLAINTEXT_ON_TLS_PORT_RESPONSE);
+    }
+    if state == ConnState::Handshake {
+        io.metrics.count_handshake_failure(e.cause());
+    }
+    tracing::debug!(?id, error = %e, "TLS failure");
+    io.set_cause(id, CloseCause::Tls, 1006);
+    if let Some(c) = io.conns.get_mut(id) {
+        c.life.drain(io.now, &timing);
+    }
+    io.mark_dirty(id);
+}
+
+/// Keep unconsumed plaintext for the next read (not once draining: input is discarded).
+fn keep_leftover(io: &mut Shard, id: ConnId, rest: &[u8]) {
+    if let Some(c) = io.conns.get_mut(id) {
+        if c.life.state() != ConnState::Draining && !rest.is_empty() {
+            c.extra().rx.extend_from_slice(rest);
+        }
+    }
+}
+
+/// Keep unconsumed transport input (a partial TLS record) for the next read.
+fn keep_raw_leftover(io: &mut Shard, id: ConnId, rest: &[u8]) {
+    if let Some(c) = io.conns.get_mut(id) {
+        if c.life.state() != ConnState::Draining && !rest.is_empty() {
+            c.extra().raw_rx.extend_from_slice(rest);
+        }
+    }
+}
+
+/// The peer's end of the stream (or a read error): a draining connection is done, any
+/// other dropped without a (finished) close handshake.
+fn on_eof(io: &mut Shard, id: ConnId) {
+    let Some(conn) = io.conns.get(id) else {
+        return;
+    };
+    if conn.life.state() == ConnState::Handshake {
+        io.metrics.count_handshake_failure("eof");
+    }
+    io.abort(id, 1006, CloseCause::Reset);
+}
