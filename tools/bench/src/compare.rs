@@ -33,7 +33,11 @@ pub(crate) struct CompareArgs {
         Server::TokioTungstenite, Server::Uws])]
     pub servers: Vec<Server>,
     /// Scenarios CONNSxSIZExINFLIGHT (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "100x32x1,1000x32x1,100x1024x1,100x32x16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100x32x1,1000x32x1,100x1024x1,100x32x16"
+    )]
     pub scenarios: Vec<String>,
     /// Runs per scenario and server; the table shows medians.
     #[arg(long, default_value_t = 2)]
@@ -203,10 +207,7 @@ fn spawn_until(
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                anyhow::bail!(
-                    "{cmd:?} did not print {needles:?} (log: {})",
-                    log.display()
-                );
+                anyhow::bail!("{cmd:?} did not print {needles:?} (log: {})", log.display());
             }
         }
     }
@@ -218,7 +219,7 @@ fn url_in(line: &str) -> Result<String> {
     let i = line.find("ws://").context("no ws:// in the ready line")?;
     let rest = &line[i..];
     let end = rest[5..].find('/').map_or(rest.len(), |j| j + 6);
-    Ok(rest[..end].trim_end_matches(|c: char| c == '"' || c == ',').to_string())
+    Ok(rest[..end].trim_end_matches(['"', ',']).to_string())
 }
 
 fn start(a: &CompareArgs, s: Server, corelay: &Path, dir: &Path) -> Result<Running> {
@@ -496,7 +497,11 @@ pub(crate) fn run(a: CompareArgs, command: String) -> Result<CompareResult> {
         let sc = scenarios.first().context("no scenario")?;
         for &s in &servers {
             let srv = start(&a, s, &corelay, &dir)?;
-            eprintln!("compare: syscalls ({tracer:?}): {} {}", s.name(), sc.label());
+            eprintln!(
+                "compare: syscalls ({tracer:?}): {} {}",
+                s.name(),
+                sc.label()
+            );
             let attached = srv
                 .pids
                 .iter()

@@ -39,7 +39,10 @@ pub(crate) fn children(pid: u32) -> Vec<u32> {
     };
     for t in rd.flatten() {
         let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        v.extend(s.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        v.extend(
+            s.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     v.sort_unstable();
     v.dedup();

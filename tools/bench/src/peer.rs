@@ -86,12 +86,18 @@ async fn tung(s: TcpStream) -> Result<()> {
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let mut ws = tokio_tungstenite::accept_async_with_config(s, Some(cfg)).await?;
+    use tokio_tungstenite::tungstenite::Error;
+    // Pongs and the close reply are queued by the library and go out with the next write or
+    // flush; the stream ends (None) once the close handshake is done.
     while let Some(m) = ws.next().await {
-        match m? {
-            m @ (Message::Text(_) | Message::Binary(_)) => ws.send(m).await?,
-            // Pongs to pings are queued by the library and go out with the next write/flush.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => ws.flush().await?,
-            Message::Close(_) => break,
+        let r = match m {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).await,
+            Ok(_) => ws.flush().await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) | Err(Error::ConnectionClosed) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

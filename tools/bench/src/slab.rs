@@ -75,8 +75,8 @@ pub(crate) fn parse_slabinfo(text: &str) -> Slabs {
 }
 
 fn read_slabs() -> Result<Slabs> {
-    let t = std::fs::read_to_string("/proc/slabinfo")
-        .context("reading /proc/slabinfo (needs root)")?;
+    let t =
+        std::fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo (needs root)")?;
     Ok(parse_slabinfo(&t))
 }
 
@@ -191,10 +191,12 @@ fn pairs(n: usize) -> Result<Vec<(TcpStream, TcpStream)>> {
 /// Keeps whatever arms the sockets alive until the second reading.
 enum Armed {
     None,
-    Epoll { _ep: std::os::fd::OwnedFd },
+    Epoll {
+        _ep: std::os::fd::OwnedFd,
+    },
     /// Field order matters: the ring drops (unregistering the buffers) before their memory.
     Uring {
-        _ring: IoUring,
+        _ring: Box<IoUring>,
         _bufs: Option<BufRing>,
     },
 }
@@ -249,8 +251,11 @@ fn buf_ring(ring: &IoUring) -> Result<BufRing> {
         std::ptr::write_volatile(tail, RING_BUFS);
     }
     // SAFETY: `mem` stays mapped until BufRing drops, after the ring.
-    unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, RING_BUFS, BGID, 0) }
-        .context("IORING_REGISTER_PBUF_RING")?;
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(mem as u64, RING_BUFS, BGID, 0)
+    }
+    .context("IORING_REGISTER_PBUF_RING")?;
     Ok(BufRing {
         ring: mem,
         ring_len,
@@ -264,7 +269,11 @@ fn arm(mode: Arm, socks: &[(TcpStream, TcpStream)]) -> Result<(Armed, usize)> {
         Arm::Epoll => {
             // SAFETY: plain syscall.
             let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-            anyhow::ensure!(ep >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+            anyhow::ensure!(
+                ep >= 0,
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: a fresh fd we own.
             let ep = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ep) };
             let mut ok = 0;
@@ -313,7 +322,7 @@ fn arm(mode: Arm, socks: &[(TcpStream, TcpStream)]) -> Result<(Armed, usize)> {
             let failed = ring.completion().filter(|c| c.result() < 0).count();
             Ok((
                 Armed::Uring {
-                    _ring: ring,
+                    _ring: Box::new(ring),
                     _bufs: br,
                 },
                 socks.len().saturating_sub(failed),

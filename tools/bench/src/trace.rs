@@ -58,7 +58,10 @@ fn wait_line(r: impl Read, needle: &str, limit: Duration) -> Result<()> {
         if l.contains(needle) {
             return Ok(());
         }
-        anyhow::ensure!(start.elapsed() < limit, "tracer: no '{needle}' in {limit:?}");
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "tracer: no '{needle}' in {limit:?}"
+        );
     }
     anyhow::bail!("tracer exited before '{needle}'")
 }
@@ -75,8 +78,9 @@ pub(crate) fn attach(kind: Tracer, pid: u32, dir: &Path) -> Result<Attached> {
                 let _ = std::fs::remove_file(f);
                 let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
                 // SAFETY: valid NUL-terminated path.
+                let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
                 anyhow::ensure!(
-                    unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0,
+                    rc == 0,
                     "mkfifo {}: {}",
                     f.display(),
                     std::io::Error::last_os_error()
@@ -84,7 +88,11 @@ pub(crate) fn attach(kind: Tracer, pid: u32, dir: &Path) -> Result<Attached> {
             }
             let child = Command::new("perf")
                 .args(["stat", "-x", ",", "-D", "-1", "-e", "syscalls:sys_enter_*"])
-                .arg(format!("--control=fifo:{},{}", ctl.display(), ack.display()))
+                .arg(format!(
+                    "--control=fifo:{},{}",
+                    ctl.display(),
+                    ack.display()
+                ))
                 .arg("-o")
                 .arg(&out)
                 .args(["-p", &pid.to_string()])
