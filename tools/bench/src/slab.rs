@@ -80,11 +80,33 @@ fn read_slabs() -> Result<Slabs> {
     Ok(parse_slabinfo(&t))
 }
 
+/// The other caches SLUB merged with `name` (/sys/kernel/slab symlinks to the same target):
+/// /proc/slabinfo counts them all under one name (e.g. eppoll_entry under anon_vma_chain).
+fn aliases(name: &str) -> Vec<String> {
+    let dir = std::path::Path::new("/sys/kernel/slab");
+    let Ok(target) = std::fs::canonicalize(dir.join(name)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .filter(|e| std::fs::canonicalize(e.path()).is_ok_and(|t| t == target))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != name)
+        .collect();
+    v.sort();
+    v
+}
+
 /// One cache's change.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct CacheDelta {
     /// Cache name (merged caches show under one name).
     pub cache: String,
+    /// Caches merged with it.
+    pub aliases: Vec<String>,
     /// Objects added.
     pub objects: i64,
     /// Object size.
@@ -117,6 +139,7 @@ fn step(a: &Slabs, b: &Slabs, avail: (u64, u64), n: usize) -> Step {
             kept += d * size as i64;
             caches.push(CacheDelta {
                 cache: name.clone(),
+                aliases: aliases(name),
                 objects: d,
                 size,
                 per_socket: d as f64 / n as f64,
@@ -351,7 +374,19 @@ fn measure(mode: Arm, n: usize) -> Result<ArmResult> {
 
 /// Runs `slab-probe`.
 pub(crate) fn run(a: SlabArgs) -> Result<SlabResult> {
-    let limit = crate::pool::raise_nofile();
+    let mut limit = crate::pool::raise_nofile();
+    let need = (2 * a.sockets + 64) as u64;
+    if limit < need {
+        // Root may raise the hard limit too (up to fs.nr_open).
+        let r = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: need,
+        };
+        // SAFETY: valid buffer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            limit = need;
+        }
+    }
     anyhow::ensure!(
         (2 * a.sockets + 64) as u64 <= limit,
         "{} pairs need {} fds; RLIMIT_NOFILE is {limit}",
@@ -394,7 +429,14 @@ pub(crate) fn table(r: &SlabResult) -> String {
         let caches = s
             .caches
             .iter()
-            .map(|c| format!("{} {:.2}×{}", c.cache, c.per_socket, c.size))
+            .map(|c| {
+                let al = if c.aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (merged: {})", c.aliases.join("/"))
+                };
+                format!("{}{al} {:.2}×{}", c.cache, c.per_socket, c.size)
+            })
             .collect::<Vec<_>>()
             .join(", ");
         o.push_str(&format!(
