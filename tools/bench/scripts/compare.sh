@@ -5,6 +5,8 @@
 #   tools/bench/scripts/compare.sh --uws /path/to/uWebSockets/EchoServer --runs 2 --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-nice -n "${NICE:-0}" cargo build --release -q -p corelay --bin corelay -p corelay-bench
+# Two builds: `--bin corelay` would apply to both packages.
+nice -n "${NICE:-0}" cargo build --release -q -p corelay --bin corelay
+nice -n "${NICE:-0}" cargo build --release -q -p corelay-bench
 target="${CARGO_TARGET_DIR:-target}/release"
 exec "$target/corelay-bench" compare --corelay "$target/corelay" "$@"

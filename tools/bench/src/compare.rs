@@ -48,6 +48,11 @@ pub(crate) struct CompareArgs {
     /// Warm-up seconds per run.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
+    /// Open loop: total send rate (messages/s) for every scenario, so that all servers see the
+    /// same arrival rate (CPU per message depends on it: more messages per wake-up cost less).
+    /// Default: closed loop, as fast as echoes return.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// CPU for the server (all its processes).
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -307,8 +312,13 @@ struct EchoCli {
     a: EchoArgs,
 }
 
-fn echo_args(url: &str, sc: &Scenario, dur: f64, warm: f64, pids: &[u32]) -> Result<EchoArgs> {
+fn echo_args(a: &CompareArgs, url: &str, sc: &Scenario, pids: &[u32]) -> Result<EchoArgs> {
+    let (dur, warm) = (a.duration, a.warmup);
     let mut v: Vec<String> = vec!["echo".into(), "--url".into(), url.into()];
+    if let Some(r) = a.rate {
+        v.push("--rate".into());
+        v.push(r.to_string());
+    }
     for (k, x) in [
         ("--connections", sc.conns.to_string()),
         ("--size", sc.size.to_string()),
@@ -385,6 +395,8 @@ pub(crate) struct CompareResult {
     pub syscalls: Vec<SyscallRow>,
     /// Tracer used.
     pub tracer: String,
+    /// Open-loop rate, if any.
+    pub rate: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -480,7 +492,7 @@ pub(crate) fn run(a: CompareArgs, command: String) -> Result<CompareResult> {
                     s.name(),
                     sc.label()
                 );
-                let ea = echo_args(&srv.url, sc, a.duration, a.warmup, &pids)?;
+                let ea = echo_args(&a, &srv.url, sc, &pids)?;
                 let r = crate::echo::run(ea, command.clone())
                     .with_context(|| format!("{} {}", s.name(), sc.label()))?;
                 let slot = runs
@@ -507,7 +519,7 @@ pub(crate) fn run(a: CompareArgs, command: String) -> Result<CompareResult> {
                 .iter()
                 .map(|&(_, pid)| trace::attach(tracer, pid, &dir))
                 .collect::<Result<Vec<_>>>()?;
-            let ea = echo_args(&srv.url, sc, a.duration, a.warmup, &[])?;
+            let ea = echo_args(&a, &srv.url, sc, &[])?;
             let r = crate::echo::run(ea, command.clone())?;
             for (t, &(label, _)) in attached.into_iter().zip(&srv.pids) {
                 syscalls.push(SyscallRow {
@@ -531,6 +543,7 @@ pub(crate) fn run(a: CompareArgs, command: String) -> Result<CompareResult> {
         runs,
         syscalls,
         tracer: format!("{tracer:?}").to_lowercase(),
+        rate: a.rate,
     })
 }
 
@@ -538,8 +551,11 @@ pub(crate) fn run(a: CompareArgs, command: String) -> Result<CompareResult> {
 pub(crate) fn table(r: &CompareResult) -> String {
     let mut o = String::new();
     let n = r.runs.first().map_or(0, |x| x.2.len());
+    let mode = r.rate.map_or("closed loop".to_string(), |x| {
+        format!("open loop at {x:.0} msg/s in total")
+    });
     o.push_str(&format!(
-        "Server CPU per echoed message, median of {n} run(s); kernel {}\n\n",
+        "Server CPU per echoed message, median of {n} run(s), {mode}; kernel {}\n\n",
         r.kernel
     ));
     o.push_str("| scenario (conns × size × in flight) | server | msg/s | p50 µs | server CPU µs/msg | per process | × uWebSockets | errors |\n");
