@@ -96,6 +96,7 @@ impl Shard {
                 let mut p = [0u8; 125];
                 let n = ws::write_close_payload(&mut p, code, reason);
                 self.send_control(id, OpCode::Close, &p[..n]);
+                self.closing_started(id, cause);
             }
             CloseStep::Remove => {
                 self.remove(id, cause);
@@ -121,6 +122,7 @@ impl Shard {
         let start = self.out.len() as u32;
         conn.transport.close_notify(&mut self.out);
         conn.life.drain(self.now, &timing);
+        self.closing_started(id, CloseCause::Local);
         // Buffered partial input and message state are meaningless now.
         if let Some(e) = conn.extra.as_mut() {
             e.rx = Vec::new();
@@ -131,6 +133,28 @@ impl Shard {
             self.push_seg(id, start);
         }
         self.mark_dirty(id);
+    }
+
+    /// The connection carries no more messages: report its end to the handler now (a client
+    /// that keeps its socket after the close handshake must not delay that until the close
+    /// timeout), and have its wheel entry come by the close deadline. Removal later reports
+    /// nothing more ([`super::Lifecycle::report`] answers once).
+    fn closing_started(&mut self, id: ConnId, fallback: CloseCause) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let at = conn.life.close_deadline();
+        if let Some((code, cause)) = conn.life.report(fallback) {
+            let (route, last_seq) = (conn.route, conn.seq_in as u64);
+            self.closed.push(CloseEvent {
+                conn: id,
+                code,
+                cause,
+                route,
+                last_seq,
+            });
+        }
+        self.wheel.schedule(id, at);
     }
 
     /// Close the socket and forget the connection (no close frame), unless a close code and

@@ -38,8 +38,8 @@ pub fn on_tick(io: &mut Shard, now: Tick, due: &mut Vec<ConnId>) {
             }
             Due::IdleTimeout => {
                 io.metrics.idle_closes += 1;
+                // Closing reports the end and moves the entry to the close deadline.
                 io.close_for(id, 1001, "idle timeout", CloseCause::IdleTimeout);
-                io.wheel.schedule(id, now.saturating_add(timing.close));
             }
             Due::Expired(cause) => {
                 if cause == CloseCause::OpenTimeout {
