@@ -122,7 +122,6 @@ impl Shard {
         let start = self.out.len() as u32;
         conn.transport.close_notify(&mut self.out);
         conn.life.drain(self.now, &timing);
-        self.closing_started(id, CloseCause::Local);
         // Buffered partial input and message state are meaningless now.
         if let Some(e) = conn.extra.as_mut() {
             e.rx = Vec::new();
@@ -133,6 +132,7 @@ impl Shard {
             self.push_seg(id, start);
         }
         self.mark_dirty(id);
+        self.closing_started(id, CloseCause::Local);
     }
 
     /// The connection carries no more messages: report its end to the handler now (a client
