@@ -490,7 +490,7 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_control(&mut self, io: &mut Shard, msg: ControlMsg) {
+    fn on_control(&mut self, io: &mut Shard, msg: ControlMsg) -> Option<ControlMsg> {
         let ControlMsg::Hub(ev) = msg;
         match ev {
             HubEvent::SlotReady {
@@ -542,6 +542,7 @@ impl Handler for RingHandler {
                 }
             }
         }
+        None
     }
 
     fn on_round_end(&mut self, io: &mut Shard) {

@@ -61,6 +61,43 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     /// Certificates for the `server.tls_listen` listeners (wss).
     pub tls: Option<TlsSettings>,
+    /// More listeners, each naming the service its connections go to (`[[listener]]`).
+    pub listener: Vec<ListenerConfig>,
+}
+
+/// What serves a listener's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// The service configured in `[backend]` (ring backends, or echo in `mode = "echo"`).
+    #[default]
+    Backend,
+    /// The in-process echo handler, whatever `[backend]` says.
+    Echo,
+}
+
+impl ServiceKind {
+    /// The name used in the configuration and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Backend => "backend",
+            ServiceKind::Echo => "echo",
+        }
+    }
+}
+
+/// `[[listener]]`: one listen address and the service behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address every shard binds (SO_REUSEPORT).
+    pub addr: SocketAddr,
+    /// wss (needs `[tls]`) instead of ws.
+    #[serde(default)]
+    pub tls: bool,
+    /// The service its connections go to.
+    #[serde(default)]
+    pub service: ServiceKind,
 }
 
 /// The largest TLS record on the wire (5-byte header + 2^14 plaintext + 256 expansion, RFC
@@ -306,20 +343,21 @@ impl GatewayConfig {
 
     /// Check every value once; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
+        let listeners = self.listeners();
+        if listeners.is_empty() {
             return Err(invalid("server.listen", "at least one address is required"));
         }
-        if !self.server.tls_listen.is_empty() {
+        if listeners.iter().any(|l| l.tls) {
             if self.tls.is_none() {
                 return Err(invalid(
                     "tls",
-                    "server.tls_listen needs a [tls] section (cert, key)",
+                    "server.tls_listen (or a [[listener]] with tls = true) needs a [tls] section (cert, key)",
                 ));
             }
             if self.limits.read_buffer_bytes < MAX_TLS_RECORD_LEN + 1024 {
                 return Err(invalid(
                     "limits.read_buffer_bytes",
-                    "must hold a whole TLS record (>= 17669) when server.tls_listen is set",
+                    "must hold a whole TLS record (>= 17669) when a TLS listener is set",
                 ));
             }
         }
@@ -451,6 +489,29 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// Every listener in order: `server.listen` and `server.tls_listen` (both serving the
+    /// `[backend]` service), then the `[[listener]]` entries.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        let plain = self.server.listen.iter().map(|&addr| (addr, false));
+        let secure = self.server.tls_listen.iter().map(|&addr| (addr, true));
+        plain
+            .chain(secure)
+            .map(|(addr, tls)| ListenerConfig {
+                addr,
+                tls,
+                service: ServiceKind::Backend,
+            })
+            .chain(self.listener.iter().copied())
+            .collect()
+    }
+
+    /// Whether some listener serves the `[backend]` service.
+    pub fn serves_backend(&self) -> bool {
+        self.listeners()
+            .iter()
+            .any(|l| l.service == ServiceKind::Backend)
+    }
+
     /// Shard count after resolving `0` to the number of available CPUs (at most
     /// [`MAX_SHARDS`]).
     pub fn shard_count(&self) -> usize {
@@ -527,6 +588,39 @@ mod tests {
     #[test]
     fn defaults_validate() {
         GatewayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn listeners_name_their_service() {
+        let c = GatewayConfig::from_toml(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[[listener]]\naddr = \"127.0.0.1:2\"\nservice = \"echo\"\n\
+             [[listener]]\naddr = \"127.0.0.1:3\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let l = c.listeners();
+        let got: Vec<_> = l
+            .iter()
+            .map(|l| (l.addr.port(), l.tls, l.service))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, false, ServiceKind::Backend),
+                (2, false, ServiceKind::Echo),
+                (3, false, ServiceKind::Backend)
+            ]
+        );
+        // A TLS listener needs [tls], wherever it is declared.
+        let e = GatewayConfig::from_toml("[[listener]]\naddr = \"127.0.0.1:4\"\ntls = true\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("tls"), "{e}");
+        assert!(GatewayConfig::from_toml(
+            "[[listener]]\naddr = \"127.0.0.1:4\"\nservice = \"x\"\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 impl Shard {
-    /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
-    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool) {
+    /// Take a freshly accepted socket from a listener of `service`. Refusals (limits) are
+    /// answered and closed here.
+    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8) {
         if self.shutting_down {
             return;
         }
@@ -43,6 +44,7 @@ impl Shard {
             fd,
             flags: 0,
             route: 0,
+            service,
             life,
             ip_slot,
             seq_in: 0,

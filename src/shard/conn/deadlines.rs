@@ -4,7 +4,7 @@
 use super::{CloseCause, ConnState, Due, Shard, F_SHRINK_ARMED};
 use crate::proto::ws::OpCode;
 use crate::shard::conn_table::ConnId;
-use crate::shard::handler::Handler;
+use crate::shard::services::Services;
 use crate::shard::timers::Tick;
 
 /// Advance the wheel to `now` and act on every connection whose entry came due: its
@@ -83,9 +83,9 @@ fn shrink_check(io: &mut Shard, id: ConnId) {
 }
 
 /// Begin graceful shutdown: close 1001 to every open connection, drop the others.
-pub fn start_shutdown(io: &mut Shard, h: &mut dyn Handler) {
+pub fn start_shutdown(io: &mut Shard, services: &mut Services) {
     io.shutting_down = true;
-    h.on_shutdown(io);
+    services.each(io, |h, io| h.on_shutdown(io));
     for id in io.conns.ids() {
         match io.conns.get(id).map(|c| c.life.state()) {
             Some(ConnState::Closing) | Some(ConnState::Draining) => {}

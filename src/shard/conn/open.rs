@@ -17,6 +17,9 @@ impl Shard {
     /// §4.1), and a 101 without the one the backend chose would speak the wrong protocol.
     /// Returns whether the connection is now open.
     pub fn accept(&mut self, id: ConnId, protocol: Option<&str>) -> bool {
+        if !self.mine(id) {
+            return false;
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
@@ -53,6 +56,9 @@ impl Shard {
 
     /// Refuse a pending upgrade with an HTTP status.
     pub fn reject(&mut self, id: ConnId, status: u16) -> bool {
+        if !self.mine(id) {
+            return false;
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
