@@ -44,6 +44,10 @@ pub(crate) struct EchoArgs {
     /// Write a latency histogram (SVG) here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Report the CPU time (user + system, from /proc/PID/stat) these processes spend in the
+    /// measured window, per message: `gateway=PID,backend=PID` (NAME=PID, comma-separated).
+    #[arg(long, value_name = "NAME=PID,...")]
+    pub cpu_pids: Option<String>,
     /// TLS (wss) settings.
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
@@ -120,6 +124,8 @@ pub(crate) struct EchoResult {
     pub lost: BTreeMap<String, u64>,
     /// Latency histogram buckets: (upper bound µs, count).
     pub histogram: Vec<(f64, u64)>,
+    /// CPU of the `--cpu-pids` processes over the measured window (empty without the flag).
+    pub cpu: Vec<crate::cpu::Usage>,
 }
 
 struct EchoH {
@@ -231,6 +237,9 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         "{} connections do not fit RLIMIT_NOFILE {limit} in one process",
         a.connections
     );
+    let watched = crate::cpu::parse(a.cpu_pids.as_deref().unwrap_or(""))?;
+    // Fail before any load if a pid is wrong.
+    crate::cpu::Start::take(&watched)?;
     let url = WsUrl::parse(&a.url)?;
     let mut p = Pool::new(PoolCfg {
         url,
@@ -304,11 +313,13 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
     let interval_ns = a.rate.map(|r| (1e9 / r) as u64);
     let mut next_send = h.epoch.elapsed().as_nanos() as u64;
     let mut measure_start = None;
+    let mut cpu_start = None;
     while Instant::now() < end && !crate::worker::stopping() {
         if measure_start.is_none() && Instant::now() >= warm_end {
             h.measuring = true;
             h.hist.reset();
             h.messages = 0;
+            cpu_start = Some(crate::cpu::Start::take(&watched)?);
             measure_start = Some(Instant::now());
         }
         if let Some(iv) = interval_ns {
@@ -339,6 +350,10 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
     h.measuring = false;
     h.stop_sending = true;
     let messages = h.messages;
+    let cpu = match &cpu_start {
+        Some(c) => c.finish(secs, messages)?,
+        None => Vec::new(),
+    };
     let lat = Lat::of(&h.hist);
     let histogram = buckets(&h.hist);
     // Drain what is in flight (bounded; generous for a loaded host, it ends as soon as the last
@@ -366,6 +381,12 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         h.echoed,
         h.sent
     );
+    for u in &cpu {
+        eprintln!(
+            "echo: cpu {} (pid {}): {:.2} s = {:.2} cores, {:.2} µs/msg",
+            u.name, u.pid, u.cpu_secs, u.cores, u.us_per_msg
+        );
+    }
     Ok(EchoResult {
         command,
         connections: a.connections,
@@ -384,6 +405,7 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         failures: p.stats.failures.clone(),
         lost: p.stats.lost.clone(),
         histogram,
+        cpu,
     })
 }
 

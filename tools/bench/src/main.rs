@@ -1,6 +1,7 @@
 //! corelay-bench: load tool for corelay (density, echo, storm, fanout). Linux only; traffic
 //! only to 127.0.0.0/8. Every mode is bounded in time and stops by itself.
 
+mod cpu;
 mod density;
 mod echo;
 mod mem;

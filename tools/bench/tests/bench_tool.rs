@@ -403,8 +403,9 @@ fn fanout_without_rooms_counts_only_the_senders_echo() {
 #[test]
 fn echo_and_fanout_through_the_ring() {
     let dir = TempDir::new("ring");
-    let (gw, _backend) = ring_gateway(&dir);
+    let (gw, backend) = ring_gateway(&dir);
     let url = format!("ws://127.0.0.1:{}/", gw.port);
+    let pids = format!("gateway={},backend={}", gw.proc.0.id(), backend.0.id());
 
     let e = run_bench(&args(&[
         "echo",
@@ -420,10 +421,38 @@ fn echo_and_fanout_through_the_ring() {
         "0.5",
         "--inflight",
         "4",
+        "--cpu-pids",
+        &pids,
         "--json",
         &dir.path("echo.json"),
     ]));
     assert_all_echoed(&e, 20);
+    // `--cpu-pids`: both processes did work for every echo (thousands of them in 2 s), so
+    // each spent CPU time; the per-message figure is that time over the messages.
+    let cpu = e["cpu"].as_array().expect("cpu array");
+    assert_eq!(cpu.len(), 2, "{e}");
+    for (u, name) in cpu.iter().zip(["gateway", "backend"]) {
+        assert_eq!(u["name"], name, "{e}");
+        let secs = u["cpu_secs"].as_f64().unwrap();
+        assert!(secs > 0.0, "{name} spent no CPU: {e}");
+        let per = u["us_per_msg"].as_f64().unwrap();
+        let msgs = e["messages"].as_f64().unwrap();
+        assert!(
+            (per * msgs / 1e6 - secs).abs() < 1e-6 * secs.max(1.0),
+            "{e}"
+        );
+    }
+    // A pid that is not running is refused before any load.
+    let (status, err) = run_tool(&args(&[
+        "echo",
+        "--url",
+        &url,
+        "--duration",
+        "1",
+        "--cpu-pids",
+        "gateway=4294967295",
+    ]));
+    assert!(!status.success() && err.contains("no process"), "{err}");
 
     let (members, messages) = (40u64, 25u64);
     let f = run_bench(&args(&[
