@@ -47,7 +47,9 @@ mkdir -p "$OUT"
 has() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 if (( BUILD )); then
-    (cd "$root" && cargo build --release --bin corelay -p corelay -p corelay-backend-c -p corelay-bench)
+    # Separately: `--bin corelay` would restrict the C library's package to a binary too.
+    (cd "$root" && cargo build --release -p corelay --bin corelay \
+        && cargo build --release -p corelay-backend-c -p corelay-bench)
 fi
 if [ ! -x "$rel/corelay" ] || [ ! -x "$rel/corelay-bench" ] || [ ! -e "$rel/libcorelay_backend.a" ]; then
     die "release binaries missing in $rel (run without --no-build)"
@@ -146,7 +148,7 @@ for case in rust c go py py-aio py-c py-c-aio py-ws; do
                 run_echo "ws://127.0.0.1:$GW_PORT/" "gateway=$GW_PID,backend=$B_PID" "$dir/echo.json" "$inflight"
                 stop "$B_PID"; stop "$GW_PID"
             fi
-            echo "$case inflight $inflight rep $r: $(tail -1 "$OUT/bench.log")" >&2
+            echo "$case inflight $inflight rep $r: $(grep 'msg/s' "$OUT/bench.log" | tail -1)" >&2
         done
     done
 done
