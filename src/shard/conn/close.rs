@@ -150,12 +150,13 @@ impl Shard {
         };
         let at = conn.life.close_deadline();
         if let Some((code, cause)) = conn.life.report(fallback) {
-            let (route, last_seq) = (conn.route, conn.seq_in as u64);
+            let (route, service, last_seq) = (conn.route, conn.service, conn.seq_in as u64);
             self.closed.push(CloseEvent {
                 conn: id,
                 code,
                 cause,
                 route,
+                service,
                 last_seq,
             });
         }

@@ -403,8 +403,9 @@ fn fanout_without_rooms_counts_only_the_senders_echo() {
 #[test]
 fn echo_and_fanout_through_the_ring() {
     let dir = TempDir::new("ring");
-    let (gw, _backend) = ring_gateway(&dir);
+    let (gw, backend) = ring_gateway(&dir);
     let url = format!("ws://127.0.0.1:{}/", gw.port);
+    let pids = format!("{},{}", gw.proc.0.id(), backend.0.id());
 
     let e = run_bench(&args(&[
         "echo",
@@ -420,10 +421,26 @@ fn echo_and_fanout_through_the_ring() {
         "0.5",
         "--inflight",
         "4",
+        "--server-pids",
+        &pids,
         "--json",
         &dir.path("echo.json"),
     ]));
     assert_all_echoed(&e, 20);
+    // `--server-pids` (gateway, backend): both did work for every echo (thousands of them in
+    // 2 s), so each spent CPU time; the per-message figure is that time over the messages.
+    let cpu = e["server_cpu"].as_array().expect("server_cpu array");
+    assert_eq!(cpu.len(), 2, "{e}");
+    for u in cpu {
+        let secs = u["cpu_secs"].as_f64().unwrap();
+        assert!(secs > 0.0, "a server spent no CPU: {e}");
+        let per = u["us_per_msg"].as_f64().unwrap();
+        let msgs = e["messages"].as_f64().unwrap();
+        assert!(
+            (per * msgs / 1e6 - secs).abs() < 1e-6 * secs.max(1.0),
+            "{e}"
+        );
+    }
 
     let (members, messages) = (40u64, 25u64);
     let f = run_bench(&args(&[
