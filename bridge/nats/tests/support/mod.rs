@@ -2,6 +2,8 @@
 //! clients (tungstenite). Every process is killed on drop.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
