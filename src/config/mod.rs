@@ -3,6 +3,8 @@
 //! The library never reads environment variables; the binary applies `CORELAY_*` overrides and
 //! command-line flags on top of the file, then calls [`GatewayConfig::validate`].
 
+mod media;
+pub use media::MediaConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +63,8 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     /// Certificates for the `server.tls_listen` listeners (wss).
     pub tls: Option<TlsSettings>,
+    /// The media router (absent = off).
+    pub media: Option<MediaConfig>,
 }
 
 /// The largest TLS record on the wire (5-byte header + 2^14 plaintext + 256 expansion, RFC
@@ -306,6 +310,15 @@ impl GatewayConfig {
 
     /// Check every value once; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(m) = &self.media {
+            m.validate()?;
+            if matches!(self.backend.mode, BackendMode::Echo) {
+                return Err(invalid(
+                    "media",
+                    "needs backend.mode = \"ring\" (backends admit members)",
+                ));
+            }
+        }
         if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
             return Err(invalid("server.listen", "at least one address is required"));
         }

@@ -57,3 +57,45 @@ impl ShardMetrics {
         *self.protocol_errors.entry(code).or_default() += 1;
     }
 }
+
+/// Media types in [`MediaStats`] arrays, in index order.
+pub const MEDIA_KINDS: [&str; 3] = ["audio", "video", "content"];
+/// Media transports in [`MediaStats`] arrays, in index order.
+pub const MEDIA_TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "ws"];
+/// Causes of [`MediaStats::drops`], in index order.
+pub const MEDIA_DROP_CAUSES: [&str; 8] = [
+    "forged_ssrc",
+    "unbound",
+    "bad_hop_tag",
+    "malformed",
+    "cross_shard_full",
+    "send_failed",
+    "not_bound_yet",
+    "wrong_kind",
+];
+
+/// Media router counters of one shard (plain integers, summed on scrape).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaStats {
+    /// Packets received from members, by `[media type][transport]`.
+    pub packets_in: [[u64; 4]; 3],
+    /// Bytes received (RTP/RTCP, without hop trailer or framing).
+    pub bytes_in: [[u64; 4]; 3],
+    /// Packets sent to members.
+    pub packets_out: [[u64; 4]; 3],
+    /// Bytes sent.
+    pub bytes_out: [[u64; 4]; 3],
+    /// Packets dropped, by [`MEDIA_DROP_CAUSES`] index.
+    pub drops: [u64; 8],
+    /// Media connections refused at their credential check (expired, foreign, bad
+    /// integrity, not admitted).
+    pub refused: u64,
+    /// Keyframe requests (PLI/FIR) forwarded to publishers.
+    pub keyframe_requests: u64,
+    /// Media connections bound on this shard now, by media type.
+    pub connections: [u64; 3],
+    /// Sessions with members (process-wide; reported by shard 0 only).
+    pub sessions: u64,
+    /// Admitted members (process-wide; reported by shard 0 only).
+    pub members: u64,
+}

@@ -110,6 +110,8 @@ pub struct HandlerStats {
     pub groups: u64,
     /// Group memberships (a connection in two groups counts twice).
     pub group_members: u64,
+    /// The media router's counters (zero without `[media]`).
+    pub media: crate::metrics::MediaStats,
 }
 
 /// Echoes every message back on the same connection; accepts every upgrade, selecting the
