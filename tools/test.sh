@@ -18,7 +18,7 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
 command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
 command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs
-command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, rtmp_ffmpeg.rs
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, media_e2e.rs, rtmp_ffmpeg.rs
 command -v cc >/dev/null || need_apt+=(gcc)                   # tests/sdk_backends.rs (C example)
 command -v nats-server >/dev/null || need_apt+=(nats-server)  # bridge/nats/tests (Debian 12: 2.9.10)
 if [ ${#need_apt[@]} -gt 0 ]; then
