@@ -10,6 +10,7 @@
 //!  bin                      binaries
 //!  admin                    metrics/health endpoint (control path)
 //!  backend                  backend plane: attach hub, ring handler, router, handover
+//!  media                    media router: sessions, credentials, UDP/tunnel media paths
 //!  shard                    engine: glommio shards, connection lifecycle, the Handler seam
 //!  transport                TLS
 //!  config, metrics          settings (incl. the types they validate), counters
@@ -34,6 +35,8 @@ pub mod admin;
 pub mod backend;
 #[cfg(feature = "runtime")]
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod media;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 #[cfg(feature = "runtime")]

@@ -77,6 +77,19 @@ proptest! {
         check_tg(&ToGateway::Leave { group: g });
         check_tg(&ToGateway::Publish { group: g, data: d, payload: &p });
         check_tg(&ToGateway::Heartbeat { interval_ms: a, timeout_ms: b });
+        check_tg(&ToGateway::Evict);
+    }
+
+    #[test]
+    fn roundtrip_admit(session in any::<u64>(), member in any::<u64>(), extra in 0u8..8,
+                       list in proptest::collection::vec((any::<u32>(), 0u8..3), 0..=16)) {
+        use corelay::proto::media::MediaKind;
+        let list: Vec<(u32, MediaKind)> =
+            list.into_iter().map(|(s, k)| (s, MediaKind::from_byte(k).unwrap())).collect();
+        let media = list.iter().fold(extra, |m, (_, k)| m | msg::media_bit(*k));
+        let mut buf = Vec::new();
+        let streams = msg::encode_streams(&list, &mut buf).unwrap();
+        check_tg(&ToGateway::Admit { session, member, media, streams });
     }
 
     #[test]
@@ -167,5 +180,62 @@ fn documented_layouts() {
     assert_eq!(
         ToGateway::decode(24, 1, &[0; 8]),
         Err(MsgError::BadFlags { kind: 24, flags: 1 })
+    );
+}
+
+#[test]
+fn admit_and_evict_bytes_match_the_document() {
+    use corelay::proto::media::MediaKind;
+    let mut buf = Vec::new();
+    let streams = msg::encode_streams(&[(0x0102_0304, MediaKind::Video)], &mut buf).unwrap();
+    let m = ToGateway::Admit {
+        session: 7,
+        member: 2,
+        media: msg::media_bit(MediaKind::Video),
+        streams,
+    };
+    let mut out = vec![0u8; m.encoded_len().unwrap()];
+    m.encode(&mut out).unwrap();
+    // docs/ring-protocol.md §5, the Admit example.
+    assert_eq!((m.kind(), m.flags(), out.len()), (25, 0, 23));
+    assert_eq!(
+        out,
+        [7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, 1, 4, 3, 2, 1, 1]
+    );
+    assert_eq!(ToGateway::decode(25, 0, &out).unwrap(), m);
+    assert_eq!(ToGateway::decode(26, 0, &[]).unwrap(), ToGateway::Evict);
+    // Refused: a type outside the mask, undefined mask bits, an unknown type, a short or
+    // long entry list, too many entries, trailing bytes on Evict, flags.
+    let mut bad = out.clone();
+    bad[16] = 1; // audio only, entry is video
+    assert_eq!(
+        ToGateway::decode(25, 0, &bad),
+        Err(MsgError::Invalid("admit.stream media"))
+    );
+    bad[16] = 0x0a;
+    assert_eq!(
+        ToGateway::decode(25, 0, &bad),
+        Err(MsgError::Invalid("admit.media"))
+    );
+    let mut bad = out.clone();
+    bad[22] = 3;
+    assert!(ToGateway::decode(25, 0, &bad).is_err());
+    assert!(ToGateway::decode(25, 0, &out[..22]).is_err());
+    let mut long = out.clone();
+    long.push(0);
+    assert!(ToGateway::decode(25, 0, &long).is_err());
+    let mut many = out[..18].to_vec();
+    many[17] = 17;
+    many.extend(std::iter::repeat_n([1, 0, 0, 0, 1], 17).flatten());
+    assert_eq!(
+        ToGateway::decode(25, 0, &many),
+        Err(MsgError::Invalid("admit.count"))
+    );
+    assert!(ToGateway::decode(26, 0, &[0]).is_err());
+    assert!(ToGateway::decode(26, 1, &[]).is_err());
+    // A gateway → backend decoder refuses both as the other direction's.
+    assert_eq!(
+        ToBackend::decode(25, 0, &out),
+        Err(MsgError::WrongDirection(25))
     );
 }

@@ -5,6 +5,7 @@
 //! every shard for a copy of its plain counters through the shard's control eventfd, so
 //! counting is exact and shards never contend on shared counters.
 
+mod media;
 use crate::shard::{GatewayHandle, ShardSnapshot};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -400,6 +401,8 @@ pub fn metrics_text(snaps: &[Option<ShardSnapshot>], baseline_rss: u64) -> Strin
         missing,
     );
 
+    media::register(&mut reg, snaps);
+
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
@@ -420,8 +423,12 @@ pub fn load_json(snaps: &[Option<ShardSnapshot>]) -> String {
                 conns += s.connections;
                 cap += s.capacity;
                 busy_sum += s.busy_ratio;
+                let m = &s.handler.media;
+                let media_conns: u64 = m.connections.iter().sum();
+                let media_pkts: u64 = m.packets_in.iter().flatten().sum::<u64>()
+                    + m.packets_out.iter().flatten().sum::<u64>();
                 shards.push(format!(
-                    "{{\"shard\":{},\"connections\":{},\"capacity_left\":{},\"busy_ratio\":{:.4},\"backends\":{}}}",
+                    "{{\"shard\":{},\"connections\":{},\"capacity_left\":{},\"busy_ratio\":{:.4},\"backends\":{},\"media_connections\":{media_conns},\"media_packets\":{media_pkts}}}",
                     s.shard,
                     s.connections,
                     s.capacity.saturating_sub(s.connections),

@@ -22,6 +22,7 @@ use super::hub::HubShared;
 use super::router::{Router, Slot};
 use crate::config::BackendConfig;
 use crate::fanout::Groups;
+use crate::media::ShardMedia;
 use crate::proto::ws::DataKind;
 use crate::ring::msg::{
     self, DataKind as RingKind, PeerAddr, Protocol, RingMsg, ToBackend, ToGateway,
@@ -63,7 +64,12 @@ pub struct RingHandler {
     /// Slots being handed to a successor backend (a rolling deploy; see `handover.rs`).
     pub(super) handovers: Vec<Handover>,
     pub(super) scratch: Vec<u8>,
+    /// The media router of this shard (`[media]` configured).
+    pub(super) media: Option<ShardMedia>,
 }
+
+/// Handler fd indices from here on belong to the media router (slots use `2 * slot + 0/1`).
+const MEDIA_FD_BASE: u32 = 1 << 23;
 
 const DATA: u32 = 0;
 const SPACE: u32 = 1;
@@ -107,6 +113,7 @@ impl RingHandler {
             stats: HandlerStats::default(),
             handovers: Vec::new(),
             scratch: Vec::new(),
+            media: None,
         };
         if let Some((side, bells)) = slot0 {
             h.router.slots.push(Some(Slot {
@@ -120,6 +127,12 @@ impl RingHandler {
             }));
         }
         h
+    }
+
+    /// Routes media too: admissions (`Admit`/`Evict`), the tunnel path, the UDP socket.
+    pub fn with_media(mut self, media: ShardMedia) -> Self {
+        self.media = Some(media);
+        self
     }
 
     fn register(&mut self, io: &mut Shard, slot: u8) {
@@ -271,6 +284,10 @@ impl RingHandler {
                 // other subprotocol the client did not offer. Borrowed when valid.
                 let p = subprotocol.map(String::from_utf8_lossy);
                 io.accept(conn, p.as_deref());
+                if let Some(m) = &mut self.media {
+                    // An admission that came before the accept: its notice goes out now.
+                    m.send_notice(io, conn);
+                }
             }
             ToGateway::Reject { status, reason } => {
                 if !io.reject(conn, status) {
@@ -325,6 +342,29 @@ impl RingHandler {
                 let t = Duration::from_millis(timeout_ms.max(1) as u64);
                 *heartbeat = Some((t, Instant::now()));
             }
+            ToGateway::Admit {
+                session,
+                member,
+                media,
+                streams,
+            } => match &mut self.media {
+                Some(m) => {
+                    if !m.admit(io, conn, session, member, media, streams) {
+                        tracing::warn!(
+                            ?conn,
+                            session,
+                            member,
+                            "admission lists an SSRC twice: ignored"
+                        );
+                    }
+                }
+                None => tracing::warn!(?conn, "Admit without [media] configured: ignored"),
+            },
+            ToGateway::Evict => {
+                if let Some(m) = &mut self.media {
+                    m.evict(io, conn);
+                }
+            }
         }
         Ok(())
     }
@@ -365,6 +405,13 @@ impl RingHandler {
 
 impl Handler for RingHandler {
     fn on_open<'a>(&mut self, io: &mut Shard, info: &OpenInfo<'a, '_>) -> OpenDecision<'a> {
+        if let Some(m) = &mut self.media {
+            if m.is_tunnel_path(info.request.path()) {
+                // The gateway's own: the credential in the first message decides.
+                m.tunnel_opened(info.conn);
+                return OpenDecision::Accept { protocol: None };
+            }
+        }
         let Some(slot) = self.router.pick_slot() else {
             return OpenDecision::Reject { status: 503 };
         };
@@ -412,6 +459,10 @@ impl Handler for RingHandler {
         kind: DataKind,
         payload: &[u8],
     ) -> Delivery {
+        if let Some(m) = self.media.as_mut().filter(|m| m.is_tunnel(conn)) {
+            m.on_tunnel_message(io, conn, kind, payload);
+            return Delivery::Taken;
+        }
         let (Some(own), Some((seq, unanswered))) = (io.route(conn), io.next_request(conn)) else {
             return Delivery::Taken;
         };
@@ -444,8 +495,13 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_close(&mut self, _io: &mut Shard, ev: &CloseEvent) {
+    fn on_close(&mut self, io: &mut Shard, ev: &CloseEvent) {
         let conn = ev.conn;
+        if let Some(m) = &mut self.media {
+            if m.on_close(io, conn) {
+                return; // a media tunnel: never announced to a backend
+            }
+        }
         self.groups.leave_all(conn);
         self.window_stalled.remove(&conn);
         let slot = ev.route;
@@ -470,6 +526,12 @@ impl Handler for RingHandler {
     }
 
     fn on_handler_fd(&mut self, io: &mut Shard, index: u32) {
+        if index >= MEDIA_FD_BASE {
+            if let Some(m) = &mut self.media {
+                m.on_fd(io, index - MEDIA_FD_BASE);
+            }
+            return;
+        }
         let slot = (index / 2) as u8;
         if self.router.dead.contains(&slot) {
             return;
@@ -546,6 +608,10 @@ impl Handler for RingHandler {
     }
 
     fn on_round_end(&mut self, io: &mut Shard) {
+        if let Some(m) = &mut self.media {
+            m.register(io, MEDIA_FD_BASE);
+            m.on_round_end();
+        }
         // Slots handed over at construction (slot 0) are registered on the first round
         // (no allocation: this runs every round).
         for i in 0..self.router.slots.len() {
@@ -578,6 +644,7 @@ impl Handler for RingHandler {
             ready: self.stats.backends_attached > 0,
             groups: self.groups.group_count(),
             group_members: self.groups.membership_count(),
+            media: self.media.as_ref().map(|m| m.stats()).unwrap_or_default(),
             ..self.stats
         }
     }

@@ -159,9 +159,10 @@ fn init_tracing(level: &str) {
         .init();
 }
 
-/// The handler factory (one handler per shard and service), plus the hub to start once the
-/// shards run (ring mode, when a listener serves the backend).
-fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>)> {
+/// The handler factory (one handler per shard and service), the hub to start once the
+/// shards run (ring mode, when a listener serves the backend) and the media UDP address
+/// (`[media]`).
+fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<SocketAddr>)> {
     match cfg.backend.mode {
         BackendMode::Ring if cfg.serves_backend() => {
             let hub = Hub::bind(&cfg.backend, cfg.shard_count()).with_context(|| {
@@ -177,20 +178,36 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>)> {
             );
             let shared = hub.shared();
             let bcfg = cfg.backend.clone();
+            let media = match &cfg.media {
+                Some(m) => {
+                    let plane = corelay::media::MediaPlane::new(m, cfg.shard_count())
+                        .context("starting the media router ([media])")?;
+                    tracing::info!(path = %m.tunnel_path, "media tunnel on the WebSocket listeners");
+                    Some(plane)
+                }
+                None => None,
+            };
+            let udp = media.as_ref().and_then(|p| p.udp_addr());
             let f: HandlerFactory = Arc::new(move |shard, service| match service {
                 ServiceKind::Echo => Box::new(EchoHandler) as Box<dyn Handler>,
                 ServiceKind::Backend => {
                     let slot0 = sides
                         .get(shard as usize)
                         .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take());
-                    Box::new(RingHandler::new(&bcfg, shared.clone(), slot0))
+                    let h = RingHandler::new(&bcfg, shared.clone(), slot0);
+                    let h = match &media {
+                        Some(p) => h.with_media(p.shard(shard)),
+                        None => h,
+                    };
+                    Box::new(h) as Box<dyn Handler>
                 }
             });
-            Ok((f, Some(hub)))
+            Ok((f, Some(hub), udp))
         }
         // Echo mode (or no listener for the ring backend): every service echoes.
         _ => Ok((
             Arc::new(|_, _| Box::new(EchoHandler) as Box<dyn Handler>),
+            None,
             None,
         )),
     }
@@ -219,7 +236,7 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         // Certificate files are also watched for changes (besides SIGHUP).
         let _watch = acceptor.watch(std::time::Duration::from_secs(5));
     }
-    let (handlers, hub) = factory(&cfg)?;
+    let (handlers, hub, media_udp) = factory(&cfg)?;
     let gw = Gateway::start(&cfg, handlers, tls.clone()).context("starting shards")?;
     let ws = gw
         .local_addrs()
@@ -279,6 +296,10 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
                 l.service.name()
             );
         }
+    }
+    // After the ready line, which is where tests stop reading the log at start-up.
+    if let Some(a) = media_udp {
+        tracing::info!("media on udp://{a}");
     }
     if demo {
         println!();

@@ -3,6 +3,8 @@
 //! The library never reads environment variables; the binary applies `CORELAY_*` overrides and
 //! command-line flags on top of the file, then calls [`GatewayConfig::validate`].
 
+mod media;
+pub use media::MediaConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +65,8 @@ pub struct GatewayConfig {
     pub tls: Option<TlsSettings>,
     /// More listeners, each naming the service its connections go to (`[[listener]]`).
     pub listener: Vec<ListenerConfig>,
+    /// The media router (absent = off).
+    pub media: Option<MediaConfig>,
 }
 
 /// What serves a listener's connections.
@@ -343,6 +347,15 @@ impl GatewayConfig {
 
     /// Check every value once; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(m) = &self.media {
+            m.validate()?;
+            if matches!(self.backend.mode, BackendMode::Echo) {
+                return Err(invalid(
+                    "media",
+                    "needs backend.mode = \"ring\" (backends admit members)",
+                ));
+            }
+        }
         let listeners = self.listeners();
         if listeners.is_empty() {
             return Err(invalid("server.listen", "at least one address is required"));

@@ -57,3 +57,66 @@ impl ShardMetrics {
         *self.protocol_errors.entry(code).or_default() += 1;
     }
 }
+
+/// Media types in [`MediaStats`] arrays, in index order.
+pub const MEDIA_KINDS: [&str; 3] = ["audio", "video", "content"];
+/// Media transports in [`MediaStats`] arrays, in index order.
+pub const MEDIA_TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "ws"];
+/// Causes of [`MediaStats::drops`], in index order.
+pub const MEDIA_DROP_CAUSES: [&str; 8] = [
+    "forged_ssrc",
+    "unbound",
+    "bad_hop_tag",
+    "malformed",
+    "cross_shard_full",
+    "send_failed",
+    "not_bound_yet",
+    "wrong_kind",
+];
+
+/// Media router counters of one shard (plain integers, summed on scrape).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaStats {
+    /// Packets received from members, by `[media type][transport]`.
+    pub packets_in: [[u64; 4]; 3],
+    /// Bytes received (RTP/RTCP, without hop trailer or framing).
+    pub bytes_in: [[u64; 4]; 3],
+    /// Packets sent to members.
+    pub packets_out: [[u64; 4]; 3],
+    /// Bytes sent.
+    pub bytes_out: [[u64; 4]; 3],
+    /// Packets dropped, by [`MEDIA_DROP_CAUSES`] index.
+    pub drops: [u64; 8],
+    /// Media connections refused at their credential check (expired, foreign, bad
+    /// integrity, not admitted).
+    pub refused: u64,
+    /// Keyframe requests (PLI/FIR) forwarded to publishers.
+    pub keyframe_requests: u64,
+    /// Media connections bound on this shard now, by media type.
+    pub connections: [u64; 3],
+    /// Sessions with members (process-wide; reported by shard 0 only).
+    pub sessions: u64,
+    /// Admitted members (process-wide; reported by shard 0 only).
+    pub members: u64,
+}
+
+impl MediaStats {
+    /// Add `o`'s counters to these (one shard's services combined).
+    pub fn add(&mut self, o: &MediaStats) {
+        fn sum<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        }
+        for t in 0..3 {
+            sum(&mut self.packets_in[t], &o.packets_in[t]);
+            sum(&mut self.bytes_in[t], &o.bytes_in[t]);
+            sum(&mut self.packets_out[t], &o.packets_out[t]);
+            sum(&mut self.bytes_out[t], &o.bytes_out[t]);
+        }
+        sum(&mut self.drops, &o.drops);
+        sum(&mut self.connections, &o.connections);
+        self.refused += o.refused;
+        self.keyframe_requests += o.keyframe_requests;
+        self.sessions += o.sessions;
+        self.members += o.members;
+    }
+}

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::error::RingError;
 use super::spsc::{Producer, Record};
+use crate::proto::media::MediaKind;
 
 /// Message kinds (the record `kind` field).
 pub mod kind {
@@ -40,6 +41,10 @@ pub mod kind {
     pub const HEARTBEAT: u16 = 23;
     /// B→G: a request completed without a reply.
     pub const DONE: u16 = 24;
+    /// B→G: admit a control channel's member to a media session.
+    pub const ADMIT: u16 = 25;
+    /// B→G: end a member's media (its control channel stays open).
+    pub const EVICT: u16 = 26;
 }
 
 /// Record flag bits.
@@ -291,6 +296,91 @@ pub enum ToGateway<'a> {
         /// The gateway declares the backend dead after this long without one.
         timeout_ms: u32,
     },
+    /// Admit `conn` (an open control channel) to a media session as `member`: the gateway
+    /// issues one media credential per type in `media` and sends them on the channel.
+    Admit {
+        /// Session id.
+        session: u64,
+        /// Member id (unique within the session).
+        member: u64,
+        /// The media types the member may open connections for ([`media_bit`] bits).
+        media: u8,
+        /// The SSRCs the member may send, with their types (each type in `media`).
+        streams: Streams<'a>,
+    },
+    /// End the media of the member admitted on `conn`; the control channel stays open.
+    Evict,
+}
+
+/// Most SSRCs one admission may list (`proto::media::fanout::MAX_OWNED_SSRCS`).
+pub const MAX_ADMIT_STREAMS: usize = crate::proto::media::fanout::MAX_OWNED_SSRCS;
+
+/// The bit of a media type in [`ToGateway::Admit`]'s `media` mask: audio 1, video 2, content 4.
+pub const fn media_bit(k: MediaKind) -> u8 {
+    match k {
+        MediaKind::Audio => 1,
+        MediaKind::Video => 2,
+        MediaKind::Content => 4,
+    }
+}
+
+const MEDIA_MASK: u8 = 7;
+
+/// The `(ssrc u32, media u8)` entries of a [`ToGateway::Admit`], validated at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Streams<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Streams<'a> {
+    /// Wraps encoded entries (5 bytes each: SSRC little-endian, media type byte); fails on a
+    /// partial entry, an unknown media type or more than [`MAX_ADMIT_STREAMS`] entries.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, MsgError> {
+        if bytes.len() % 5 != 0 {
+            return Err(MsgError::Truncated("admit.streams"));
+        }
+        if bytes.len() / 5 > MAX_ADMIT_STREAMS {
+            return Err(MsgError::Invalid("admit.count"));
+        }
+        if bytes
+            .chunks_exact(5)
+            .any(|e| MediaKind::from_byte(e[4]).is_none())
+        {
+            return Err(MsgError::Invalid("admit.stream media"));
+        }
+        Ok(Self { bytes })
+    }
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 5
+    }
+    /// Whether there are none (a receive-only member).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    /// `(ssrc, media type)` pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, MediaKind)> + 'a {
+        self.bytes.chunks_exact(5).filter_map(|e| {
+            let ssrc = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            MediaKind::from_byte(e[4]).map(|k| (ssrc, k))
+        })
+    }
+}
+
+/// Encodes `(ssrc, media type)` pairs for [`ToGateway::Admit`] into `buf`.
+pub fn encode_streams<'b>(
+    list: &[(u32, MediaKind)],
+    buf: &'b mut Vec<u8>,
+) -> Result<Streams<'b>, MsgError> {
+    if list.len() > MAX_ADMIT_STREAMS {
+        return Err(MsgError::TooLong("admit.count"));
+    }
+    buf.clear();
+    for (ssrc, k) in list {
+        buf.extend_from_slice(&ssrc.to_le_bytes());
+        buf.push(k.to_byte());
+    }
+    Streams::new(buf)
 }
 
 /// A message that can be written into a ring record (implemented by [`ToBackend`] and
@@ -362,7 +452,7 @@ fn check_flags(kind: u16, f: u16, allowed: u16) -> Result<(), MsgError> {
 const OPEN_FIXED: usize = 20;
 
 fn is_to_gateway(k: u16) -> bool {
-    (kind::ACCEPT..=kind::DONE).contains(&k)
+    (kind::ACCEPT..=kind::EVICT).contains(&k)
 }
 
 fn is_to_backend(k: u16) -> bool {
@@ -601,6 +691,35 @@ impl<'a> ToGateway<'a> {
                     timeout_ms,
                 }
             }
+            kind::ADMIT => {
+                check_flags(kind, f, 0)?;
+                let session = r.u64("admit.session")?;
+                let member = r.u64("admit.member")?;
+                let media = r.take(1, "admit.media")?[0];
+                let count = r.take(1, "admit.count")?[0] as usize;
+                if media & !MEDIA_MASK != 0 {
+                    return Err(MsgError::Invalid("admit.media"));
+                }
+                if count > MAX_ADMIT_STREAMS {
+                    return Err(MsgError::Invalid("admit.count"));
+                }
+                let streams = Streams::new(r.take(count * 5, "admit.streams")?)?;
+                r.end("admit")?;
+                if streams.iter().any(|(_, k)| media & media_bit(k) == 0) {
+                    return Err(MsgError::Invalid("admit.stream media"));
+                }
+                ToGateway::Admit {
+                    session,
+                    member,
+                    media,
+                    streams,
+                }
+            }
+            kind::EVICT => {
+                check_flags(kind, f, 0)?;
+                r.end("evict")?;
+                ToGateway::Evict
+            }
             k if is_to_backend(k) => return Err(MsgError::WrongDirection(k)),
             k => return Err(MsgError::UnknownKind(k)),
         };
@@ -625,6 +744,8 @@ impl RingMsg for ToGateway<'_> {
             ToGateway::Leave { .. } => kind::LEAVE,
             ToGateway::Publish { .. } => kind::PUBLISH,
             ToGateway::Heartbeat { .. } => kind::HEARTBEAT,
+            ToGateway::Admit { .. } => kind::ADMIT,
+            ToGateway::Evict => kind::EVICT,
         }
     }
 
@@ -657,6 +778,8 @@ impl RingMsg for ToGateway<'_> {
             ToGateway::Done { .. } | ToGateway::Join { .. } | ToGateway::Leave { .. } => 8,
             ToGateway::Publish { payload, .. } => 8 + payload.len(),
             ToGateway::Heartbeat { .. } => 8,
+            ToGateway::Admit { streams, .. } => 18 + streams.bytes.len(),
+            ToGateway::Evict => 0,
         })
     }
 
@@ -699,6 +822,18 @@ impl RingMsg for ToGateway<'_> {
                 w.put(&interval_ms.to_le_bytes());
                 w.put(&timeout_ms.to_le_bytes());
             }
+            ToGateway::Admit {
+                session,
+                member,
+                media,
+                streams,
+            } => {
+                w.put(&session.to_le_bytes());
+                w.put(&member.to_le_bytes());
+                w.put(&[*media, streams.len() as u8]);
+                w.put(streams.bytes);
+            }
+            ToGateway::Evict => {}
         }
         debug_assert_eq!(w.at, w.b.len());
         Ok(())

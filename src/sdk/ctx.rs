@@ -2,6 +2,7 @@
 //! [`Backend::with_ctx`](super::Backend::with_ctx)).
 
 use super::{ConnId, DataKind, SdkError};
+use crate::proto::media::MediaKind;
 use crate::ring::msg::{self, RingMsg, ToGateway};
 use crate::ring::Producer;
 use std::time::Duration;
@@ -217,6 +218,40 @@ impl<'a> Ctx<'a> {
     /// Remove a connection from a group.
     pub fn leave(&mut self, conn: ConnId, group: u64) {
         self.push(conn.shard() as usize, conn, 0, &ToGateway::Leave { group });
+    }
+
+    /// Admit a connection (an accepted control channel) to media session `session` as
+    /// `member`, allowed the media types `media` and to send `streams` (`(ssrc, type)`, at
+    /// most [`msg::MAX_ADMIT_STREAMS`]). The gateway sends the member its media credentials
+    /// on that connection (docs/media.md "Engine"). A second admission replaces the first.
+    /// Fails (sends nothing) on a list too long or with a type outside `media`.
+    pub fn admit(
+        &mut self,
+        conn: ConnId,
+        session: u64,
+        member: u64,
+        media: &[MediaKind],
+        streams: &[(u32, MediaKind)],
+    ) -> Result<(), msg::MsgError> {
+        let mask = media.iter().fold(0, |m, k| m | msg::media_bit(*k));
+        if streams.iter().any(|(_, k)| mask & msg::media_bit(*k) == 0) {
+            return Err(msg::MsgError::Invalid("admit.stream media"));
+        }
+        let mut buf = Vec::with_capacity(streams.len() * 5);
+        let streams = msg::encode_streams(streams, &mut buf)?;
+        let m = ToGateway::Admit {
+            session,
+            member,
+            media: mask,
+            streams,
+        };
+        self.push(conn.shard() as usize, conn, 0, &m);
+        Ok(())
+    }
+
+    /// End the media of the member admitted on `conn` (its control channel stays open).
+    pub fn evict(&mut self, conn: ConnId) {
+        self.push(conn.shard() as usize, conn, 0, &ToGateway::Evict);
     }
 
     /// Send to every member of a group, on every shard (one record per shard; the gateway

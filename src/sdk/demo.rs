@@ -1,8 +1,11 @@
 //! The demo service started by `corelay demo`: chat rooms on `/room/NAME` (every message is
 //! published to the room), `/whoami` (every message is answered with what the backend was told
-//! about the connection), echo on every other path, and optional token authentication.
+//! about the connection), media sessions on `/media/SESSION` (the control channel: the member
+//! is admitted at once; text `leave` evicts its media, `join` admits it again), echo on every
+//! other path, and optional token authentication.
 
 use super::{group_id, ConnId, Ctx, DataKind, OpenRequest, PeerAddr, Service, Verdict};
+use crate::proto::media::MediaKind;
 
 /// Rooms + echo (+ token check when `token` is set).
 #[derive(Debug, Default)]
@@ -14,6 +17,54 @@ pub struct DemoService {
     rooms: std::collections::HashMap<ConnId, u64>,
     /// `/whoami` connections: the description of what their `Open` carried.
     whoami: std::collections::HashMap<ConnId, String>,
+    /// `/media/SESSION` control channels and their admission.
+    media: std::collections::HashMap<ConnId, Admission>,
+}
+
+/// A demo media admission, parsed from the control channel's query: `member=ID`,
+/// `media=audio,video` (the types it may use; default both), `audio=SSRC`, `video=SSRC`,
+/// `content=SSRC` (what it may send).
+#[derive(Debug, Clone)]
+struct Admission {
+    session: u64,
+    member: u64,
+    media: Vec<MediaKind>,
+    streams: Vec<(u32, MediaKind)>,
+}
+
+impl Admission {
+    fn parse(session: &str, req: &OpenRequest<'_>) -> Option<Self> {
+        let member = req.query_param("member")?.parse().ok()?;
+        let kinds = [
+            ("audio", MediaKind::Audio),
+            ("video", MediaKind::Video),
+            ("content", MediaKind::Content),
+        ];
+        let media = match req.query_param("media") {
+            Some(list) => list
+                .split(',')
+                .map(|n| kinds.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+                .collect::<Option<Vec<_>>>()?,
+            None => vec![MediaKind::Audio, MediaKind::Video],
+        };
+        let mut streams = Vec::new();
+        for (name, k) in kinds {
+            if let Some(v) = req.query_param(name) {
+                streams.push((v.parse().ok()?, k));
+            }
+        }
+        Some(Self {
+            session: group_id(session),
+            member,
+            media,
+            streams,
+        })
+    }
+
+    fn admit(&self, ctx: &mut Ctx<'_>, conn: ConnId) -> bool {
+        ctx.admit(conn, self.session, self.member, &self.media, &self.streams)
+            .is_ok()
+    }
 }
 
 impl DemoService {
@@ -24,6 +75,7 @@ impl DemoService {
             tag: None,
             rooms: Default::default(),
             whoami: Default::default(),
+            media: Default::default(),
         }
     }
 }
@@ -51,6 +103,18 @@ impl Service for DemoService {
             ctx.join(conn, g);
             return Verdict::Accept(None);
         }
+        if let Some(session) = req.path.strip_prefix("/media/").filter(|r| !r.is_empty()) {
+            let Some(a) = Admission::parse(session, req) else {
+                return Verdict::Reject(400);
+            };
+            // Admitting before the accept is fine: the gateway sends the credentials once
+            // the channel is open.
+            if !a.admit(ctx, conn) {
+                return Verdict::Reject(400);
+            }
+            self.media.insert(conn, a);
+            return Verdict::Accept(None);
+        }
         if req.path == "/whoami" {
             self.whoami.insert(conn, describe(req));
         }
@@ -60,6 +124,16 @@ impl Service for DemoService {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, kind: DataKind, payload: &[u8]) {
         if let Some(w) = self.whoami.get(&conn) {
             return ctx.reply(DataKind::Text, w.as_bytes());
+        }
+        if let Some(a) = self.media.get(&conn) {
+            match payload {
+                b"leave" => ctx.evict(conn),
+                b"join" => {
+                    a.admit(ctx, conn);
+                }
+                _ => {}
+            }
+            return ctx.done();
         }
         match self.rooms.get(&conn) {
             Some(&g) => {
@@ -81,6 +155,7 @@ impl Service for DemoService {
     fn on_closed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _code: u16, _reason: &[u8]) {
         self.rooms.remove(&conn);
         self.whoami.remove(&conn);
+        self.media.remove(&conn);
     }
 }
 

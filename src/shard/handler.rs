@@ -117,6 +117,8 @@ pub struct HandlerStats {
     pub groups: u64,
     /// Group memberships (a connection in two groups counts twice).
     pub group_members: u64,
+    /// The media router's counters (zero without `[media]`).
+    pub media: crate::metrics::MediaStats,
 }
 
 impl HandlerStats {
@@ -134,6 +136,7 @@ impl HandlerStats {
             backpressure_pauses,
             groups,
             group_members,
+            media,
         } = *o;
         self.ready &= ready;
         self.backends_attached += backends_attached;
@@ -145,6 +148,7 @@ impl HandlerStats {
         self.backpressure_pauses += backpressure_pauses;
         self.groups += groups;
         self.group_members += group_members;
+        self.media.add(&media);
     }
 }
 

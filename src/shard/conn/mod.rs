@@ -336,6 +336,15 @@ impl Shard {
             .add(fd, TOK_HANDLER | tagged as u64, Interest::Read)
     }
 
+    /// Offer handler fd `index` again after other work (as if it were readable): for a
+    /// handler that stopped reading an edge-triggered fd before it was drained.
+    pub fn retry_handler_fd(&mut self, index: u32) {
+        // Tagged like the registration, so it comes back to the calling service.
+        let tagged =
+            (self.caller as u32) << HANDLER_INDEX_BITS | (index & ((1 << HANDLER_INDEX_BITS) - 1));
+        self.ready.push_back(TOK_HANDLER | tagged as u64);
+    }
+
     /// Remove a handler-owned fd from the epoll set.
     pub fn deregister_fd(&self, fd: RawFd) {
         self.poller.remove(fd);

@@ -1,0 +1,84 @@
+//! `[media]`: the media router (docs/media.md "Engine"). Present = enabled.
+
+use super::{invalid, ConfigError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `[media]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// File holding the credential secret (at least 16 bytes; a trailing newline is ignored).
+    /// Every gateway that must verify the same credentials holds the same secret.
+    pub secret_file: PathBuf,
+    /// Key id of `secret_file`, carried in each token (rotation: see `previous_secret_file`).
+    pub key_id: u8,
+    /// During a rotation: the previous secret, still accepted for verification.
+    pub previous_secret_file: Option<PathBuf>,
+    /// Key id of `previous_secret_file`.
+    pub previous_key_id: u8,
+    /// RTP/RTCP over UDP: one `SO_REUSEPORT` socket per shard on this address.
+    pub udp_listen: Option<SocketAddr>,
+    /// Path of the WebSocket media tunnel (one RTP/RTCP packet per binary message).
+    pub tunnel_path: String,
+    /// Lifetime of an issued credential, seconds.
+    pub credential_ttl_secs: u64,
+    /// DSCP code point of audio packets sent on UDP (46 = EF).
+    pub dscp_audio: u8,
+    /// DSCP code point of video and content packets sent on UDP (34 = AF41).
+    pub dscp_video: u8,
+    /// Bytes of packets queued from other shards per shard before new ones are dropped.
+    pub cross_shard_bytes: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            secret_file: PathBuf::new(),
+            key_id: 1,
+            previous_secret_file: None,
+            previous_key_id: 0,
+            udp_listen: None,
+            tunnel_path: "/media".into(),
+            credential_ttl_secs: 300,
+            dscp_audio: 46,
+            dscp_video: 34,
+            cross_shard_bytes: 4 << 20,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// Checks what can be checked without reading the secret files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.secret_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "media.secret_file",
+                "required when [media] is present",
+            ));
+        }
+        if self.previous_secret_file.is_some() && self.previous_key_id == self.key_id {
+            return Err(invalid(
+                "media.previous_key_id",
+                "must differ from media.key_id",
+            ));
+        }
+        if !self.tunnel_path.starts_with('/') {
+            return Err(invalid("media.tunnel_path", "must start with /"));
+        }
+        if !(1..=86_400).contains(&self.credential_ttl_secs) {
+            return Err(invalid("media.credential_ttl_secs", "must be 1..=86400"));
+        }
+        if self.dscp_audio > 63 || self.dscp_video > 63 {
+            return Err(invalid("media.dscp_*", "DSCP is 6 bits (0..=63)"));
+        }
+        if self.cross_shard_bytes < 64 << 10 {
+            return Err(invalid(
+                "media.cross_shard_bytes",
+                "must be at least 64 KiB",
+            ));
+        }
+        Ok(())
+    }
+}
