@@ -203,7 +203,8 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("blocking signals")?;
 
-    let tls = match (&cfg.tls, cfg.server.tls_listen.is_empty()) {
+    let no_tls_listener = cfg.server.tls_listen.is_empty() && cfg.live.rtmps_listen.is_empty();
+    let tls = match (&cfg.tls, no_tls_listener) {
         (Some(t), false) => Some(
             corelay::transport::TlsAcceptor::from_config(t)
                 .context("loading TLS certificates ([tls])")?,
@@ -262,6 +263,11 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         backend = Some(child);
     }
     // Logged last: tools and tests take this line as "ready".
+    let plain_rtmp = cfg.live.rtmp_listen.len();
+    for (i, a) in gw.rtmp_addrs().iter().enumerate() {
+        let scheme = if i < plain_rtmp { "rtmp" } else { "rtmps" };
+        tracing::info!(shards = cfg.shard_count(), "listening on {scheme}://{a}/");
+    }
     for a in gw.tls_addrs() {
         tracing::info!(shards = cfg.shard_count(), "listening on wss://{a}/");
     }

@@ -24,7 +24,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DecoderConfig, Role};
-use conn::{Shard, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_TIMER};
+use conn::{Shard, ShardSettings, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_LIVE, TOK_TIMER};
 use conn_table::ConnId;
 use control::ControlMsg;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -127,6 +127,15 @@ pub struct Gateway {
     handle: GatewayHandle,
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
+    rtmp_addrs: Vec<SocketAddr>,
+    live: Option<Arc<crate::live::Hub>>,
+}
+
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ListenerKind {
+    tls: bool,
+    rtmp: bool,
 }
 
 /// A cloneable handle for the control path (admin endpoints, signals).
@@ -200,27 +209,40 @@ impl Gateway {
         if n == 0 || n > 255 {
             return Err(io::Error::other("shard count must be 1..=255"));
         }
-        let mut per_shard: Vec<Vec<(OwnedFd, bool)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<(OwnedFd, ListenerKind)>> = (0..n).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         let mut tls_addrs = Vec::new();
-        let plain = cfg.server.listen.iter().map(|a| (*a, false));
-        let secure = cfg.server.tls_listen.iter().map(|a| (*a, true));
-        for (addr, is_tls) in plain.chain(secure) {
+        let mut rtmp_addrs = Vec::new();
+        let kind = |tls, rtmp| ListenerKind { tls, rtmp };
+        let plain = cfg.server.listen.iter().map(|a| (*a, kind(false, false)));
+        let secure = cfg
+            .server
+            .tls_listen
+            .iter()
+            .map(|a| (*a, kind(true, false)));
+        let rtmp = cfg.live.rtmp_listen.iter().map(|a| (*a, kind(false, true)));
+        let rtmps = cfg.live.rtmps_listen.iter().map(|a| (*a, kind(true, true)));
+        for (addr, is_tls) in plain.chain(secure).chain(rtmp).chain(rtmps) {
             let first = listener::bind(addr, &cfg.tcp)?;
             let actual = first
                 .local_addr()?
                 .as_socket()
                 .ok_or_else(|| io::Error::other("listener has no inet address"))?;
-            if is_tls {
-                tls_addrs.push(actual);
-            } else {
-                addrs.push(actual);
+            match (is_tls.tls, is_tls.rtmp) {
+                (_, true) => rtmp_addrs.push(actual),
+                (true, false) => tls_addrs.push(actual),
+                (false, false) => addrs.push(actual),
             }
             per_shard[0].push((first.into(), is_tls));
             for fds in per_shard.iter_mut().skip(1) {
                 fds.push((listener::bind(actual, &cfg.tcp)?.into(), is_tls));
             }
         }
+        let live = if !cfg.live.rtmp_listen.is_empty() || !cfg.live.rtmps_listen.is_empty() {
+            Some(Arc::new(crate::live::Hub::new(cfg.live.clone(), n)?))
+        } else {
+            None
+        };
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut threads = Vec::new();
         let mut controls = Vec::new();
@@ -235,6 +257,7 @@ impl Gateway {
             let cfg = cfg.clone();
             let handlers = handlers.clone();
             let tls = tls.clone();
+            let live = live.clone();
             let t = LocalExecutorBuilder::new(placement)
                 .name(&format!("corelay-shard{id}"))
                 // glommio pre-registers 10 MiB per executor for O_DIRECT file I/O, which a
@@ -243,7 +266,7 @@ impl Gateway {
                 .io_memory(SHARD_IO_MEMORY)
                 .spawn(move || async move {
                     if let Err(e) =
-                        run_shard(id as u8, cfg, listeners, control, handlers, tls).await
+                        run_shard(id as u8, cfg, listeners, control, handlers, tls, live).await
                     {
                         tracing::error!(shard = id, error = %e, "shard failed");
                     }
@@ -257,7 +280,20 @@ impl Gateway {
             handle: GatewayHandle { controls },
             addrs,
             tls_addrs,
+            rtmp_addrs,
+            live,
         })
+    }
+
+    /// The bound RTMP and RTMPS listen addresses (in `live.rtmp_listen`, then
+    /// `live.rtmps_listen` order).
+    pub fn rtmp_addrs(&self) -> &[SocketAddr] {
+        &self.rtmp_addrs
+    }
+
+    /// The live-stream registry (when an RTMP listener is configured).
+    pub fn live(&self) -> Option<Arc<crate::live::Hub>> {
+        self.live.clone()
     }
 
     /// A handle for the control path.
@@ -321,7 +357,7 @@ fn settings(cfg: &GatewayConfig) -> ShardSettings {
 struct State {
     io: Shard,
     handler: Box<dyn Handler>,
-    listeners: Vec<(OwnedFd, bool)>,
+    listeners: Vec<(OwnedFd, ListenerKind)>,
     control: Arc<Control>,
     exit: bool,
     shutdown_deadline: Option<Instant>,
@@ -399,10 +435,11 @@ fn tick_timer(tick: Duration) -> io::Result<OwnedFd> {
 async fn run_shard(
     id: u8,
     cfg: GatewayConfig,
-    listeners: Vec<(OwnedFd, bool)>,
+    listeners: Vec<(OwnedFd, ListenerKind)>,
     control: Arc<Control>,
     handlers: HandlerFactory,
     tls: Option<crate::transport::TlsAcceptor>,
+    live: Option<Arc<crate::live::Hub>>,
 ) -> io::Result<()> {
     let (poller, mut waker) = reactor::new(1024)?;
     let epfd = poller.raw_fd_hint();
@@ -413,7 +450,7 @@ async fn run_shard(
     for (i, (l, _)) in listeners.iter().enumerate() {
         poller.add(l.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
     }
-    let io = Shard::new(
+    let mut io = Shard::new(
         id,
         settings(&cfg),
         cfg.limits.max_connections_per_shard,
@@ -421,6 +458,12 @@ async fn run_shard(
         cfg.limits.read_buffer_bytes,
         tls,
     );
+    if let Some(hub) = live {
+        if let Some(fd) = hub.inbox_fd(id) {
+            io.poller.add(fd, TOK_LIVE, Interest::Read)?;
+        }
+        io.attach_live(hub);
+    }
     let handler = handlers(id);
     control.epfd.store(epfd, Ordering::Relaxed);
     control.wake_fd.store(waker.wake_fd(), Ordering::Relaxed);
@@ -530,6 +573,10 @@ fn settle(st: &mut State) -> bool {
     // left waits for the next round (nothing is lost: the queue stays).
     for _ in 0..4 {
         st.io.flush();
+        // Viewers write their queued tags once the engine's own output (response heads)
+        // is out; what they stage (TLS, RTMP) goes in the second flush.
+        conn::settle_live(&mut st.io);
+        st.io.flush();
         if !conn::deliver_closed(&mut st.io, st.handler.as_mut()) {
             break;
         }
@@ -561,6 +608,7 @@ fn dispatch(st: &mut State, r: Ready) {
             TOK_LISTENER => accept_some(st, idx),
             TOK_TIMER => on_tick(st),
             TOK_HANDLER => st.handler.on_handler_fd(&mut st.io, idx),
+            TOK_LIVE => conn::on_inbox(&mut st.io),
             _ => {}
         }
         return;
@@ -568,6 +616,7 @@ fn dispatch(st: &mut State, r: Ready) {
     let id = ConnId(tok);
     if r.writable {
         st.io.write_queued(id);
+        conn::live_writable(&mut st.io, id);
     }
     if r.readable {
         conn::on_readable(&mut st.io, st.handler.as_mut(), id);
@@ -584,6 +633,7 @@ fn on_tick(st: &mut State) {
     let mut due = std::mem::take(&mut st.due);
     conn::on_tick(&mut st.io, now_tick, &mut due);
     st.due = due;
+    conn::on_live_tick(&mut st.io);
     if std::mem::take(&mut st.accept_retry) {
         for i in 0..st.listeners.len() {
             accept_some(st, i as u32);
@@ -645,13 +695,13 @@ fn publish_snapshot(st: &mut State) {
 }
 
 fn accept_some(st: &mut State, idx: u32) {
-    let Some((l, is_tls)) = st.listeners.get(idx as usize) else {
+    let Some((l, kind)) = st.listeners.get(idx as usize) else {
         return;
     };
-    let (fd, is_tls) = (l.as_raw_fd(), *is_tls);
+    let (fd, kind) = (l.as_raw_fd(), *kind);
     for _ in 0..256 {
         match listener::accept(fd) {
-            Ok(Some((sock, peer))) => st.io.admit(sock, peer, is_tls),
+            Ok(Some((sock, peer))) => st.io.admit_as(sock, peer, kind.tls, kind.rtmp),
             Ok(None) => return,
             Err(e) => {
                 // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin.

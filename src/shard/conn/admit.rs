@@ -10,6 +10,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 impl Shard {
     /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
     pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool) {
+        self.admit_as(fd, peer, tls, false);
+    }
+
+    /// [`Shard::admit`] for a socket of a given kind: `rtmp` = from an RTMP(S) listener.
+    pub fn admit_as(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, rtmp: bool) {
         if self.shutting_down {
             return;
         }
@@ -50,6 +55,10 @@ impl Shard {
             decoder: Decoder::new(),
             extra: Some(Box::new(Extra {
                 peer: Some(peer),
+                live: rtmp.then(|| {
+                    let seed = self.metrics.opened ^ (u64::from(peer.port()) << 32);
+                    Box::new(super::live_rtmp::new_conn(seed))
+                }),
                 ..Default::default()
             })),
             transport,
