@@ -1,3 +1,6 @@
+//! Hub and stream rules without sockets: one publisher per stream, delivery only to shards
+//! with viewers, the join sequence split, the grace period.
+
 use super::*;
 use crate::proto::media::flv::{write_tag, TagType};
 use std::time::Duration;
