@@ -164,3 +164,56 @@ fn http_flv_viewers_on_every_shard_decode_the_stream_from_a_keyframe() {
     assert!(ff.wait().unwrap().success());
     wait_status(gw.addr, "/live/cam.flv", 404, Duration::from_secs(10));
 }
+
+#[test]
+fn hls_from_the_remuxer_decodes_with_keyframes_at_segment_starts() {
+    let gw = start(2, "grace_ms = 300\nhls_segment_ms = 1000\nhls_window = 4");
+    let mut ff = publish(gw.rtmp[0], "hls", 7);
+    // The playlist exists once the first segment is complete.
+    wait_status(gw.addr, "/live/hls.m3u8", 200, Duration::from_secs(20));
+    let frames = probe_frames(&format!("http://{}/live/hls.m3u8", gw.addr));
+    // A live playlist starts a few segments from its end; the player follows it until
+    // #EXT-X-ENDLIST (the stream ended): at least 2 s of frames.
+    check_gop_structure(&frames, 2 * FPS as usize);
+    assert!(ff.wait().unwrap().success());
+}
+
+/// The venv interpreter with the pinned packages (tools/py/env.sh, cached).
+fn python() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("tools/py/env.sh"))
+        .output()
+        .expect("run tools/py/env.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn websocket_flv_to_a_python_client_assembles_a_decodable_flv() {
+    let gw = start(2, "grace_ms = 300");
+    let mut ff = publish(gw.rtmp[0], "wsflv", 5);
+    wait_status(gw.addr, "/live/wsflv.flv", 200, Duration::from_secs(20));
+    let dir = common::TempDir::new("wsflv");
+    let file = dir.0.join("got.flv");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_flv.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(format!("ws://{}/live/wsflv.flv", gw.addr))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && so.contains("ok ws-flv"),
+        "{so}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames = probe_frames(file.to_str().unwrap());
+    check_gop_structure(&frames, 2 * FPS as usize);
+    assert!(ff.wait().unwrap().success());
+}

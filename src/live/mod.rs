@@ -71,6 +71,9 @@ pub enum PublishError {
 pub struct Hub {
     cfg: LiveConfig,
     streams: Mutex<HashMap<String, Arc<Stream>>>,
+    /// Ended streams whose HLS playlist (now with `#EXT-X-ENDLIST`) and segments stay
+    /// available until the instant given, so HLS clients see the end instead of a 404.
+    ended: Mutex<Vec<(Instant, Arc<Stream>)>>,
     links: Vec<Link>,
     next_id: std::sync::atomic::AtomicU64,
 }
@@ -108,6 +111,7 @@ impl Hub {
         Ok(Self {
             cfg,
             streams: Mutex::new(HashMap::new()),
+            ended: Mutex::new(Vec::new()),
             links,
             next_id: std::sync::atomic::AtomicU64::new(1),
         })
@@ -174,6 +178,18 @@ impl Hub {
         lock(&self.streams).get(name).cloned()
     }
 
+    /// The stream whose HLS playlist and segments `name` serves: a live one, else one that
+    /// ended less than a playlist window ago.
+    pub fn find_hls(&self, name: &str) -> Option<Arc<Stream>> {
+        self.find(name).or_else(|| {
+            lock(&self.ended)
+                .iter()
+                .rev()
+                .find(|(_, s)| s.name == name)
+                .map(|(_, s)| s.clone())
+        })
+    }
+
     /// One tag from the publisher `owner` of `stream`: into the GOP cache and HLS, and to
     /// every shard with viewers. False if `owner` no longer publishes it.
     pub fn push(&self, stream: &Arc<Stream>, owner: u64, tag: Bytes) -> bool {
@@ -213,6 +229,14 @@ impl Hub {
                 .collect();
             gone.iter().filter_map(|k| map.remove(k)).collect()
         };
+        {
+            let linger = std::time::Duration::from_millis(
+                u64::from(self.cfg.hls_segment_ms) * self.cfg.hls_window as u64,
+            );
+            let mut lingering = lock(&self.ended);
+            lingering.retain(|(until, _)| *until > now);
+            lingering.extend(ended.iter().map(|s| (now + linger, s.clone())));
+        }
         for s in ended {
             for shard in s.end().iter() {
                 self.deliver(shard, Delivery::End { stream: s.clone() });

@@ -86,6 +86,12 @@ fn grace_period_keeps_the_stream_for_a_reconnect_then_ends_it() {
     h.expire(t0 + Duration::from_millis(1000));
     assert!(h.find("cam").is_none());
     assert!(s.ended() && s.join(0).is_none());
+    assert!(
+        h.find_hls("cam").is_some(),
+        "HLS lingers for a playlist window"
+    );
+    h.expire(t0 + Duration::from_secs(60));
+    assert!(h.find_hls("cam").is_none());
     assert!(matches!(&drained(&h, 1)[..], [Delivery::End { .. }]));
     // The name is free for a new stream.
     assert!(!Arc::ptr_eq(&h.publish("cam", 9).unwrap(), &s));

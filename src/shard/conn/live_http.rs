@@ -105,7 +105,17 @@ fn start(
     ws_key: Option<[u8; 24]>,
     query: &str,
 ) {
-    let exists = io.live.as_ref().and_then(|l| l.hub.find(&name)).is_some();
+    let exists = io
+        .live
+        .as_ref()
+        .and_then(|l| {
+            if egress == LiveEgress::Hls {
+                l.hub.find_hls(&name)
+            } else {
+                l.hub.find(&name)
+            }
+        })
+        .is_some();
     let Some(c) = io.conns.get_mut(id) else {
         return;
     };
@@ -148,11 +158,11 @@ pub(super) fn accepted(io: &mut Shard, id: ConnId, req: Request) -> bool {
     let Some(hub) = io.live.as_ref().map(|l| l.hub.clone()) else {
         return false;
     };
-    let Some(stream) = hub.find(&req.name) else {
-        respond_status(io, id, 404);
-        return false;
-    };
     if req.egress == LiveEgress::Hls {
+        let Some(stream) = hub.find_hls(&req.name) else {
+            respond_status(io, id, 404);
+            return false;
+        };
         let body = match req.segment {
             None => stream
                 .playlist()
@@ -177,6 +187,10 @@ pub(super) fn accepted(io: &mut Shard, id: ConnId, req: Request) -> bool {
         io.begin_drain(id);
         return true;
     }
+    let Some(stream) = hub.find(&req.name) else {
+        respond_status(io, id, 404);
+        return false;
+    };
     let Some(join) = stream.join(io.shard) else {
         respond_status(io, id, 404);
         return false;
