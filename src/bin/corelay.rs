@@ -235,6 +235,7 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
             ready_requires_backend: cfg.server.ready_requires_backend
                 && cfg.backend.mode == BackendMode::Ring,
             baseline_rss: admin::process_rss(),
+            live: gw.live(),
             pages: vec![admin::Page {
                 path: "/",
                 content_type: "text/html; charset=utf-8",

@@ -86,7 +86,8 @@ pub struct LiveConfig {
     /// Bound of each viewer's queue of tags (bytes); on overflow the viewer skips to the
     /// next keyframe.
     pub viewer_queue_bytes: usize,
-    /// A viewer that overflowed its queue this many GOPs in a row is closed.
+    /// A viewer that overflows its queue this many times without catching up in between
+    /// (its queue empty) is closed.
     pub max_skips_in_row: u32,
     /// Merged writes: tags wait up to this long to go out in one writev (0 = every round).
     /// Granularity: `timeouts.tick_ms`.

@@ -38,8 +38,8 @@ pub(crate) struct Viewer {
     /// When the oldest unsent tag was queued (merged-write latency budget).
     since: Option<Instant>,
     mw: Duration,
+    /// Overflows since the queue was last empty (caught up).
     skips_in_row: u32,
-    overflowed: bool,
     ttfb_from: Option<Instant>,
     ending: bool,
     slow: bool,
@@ -80,7 +80,6 @@ impl Viewer {
             since: Some(at),
             mw,
             skips_in_row: 0,
-            overflowed: false,
             ttfb_from: Some(at),
             ending: false,
             slow: false,
@@ -97,23 +96,19 @@ impl Viewer {
         &self.stream
     }
 
-    /// A live tag: queue it. Returns false when the viewer has overflowed its queue in
-    /// `max_skips` GOPs in a row (it must be closed).
+    /// A live tag: queue it. Returns false when the viewer has overflowed its queue
+    /// `max_skips` times without catching up in between (it must be closed).
     pub(super) fn offer(&mut self, seq: u64, tag: Bytes, max_skips: u32) -> bool {
         if seq < self.start_seq || self.ending || self.slow {
             return true;
         }
-        if is_key(&tag) {
-            if !self.overflowed {
-                self.skips_in_row = 0;
-            }
-            self.overflowed = false;
-        }
         let (was_skipping, dropped) = (self.queue.skipping(), self.queue.dropped());
+        let key = is_key(&tag);
         self.queue.push(tag);
-        if !was_skipping && self.queue.dropped() > dropped {
+        // A new overflow: the queue was not already skipping, or a keyframe found it still
+        // full (one more GOP behind).
+        if (key || !was_skipping) && self.queue.dropped() > dropped {
             self.stream.count_skip();
-            self.overflowed = true;
             self.skips_in_row += 1;
             if self.skips_in_row >= max_skips {
                 return false;
@@ -255,10 +250,7 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
         if !c.life.is_open() {
             return false;
         }
-        if c.tx_queued() > 0 || c.flags & F_WRITE_BLOCKED != 0 {
-            // EPOLLOUT brings it back (`live_writable`).
-            return false;
-        }
+        let blocked = c.tx_queued() > 0 || c.flags & F_WRITE_BLOCKED != 0;
         let tls = c.transport.is_tls();
         let fd = c.fd.as_raw_fd();
         let Some(l) = c.extra.as_mut().and_then(|x| x.live.as_deref_mut()) else {
@@ -268,13 +260,20 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             return false;
         };
         if v.slow {
+            // Stayed behind: dropped without a goodbye (its socket is full anyway).
             io.abort(id, 1008, CloseCause::SlowConsumer);
+            return false;
+        }
+        if blocked {
+            // EPOLLOUT brings it back (`live_writable`).
             return false;
         }
         if v.part >= v.parts.len() {
             v.fill();
         }
         if v.part >= v.parts.len() {
+            // Caught up: whatever it skipped before, it keeps up now.
+            v.skips_in_row = 0;
             v.since = None;
             if v.ending {
                 finish(io, id);
