@@ -587,3 +587,24 @@ fn write_error_while_sending() {
     assert_eq!(code, 1006);
     assert_eq!(cause, "reset");
 }
+
+#[test]
+fn closed_is_reported_when_the_close_handshake_ends_not_when_the_socket_does() {
+    // A client that completes the close handshake but keeps its TCP socket open (tungstenite
+    // does until dropped) must not delay the backend's Closed to the close timeout: 60 s here,
+    // far beyond the 15 s the poll allows.
+    let r = rig("[timeouts]\nclose_ms = 60000");
+    let mut ws = connect(&r, "/a");
+    r.wait_members(2.0);
+    ws.close(None).unwrap();
+    // The gateway's close frame comes back; the socket stays open on our side.
+    assert!(matches!(ws.read(), Ok(Message::Close(_))));
+    poll(
+        "backend Closed while the client still holds its socket",
+        || r.ev.lock().unwrap().closes.len() == 1,
+    );
+    assert_eq!(gauge(&r.gw, "corelay_group_members"), 0.0);
+    drop(ws);
+    let c = r.settled(1);
+    assert_eq!(only_close(&c), (1005, "peer"));
+}

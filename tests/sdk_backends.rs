@@ -1,7 +1,8 @@
 //! Backends in any language through `corelay backend-check`: the Rust SDK's contract
 //! service, the C example (built here with the system compiler against the C ABI, through
-//! its pkg-config file), and the pure-Python package (installed into a venv) in its blocking
-//! and asyncio modes all pass; deliberately broken backends fail; the committed C header is
+//! its pkg-config file), the Go package (cgo over the static C library; its example built
+//! with `go build`), and the Python package (installed into a venv) in its blocking and
+//! asyncio modes, pure and over the C ABI, all pass; deliberately broken backends fail; the committed C header is
 //! what cbindgen generates.
 
 use std::path::{Path, PathBuf};
@@ -60,14 +61,24 @@ fn assert_passes(backend: &[&str], env: &[(&str, &str)]) {
     assert!(out.contains("14 passed, 0 failed"), "{out}");
 }
 
-/// Builds the C library (static + shared) and the C example through pkg-config.
+/// Builds the C library (static + shared); returns the directory holding both.
+fn c_lib() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let target = target_dir();
+        run(Command::new(env!("CARGO"))
+            .args(["build", "-p", "corelay-backend-c"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(root()));
+        target.join("debug")
+    })
+    .clone()
+}
+
+/// Builds the C library and the C example through pkg-config.
 fn c_example() -> PathBuf {
     let target = target_dir();
-    run(Command::new(env!("CARGO"))
-        .args(["build", "-p", "corelay-backend-c"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(root()));
-    let lib = target.join("debug");
+    let lib = c_lib();
     let pc_dir = target.join("sdk-c-pkgconfig");
     std::fs::create_dir_all(&pc_dir).unwrap();
     let pc = std::fs::read_to_string(root().join("sdk/c/corelay-backend.pc.in"))
@@ -101,6 +112,29 @@ fn c_example() -> PathBuf {
         .arg(root().join("sdk/c/examples/echo_rooms_auth.c"))
         .args(&flags));
     exe
+}
+
+/// `go` with its caches inside the target directory and no network: the Go package has no
+/// dependencies. The static library alone in a directory of its own, so cgo links it into
+/// the binary (no LD_LIBRARY_PATH at run time).
+fn go(args: &[&str]) -> Output {
+    let target = target_dir();
+    let lib_dir = target.join("sdk-go-lib");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    std::fs::copy(
+        c_lib().join("libcorelay_backend.a"),
+        lib_dir.join("libcorelay_backend.a"),
+    )
+    .unwrap();
+    run(Command::new("go")
+        .args(args)
+        .current_dir(root().join("sdk/go"))
+        .env("GOCACHE", target.join("go-cache"))
+        .env("GOPATH", target.join("go-path"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("CGO_ENABLED", "1")
+        .env("CGO_LDFLAGS", format!("-L{}", lib_dir.display())))
 }
 
 /// A venv with the Python package installed from the repository (pip fetches setuptools
@@ -153,6 +187,21 @@ fn c_example_passes() {
 }
 
 #[test]
+fn go_example_passes() {
+    let _one = serial();
+    // The package's own tests (group ids, request helpers) over the linked library.
+    go(&["test", "./..."]);
+    let exe = target_dir().join("check_backend_go");
+    go(&[
+        "build",
+        "-o",
+        exe.to_str().unwrap(),
+        "./examples/check_backend",
+    ]);
+    assert_passes(&[exe.to_str().unwrap()], &[]);
+}
+
+#[test]
 fn python_package_passes_blocking_and_asyncio() {
     let _one = serial();
     let py = python();
@@ -160,6 +209,34 @@ fn python_package_passes_blocking_and_asyncio() {
     let ex = example_py();
     assert_passes(&[py, &ex], &[]);
     assert_passes(&[py, &ex, "--asyncio"], &[]);
+}
+
+/// `CORELAY_PY_IMPL=c`: the same package and example over the C ABI (ctypes on the shared
+/// library), blocking and asyncio. A library path that does not exist fails the attach, so
+/// the variable is what picks the implementation.
+#[test]
+fn python_package_over_the_c_abi_passes() {
+    let _one = serial();
+    let py = python();
+    let py = py.to_str().unwrap();
+    let ex = example_py();
+    let so = c_lib().join("libcorelay_backend.so");
+    let env = [
+        ("CORELAY_PY_IMPL", "c"),
+        ("CORELAY_BACKEND_LIB", so.to_str().unwrap()),
+    ];
+    assert_passes(&[py, &ex], &env);
+    assert_passes(&[py, &ex, "--asyncio"], &env);
+    let missing = target_dir().join("no-such-libcorelay_backend.so");
+    let (ok, out) = check(
+        &[py, &ex],
+        &["--only", "attach"],
+        &[
+            ("CORELAY_PY_IMPL", "c"),
+            ("CORELAY_BACKEND_LIB", missing.to_str().unwrap()),
+        ],
+    );
+    assert!(!ok && out.contains("FAIL attach"), "{out}");
 }
 
 #[test]

@@ -527,7 +527,7 @@ impl Handler for RingHandler {
         }
     }
 
-    fn on_control(&mut self, io: &mut Shard, msg: ControlMsg) {
+    fn on_control(&mut self, io: &mut Shard, msg: ControlMsg) -> Option<ControlMsg> {
         let ControlMsg::Hub(ev) = msg;
         match ev {
             HubEvent::SlotReady {
@@ -579,6 +579,7 @@ impl Handler for RingHandler {
                 }
             }
         }
+        None
     }
 
     fn on_round_end(&mut self, io: &mut Shard) {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use corelay::admin;
 use corelay::backend::{Hub, RingHandler};
-use corelay::config::{BackendMode, GatewayConfig};
+use corelay::config::{BackendMode, GatewayConfig, ServiceKind};
 use corelay::shard::handler::{EchoHandler, Handler};
 use corelay::shard::{Gateway, HandlerFactory};
 use nix::sys::signal::{SigSet, Signal};
@@ -159,14 +159,11 @@ fn init_tracing(level: &str) {
         .init();
 }
 
-/// The handler factory, plus the hub to start once the shards run (ring mode).
+/// The handler factory (one handler per shard and service), plus the hub to start once the
+/// shards run (ring mode, when a listener serves the backend).
 fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>)> {
     match cfg.backend.mode {
-        BackendMode::Echo => Ok((
-            Arc::new(|_| Box::new(EchoHandler) as Box<dyn Handler>),
-            None,
-        )),
-        BackendMode::Ring => {
+        BackendMode::Ring if cfg.serves_backend() => {
             let hub = Hub::bind(&cfg.backend, cfg.shard_count()).with_context(|| {
                 format!(
                     "binding the backend attach socket {} (backend.attach_socket)",
@@ -180,14 +177,22 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>)> {
             );
             let shared = hub.shared();
             let bcfg = cfg.backend.clone();
-            let f: HandlerFactory = Arc::new(move |shard| {
-                let slot0 = sides
-                    .get(shard as usize)
-                    .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take());
-                Box::new(RingHandler::new(&bcfg, shared.clone(), slot0)) as Box<dyn Handler>
+            let f: HandlerFactory = Arc::new(move |shard, service| match service {
+                ServiceKind::Echo => Box::new(EchoHandler) as Box<dyn Handler>,
+                ServiceKind::Backend => {
+                    let slot0 = sides
+                        .get(shard as usize)
+                        .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    Box::new(RingHandler::new(&bcfg, shared.clone(), slot0))
+                }
             });
             Ok((f, Some(hub)))
         }
+        // Echo mode (or no listener for the ring backend): every service echoes.
+        _ => Ok((
+            Arc::new(|_, _| Box::new(EchoHandler) as Box<dyn Handler>),
+            None,
+        )),
     }
 }
 
@@ -203,9 +208,9 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("blocking signals")?;
 
-    let no_tls_listener = cfg.server.tls_listen.is_empty() && cfg.live.rtmps_listen.is_empty();
-    let tls = match (&cfg.tls, no_tls_listener) {
-        (Some(t), false) => Some(
+    let any_tls = cfg.listeners().iter().any(|l| l.tls) || !cfg.live.rtmps_listen.is_empty();
+    let tls = match (&cfg.tls, any_tls) {
+        (Some(t), true) => Some(
             corelay::transport::TlsAcceptor::from_config(t)
                 .context("loading TLS certificates ([tls])")?,
         ),
@@ -233,7 +238,8 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         let state = admin::AdminState {
             gateway: gw.handle(),
             ready_requires_backend: cfg.server.ready_requires_backend
-                && cfg.backend.mode == BackendMode::Ring,
+                && cfg.backend.mode == BackendMode::Ring
+                && cfg.serves_backend(),
             baseline_rss: admin::process_rss(),
             live: gw.live(),
             pages: vec![admin::Page {
@@ -269,11 +275,17 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         let scheme = if i < plain_rtmp { "rtmp" } else { "rtmps" };
         tracing::info!(shards = cfg.shard_count(), "listening on {scheme}://{a}/");
     }
-    for a in gw.tls_addrs() {
-        tracing::info!(shards = cfg.shard_count(), "listening on wss://{a}/");
-    }
-    for a in gw.local_addrs() {
-        tracing::info!(shards = cfg.shard_count(), "listening on ws://{a}/");
+    // wss first, then ws (tools take the first ws line as the main address).
+    for tls in [true, false] {
+        for l in gw.listeners().iter().filter(|l| l.tls == tls) {
+            let scheme = if tls { "wss" } else { "ws" };
+            tracing::info!(
+                shards = cfg.shard_count(),
+                "listening on {scheme}://{}/ (service {})",
+                l.addr,
+                l.service.name()
+            );
+        }
     }
     if demo {
         println!();

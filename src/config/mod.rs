@@ -43,6 +43,9 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+mod live;
+pub use live::LiveConfig;
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -61,62 +64,45 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     /// Certificates for the `server.tls_listen` listeners (wss).
     pub tls: Option<TlsSettings>,
+    /// More listeners, each naming the service its connections go to (`[[listener]]`).
+    pub listener: Vec<ListenerConfig>,
     /// Live streaming: RTMP ingest, HTTP-FLV / WebSocket-FLV / HLS egress (docs/live.md).
     pub live: LiveConfig,
 }
 
-/// `[live]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LiveConfig {
-    /// RTMP ingest (and play) listen addresses (the usual port is 1935). Empty: no RTMP.
-    pub rtmp_listen: Vec<SocketAddr>,
-    /// RTMPS listen addresses (RTMP inside TLS; need `[tls]`).
-    pub rtmps_listen: Vec<SocketAddr>,
-    /// Serve `/live/NAME.flv`, `/live/NAME.m3u8` and segments on the ws/wss listeners.
-    pub http: bool,
-    /// A new viewer gets the last GOP first (its first frame shows at once); off for the
-    /// lowest latency (the viewer waits for the next keyframe).
-    pub gop_cache: bool,
-    /// Largest GOP the cache keeps (bytes); a larger one is not cached.
-    pub gop_cache_bytes: usize,
-    /// A publisher that drops ends its stream after this long; viewers stay for a
-    /// reconnect within it.
-    pub grace_ms: u64,
-    /// Bound of each viewer's queue of tags (bytes); on overflow the viewer skips to the
-    /// next keyframe.
-    pub viewer_queue_bytes: usize,
-    /// A viewer that overflows its queue this many times without catching up in between
-    /// (its queue empty) is closed.
-    pub max_skips_in_row: u32,
-    /// Merged writes: tags wait up to this long to go out in one writev (0 = every round).
-    /// Granularity: `timeouts.tick_ms`.
-    pub mw_latency_ms: u64,
-    /// Accept every publish and play without asking the handler (no Open to a backend).
-    pub allow_all: bool,
-    /// HLS: target segment duration (ms).
-    pub hls_segment_ms: u32,
-    /// HLS: segments kept and listed (sliding window).
-    pub hls_window: usize,
+/// What serves a listener's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// The service configured in `[backend]` (ring backends, or echo in `mode = "echo"`).
+    #[default]
+    Backend,
+    /// The in-process echo handler, whatever `[backend]` says.
+    Echo,
 }
 
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            rtmp_listen: Vec::new(),
-            rtmps_listen: Vec::new(),
-            http: true,
-            gop_cache: true,
-            gop_cache_bytes: 8 << 20,
-            grace_ms: 5_000,
-            viewer_queue_bytes: 4 << 20,
-            max_skips_in_row: 3,
-            mw_latency_ms: 0,
-            allow_all: false,
-            hls_segment_ms: 2_000,
-            hls_window: 6,
+impl ServiceKind {
+    /// The name used in the configuration and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Backend => "backend",
+            ServiceKind::Echo => "echo",
         }
     }
+}
+
+/// `[[listener]]`: one listen address and the service behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address every shard binds (SO_REUSEPORT).
+    pub addr: SocketAddr,
+    /// wss (needs `[tls]`) instead of ws.
+    #[serde(default)]
+    pub tls: bool,
+    /// The service its connections go to.
+    #[serde(default)]
+    pub service: ServiceKind,
 }
 
 /// The largest TLS record on the wire (5-byte header + 2^14 plaintext + 256 expansion, RFC
@@ -362,20 +348,21 @@ impl GatewayConfig {
 
     /// Check every value once; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
+        let listeners = self.listeners();
+        if listeners.is_empty() {
             return Err(invalid("server.listen", "at least one address is required"));
         }
-        if !self.server.tls_listen.is_empty() {
+        if listeners.iter().any(|l| l.tls) {
             if self.tls.is_none() {
                 return Err(invalid(
                     "tls",
-                    "server.tls_listen needs a [tls] section (cert, key)",
+                    "server.tls_listen (or a [[listener]] with tls = true) needs a [tls] section (cert, key)",
                 ));
             }
             if self.limits.read_buffer_bytes < MAX_TLS_RECORD_LEN + 1024 {
                 return Err(invalid(
                     "limits.read_buffer_bytes",
-                    "must hold a whole TLS record (>= 17669) when server.tls_listen is set",
+                    "must hold a whole TLS record (>= 17669) when a TLS listener is set",
                 ));
             }
         }
@@ -508,36 +495,27 @@ impl GatewayConfig {
         Ok(())
     }
 
-    fn validate_live(&self) -> Result<(), ConfigError> {
-        let l = &self.live;
-        if !l.rtmps_listen.is_empty() && self.tls.is_none() {
-            return Err(invalid("tls", "live.rtmps_listen needs a [tls] section"));
-        }
-        if !(64 << 10..=1 << 30).contains(&l.viewer_queue_bytes) {
-            return Err(invalid(
-                "live.viewer_queue_bytes",
-                "must be in 65536..=2^30",
-            ));
-        }
-        if !(64 << 10..=1 << 30).contains(&l.gop_cache_bytes) {
-            return Err(invalid("live.gop_cache_bytes", "must be in 65536..=2^30"));
-        }
-        if l.grace_ms > 3_600_000 || l.mw_latency_ms > 10_000 {
-            return Err(invalid(
-                "live.grace_ms",
-                "grace_ms at most 1 h, mw_latency_ms at most 10 s",
-            ));
-        }
-        if l.max_skips_in_row == 0 {
-            return Err(invalid("live.max_skips_in_row", "must be > 0"));
-        }
-        if !(100..=60_000).contains(&l.hls_segment_ms) || !(1..=100).contains(&l.hls_window) {
-            return Err(invalid(
-                "live.hls_segment_ms",
-                "hls_segment_ms in 100..=60000, hls_window in 1..=100",
-            ));
-        }
-        Ok(())
+    /// Every listener in order: `server.listen` and `server.tls_listen` (both serving the
+    /// `[backend]` service), then the `[[listener]]` entries.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        let plain = self.server.listen.iter().map(|&addr| (addr, false));
+        let secure = self.server.tls_listen.iter().map(|&addr| (addr, true));
+        plain
+            .chain(secure)
+            .map(|(addr, tls)| ListenerConfig {
+                addr,
+                tls,
+                service: ServiceKind::Backend,
+            })
+            .chain(self.listener.iter().copied())
+            .collect()
+    }
+
+    /// Whether some listener serves the `[backend]` service.
+    pub fn serves_backend(&self) -> bool {
+        self.listeners()
+            .iter()
+            .any(|l| l.service == ServiceKind::Backend)
     }
 
     /// Shard count after resolving `0` to the number of available CPUs (at most
@@ -616,6 +594,39 @@ mod tests {
     #[test]
     fn defaults_validate() {
         GatewayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn listeners_name_their_service() {
+        let c = GatewayConfig::from_toml(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[[listener]]\naddr = \"127.0.0.1:2\"\nservice = \"echo\"\n\
+             [[listener]]\naddr = \"127.0.0.1:3\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let l = c.listeners();
+        let got: Vec<_> = l
+            .iter()
+            .map(|l| (l.addr.port(), l.tls, l.service))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, false, ServiceKind::Backend),
+                (2, false, ServiceKind::Echo),
+                (3, false, ServiceKind::Backend)
+            ]
+        );
+        // A TLS listener needs [tls], wherever it is declared.
+        let e = GatewayConfig::from_toml("[[listener]]\naddr = \"127.0.0.1:4\"\ntls = true\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("tls"), "{e}");
+        assert!(GatewayConfig::from_toml(
+            "[[listener]]\naddr = \"127.0.0.1:4\"\nservice = \"x\"\n"
+        )
+        .is_err());
     }
 
     #[test]

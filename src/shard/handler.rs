@@ -139,8 +139,15 @@ pub trait Handler {
     /// [`Shard::register_handler_fd`] became readable.
     fn on_handler_fd(&mut self, _io: &mut Shard, _index: u32) {}
 
-    /// A control-path message for this handler (e.g. a backend slot appeared).
-    fn on_control(&mut self, _io: &mut Shard, _msg: super::control::ControlMsg) {}
+    /// A control-path message (e.g. a backend slot appeared). It is offered to each of the
+    /// shard's services in turn: return `None` when taken, `Some(msg)` to pass it on.
+    fn on_control(
+        &mut self,
+        _io: &mut Shard,
+        msg: super::control::ControlMsg,
+    ) -> Option<super::control::ControlMsg> {
+        Some(msg)
+    }
 
     /// End of an I/O round: publish batched work (e.g. flush ring producers).
     fn on_round_end(&mut self, _io: &mut Shard) {}
@@ -179,9 +186,37 @@ pub struct HandlerStats {
     pub group_members: u64,
 }
 
+impl HandlerStats {
+    /// Add `o`'s figures to these (one shard's services combined): ready only if both are.
+    pub fn merge(&mut self, o: &HandlerStats) {
+        // Destructured so that a new field cannot be forgotten here.
+        let HandlerStats {
+            ready,
+            backends_attached,
+            backend_attaches,
+            backend_detaches,
+            backend_corrupt_detaches,
+            ring_to_backend_bytes,
+            ring_to_gateway_bytes,
+            backpressure_pauses,
+            groups,
+            group_members,
+        } = *o;
+        self.ready &= ready;
+        self.backends_attached += backends_attached;
+        self.backend_attaches += backend_attaches;
+        self.backend_detaches += backend_detaches;
+        self.backend_corrupt_detaches += backend_corrupt_detaches;
+        self.ring_to_backend_bytes += ring_to_backend_bytes;
+        self.ring_to_gateway_bytes += ring_to_gateway_bytes;
+        self.backpressure_pauses += backpressure_pauses;
+        self.groups += groups;
+        self.group_members += group_members;
+    }
+}
+
 /// Echoes every message back on the same connection; accepts every upgrade (and every live
-/// publish and play), selecting the
-/// first offered subprotocol that is a token (the only kind a 101 may confirm).
+/// publish and play), selecting the first offered subprotocol that is a token (the only kind a 101 may confirm).
 #[derive(Debug, Default)]
 pub struct EchoHandler;
 

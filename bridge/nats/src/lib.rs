@@ -16,7 +16,7 @@ pub mod worker;
 
 pub use envelope::{ConnAddr, Envelope};
 pub use registry::Registry;
-pub use worker::{Action, Event, EventKind, Worker, WorkerConfig};
+pub use worker::{Action, Event, EventKind, Worker, WorkerConfig, WorkerStats};
 
 /// Connects to a NATS cluster with the reconnect policy both sides use: retry forever (the
 /// gateway's clients must not notice a server restart), a bounded client-side buffer.

@@ -1,8 +1,9 @@
 //! The presence registry (the "Varys" role): which user is connected on which gateway, in a
 //! JetStream KV bucket.
 //!
-//! Keys: `u.<user>.<gw>.<conn>` per logged-in connection, `g.<gw>` per gateway (value: its
-//! open and logged-in connection counts, `open=N logged_in=M`). The bucket keeps one
+//! Keys: `u.<user>.<gw>.<conn>` per logged-in connection, `r.<gw>.<conn>.<group>` per room
+//! membership, `g.<gw>` per gateway (value: its open and logged-in connection counts,
+//! `open=N logged_in=M`). The bucket keeps one
 //! revision per key (`history = 1`) and its `max_age` is the **lease**: a bridge re-puts all
 //! its keys every lease/3, so the keys of a gateway that died (or lost NATS) expire within
 //! one lease. Logout removes the key's only message (a filtered stream purge), so a key
@@ -168,6 +169,20 @@ impl Registry {
             .await?
             .iter()
             .filter_map(|k| parse_user_key(k))
+            .collect())
+    }
+
+    /// Room memberships of gateway `gw`'s connections, as `(conn, group)`.
+    pub async fn memberships_of_gateway(&self, gw: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+        check(gw)?;
+        Ok(self
+            .keys(&format!("r.{gw}.*.*"))
+            .await?
+            .iter()
+            .filter_map(|k| {
+                let mut it = k.split('.').skip(2);
+                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+            })
             .collect())
     }
 

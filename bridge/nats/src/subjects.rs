@@ -38,6 +38,12 @@ pub fn user_key(user: &str, gw: &str, conn: u64) -> String {
     format!("u.{user}.{gw}.{conn}")
 }
 
+/// Registry key of one room membership: connection `conn` of gateway `gw` is a member of
+/// group `group` (a restarted bridge re-subscribes the rooms of connections it adopts).
+pub fn member_key(gw: &str, conn: u64, group: u64) -> String {
+    format!("r.{gw}.{conn}.{group}")
+}
+
 /// Registry key of a gateway (its own count of connections; refreshed with the lease).
 pub fn gw_key(gw: &str) -> String {
     format!("g.{gw}")
@@ -65,5 +71,6 @@ mod tests {
         assert!(!valid_token(&"a".repeat(129)));
         assert_eq!(req(0, "gw1"), "corelay.req.0.gw1");
         assert_eq!(user_key("alice", "gw1", 7), "u.alice.gw1.7");
+        assert_eq!(member_key("gw1", 7, 42), "r.gw1.7.42");
     }
 }

@@ -132,6 +132,17 @@ pub struct Worker {
     consumer: consumer::PullConsumer,
     registry: Registry,
     cfg: WorkerConfig,
+    stats: WorkerStats,
+}
+
+/// A worker's counters of what core NATS may lose (rooms are at most once).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Room publishes handed to NATS.
+    pub room_published: std::sync::atomic::AtomicU64,
+    /// Room publishes dropped: NATS was not connected (no buffering across an outage: a
+    /// room message delivered seconds late is not what a room wants), or the publish failed.
+    pub room_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Creates (if missing) the events stream. Work-queue retention: an event is removed once
@@ -183,12 +194,18 @@ impl Worker {
             consumer,
             registry,
             cfg,
+            stats: WorkerStats::default(),
         })
     }
 
     /// The registry (lookups, counts).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Counters (room publishes made and dropped).
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
     }
 
     /// The NATS client.
@@ -346,6 +363,8 @@ impl Worker {
     }
 
     /// Publishes to a room: every member on every gateway gets it (at most once: core NATS).
+    /// While NATS is not connected the publish is dropped, counted
+    /// ([`WorkerStats::room_dropped`]) and returned as an error (the caller may retry).
     pub async fn publish_room(
         &self,
         group: u64,
@@ -361,9 +380,16 @@ impl Worker {
                 payload,
             },
         )?;
-        self.client
-            .publish(subjects::room(group), env.into())
-            .await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            self.stats.room_dropped.fetch_add(1, Relaxed);
+            bail!("room publish dropped: NATS not connected");
+        }
+        if let Err(e) = self.client.publish(subjects::room(group), env.into()).await {
+            self.stats.room_dropped.fetch_add(1, Relaxed);
+            bail!("room publish dropped: {e}");
+        }
+        self.stats.room_published.fetch_add(1, Relaxed);
         Ok(())
     }
 }

@@ -256,3 +256,137 @@ fn workers_killed_mid_request_lose_nothing() {
         "{l:?}"
     );
 }
+
+/// A bridge that restarts adopts the connections of its gateway and subscribes again the
+/// rooms they joined before it (kept in the registry as `r.<gw>.<conn>.<group>`).
+#[test]
+fn restarted_bridge_resubscribes_rooms() {
+    let dir = TempDir::new("rejoin");
+    let gwbin = corelay_bin();
+    let (_nats, port) = nats_server(&dir.0);
+    let nats = format!("nats://127.0.0.1:{port}");
+    let gw = gateway(&gwbin, &dir.0, "127.0.0.1", &[]);
+    let mut br = bridge(&gw.sock, GW, &nats, &["--lease-ms", "3000"], &[]);
+    let _w = worker(&nats, &["--ack-wait-ms", "2000"], &[]);
+    let rt = rt();
+    let w = lib_worker(&rt, &nats);
+    let lobby = group_id("lobby");
+
+    let mut alice = client(gw.addr, "/room/lobby?user=alice");
+    let mut carol = client(gw.addr, "/?user=carol");
+    send(&mut alice, "hi");
+    assert_eq!(recv(&mut alice), "hi");
+    rt.block_on(w.publish_room(lobby, DataKind::Text, b"before"))
+        .unwrap();
+    assert_eq!(recv(&mut alice), "before");
+    wait_for(
+        "membership in the registry",
+        Duration::from_secs(10),
+        || {
+            let m = rt.block_on(w.registry().memberships_of_gateway(GW)).ok()?;
+            (m.len() == 1 && m[0].1 == lobby).then_some(())
+        },
+    );
+
+    br.kill9();
+    let _br2 = bridge(&gw.sock, GW, &nats, &["--lease-ms", "3000"], &[]);
+    wait_for("room subscribed again", Duration::from_secs(20), || {
+        let m = w
+            .client()
+            .request(format!("corelay.gw.{GW}.stats"), bytes::Bytes::new());
+        let s = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), m).await });
+        let s: String = s.ok()?.ok()?.payload.iter().map(|b| *b as char).collect();
+        (stat(&s, "rooms") == 1).then_some(())
+    });
+    rt.block_on(w.publish_room(lobby, DataKind::Text, b"after"))
+        .unwrap();
+    assert_eq!(recv(&mut alice), "after");
+    // Carol (no member) gets the next push, not the room message.
+    assert_eq!(
+        rt.block_on(w.push_user("carol", DataKind::Text, b"sentinel"))
+            .unwrap(),
+        1
+    );
+    assert_eq!(recv(&mut carol), "sentinel");
+
+    // The adopted membership ends with its connection: unsubscribed, key removed.
+    alice.close(None).unwrap();
+    let _ = alice.read();
+    wait_for("room left", Duration::from_secs(20), || {
+        let m = rt.block_on(w.registry().memberships_of_gateway(GW)).ok()?;
+        (m.is_empty() && stat(&stats(&rt, &w), "rooms") == 0).then_some(())
+    });
+}
+
+/// Room publishes are at most once and not buffered across an outage: one made while NATS
+/// is down is refused and counted; after NATS is back, rooms work again.
+#[test]
+fn room_publish_during_outage_is_counted() {
+    let dir = TempDir::new("outage");
+    let gwbin = corelay_bin();
+    let port = free_port();
+    let mut nats_proc = nats_server_on(&dir.0, port);
+    let nats = format!("nats://127.0.0.1:{port}");
+    let gw = gateway(&gwbin, &dir.0, "127.0.0.1", &[]);
+    let _br = bridge(&gw.sock, GW, &nats, &[], &[]);
+    let _w = worker(&nats, &["--ack-wait-ms", "2000"], &[]);
+    let rt = rt();
+    let w = lib_worker(&rt, &nats);
+    let lobby = group_id("lobby");
+    let mut alice = client(gw.addr, "/room/lobby");
+    send(&mut alice, "hi");
+    assert_eq!(recv(&mut alice), "hi");
+    rt.block_on(w.publish_room(lobby, DataKind::Text, b"one"))
+        .unwrap();
+    assert_eq!(recv(&mut alice), "one");
+    let dropped = |w: &Worker| {
+        w.stats()
+            .room_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(dropped(&w), 0);
+
+    nats_proc.kill9();
+    wait_for("worker sees NATS down", Duration::from_secs(20), || {
+        (w.client().connection_state() != async_nats::connection::State::Connected).then_some(())
+    });
+    let err = rt
+        .block_on(w.publish_room(lobby, DataKind::Text, b"lost"))
+        .unwrap_err();
+    assert!(err.to_string().contains("dropped"), "{err}");
+    assert_eq!(dropped(&w), 1);
+
+    let _nats2 = nats_server_on(&dir.0, port);
+    wait_for("worker reconnected", Duration::from_secs(20), || {
+        (w.client().connection_state() == async_nats::connection::State::Connected).then_some(())
+    });
+    // The bridge re-subscribes on reconnect; publish until a message arrives (bounded).
+    let mut got = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        if rt
+            .block_on(w.publish_room(lobby, DataKind::Text, format!("p{i}").as_bytes()))
+            .is_ok()
+        {
+            if let Some(m) = try_recv(&mut alice, Duration::from_millis(300)) {
+                got = Some(m);
+                break;
+            }
+        }
+    }
+    let got = got.expect("rooms work again after NATS is back");
+    assert!(got.starts_with('p'), "the dropped publish arrived: {got}");
+    assert_ne!(got, "lost");
+    // The client's connection stayed up throughout.
+    send(&mut alice, "still here");
+    loop {
+        let m = recv(&mut alice);
+        if m == "still here" {
+            break;
+        }
+        assert!(m.starts_with('p'), "{m}");
+    }
+}

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Dict, Optional, Set, Tuple
 
-from corelay_backend import Accept, Backend, Ctx, Deferred, GatewayGone, OpenRequest, Reject, Service, Verdict, group_id
+from corelay_backend import IMPL, Accept, Backend, Ctx, Deferred, GatewayGone, OpenRequest, Reject, Service, Verdict, group_id
 
 TOKEN = "letmein"
 SUBPROTOCOL = "check.v1"
@@ -79,7 +79,7 @@ class CheckService(Service):
 
 def main() -> int:
     backend = Backend.attach_env(retry=10.0)
-    print(f"python backend attached ({backend.shards} shards)", file=sys.stderr)
+    print(f"python backend attached ({backend.shards} shards, impl {IMPL})", file=sys.stderr)
     service = CheckService(os.environ.get("CORELAY_TAG", ""))
     try:
         if "--asyncio" in sys.argv:

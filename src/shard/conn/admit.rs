@@ -8,13 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 impl Shard {
-    /// Take a freshly accepted socket. Refusals (limits) are answered and closed here.
-    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool) {
-        self.admit_as(fd, peer, tls, false);
+    /// Take a freshly accepted socket from a listener of `service`. Refusals (limits) are
+    /// answered and closed here.
+    pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8) {
+        self.admit_as(fd, peer, tls, service, false);
     }
 
     /// [`Shard::admit`] for a socket of a given kind: `rtmp` = from an RTMP(S) listener.
-    pub fn admit_as(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, rtmp: bool) {
+    pub fn admit_as(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8, rtmp: bool) {
         if self.shutting_down {
             return;
         }
@@ -48,6 +49,7 @@ impl Shard {
             fd,
             flags: 0,
             route: 0,
+            service,
             life,
             ip_slot,
             seq_in: 0,

@@ -12,7 +12,7 @@
 use super::{CloseStep, Shard};
 use crate::proto::ws::{self, OpCode};
 use crate::shard::conn_table::ConnId;
-use crate::shard::handler::Handler;
+use crate::shard::services::Services;
 
 /// Why a connection ended. The first cause recorded wins: a slow consumer whose close
 /// handshake then times out ended for being slow.
@@ -75,6 +75,8 @@ pub struct CloseEvent {
     pub cause: CloseCause,
     /// The handler's routing byte ([`Shard::set_route`]).
     pub route: u8,
+    /// The service (handler index) the connection belonged to.
+    pub service: u8,
     /// Seq of its last request handed to the handler (0 if none).
     pub last_seq: u64,
 }
@@ -82,6 +84,9 @@ pub struct CloseEvent {
 impl Shard {
     /// not open yet is dropped.
     pub fn close(&mut self, id: ConnId, code: u16, reason: &str) {
+        if !self.mine(id) {
+            return;
+        }
         self.close_for(id, code, reason, CloseCause::Local);
     }
 
@@ -100,6 +105,7 @@ impl Shard {
                 let mut p = [0u8; 125];
                 let n = ws::write_close_payload(&mut p, code, reason);
                 self.send_control(id, OpCode::Close, &p[..n]);
+                self.closing_started(id, cause);
             }
             CloseStep::Remove => {
                 self.remove(id, cause);
@@ -135,6 +141,30 @@ impl Shard {
             self.push_seg(id, start);
         }
         self.mark_dirty(id);
+        self.closing_started(id, CloseCause::Local);
+    }
+
+    /// The connection carries no more messages: report its end to the handler now (a client
+    /// that keeps its socket after the close handshake must not delay that until the close
+    /// timeout), and have its wheel entry come by the close deadline. Removal later reports
+    /// nothing more ([`super::Lifecycle::report`] answers once).
+    fn closing_started(&mut self, id: ConnId, fallback: CloseCause) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let at = conn.life.close_deadline();
+        if let Some((code, cause)) = conn.life.report(fallback) {
+            let (route, service, last_seq) = (conn.route, conn.service, conn.seq_in as u64);
+            self.closed.push(CloseEvent {
+                conn: id,
+                code,
+                cause,
+                route,
+                service,
+                last_seq,
+            });
+        }
+        self.wheel.schedule(id, at);
     }
 
     /// Close the socket and forget the connection (no close frame), unless a close code and
@@ -167,7 +197,7 @@ impl Shard {
         if conn.ip_slot != u32::MAX {
             self.ip_release(conn.ip_slot);
         }
-        let (route, last_seq) = (conn.route, conn.seq_in as u64);
+        let (route, service, last_seq) = (conn.route, conn.service, conn.seq_in as u64);
         let ended = conn.life.ended(cause);
         if ended.opened {
             self.metrics.count_close(ended.code);
@@ -179,6 +209,7 @@ impl Shard {
                 code: ended.code,
                 cause: ended.cause,
                 route,
+                service,
                 last_seq,
             });
         }
@@ -192,15 +223,16 @@ impl Shard {
     }
 }
 
-/// Hand every queued close event to the handler; returns whether there were any.
-pub fn deliver_closed(io: &mut Shard, h: &mut dyn Handler) -> bool {
+/// Hand every queued close event to the handler of its connection's service; returns
+/// whether there were any.
+pub fn deliver_closed(io: &mut Shard, services: &mut Services) -> bool {
     if io.closed.is_empty() {
         return false;
     }
     while !io.closed.is_empty() {
         let mut events = std::mem::take(&mut io.closed);
         for ev in events.drain(..) {
-            h.on_close(io, &ev);
+            services.call(io, ev.service, |h, io| h.on_close(io, &ev));
         }
         // Keep the allocation unless the handler's reactions queued more meanwhile.
         if io.closed.is_empty() {

@@ -4,7 +4,7 @@
 use super::{CloseCause, ConnState, Due, Shard, F_SHRINK_ARMED};
 use crate::proto::ws::OpCode;
 use crate::shard::conn_table::ConnId;
-use crate::shard::handler::Handler;
+use crate::shard::services::Services;
 use crate::shard::timers::Tick;
 
 /// Advance the wheel to `now` and act on every connection whose entry came due: its
@@ -41,8 +41,8 @@ pub fn on_tick(io: &mut Shard, now: Tick, due: &mut Vec<ConnId>) {
             }
             Due::IdleTimeout => {
                 io.metrics.idle_closes += 1;
+                // Closing reports the end and moves the entry to the close deadline.
                 io.close_for(id, 1001, "idle timeout", CloseCause::IdleTimeout);
-                io.wheel.schedule(id, now.saturating_add(timing.close));
             }
             Due::Expired(cause) => {
                 if cause == CloseCause::OpenTimeout {
@@ -86,9 +86,9 @@ fn shrink_check(io: &mut Shard, id: ConnId) {
 }
 
 /// Begin graceful shutdown: close 1001 to every open connection, drop the others.
-pub fn start_shutdown(io: &mut Shard, h: &mut dyn Handler) {
+pub fn start_shutdown(io: &mut Shard, services: &mut Services) {
     io.shutting_down = true;
-    h.on_shutdown(io);
+    services.each(io, |h, io| h.on_shutdown(io));
     for id in io.conns.ids() {
         match io.conns.get(id).map(|c| c.life.state()) {
             Some(ConnState::Closing) | Some(ConnState::Draining) => {}

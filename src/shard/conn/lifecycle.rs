@@ -4,8 +4,9 @@
 //!
 //! States (RFC 6455 §4, §7): `Handshake` → (`AwaitOpen` →) `Open` → `Closing` → `Draining`,
 //! with `Draining` also reachable from every state (refusal, failure, peer close). The
-//! `Opened` mark is set by the one transition into `Open`; `Closed` is [`Lifecycle::ended`],
-//! which consumes the lifecycle, so each happens at most once by construction.
+//! `Opened` mark is set by the one transition into `Open`. The end is reported once: by
+//! [`Lifecycle::report`] when the close begins (the `REPORTED` mark), else by
+//! [`Lifecycle::ended`] at removal, which consumes the lifecycle.
 //!
 //! Layout: 12 bytes inside the connection record (the idle-record budget). Two tick fields
 //! serve two meanings each, decided by the state; only this module reads them raw.
@@ -30,6 +31,8 @@ pub enum ConnState {
 }
 
 const STATE_MASK: u8 = 0x07;
+/// The handler was told the connection ended (at the start of its close, not at removal).
+const REPORTED: u8 = 0x08;
 /// The upgrade completed (close codes are counted for these).
 const OPENED: u8 = 0x10;
 /// The handler knows of the connection (it accepted or left pending the upgrade): its end
@@ -95,7 +98,7 @@ pub struct Ended {
     pub cause: CloseCause,
     /// It was open at some point.
     pub opened: bool,
-    /// The handler knew of it: a close event is owed.
+    /// The handler knew of it and was not told yet: a close event is owed.
     pub announced: bool,
 }
 
@@ -277,6 +280,26 @@ impl Lifecycle {
         }
     }
 
+    /// The connection stopped carrying messages (its close began, or it is being removed):
+    /// the code and cause to report to the handler, once, if the handler knew of it.
+    /// `fallback` is the cause when none was recorded.
+    pub fn report(&mut self, fallback: CloseCause) -> Option<(u16, CloseCause)> {
+        if self.bits & ANNOUNCED == 0 || self.bits & REPORTED != 0 {
+            return None;
+        }
+        self.bits |= REPORTED;
+        let code = match self.close_code {
+            0 => 1006,
+            c => c,
+        };
+        Some((code, self.cause.unwrap_or(fallback)))
+    }
+
+    /// The close deadline (meaningful in `Closing` and `Draining`).
+    pub fn close_deadline(&self) -> Tick {
+        self.deadline
+    }
+
     /// The connection is removed for `cause`: how it ended. Consumes the lifecycle, so a
     /// connection ends once.
     pub fn ended(self, cause: CloseCause) -> Ended {
@@ -287,7 +310,7 @@ impl Lifecycle {
             },
             cause: self.cause.unwrap_or(cause),
             opened: self.bits & OPENED != 0,
-            announced: self.bits & ANNOUNCED != 0,
+            announced: self.bits & ANNOUNCED != 0 && self.bits & REPORTED == 0,
         }
     }
 }

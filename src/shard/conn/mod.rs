@@ -63,6 +63,8 @@ pub struct Conn {
     flags: u8,
     /// Handler routing data (the backend slot a ring handler bound this connection to).
     route: u8,
+    /// The service (index into the shard's handlers) of the listener that accepted it.
+    service: u8,
     /// State, deadlines, close cause and code: written only through its methods.
     life: Lifecycle,
     /// Index into the per-IP table, or `u32::MAX`.
@@ -218,6 +220,12 @@ pub(crate) const TOK_HANDLER: u64 = SPECIAL | (3 << 32);
 pub(crate) const TOK_TIMER: u64 = SPECIAL | (4 << 32);
 /// Token of the shard's live-stream inbox eventfd.
 pub(crate) const TOK_LIVE: u64 = SPECIAL | (5 << 32);
+/// A handler fd's token carries its service in these bits of the index (the low 24 bits are
+/// the handler's own index).
+pub(crate) const HANDLER_INDEX_BITS: u32 = 24;
+
+/// [`Shard::caller`] while the engine itself (no handler) acts.
+pub(crate) const ENGINE: u8 = u8::MAX;
 
 /// Everything of a shard except its handler: the handler acts through this.
 pub struct Shard {
@@ -257,6 +265,10 @@ pub struct Shard {
     closed: Vec<CloseEvent>,
     /// Live streaming on this shard ([`Shard::attach_live`]).
     live: Option<Box<live::LiveShard>>,
+    /// The service whose handler is running ([`ENGINE`] between handler calls): a handler
+    /// sees and acts on its own service's connections only, so a backend naming another
+    /// service's connection id (or closing "every connection of its slot") cannot reach it.
+    pub(crate) caller: u8,
 }
 
 impl Shard {
@@ -293,7 +305,21 @@ impl Shard {
             seal_staging: Vec::new(),
             closed: Vec::new(),
             live: None,
+            caller: ENGINE,
         }
+    }
+
+    /// Whether the running handler may act on `id`: it belongs to the caller's service (the
+    /// engine itself may act on any).
+    pub(crate) fn mine(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .is_some_and(|c| self.caller == ENGINE || c.service == self.caller)
+    }
+
+    /// The service of a connection (for the shard loop's dispatch).
+    pub(crate) fn service_of(&self, id: ConnId) -> Option<u8> {
+        self.conns.get(id).map(|c| c.service)
     }
 
     /// Open connections (any state).
@@ -301,16 +327,26 @@ impl Shard {
         self.conns.len()
     }
 
-    /// Ids of every connection (a snapshot).
+    /// Ids of every connection of the calling handler's service (a snapshot).
     pub fn connection_ids(&self) -> Vec<ConnId> {
-        self.conns.ids()
+        let mut ids = self.conns.ids();
+        ids.retain(|&id| self.mine(id));
+        ids
     }
 
     /// Register a handler-owned fd (e.g. a ring eventfd) in this shard's epoll set; readiness
-    /// comes back as [`Handler::on_handler_fd`] with `index`.
+    /// comes back as [`Handler::on_handler_fd`] with `index` (below 2^24), to the handler
+    /// that registered it. Only a running handler (a callback) can register.
     pub fn register_handler_fd(&self, fd: RawFd, index: u32) -> io::Result<()> {
+        if self.caller == ENGINE || index >> HANDLER_INDEX_BITS != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "handler fd index out of range, or no handler running",
+            ));
+        }
+        let tagged = (self.caller as u32) << HANDLER_INDEX_BITS | index;
         self.poller
-            .add(fd, TOK_HANDLER | index as u64, Interest::Read)
+            .add(fd, TOK_HANDLER | tagged as u64, Interest::Read)
     }
 
     /// Remove a handler-owned fd from the epoll set.
@@ -320,25 +356,44 @@ impl Shard {
 
     /// Peer address of a connection whose open decision is pending.
     pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        if !self.mine(id) {
+            return None;
+        }
         self.conns.get(id)?.extra.as_ref()?.peer
     }
 
-    /// The handler's routing byte for a connection.
+    /// The handler's routing byte for a connection (`None`: gone, or another service's).
     pub fn route(&self, id: ConnId) -> Option<u8> {
+        if !self.mine(id) {
+            return None;
+        }
         self.conns.get(id).map(|c| c.route)
     }
 
     /// Set the handler's routing byte for a connection.
     pub fn set_route(&mut self, id: ConnId, route: u8) {
+        if !self.mine(id) {
+            return;
+        }
         if let Some(c) = self.conns.get_mut(id) {
             c.route = route;
         }
     }
 
-    /// Conns whose reading was paused for backpressure get their stalled message offered
-    /// again; call when the handler has room.
+    /// Conns (of the calling handler's service) whose reading was paused for backpressure
+    /// get their stalled message offered again; call when the handler has room.
     pub fn resume_stalled(&mut self) -> Vec<ConnId> {
-        let ids = std::mem::take(&mut self.stalled);
+        let mut ids = std::mem::take(&mut self.stalled);
+        let mut others = Vec::new();
+        ids.retain(|&id| {
+            // Gone ones are dropped; another service's stay stalled.
+            let keep = self.mine(id);
+            if !keep && self.conns.get(id).is_some() {
+                others.push(id);
+            }
+            keep
+        });
+        self.stalled = others;
         for &id in &ids {
             self.schedule_ready(id);
         }

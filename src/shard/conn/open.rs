@@ -17,6 +17,9 @@ impl Shard {
     /// §4.1), and a 101 without the one the backend chose would speak the wrong protocol.
     /// Returns whether the connection is now open.
     pub fn accept(&mut self, id: ConnId, protocol: Option<&str>) -> bool {
+        if !self.mine(id) {
+            return false;
+        }
         if self.is_live(id) {
             return self.accept_live(id);
         }
@@ -56,6 +59,9 @@ impl Shard {
 
     /// Refuse a pending upgrade with an HTTP status.
     pub fn reject(&mut self, id: ConnId, status: u16) -> bool {
+        if !self.mine(id) {
+            return false;
+        }
         if self.is_live(id) {
             return self.reject_live(id, status);
         }

@@ -110,6 +110,9 @@ impl Shard {
 
     /// Queue a text or binary message to an open connection.
     pub fn send(&mut self, id: ConnId, kind: DataKind, payload: &[u8]) -> Result<(), SendError> {
+        if !self.mine(id) {
+            return Err(SendError::NoConnection);
+        }
         let conn = self.conns.get(id).ok_or(SendError::NoConnection)?;
         if !conn.life.is_open() {
             return Err(SendError::NotOpen);

@@ -8,6 +8,9 @@ use crate::shard::conn_table::ConnId;
 impl Shard {
     /// The seq the next request of `id` will carry, and how many requests are unanswered.
     pub fn next_request(&self, id: ConnId) -> Option<(u64, u32)> {
+        if !self.mine(id) {
+            return None;
+        }
         let c = self.conns.get(id)?;
         Some((
             c.seq_in as u64 + 1,
@@ -17,6 +20,9 @@ impl Shard {
 
     /// Record that the request announced by [`Shard::next_request`] was handed on.
     pub fn request_sent(&mut self, id: ConnId) {
+        if !self.mine(id) {
+            return;
+        }
         if let Some(c) = self.conns.get_mut(id) {
             c.seq_in = c.seq_in.wrapping_add(1);
         }
@@ -33,6 +39,9 @@ impl Shard {
         kind: Option<DataKind>,
         payload: &[u8],
     ) -> ReplyOutcome {
+        if !self.mine(id) {
+            return ReplyOutcome::NoConnection;
+        }
         let Some(c) = self.conns.get_mut(id) else {
             return ReplyOutcome::NoConnection;
         };
@@ -81,6 +90,9 @@ impl Shard {
 
     /// Resume reading one connection that the handler had refused with [`Delivery::Full`].
     pub fn resume(&mut self, id: ConnId) {
+        if !self.mine(id) {
+            return;
+        }
         if let Some(pos) = self.stalled.iter().position(|&s| s == id) {
             self.stalled.swap_remove(pos);
             self.schedule_ready(id);

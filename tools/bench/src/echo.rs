@@ -44,6 +44,11 @@ pub(crate) struct EchoArgs {
     /// Write a latency histogram (SVG) here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Server process ids (comma-separated, e.g. gateway,backend): their CPU time
+    /// (utime + stime from /proc/PID/stat) over the measured window is reported per process as
+    /// µs of server CPU per echoed message.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
     /// TLS (wss) settings.
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
@@ -120,6 +125,8 @@ pub(crate) struct EchoResult {
     pub lost: BTreeMap<String, u64>,
     /// Latency histogram buckets: (upper bound µs, count).
     pub histogram: Vec<(f64, u64)>,
+    /// CPU of each `--server-pids` process over the measured window.
+    pub server_cpu: Vec<crate::cpu::ServerCpu>,
 }
 
 struct EchoH {
@@ -304,11 +311,13 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
     let interval_ns = a.rate.map(|r| (1e9 / r) as u64);
     let mut next_send = h.epoch.elapsed().as_nanos() as u64;
     let mut measure_start = None;
+    let mut cpu_start = None;
     while Instant::now() < end && !crate::worker::stopping() {
         if measure_start.is_none() && Instant::now() >= warm_end {
             h.measuring = true;
             h.hist.reset();
             h.messages = 0;
+            cpu_start = Some(crate::cpu::CpuStart::take(&a.server_pids));
             measure_start = Some(Instant::now());
         }
         if let Some(iv) = interval_ns {
@@ -339,6 +348,7 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
     h.measuring = false;
     h.stop_sending = true;
     let messages = h.messages;
+    let server_cpu = cpu_start.map_or_else(Vec::new, |c| c.finish(messages, secs));
     let lat = Lat::of(&h.hist);
     let histogram = buckets(&h.hist);
     // Drain what is in flight (bounded; generous for a loaded host, it ends as soon as the last
@@ -366,6 +376,15 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         h.echoed,
         h.sent
     );
+    for c in &server_cpu {
+        eprintln!(
+            "echo: server pid {}: {:.3} CPU s in the window = {:.2} µs per message ({:.0}% of a core)",
+            c.pid,
+            c.cpu_secs,
+            c.us_per_msg,
+            c.core_share * 100.0
+        );
+    }
     Ok(EchoResult {
         command,
         connections: a.connections,
@@ -384,6 +403,7 @@ pub(crate) fn run(a: EchoArgs, command: String) -> Result<EchoResult> {
         failures: p.stats.failures.clone(),
         lost: p.stats.lost.clone(),
         histogram,
+        server_cpu,
     })
 }
 

@@ -1,13 +1,18 @@
 //! corelay-bench: load tool for corelay (density, echo, storm, fanout). Linux only; traffic
 //! only to 127.0.0.0/8. Every mode is bounded in time and stops by itself.
 
+mod compare;
+mod cpu;
 mod density;
 mod echo;
 mod mem;
 mod multi;
+mod peer;
 mod plot;
 mod pool;
+mod slab;
 mod tls;
+mod trace;
 mod worker;
 
 use anyhow::{Context, Result};
@@ -44,6 +49,16 @@ enum Cmd {
     /// NEEDS THE CHAT ROOM BACKEND behind the gateway (ring mode); it does not work against
     /// `corelay run --echo` (the echo handler answers only the sender: deliveries = published).
     Fanout(echo::FanoutArgs),
+    /// Comparison echo server on a single-threaded tokio runtime: fastwebsockets or
+    /// tokio-tungstenite (pin it with taskset). Prints `listening on ws://ADDR/` when ready.
+    ServePeer(peer::PeerArgs),
+    /// corelay beside other servers: each pinned to --server-cpu, this load on --client-cpu,
+    /// every scenario's server CPU µs per echoed message (median of --runs) and, with a tracer,
+    /// system calls per message; prints one markdown table.
+    Compare(compare::CompareArgs),
+    /// Kernel memory (slab objects, MemAvailable) per idle socket armed with epoll, io_uring
+    /// multishot poll or io_uring multishot recv (root; loopback pairs).
+    SlabProbe(slab::SlabArgs),
     /// Internal: one worker process (spawned by density/storm).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -63,6 +78,22 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Worker(a) => worker::run(a),
+        Cmd::ServePeer(a) => peer::run(a),
+        Cmd::Compare(a) => {
+            worker::install_signals();
+            let json = a.json.clone();
+            let r = compare::run(a, command)?;
+            write_json(json.as_deref(), &r)?;
+            print!("{}", compare::table(&r));
+            Ok(())
+        }
+        Cmd::SlabProbe(a) => {
+            let json = a.json.clone();
+            let r = slab::run(a)?;
+            write_json(json.as_deref(), &r)?;
+            print!("{}", slab::table(&r));
+            Ok(())
+        }
         Cmd::Density(a) => {
             worker::install_signals();
             let (json, plot) = (a.json.clone(), a.plot.clone());

@@ -403,8 +403,9 @@ fn fanout_without_rooms_counts_only_the_senders_echo() {
 #[test]
 fn echo_and_fanout_through_the_ring() {
     let dir = TempDir::new("ring");
-    let (gw, _backend) = ring_gateway(&dir);
+    let (gw, backend) = ring_gateway(&dir);
     let url = format!("ws://127.0.0.1:{}/", gw.port);
+    let pids = format!("{},{}", gw.proc.0.id(), backend.0.id());
 
     let e = run_bench(&args(&[
         "echo",
@@ -420,10 +421,26 @@ fn echo_and_fanout_through_the_ring() {
         "0.5",
         "--inflight",
         "4",
+        "--server-pids",
+        &pids,
         "--json",
         &dir.path("echo.json"),
     ]));
     assert_all_echoed(&e, 20);
+    // `--server-pids` (gateway, backend): both did work for every echo (thousands of them in
+    // 2 s), so each spent CPU time; the per-message figure is that time over the messages.
+    let cpu = e["server_cpu"].as_array().expect("server_cpu array");
+    assert_eq!(cpu.len(), 2, "{e}");
+    for u in cpu {
+        let secs = u["cpu_secs"].as_f64().unwrap();
+        assert!(secs > 0.0, "a server spent no CPU: {e}");
+        let per = u["us_per_msg"].as_f64().unwrap();
+        let msgs = e["messages"].as_f64().unwrap();
+        assert!(
+            (per * msgs / 1e6 - secs).abs() < 1e-6 * secs.max(1.0),
+            "{e}"
+        );
+    }
 
     let (members, messages) = (40u64, 25u64);
     let f = run_bench(&args(&[
@@ -571,4 +588,174 @@ fn refuses_non_loopback_targets() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"));
+}
+
+/// Starts `corelay-bench serve-peer --impl IMP` and returns it with its `ws://` URL once it
+/// prints its ready line (bounded).
+fn start_peer(imp: &str) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corelay-bench"))
+        .args(["serve-peer", "--impl", imp, "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let proc = Proc(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve-peer did not print its ready line");
+    let url = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        .to_string();
+    (proc, url)
+}
+
+/// The comparison servers echo text and binary messages (one of 70,000 bytes: 64-bit length)
+/// exactly and answer a ping, checked with tungstenite as the client; then `echo` (our
+/// client, every byte checked) runs against each with `--server-pids`.
+#[test]
+fn peer_servers_echo_text_and_binary() {
+    use tokio_tungstenite::tungstenite::{self, Message};
+    let dir = TempDir::new("peers");
+    for imp in ["fastwebsockets", "tokio-tungstenite"] {
+        let (server, url) = start_peer(imp);
+        let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (mut ws, resp) = tungstenite::client(url.as_str(), tcp).unwrap();
+        assert_eq!(resp.status(), 101, "{imp}");
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
+        let sent = [
+            Message::text("héllo, 世界"),
+            Message::binary(big),
+            Message::binary(vec![0u8; 0]),
+        ];
+        for m in &sent {
+            ws.send(m.clone()).unwrap();
+            let mut got = ws.read().unwrap();
+            while got.is_ping() || got.is_pong() {
+                got = ws.read().unwrap();
+            }
+            assert_eq!(&got, m, "{imp} echoes each message as it came");
+        }
+        ws.send(Message::Ping(b"p1".to_vec().into())).unwrap();
+        // The pong may only go out with the next write on tokio-tungstenite: send one more
+        // message, then both must arrive.
+        ws.send(Message::text("after ping")).unwrap();
+        let (mut pong, mut text) = (false, false);
+        while !(pong && text) {
+            match ws.read().unwrap() {
+                Message::Pong(p) => pong = &p[..] == b"p1",
+                Message::Text(t) => text = t.as_str() == "after ping",
+                _ => {}
+            }
+        }
+        ws.close(None).unwrap();
+        // The server answers the close; tungstenite then reports the connection closed.
+        loop {
+            match ws.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("{imp}: close handshake: {e}"),
+            }
+        }
+
+        // A process that only sleeps: its CPU over the window must read as zero, while the
+        // server's cannot (it echoed every message).
+        let sleeper = Proc(Command::new("sleep").arg("60").spawn().unwrap());
+        let pids = format!("{},{}", server.0.id(), sleeper.0.id());
+        let json = dir.path(&format!("{imp}.json"));
+        let e = run_bench(&args(&[
+            "echo",
+            "--url",
+            &url,
+            "--connections",
+            "20",
+            "--size",
+            "32",
+            "--inflight",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--server-pids",
+            &pids,
+            "--json",
+            &json,
+        ]));
+        assert_all_echoed(&e, 20);
+        let cpu = e["server_cpu"].as_array().unwrap();
+        assert_eq!(cpu.len(), 2, "{e}");
+        assert_eq!(cpu[0]["pid"], server.0.id(), "{e}");
+        let (secs, per) = (
+            cpu[0]["cpu_secs"].as_f64().unwrap(),
+            cpu[0]["us_per_msg"].as_f64().unwrap(),
+        );
+        assert!(secs > 0.0, "the server worked: {e}");
+        let msgs = e["messages"].as_f64().unwrap();
+        assert!((per - secs * 1e6 / msgs).abs() < 1e-6 * per.max(1.0), "{e}");
+        assert_eq!(cpu[1]["pid"], sleeper.0.id(), "{e}");
+        assert_eq!(
+            cpu[1]["cpu_secs"], 0.0,
+            "a sleeping process used no CPU: {e}"
+        );
+    }
+}
+
+/// `--server-pids` reads /proc/PID/stat: a single-threaded busy loop is charged some CPU and
+/// never more than the window's wall time (plus one tick each end); a pid that does not exist
+/// reads as unknown (null), never as zero.
+#[test]
+fn server_cpu_accounting_reads_proc() {
+    let dir = TempDir::new("cpuacct");
+    let gw = echo_gateway(&dir);
+    let url = format!("ws://127.0.0.1:{}/", gw.port);
+    let burner = Proc(
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap(),
+    );
+    // A pid that is gone: a child reaped before the run.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let json = dir.path("acct.json");
+    let e = run_bench(&args(&[
+        "echo",
+        "--url",
+        &url,
+        "--connections",
+        "4",
+        "--size",
+        "32",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.2",
+        "--server-pids",
+        &format!("{},{gone_pid}", burner.0.id()),
+        "--json",
+        &json,
+    ]));
+    let cpu = e["server_cpu"].as_array().unwrap();
+    let (used, window) = (
+        cpu[0]["cpu_secs"].as_f64().unwrap(),
+        e["secs"].as_f64().unwrap(),
+    );
+    assert!(used > 0.0, "a busy loop used CPU in a 2 s window: {e}");
+    assert!(
+        used <= window + 0.02,
+        "one thread cannot use more than one core: {e}"
+    );
+    assert!(cpu[1]["cpu_secs"].is_null(), "a gone pid is unknown: {e}");
 }

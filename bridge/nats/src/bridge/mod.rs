@@ -6,7 +6,8 @@
 //!   at any instant loses nothing: the gateway hands the uncommitted records to the next);
 //! - requests on `corelay.gw.<gw>.in` (completions, pushes, joins, logins) → the rings, then
 //!   an empty reply (the worker acks its event only after that);
-//! - `corelay.room.<group>` subscribed while the gateway has a member in the group;
+//! - `corelay.room.<group>` subscribed while the gateway has a member in the group (the
+//!   memberships are kept in the registry, so a restarted bridge subscribes them again);
 //! - the presence registry: logins, logouts on Closed, refreshes within the lease.
 
 mod presence;
@@ -388,20 +389,38 @@ impl Control {
                 _ = refresh.tick() => {
                     let entries: Vec<(String, u64)> = self.conns.iter()
                         .filter_map(|(c, s)| s.user.clone().map(|u| (u, *c))).collect();
-                    self.presence.send(PresenceOp::Refresh { entries, open: self.conns.len() as u64 }).await;
+                    let members: Vec<(u64, u64)> = self.conns.iter()
+                        .flat_map(|(c, s)| s.groups.iter().map(move |g| (*c, *g))).collect();
+                    self.presence.send(PresenceOp::Refresh { entries, members, open: self.conns.len() as u64 }).await;
                 }
             }
         }
     }
 
     async fn adopt(&mut self) {
-        let keys = match self.presence.registry().keys_of_gateway(&self.gw).await {
-            Ok(k) => k,
-            Err(_) => return,
-        };
-        for (user, addr) in keys {
-            let st = self.conns.entry(addr.conn).or_default();
-            st.user = Some(user);
+        let reg = self.presence.registry().clone();
+        match reg.keys_of_gateway(&self.gw).await {
+            Ok(keys) => {
+                for (user, addr) in keys {
+                    let st = self.conns.entry(addr.conn).or_default();
+                    st.user = Some(user);
+                }
+            }
+            Err(e) => tracing::warn!("bridge: registry (logins): {e:#}"),
+        }
+        // Room memberships: the gateway has no record that lists them, so the registry
+        // keeps them and the rooms of adopted connections are subscribed again.
+        match reg.memberships_of_gateway(&self.gw).await {
+            Ok(members) => {
+                for (conn, group) in members {
+                    let st = self.conns.entry(conn).or_default();
+                    if !st.groups.contains(&group) {
+                        st.groups.push(group);
+                        self.room_inc(group).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("bridge: registry (rooms): {e:#}"),
         }
         self.stats.logged_in.store(
             self.conns.values().filter(|s| s.user.is_some()).count() as u64,
@@ -416,6 +435,8 @@ impl Control {
         if let Some(st) = self.conns.remove(&c) {
             for g in st.groups {
                 self.room_dec(g);
+                self.presence
+                    .try_send(PresenceOp::Leave { conn: c, group: g });
             }
             if let Some(u) = st.user {
                 self.presence
@@ -479,6 +500,10 @@ impl Control {
                     if let Some(st) = self.conns.get_mut(&env.conn) {
                         if !st.groups.contains(&group) {
                             st.groups.push(group);
+                            self.presence.try_send(PresenceOp::Join {
+                                conn: env.conn,
+                                group,
+                            });
                             self.room_inc(group).await;
                         }
                     }
@@ -488,6 +513,10 @@ impl Control {
                         if let Some(i) = st.groups.iter().position(|g| *g == group) {
                             st.groups.swap_remove(i);
                             self.room_dec(group);
+                            self.presence.try_send(PresenceOp::Leave {
+                                conn: env.conn,
+                                group,
+                            });
                         }
                     }
                 }

@@ -1,4 +1,4 @@
-//! The bridge's registry writer: logins, logouts and lease refreshes, in order, with many
+//! The bridge's registry writer: logins, logouts, room memberships and lease refreshes, in order, with many
 //! puts in flight. Failures are counted, never retried here: the next refresh (every
 //! lease/3) rewrites every live entry, and an entry not refreshed expires with the lease.
 
@@ -20,8 +20,18 @@ pub(crate) enum PresenceOp {
         user: String,
         conn: u64,
     },
+    /// A room membership (kept so that a restarted bridge re-subscribes its rooms).
+    Join {
+        conn: u64,
+        group: u64,
+    },
+    Leave {
+        conn: u64,
+        group: u64,
+    },
     Refresh {
         entries: Vec<(String, u64)>,
+        members: Vec<(u64, u64)>,
         open: u64,
     },
 }
@@ -84,26 +94,40 @@ async fn worker(reg: Registry, gw: String, mut rx: mpsc::Receiver<PresenceOp>, s
             }
         }};
     }
+    macro_rules! purge {
+        ($key:expr) => {{
+            // A put still in flight for this key must land before the purge.
+            while let Some(f) = inflight.pop_front() {
+                if let Err(e) = f.await {
+                    fail(&stats, &e);
+                }
+            }
+            if let Err(e) = reg.remove(&$key).await {
+                fail(&stats, &e);
+            }
+        }};
+    }
     while let Some(op) = rx.recv().await {
         match op {
             PresenceOp::Login { user, conn } => {
                 put!(subjects::user_key(&user, &gw, conn), bytes::Bytes::new())
             }
-            PresenceOp::Logout { user, conn } => {
-                // A put still in flight for this key must land before the purge.
-                while let Some(f) = inflight.pop_front() {
-                    if let Err(e) = f.await {
-                        fail(&stats, &e);
-                    }
-                }
-                if let Err(e) = reg.remove(&subjects::user_key(&user, &gw, conn)).await {
-                    fail(&stats, &e);
-                }
+            PresenceOp::Join { conn, group } => {
+                put!(subjects::member_key(&gw, conn, group), bytes::Bytes::new())
             }
-            PresenceOp::Refresh { entries, open } => {
+            PresenceOp::Logout { user, conn } => purge!(subjects::user_key(&user, &gw, conn)),
+            PresenceOp::Leave { conn, group } => purge!(subjects::member_key(&gw, conn, group)),
+            PresenceOp::Refresh {
+                entries,
+                members,
+                open,
+            } => {
                 let logged = entries.len() as u64;
                 for (user, conn) in entries {
                     put!(subjects::user_key(&user, &gw, conn), bytes::Bytes::new());
+                }
+                for (conn, group) in members {
+                    put!(subjects::member_key(&gw, conn, group), bytes::Bytes::new());
                 }
                 put!(subjects::gw_key(&gw), gw_value(open, logged).into());
             }

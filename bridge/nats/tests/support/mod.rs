@@ -2,6 +2,8 @@
 //! clients (tungstenite). Every process is killed on drop.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -101,6 +103,12 @@ pub fn nats_server_bin() -> String {
 /// A single JetStream-enabled nats-server on loopback.
 pub fn nats_server(dir: &Path) -> (Proc, u16) {
     let port = free_port();
+    (nats_server_on(dir, port), port)
+}
+
+/// A single JetStream-enabled nats-server on loopback port `port`, its store in `dir`
+/// (started again on the same port and store, it is the same server restarted).
+pub fn nats_server_on(dir: &Path, port: u16) -> Proc {
     let store = dir.join(format!("js-{port}"));
     let p = Proc::spawn(
         "nats-server",
@@ -113,7 +121,7 @@ pub fn nats_server(dir: &Path) -> (Proc, u16) {
     wait_for("nats-server", Duration::from_secs(10), || {
         TcpStream::connect(("127.0.0.1", port)).ok()
     });
-    (p, port)
+    p
 }
 
 /// Path of the gateway binary, built if needed (it is another package of the workspace).
@@ -256,6 +264,33 @@ pub fn recv(ws: &mut Ws) -> String {
             _ => continue,
         }
     }
+}
+
+/// Next text message within `t`, or `None` (the connection stays usable).
+pub fn try_recv(ws: &mut Ws, t: Duration) -> Option<String> {
+    ws.get_ref().set_read_timeout(Some(t)).unwrap();
+    let r = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => break Some(t.to_string()),
+            Ok(tungstenite::Message::Binary(b)) => {
+                break Some(String::from_utf8_lossy(&b).into_owned())
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    r
 }
 
 pub fn send(ws: &mut Ws, s: &str) {

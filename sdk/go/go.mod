@@ -1,0 +1,3 @@
+module corelay.dev/backend
+
+go 1.19
