@@ -13,6 +13,7 @@
 //!  media                    media router: sessions, credentials, UDP/tunnel media paths
 //!  shard                    engine: glommio shards, connection lifecycle, the Handler seam
 //!  transport                TLS
+//!  live                     live streams across shards: registry, GOP cache, HLS, inboxes
 //!  config, metrics          settings (incl. the types they validate), counters
 //!  sdk                      backend-side library: ring, proto (never the runtime)
 //!  ring, fanout             shared-memory rings; generic group registry
@@ -35,6 +36,8 @@ pub mod admin;
 pub mod backend;
 #[cfg(feature = "runtime")]
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod live;
 #[cfg(feature = "runtime")]
 pub mod media;
 #[cfg(feature = "runtime")]

@@ -5,7 +5,9 @@
 //! every shard for a copy of its plain counters through the shard's control eventfd, so
 //! counting is exact and shards never contend on shared counters.
 
+mod live;
 mod media;
+
 use crate::shard::{GatewayHandle, ShardSnapshot};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +42,8 @@ pub struct AdminState {
     pub baseline_rss: u64,
     /// Static pages (demo).
     pub pages: Vec<Page>,
+    /// The live-stream registry, for `corelay_live_*` (when live streaming is on).
+    pub live: Option<Arc<crate::live::Hub>>,
 }
 
 /// Bind the admin listener and serve it on a new thread. Returns the bound address.
@@ -87,7 +91,7 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     match route {
         "/metrics" => {
             let snaps = st.gateway.snapshot(Duration::from_secs(1));
-            let body = metrics_text(&snaps, st.baseline_rss);
+            let body = metrics_text_with(&snaps, st.baseline_rss, st.live.as_deref());
             respond(
                 &mut s,
                 200,
@@ -173,6 +177,15 @@ fn shard_label(s: &ShardSnapshot) -> ShardLabel {
 
 /// Render every shard's counters in Prometheus/OpenMetrics text.
 pub fn metrics_text(snaps: &[Option<ShardSnapshot>], baseline_rss: u64) -> String {
+    metrics_text_with(snaps, baseline_rss, None)
+}
+
+/// [`metrics_text`] plus the per-stream live metrics of `live`.
+pub fn metrics_text_with(
+    snaps: &[Option<ShardSnapshot>],
+    baseline_rss: u64,
+    live: Option<&crate::live::Hub>,
+) -> String {
     let mut reg = Registry::with_prefix("corelay");
     macro_rules! counter_family {
         ($name:expr, $help:expr, $get:expr) => {{
@@ -403,6 +416,9 @@ pub fn metrics_text(snaps: &[Option<ShardSnapshot>], baseline_rss: u64) -> Strin
 
     media::register(&mut reg, snaps);
 
+    if let Some(hub) = live {
+        live::register(&mut reg, hub);
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);

@@ -31,7 +31,9 @@ use crate::ring::{Doorbells, GatewaySide, Producer};
 use crate::shard::conn::{CloseEvent, ReplyOutcome, Shard};
 use crate::shard::conn_table::ConnId;
 use crate::shard::control::{ControlMsg, HubEvent};
-use crate::shard::handler::{Delivery, Handler, HandlerStats, OpenDecision, OpenInfo};
+use crate::shard::handler::{
+    Delivery, Handler, HandlerStats, LiveOpenInfo, OpenDecision, OpenInfo,
+};
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -441,6 +443,41 @@ impl Handler for RingHandler {
             headers,
         };
         let r = self.push(slot, info.conn, 0, &m);
+        self.scratch = buf;
+        match r {
+            Ok(true) => {
+                io.set_route(info.conn, slot);
+                OpenDecision::Pending
+            }
+            Ok(false) => OpenDecision::Reject { status: 503 },
+            Err(()) => OpenDecision::Reject { status: 500 },
+        }
+    }
+
+    fn on_live_open(&mut self, io: &mut Shard, info: &LiveOpenInfo<'_>) -> OpenDecision<'static> {
+        let Some(slot) = self.router.pick_slot() else {
+            return OpenDecision::Reject { status: 503 };
+        };
+        // What the request is travels as two pseudo-headers (docs/ring-protocol.md).
+        let pairs: [(&[u8], &[u8]); 2] = [
+            (b"live-action", info.action.label().as_bytes()),
+            (b"live-egress", info.egress.label().as_bytes()),
+        ];
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let r = match msg::encode_headers(&pairs, &mut buf) {
+            Ok(headers) => {
+                let m = ToBackend::Open {
+                    protocol: Protocol::Live,
+                    peer: PeerAddr::Ip(info.peer),
+                    path: info.path.as_bytes(),
+                    query: info.query.as_bytes(),
+                    headers,
+                };
+                self.push(slot, info.conn, 0, &m)
+            }
+            Err(_) => Err(()),
+        };
         self.scratch = buf;
         match r {
             Ok(true) => {

@@ -225,7 +225,8 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("blocking signals")?;
 
-    let tls = match (&cfg.tls, cfg.listeners().iter().any(|l| l.tls)) {
+    let any_tls = cfg.listeners().iter().any(|l| l.tls) || !cfg.live.rtmps_listen.is_empty();
+    let tls = match (&cfg.tls, any_tls) {
         (Some(t), true) => Some(
             corelay::transport::TlsAcceptor::from_config(t)
                 .context("loading TLS certificates ([tls])")?,
@@ -257,6 +258,7 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
                 && cfg.backend.mode == BackendMode::Ring
                 && cfg.serves_backend(),
             baseline_rss: admin::process_rss(),
+            live: gw.live(),
             pages: vec![admin::Page {
                 path: "/",
                 content_type: "text/html; charset=utf-8",
@@ -285,6 +287,11 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         backend = Some(child);
     }
     // Logged last: tools and tests take this line as "ready".
+    let plain_rtmp = cfg.live.rtmp_listen.len();
+    for (i, a) in gw.rtmp_addrs().iter().enumerate() {
+        let scheme = if i < plain_rtmp { "rtmp" } else { "rtmps" };
+        tracing::info!(shards = cfg.shard_count(), "listening on {scheme}://{a}/");
+    }
     // wss first, then ws (tools take the first ws line as the main address).
     for tls in [true, false] {
         for l in gw.listeners().iter().filter(|l| l.tls == tls) {

@@ -45,6 +45,9 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+mod live;
+pub use live::LiveConfig;
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +70,8 @@ pub struct GatewayConfig {
     pub listener: Vec<ListenerConfig>,
     /// The media router (absent = off).
     pub media: Option<MediaConfig>,
+    /// Live streaming: RTMP ingest, HTTP-FLV / WebSocket-FLV / HLS egress (docs/live.md).
+    pub live: LiveConfig,
 }
 
 /// What serves a listener's connections.
@@ -496,6 +501,7 @@ impl GatewayConfig {
                 "required when backend.routes is set",
             ));
         }
+        self.validate_live()?;
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }

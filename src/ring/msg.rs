@@ -11,7 +11,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::error::RingError;
 use super::spsc::{Producer, Record};
-use crate::proto::media::MediaKind;
 
 /// Message kinds (the record `kind` field).
 pub mod kind {
@@ -123,50 +122,9 @@ pub enum PeerAddr {
     Ip(SocketAddr),
 }
 
-/// Header name/value pairs of a [`ToBackend::Open`], iterated lazily from the payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Headers<'a> {
-    count: u16,
-    bytes: &'a [u8],
-}
-
-impl<'a> Headers<'a> {
-    /// Number of header pairs (build one for encoding with [`encode_headers`]).
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-    /// Whether there are no headers.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-    /// Iterates `(name, value)` pairs (already validated at decode time).
-    pub fn iter(&self) -> HeaderIter<'a> {
-        HeaderIter {
-            left: self.count,
-            r: Reader { b: self.bytes },
-        }
-    }
-}
-
-/// Iterator over [`Headers`].
-#[derive(Clone, Debug)]
-pub struct HeaderIter<'a> {
-    left: u16,
-    r: Reader<'a>,
-}
-
-impl<'a> Iterator for HeaderIter<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let n = self.r.lp("header name").ok()?;
-        let v = self.r.lp("header value").ok()?;
-        Some((n, v))
-    }
-}
+#[path = "msg_headers.rs"]
+mod headers;
+pub use headers::{encode_headers, HeaderIter, Headers};
 
 /// Application protocol of a connection, carried in [`ToBackend::Open`] so one backend can
 /// serve more than WebSocket.
@@ -312,76 +270,10 @@ pub enum ToGateway<'a> {
     Evict,
 }
 
-/// Most SSRCs one admission may list (`proto::media::fanout::MAX_OWNED_SSRCS`).
-pub const MAX_ADMIT_STREAMS: usize = crate::proto::media::fanout::MAX_OWNED_SSRCS;
-
-/// The bit of a media type in [`ToGateway::Admit`]'s `media` mask: audio 1, video 2, content 4.
-pub const fn media_bit(k: MediaKind) -> u8 {
-    match k {
-        MediaKind::Audio => 1,
-        MediaKind::Video => 2,
-        MediaKind::Content => 4,
-    }
-}
-
-const MEDIA_MASK: u8 = 7;
-
-/// The `(ssrc u32, media u8)` entries of a [`ToGateway::Admit`], validated at construction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Streams<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Streams<'a> {
-    /// Wraps encoded entries (5 bytes each: SSRC little-endian, media type byte); fails on a
-    /// partial entry, an unknown media type or more than [`MAX_ADMIT_STREAMS`] entries.
-    pub fn new(bytes: &'a [u8]) -> Result<Self, MsgError> {
-        if bytes.len() % 5 != 0 {
-            return Err(MsgError::Truncated("admit.streams"));
-        }
-        if bytes.len() / 5 > MAX_ADMIT_STREAMS {
-            return Err(MsgError::Invalid("admit.count"));
-        }
-        if bytes
-            .chunks_exact(5)
-            .any(|e| MediaKind::from_byte(e[4]).is_none())
-        {
-            return Err(MsgError::Invalid("admit.stream media"));
-        }
-        Ok(Self { bytes })
-    }
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.bytes.len() / 5
-    }
-    /// Whether there are none (a receive-only member).
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-    /// `(ssrc, media type)` pairs in order.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, MediaKind)> + 'a {
-        self.bytes.chunks_exact(5).filter_map(|e| {
-            let ssrc = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-            MediaKind::from_byte(e[4]).map(|k| (ssrc, k))
-        })
-    }
-}
-
-/// Encodes `(ssrc, media type)` pairs for [`ToGateway::Admit`] into `buf`.
-pub fn encode_streams<'b>(
-    list: &[(u32, MediaKind)],
-    buf: &'b mut Vec<u8>,
-) -> Result<Streams<'b>, MsgError> {
-    if list.len() > MAX_ADMIT_STREAMS {
-        return Err(MsgError::TooLong("admit.count"));
-    }
-    buf.clear();
-    for (ssrc, k) in list {
-        buf.extend_from_slice(&ssrc.to_le_bytes());
-        buf.push(k.to_byte());
-    }
-    Streams::new(buf)
-}
+#[path = "msg_streams.rs"]
+mod streams;
+use streams::MEDIA_MASK;
+pub use streams::{encode_streams, media_bit, Streams, MAX_ADMIT_STREAMS};
 
 /// A message that can be written into a ring record (implemented by [`ToBackend`] and
 /// [`ToGateway`]; each direction has its own type, so a wrong-way kind cannot be built).
@@ -862,30 +754,6 @@ impl Writer<'_> {
         self.put(&(s.len() as u16).to_le_bytes());
         self.put(s);
     }
-}
-
-/// Encodes a header list for [`ToBackend::Open`] into `buf` and returns the view to put in the
-/// message. Fails if a name or value exceeds 65535 bytes or there are more than 65535 pairs.
-pub fn encode_headers<'b>(
-    pairs: &[(&[u8], &[u8])],
-    buf: &'b mut Vec<u8>,
-) -> Result<Headers<'b>, MsgError> {
-    if pairs.len() > u16::MAX as usize {
-        return Err(MsgError::TooLong("header count"));
-    }
-    buf.clear();
-    for (n, v) in pairs {
-        check_lp(n, "header name")?;
-        check_lp(v, "header value")?;
-        buf.extend_from_slice(&(n.len() as u16).to_le_bytes());
-        buf.extend_from_slice(n);
-        buf.extend_from_slice(&(v.len() as u16).to_le_bytes());
-        buf.extend_from_slice(v);
-    }
-    Ok(Headers {
-        count: pairs.len() as u16,
-        bytes: buf,
-    })
 }
 
 /// Why [`push`] failed.

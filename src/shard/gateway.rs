@@ -47,6 +47,8 @@ pub struct Gateway {
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     listeners: Vec<BoundListener>,
+    rtmp_addrs: Vec<SocketAddr>,
+    live: Option<Arc<crate::live::Hub>>,
 }
 
 /// A bound listener (port 0 resolved) and the service behind it.
@@ -141,7 +143,20 @@ impl Gateway {
         let mut tls_addrs = Vec::new();
         let mut bound = Vec::new();
         let mut kinds: Vec<ServiceKind> = Vec::new();
-        for l in cfg.listeners() {
+        let mut rtmp_addrs = Vec::new();
+        // RTMP listeners go after the others; their connections belong to the `[backend]`
+        // service (it authorizes publish and play).
+        let rtmp = cfg.live.rtmp_listen.iter().map(|&a| (a, false));
+        let rtmps = cfg.live.rtmps_listen.iter().map(|&a| (a, true));
+        let rtmp = rtmp.chain(rtmps).map(|(addr, tls)| {
+            let l = crate::config::ListenerConfig {
+                addr,
+                tls,
+                service: ServiceKind::Backend,
+            };
+            (l, true)
+        });
+        for (l, is_rtmp) in cfg.listeners().into_iter().map(|l| (l, false)).chain(rtmp) {
             let (addr, is_tls) = (l.addr, l.tls);
             let service = match kinds.iter().position(|&k| k == l.service) {
                 Some(i) => i,
@@ -155,29 +170,40 @@ impl Gateway {
                 .local_addr()?
                 .as_socket()
                 .ok_or_else(|| io::Error::other("listener has no inet address"))?;
-            if is_tls {
-                tls_addrs.push(actual);
+            if is_rtmp {
+                rtmp_addrs.push(actual);
             } else {
-                addrs.push(actual);
+                if is_tls {
+                    tls_addrs.push(actual);
+                } else {
+                    addrs.push(actual);
+                }
+                bound.push(BoundListener {
+                    addr: actual,
+                    tls: is_tls,
+                    service: l.service,
+                });
             }
-            bound.push(BoundListener {
-                addr: actual,
-                tls: is_tls,
-                service: l.service,
-            });
             per_shard[0].push(ShardListener {
                 fd: first.into(),
                 tls: is_tls,
                 service,
+                rtmp: is_rtmp,
             });
             for fds in per_shard.iter_mut().skip(1) {
                 fds.push(ShardListener {
                     fd: listener::bind(actual, &cfg.tcp)?.into(),
                     tls: is_tls,
                     service,
+                    rtmp: is_rtmp,
                 });
             }
         }
+        let live = if rtmp_addrs.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::live::Hub::new(cfg.live.clone(), n)?))
+        };
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut threads = Vec::new();
         let mut controls = Vec::new();
@@ -193,6 +219,7 @@ impl Gateway {
             let handlers = handlers.clone();
             let kinds = kinds.clone();
             let tls = tls.clone();
+            let live = live.clone();
             let t = LocalExecutorBuilder::new(placement)
                 .name(&format!("corelay-shard{id}"))
                 // glommio pre-registers 10 MiB per executor for O_DIRECT file I/O, which a
@@ -200,8 +227,16 @@ impl Gateway {
                 // 10 MiB of baseline RSS per shard saved.
                 .io_memory(SHARD_IO_MEMORY)
                 .spawn(move || async move {
-                    if let Err(e) =
-                        run_shard(id as u8, cfg, listeners, control, (handlers, kinds), tls).await
+                    if let Err(e) = run_shard(
+                        id as u8,
+                        cfg,
+                        listeners,
+                        control,
+                        (handlers, kinds),
+                        tls,
+                        live,
+                    )
+                    .await
                     {
                         tracing::error!(shard = id, error = %e, "shard failed");
                     }
@@ -216,7 +251,20 @@ impl Gateway {
             addrs,
             tls_addrs,
             listeners: bound,
+            rtmp_addrs,
+            live,
         })
+    }
+
+    /// The bound RTMP and RTMPS listen addresses (`live.rtmp_listen`, then
+    /// `live.rtmps_listen`).
+    pub fn rtmp_addrs(&self) -> &[SocketAddr] {
+        &self.rtmp_addrs
+    }
+
+    /// The live-stream registry (when an RTMP listener is configured).
+    pub fn live(&self) -> Option<Arc<crate::live::Hub>> {
+        self.live.clone()
     }
 
     /// Every bound listener with its service, in configuration order.

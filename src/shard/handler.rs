@@ -48,10 +48,77 @@ pub struct OpenInfo<'a, 'b> {
     pub request: &'a Request<'b>,
 }
 
+/// What a live request wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveAction {
+    /// Publish a stream (RTMP ingest).
+    Publish,
+    /// Watch a stream.
+    Play,
+}
+
+impl LiveAction {
+    /// The label sent to backends (`live-action` header of the `Open`).
+    pub fn label(self) -> &'static str {
+        match self {
+            LiveAction::Publish => "publish",
+            LiveAction::Play => "play",
+        }
+    }
+}
+
+/// How a live request reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveEgress {
+    /// RTMP (or RTMPS): ingest, or RTMP play.
+    Rtmp,
+    /// `GET /live/NAME.flv` (HTTP-FLV, also over TLS).
+    HttpFlv,
+    /// A WebSocket upgrade on `/live/NAME.flv` (FLV bytes in binary messages).
+    WsFlv,
+    /// `GET /live/NAME.m3u8` or a segment of it.
+    Hls,
+}
+
+impl LiveEgress {
+    /// The label sent to backends (`live-egress` header of the `Open`).
+    pub fn label(self) -> &'static str {
+        match self {
+            LiveEgress::Rtmp => "rtmp",
+            LiveEgress::HttpFlv => "http-flv",
+            LiveEgress::WsFlv => "ws-flv",
+            LiveEgress::Hls => "hls",
+        }
+    }
+}
+
+/// A publish or play to authorize.
+pub struct LiveOpenInfo<'a> {
+    /// The connection.
+    pub conn: ConnId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Publish or play.
+    pub action: LiveAction,
+    /// RTMP, HTTP-FLV, WebSocket-FLV or HLS.
+    pub egress: LiveEgress,
+    /// `/live/NAME`.
+    pub path: &'a str,
+    /// What followed `?` (stream key, token), without the `?`.
+    pub query: &'a str,
+}
+
 /// Connection events from one shard. Implementations live on that shard's thread.
 pub trait Handler {
     /// A valid upgrade request arrived.
     fn on_open<'a>(&mut self, io: &mut Shard, info: &OpenInfo<'a, '_>) -> OpenDecision<'a>;
+
+    /// A live publish or play wants authorization (docs/live.md). `Accept`'s protocol is
+    /// ignored; `Pending` is answered with [`Shard::accept`] / [`Shard::reject`], exactly like
+    /// an upgrade, and [`Handler::on_close`] follows the same rule. The default refuses.
+    fn on_live_open(&mut self, _io: &mut Shard, _info: &LiveOpenInfo<'_>) -> OpenDecision<'static> {
+        OpenDecision::Reject { status: 403 }
+    }
 
     /// A complete text or binary message arrived (`payload` is borrowed from the read buffer).
     fn on_message(
@@ -152,8 +219,8 @@ impl HandlerStats {
     }
 }
 
-/// Echoes every message back on the same connection; accepts every upgrade, selecting the
-/// first offered subprotocol that is a token (the only kind a 101 may confirm).
+/// Echoes every message back on the same connection; accepts every upgrade (and every live
+/// publish and play), selecting the first offered subprotocol that is a token (the only kind a 101 may confirm).
 #[derive(Debug, Default)]
 pub struct EchoHandler;
 
@@ -165,6 +232,10 @@ impl Handler for EchoHandler {
                 .protocols()
                 .find(|p| crate::proto::handshake::is_token(p)),
         }
+    }
+
+    fn on_live_open(&mut self, _io: &mut Shard, _info: &LiveOpenInfo<'_>) -> OpenDecision<'static> {
+        OpenDecision::Accept { protocol: None }
     }
 
     fn on_message(

@@ -3,7 +3,7 @@
 //! the graceful shutdown.
 
 use super::conn::{
-    self, Shard, HANDLER_INDEX_BITS, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_TIMER,
+    self, Shard, HANDLER_INDEX_BITS, TOK_CONTROL, TOK_HANDLER, TOK_LISTENER, TOK_LIVE, TOK_TIMER,
 };
 use super::conn_table::ConnId;
 use super::control_block::{read_counter, Control};
@@ -25,6 +25,8 @@ pub(super) struct ShardListener {
     pub(super) tls: bool,
     /// Index of its service in the shard's [`Services`].
     pub(super) service: u8,
+    /// An RTMP(S) listener: its connections run an RTMP session.
+    pub(super) rtmp: bool,
 }
 
 pub(super) struct State {
@@ -102,6 +104,7 @@ pub(super) async fn run_shard(
     control: Arc<Control>,
     (handlers, kinds): (HandlerFactory, Vec<ServiceKind>),
     tls: Option<crate::transport::TlsAcceptor>,
+    live: Option<Arc<crate::live::Hub>>,
 ) -> io::Result<()> {
     let (poller, mut waker) = reactor::new(1024)?;
     let epfd = poller.raw_fd_hint();
@@ -112,7 +115,7 @@ pub(super) async fn run_shard(
     for (i, l) in listeners.iter().enumerate() {
         poller.add(l.fd.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
     }
-    let io = Shard::new(
+    let mut io = Shard::new(
         id,
         settings(&cfg),
         cfg.limits.max_connections_per_shard,
@@ -120,6 +123,12 @@ pub(super) async fn run_shard(
         cfg.limits.read_buffer_bytes,
         tls,
     );
+    if let Some(hub) = live {
+        if let Some(fd) = hub.inbox_fd(id) {
+            io.poller.add(fd, TOK_LIVE, Interest::Read)?;
+        }
+        io.attach_live(hub);
+    }
     let services = Services::new(kinds.iter().map(|&k| handlers(id, k)).collect());
     control.epfd.store(epfd, Ordering::Relaxed);
     control.wake_fd.store(waker.wake_fd(), Ordering::Relaxed);
@@ -229,6 +238,10 @@ fn settle(st: &mut State) -> bool {
     // left waits for the next round (nothing is lost: the queue stays).
     for _ in 0..4 {
         st.io.flush();
+        // Viewers write their queued tags once the engine's own output (response heads)
+        // is out; what they stage (TLS, RTMP) goes in the second flush.
+        conn::settle_live(&mut st.io);
+        st.io.flush();
         if !conn::deliver_closed(&mut st.io, &mut st.services) {
             break;
         }
@@ -259,6 +272,7 @@ fn dispatch(st: &mut State, r: Ready) {
             }
             TOK_LISTENER => accept_some(st, idx),
             TOK_TIMER => on_tick(st),
+            TOK_LIVE => conn::on_inbox(&mut st.io),
             TOK_HANDLER => {
                 // The registering service is in the index's top bits (`register_handler_fd`).
                 let service = (idx >> HANDLER_INDEX_BITS) as u8;
@@ -273,6 +287,7 @@ fn dispatch(st: &mut State, r: Ready) {
     let id = ConnId(tok);
     if r.writable {
         st.io.write_queued(id);
+        conn::live_writable(&mut st.io, id);
     }
     if r.readable {
         if let Some(service) = st.io.service_of(id) {
@@ -292,6 +307,7 @@ fn on_tick(st: &mut State) {
     let mut due = std::mem::take(&mut st.due);
     conn::on_tick(&mut st.io, now_tick, &mut due);
     st.due = due;
+    conn::on_live_tick(&mut st.io);
     if std::mem::take(&mut st.accept_retry) {
         for i in 0..st.listeners.len() {
             accept_some(st, i as u32);
@@ -356,10 +372,10 @@ fn accept_some(st: &mut State, idx: u32) {
     let Some(l) = st.listeners.get(idx as usize) else {
         return;
     };
-    let (fd, is_tls, service) = (l.fd.as_raw_fd(), l.tls, l.service);
+    let (fd, is_tls, service, rtmp) = (l.fd.as_raw_fd(), l.tls, l.service, l.rtmp);
     for _ in 0..256 {
         match listener::accept(fd) {
-            Ok(Some((sock, peer))) => st.io.admit(sock, peer, is_tls, service),
+            Ok(Some((sock, peer))) => st.io.admit_as(sock, peer, is_tls, service, rtmp),
             Ok(None) => return,
             Err(e) => {
                 // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin.

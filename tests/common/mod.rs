@@ -15,6 +15,8 @@ pub struct Gw {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
+    /// RTMP listeners (`rtmp://`, then `rtmps://`), as logged.
+    pub rtmp: Vec<SocketAddr>,
     pub log: mpsc::Receiver<String>,
     _dir: TempDir,
 }
@@ -96,6 +98,7 @@ impl Gw {
         let mut addr = None;
         let mut admin = None;
         let mut tls = None;
+        let mut rtmp = Vec::new();
         while addr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
@@ -108,6 +111,12 @@ impl Gw {
                         .parse()
                         .unwrap(),
                 );
+            }
+            for scheme in ["listening on rtmp://", "listening on rtmps://"] {
+                if let Some(rest) = line.split(scheme).nth(1) {
+                    let a = rest.trim_end_matches(|c| c != '/').trim_end_matches('/');
+                    rtmp.push(a.parse().unwrap());
+                }
             }
             if let Some(rest) = line.split("listening on wss://").nth(1) {
                 tls = Some(
@@ -133,6 +142,7 @@ impl Gw {
             addr: addr.unwrap(),
             admin,
             tls,
+            rtmp,
             log: rx,
             _dir: dir,
         }

@@ -249,6 +249,11 @@ impl ViewerQueue {
         self.bytes
     }
 
+    /// Dropping frames until the next keyframe (after an overflow).
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
     /// Tags dropped so far (overflow, skipping, malformed).
     pub fn dropped(&self) -> u64 {
         self.dropped

@@ -11,6 +11,11 @@ impl Shard {
     /// Take a freshly accepted socket from a listener of `service`. Refusals (limits) are
     /// answered and closed here.
     pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8) {
+        self.admit_as(fd, peer, tls, service, false);
+    }
+
+    /// [`Shard::admit`] for a socket of a given kind: `rtmp` = from an RTMP(S) listener.
+    pub fn admit_as(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8, rtmp: bool) {
         if self.shutting_down {
             return;
         }
@@ -52,6 +57,10 @@ impl Shard {
             decoder: Decoder::new(),
             extra: Some(Box::new(Extra {
                 peer: Some(peer),
+                live: rtmp.then(|| {
+                    let seed = self.metrics.opened ^ (u64::from(peer.port()) << 32);
+                    Box::new(super::live_rtmp::new_conn(seed))
+                }),
                 ..Default::default()
             })),
             transport,

@@ -97,6 +97,10 @@ impl Shard {
             return;
         };
         match conn.life.close(self.now, &timing, code, cause) {
+            CloseStep::SendCloseFrame if self.is_raw_live(id) => {
+                // No close frame in RTMP or an HTTP response: the stream just ends.
+                self.begin_drain(id);
+            }
             CloseStep::SendCloseFrame => {
                 let mut p = [0u8; 125];
                 let n = ws::write_close_payload(&mut p, code, reason);
@@ -182,9 +186,12 @@ impl Shard {
     /// or left pending the upgrade), one [`CloseEvent`] queued. `cause` applies unless one
     /// was recorded earlier. Returns false when `id` was already gone (nothing happens).
     pub(crate) fn remove(&mut self, id: ConnId, cause: CloseCause) -> bool {
-        let Some(conn) = self.conns.remove(id) else {
+        let Some(mut conn) = self.conns.remove(id) else {
             return false;
         };
+        if let Some(live) = conn.extra.as_mut().and_then(|x| x.live.take()) {
+            self.live_removed(id, *live);
+        }
         self.poller
             .remove(std::os::fd::AsRawFd::as_raw_fd(&conn.fd));
         if conn.ip_slot != u32::MAX {

@@ -33,8 +33,11 @@ pub fn on_tick(io: &mut Shard, now: Tick, due: &mut Vec<ConnId>) {
             Due::Ping(at) => {
                 let at = io.wheel.schedule(id, at);
                 c.life.entry_at(at);
-                io.metrics.pings_sent += 1;
-                io.send_control(id, OpCode::Ping, b"");
+                // RTMP and HTTP streams have no pings: their traffic is their keepalive.
+                if !io.is_raw_live(id) {
+                    io.metrics.pings_sent += 1;
+                    io.send_control(id, OpCode::Ping, b"");
+                }
             }
             Due::IdleTimeout => {
                 io.metrics.idle_closes += 1;

@@ -28,6 +28,10 @@ mod admit;
 mod close;
 mod deadlines;
 mod lifecycle;
+mod live;
+mod live_http;
+mod live_pump;
+mod live_rtmp;
 mod open;
 mod output;
 mod protocol;
@@ -39,6 +43,7 @@ mod txqueue;
 pub use close::{deliver_closed, CloseCause, CloseEvent};
 pub use deadlines::{force_close_all, on_tick, start_shutdown};
 pub use lifecycle::{CloseStep, ConnState, Due, Ended, Lifecycle, Timing};
+pub use live::{live_writable, on_inbox, on_live_tick, settle_live};
 pub use protocol::retry_stalled;
 pub use read::on_readable;
 pub use transport::Transport;
@@ -97,6 +102,8 @@ pub struct Extra {
     /// `None` kind = completion without a message.
     reorder: Vec<(u32, Option<DataKind>, Vec<u8>)>,
     peer: Option<SocketAddr>,
+    /// A live connection's protocol state (RTMP session, viewer, pending request).
+    live: Option<Box<live::LiveConn>>,
 }
 
 impl Extra {
@@ -112,6 +119,7 @@ impl Extra {
             // Kept until the open decision: releasing it between reads of the handshake
             // would hand the backend 0.0.0.0:0 instead of the client's address.
             && self.peer.is_none()
+            && self.live.is_none()
     }
 }
 
@@ -210,6 +218,8 @@ pub(crate) const TOK_LISTENER: u64 = SPECIAL | (2 << 32);
 pub(crate) const TOK_HANDLER: u64 = SPECIAL | (3 << 32);
 /// Token of the shard's tick timerfd.
 pub(crate) const TOK_TIMER: u64 = SPECIAL | (4 << 32);
+/// Token of the shard's live-stream inbox eventfd.
+pub(crate) const TOK_LIVE: u64 = SPECIAL | (5 << 32);
 /// A handler fd's token carries its service in these bits of the index (the low 24 bits are
 /// the handler's own index).
 pub(crate) const HANDLER_INDEX_BITS: u32 = 24;
@@ -253,6 +263,8 @@ pub struct Shard {
     seal_staging: Vec<u8>,
     /// Close events of removed connections, until the shard loop hands them to the handler.
     closed: Vec<CloseEvent>,
+    /// Live streaming on this shard ([`Shard::attach_live`]).
+    live: Option<Box<live::LiveShard>>,
     /// The service whose handler is running ([`ENGINE`] between handler calls): a handler
     /// sees and acts on its own service's connections only, so a backend naming another
     /// service's connection id (or closing "every connection of its slot") cannot reach it.
@@ -292,6 +304,7 @@ impl Shard {
             plain: Vec::new(),
             seal_staging: Vec::new(),
             closed: Vec::new(),
+            live: None,
             caller: ENGINE,
         }
     }

@@ -20,6 +20,9 @@ impl Shard {
         if !self.mine(id) {
             return false;
         }
+        if self.is_live(id) {
+            return self.accept_live(id);
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
@@ -59,6 +62,9 @@ impl Shard {
         if !self.mine(id) {
             return false;
         }
+        if self.is_live(id) {
+            return self.reject_live(id, status);
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
@@ -81,7 +87,7 @@ fn confirmable<'o>(mut offered: impl Iterator<Item = &'o str>, protocol: Option<
 
 /// The 101 for the client's `key`, written by the proto writer (the one place that refuses
 /// to write a non-token subprotocol).
-fn write_101(out: &mut Vec<u8>, key: &[u8], protocol: Option<&str>) {
+pub(super) fn write_101(out: &mut Vec<u8>, key: &[u8], protocol: Option<&str>) {
     let start = out.len();
     out.resize(start + handshake::response_101_len(protocol), 0);
     let n = handshake::write_101(&mut out[start..], key, protocol).unwrap_or(0);
@@ -113,12 +119,26 @@ pub(super) fn process_handshake(
             return 0;
         }
         Ok(Some(req)) => req,
+        Err(
+            err @ (handshake::HandshakeError::NotWebSocketUpgrade
+            | handshake::HandshakeError::ConnectionNotUpgrade),
+        ) => {
+            // A plain GET: live egress (HTTP-FLV, HLS) if it asks for it.
+            if let Some(used) = super::live_http::route_get(io, h, id, buf) {
+                return used.max(buf.len());
+            }
+            refuse_handshake(io, id, &err);
+            return buf.len();
+        }
         Err(err) => {
             refuse_handshake(io, id, &err);
             return buf.len();
         }
     };
     let head = req.head_len();
+    if super::live_http::route_upgrade(io, h, id, &req).is_some() {
+        return head;
+    }
     let peer = io
         .peer(id)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));

@@ -15,6 +15,16 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
         return buf.len();
     };
     conn.life.on_input(io.now);
+    if let Some(l) = conn.extra.as_ref().and_then(|x| x.live.as_ref()) {
+        // Live connections: an RTMP session, or a viewer whose input means nothing (HTTP)
+        // or is WebSocket control traffic (WebSocket-FLV).
+        if l.rtmp.is_some() {
+            return super::live_rtmp::process(io, h, id, buf);
+        }
+        if !l.is_ws() {
+            return buf.len();
+        }
+    }
     match conn.life.state() {
         ConnState::Handshake => {
             let used = process_handshake(io, h, id, buf);
@@ -130,6 +140,10 @@ fn deliver(
     kind: DataKind,
     payload: &[u8],
 ) -> bool {
+    if io.is_live(id) {
+        // A WebSocket-FLV viewer's messages mean nothing to anyone.
+        return false;
+    }
     match h.on_message(io, id, kind, payload) {
         Delivery::Taken => !io.conns.get(id).is_some_and(|c| c.life.is_open()),
         Delivery::Full => {

@@ -165,9 +165,12 @@ pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
                 break;
             }
         }
-        if n < room {
+        // A short read drained the socket, and new bytes bring a new edge; but a FIN that
+        // came with the data brings none. Live connections (an RTMP publisher closes right
+        // after its last command) read on to EAGAIN so their EOF is not missed.
+        if n < room && !io.is_live(id) {
             exhausted = false;
-            break; // short read: the socket is drained (a new edge will come)
+            break;
         }
         if let Some(c) = io.conns.get_mut(id) {
             c.release_extra_if_empty();

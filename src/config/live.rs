@@ -1,0 +1,93 @@
+//! `[live]`: live streaming settings (docs/live.md) and their validation.
+
+use super::{invalid, ConfigError, GatewayConfig};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// `[live]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// RTMP ingest (and play) listen addresses (the usual port is 1935). Empty: no RTMP.
+    pub rtmp_listen: Vec<SocketAddr>,
+    /// RTMPS listen addresses (RTMP inside TLS; need `[tls]`).
+    pub rtmps_listen: Vec<SocketAddr>,
+    /// Serve `/live/NAME.flv`, `/live/NAME.m3u8` and segments on the ws/wss listeners.
+    pub http: bool,
+    /// A new viewer gets the last GOP first (its first frame shows at once); off for the
+    /// lowest latency (the viewer waits for the next keyframe).
+    pub gop_cache: bool,
+    /// Largest GOP the cache keeps (bytes); a larger one is not cached.
+    pub gop_cache_bytes: usize,
+    /// A publisher that drops ends its stream after this long; viewers stay for a
+    /// reconnect within it.
+    pub grace_ms: u64,
+    /// Bound of each viewer's queue of tags (bytes); on overflow the viewer skips to the
+    /// next keyframe.
+    pub viewer_queue_bytes: usize,
+    /// A viewer that overflows its queue this many times without catching up in between
+    /// (its queue empty) is closed.
+    pub max_skips_in_row: u32,
+    /// Merged writes: tags wait up to this long to go out in one writev (0 = every round).
+    /// Granularity: `timeouts.tick_ms`.
+    pub mw_latency_ms: u64,
+    /// Accept every publish and play without asking the handler (no Open to a backend).
+    pub allow_all: bool,
+    /// HLS: target segment duration (ms).
+    pub hls_segment_ms: u32,
+    /// HLS: segments kept and listed (sliding window).
+    pub hls_window: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            rtmp_listen: Vec::new(),
+            rtmps_listen: Vec::new(),
+            http: true,
+            gop_cache: true,
+            gop_cache_bytes: 8 << 20,
+            grace_ms: 5_000,
+            viewer_queue_bytes: 4 << 20,
+            max_skips_in_row: 3,
+            mw_latency_ms: 0,
+            allow_all: false,
+            hls_segment_ms: 2_000,
+            hls_window: 6,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub(super) fn validate_live(&self) -> Result<(), ConfigError> {
+        let l = &self.live;
+        if !l.rtmps_listen.is_empty() && self.tls.is_none() {
+            return Err(invalid("tls", "live.rtmps_listen needs a [tls] section"));
+        }
+        if !(64 << 10..=1 << 30).contains(&l.viewer_queue_bytes) {
+            return Err(invalid(
+                "live.viewer_queue_bytes",
+                "must be in 65536..=2^30",
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&l.gop_cache_bytes) {
+            return Err(invalid("live.gop_cache_bytes", "must be in 65536..=2^30"));
+        }
+        if l.grace_ms > 3_600_000 || l.mw_latency_ms > 10_000 {
+            return Err(invalid(
+                "live.grace_ms",
+                "grace_ms at most 1 h, mw_latency_ms at most 10 s",
+            ));
+        }
+        if l.max_skips_in_row == 0 {
+            return Err(invalid("live.max_skips_in_row", "must be > 0"));
+        }
+        if !(100..=60_000).contains(&l.hls_segment_ms) || !(1..=100).contains(&l.hls_window) {
+            return Err(invalid(
+                "live.hls_segment_ms",
+                "hls_segment_ms in 100..=60000, hls_window in 1..=100",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! Live streaming connections in the engine: what a live connection is (an RTMP session, a
+//! viewer, a pending request), how its publish or play is authorized (the handler's
+//! [`Handler::on_live_open`], answered now or later through [`Shard::accept`] /
+//! [`Shard::reject`]), what the shard does with its inbox of tags from the [`Hub`], and what
+//! a live connection's removal means for its stream.
+//!
+//! The protocols themselves live next to this: RTMP in `live_rtmp.rs`, the HTTP requests
+//! (HTTP-FLV, HLS) and the WebSocket-FLV upgrade in `live_http.rs`, the viewers' queues and
+//! merged writes in `live_pump.rs`.
+
+use super::live_pump::Viewer;
+use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
+use crate::live::{Delivery, Hub, Stream};
+use crate::proto::rtmp::RtmpSession;
+use crate::shard::conn_table::ConnId;
+use crate::shard::handler::{Handler, LiveAction, LiveEgress, LiveOpenInfo, OpenDecision};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A live connection's protocol state (in the connection's `Extra`).
+pub(crate) struct LiveConn {
+    /// RTMP connections (ingest or play) run a session; HTTP and WebSocket ones do not.
+    pub(super) rtmp: Option<Box<RtmpSession>>,
+    pub(super) role: Role,
+}
+
+/// What a live connection is doing.
+pub(super) enum Role {
+    /// Nothing yet (an RTMP connection before `publish`/`play`).
+    Idle,
+    /// Asked the handler; waiting for [`Shard::accept`] / [`Shard::reject`].
+    Pending(Request),
+    /// Publishing `stream`.
+    Publisher(Arc<Stream>),
+    /// Watching a stream.
+    Viewer(Box<Viewer>),
+}
+
+/// A publish or play waiting for its authorization.
+pub(super) struct Request {
+    pub(super) action: LiveAction,
+    pub(super) egress: LiveEgress,
+    pub(super) name: String,
+    /// HLS: the segment asked for (`None`: the playlist).
+    pub(super) segment: Option<u64>,
+    /// WebSocket-FLV: the client's key, for the 101.
+    pub(super) ws_key: Option<[u8; 24]>,
+    /// When the request was complete (time to first byte starts here).
+    pub(super) at: Instant,
+}
+
+impl LiveConn {
+    pub(super) fn rtmp(session: RtmpSession) -> Self {
+        Self {
+            rtmp: Some(Box::new(session)),
+            role: Role::Idle,
+        }
+    }
+
+    /// Whether the connection speaks WebSocket framing (WebSocket-FLV): close frames and
+    /// pings apply to it; the others end by closing the stream.
+    pub(super) fn is_ws(&self) -> bool {
+        match &self.role {
+            Role::Viewer(v) => v.egress() == LiveEgress::WsFlv,
+            Role::Pending(r) => r.egress == LiveEgress::WsFlv,
+            _ => false,
+        }
+    }
+}
+
+/// The shard's side of live streaming: the hub, which local viewers watch which stream, and
+/// the viewers waiting for a write.
+pub(crate) struct LiveShard {
+    pub(super) hub: Arc<Hub>,
+    /// Stream id → viewers on this shard.
+    pub(super) viewers: HashMap<u64, Vec<ConnId>, ahash::RandomState>,
+    /// Viewers with tags to write (deduplicated by `Viewer::scheduled`).
+    pub(super) waiting: Vec<ConnId>,
+    deliveries: Vec<Delivery>,
+}
+
+impl Shard {
+    /// Serve live streams of `hub` on this shard (its inbox fd must be in the epoll set).
+    pub fn attach_live(&mut self, hub: Arc<Hub>) {
+        self.live = Some(Box::new(LiveShard {
+            hub,
+            viewers: HashMap::default(),
+            waiting: Vec::new(),
+            deliveries: Vec::new(),
+        }));
+    }
+
+    /// The connection's live state, if it is a live connection.
+    pub(super) fn live_conn(&mut self, id: ConnId) -> Option<&mut LiveConn> {
+        self.conns.get_mut(id)?.extra.as_mut()?.live.as_deref_mut()
+    }
+
+    /// Whether `id` is a live connection that does not speak WebSocket (no close frames, no
+    /// pings).
+    pub(super) fn is_raw_live(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .and_then(|c| c.extra.as_ref())
+            .and_then(|x| x.live.as_ref())
+            .is_some_and(|l| !l.is_ws())
+    }
+
+    /// Whether `id` is a live connection (of any kind).
+    pub(super) fn is_live(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .and_then(|c| c.extra.as_ref())
+            .is_some_and(|x| x.live.is_some())
+    }
+}
+
+/// Ask for a publish or play: allowed outright (`live.allow_all`), or the handler decides
+/// (now, or later through [`Shard::accept`] / [`Shard::reject`]).
+pub(super) fn authorize(
+    io: &mut Shard,
+    h: &mut dyn Handler,
+    id: ConnId,
+    req: Request,
+    query: &str,
+) {
+    let Some(live) = io.live.as_ref() else {
+        return;
+    };
+    let allow_all = live.hub.config().allow_all;
+    let path = format!("/live/{}", req.name);
+    let info = LiveOpenInfo {
+        conn: id,
+        peer: io
+            .peer(id)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        action: req.action,
+        egress: req.egress,
+        path: &path,
+        query,
+    };
+    let decision = if allow_all {
+        OpenDecision::Accept { protocol: None }
+    } else {
+        h.on_live_open(io, &info)
+    };
+    let Some(c) = io.conns.get_mut(id) else {
+        return;
+    };
+    if !allow_all && !matches!(decision, OpenDecision::Reject { .. }) {
+        c.life.announce();
+    }
+    let Some(l) = c.extra().live.as_deref_mut() else {
+        return;
+    };
+    l.role = Role::Pending(req);
+    match decision {
+        OpenDecision::Accept { .. } => {
+            c.life.await_open();
+            io.accept_live(id);
+        }
+        OpenDecision::Reject { status } => {
+            c.life.await_open();
+            io.reject_live(id, status);
+        }
+        OpenDecision::Pending => {
+            c.life.await_open();
+            c.flags |= F_READ_PAUSED;
+        }
+    }
+}
+
+impl Shard {
+    /// The handler allowed a pending live request: publish, join or answer it.
+    pub(super) fn accept_live(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if c.life.state() != ConnState::AwaitOpen {
+            return false;
+        }
+        let Some(l) = c.extra.as_mut().and_then(|x| x.live.as_deref_mut()) else {
+            return false;
+        };
+        let Role::Pending(req) = std::mem::replace(&mut l.role, Role::Idle) else {
+            return false;
+        };
+        c.flags &= !F_READ_PAUSED;
+        let ok = match req.egress {
+            LiveEgress::Rtmp => super::live_rtmp::accepted(self, id, req),
+            LiveEgress::HttpFlv | LiveEgress::WsFlv | LiveEgress::Hls => {
+                super::live_http::accepted(self, id, req)
+            }
+        };
+        self.schedule_ready(id);
+        ok
+    }
+
+    /// The handler refused a pending live request (`status`: the HTTP status for HTTP
+    /// requests; RTMP answers with an error status).
+    pub(super) fn reject_live(&mut self, id: ConnId, status: u16) -> bool {
+        let Some(c) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if c.life.state() != ConnState::AwaitOpen {
+            return false;
+        }
+        let Some(l) = c.extra.as_mut().and_then(|x| x.live.as_deref_mut()) else {
+            return false;
+        };
+        let Role::Pending(req) = std::mem::replace(&mut l.role, Role::Idle) else {
+            return false;
+        };
+        self.metrics.count_handshake_failure("rejected");
+        self.set_cause(id, CloseCause::Rejected, 0);
+        match req.egress {
+            LiveEgress::Rtmp => super::live_rtmp::refuse(self, id, req.action, "not allowed"),
+            _ => super::live_http::respond_status(self, id, status),
+        }
+        true
+    }
+
+    /// Put a viewer on this shard's list of `stream` (after `Stream::join`).
+    pub(super) fn add_viewer(&mut self, id: ConnId, stream: &Stream) {
+        if let Some(l) = self.live.as_mut() {
+            l.viewers.entry(stream.id).or_default().push(id);
+        }
+    }
+
+    /// A live connection left the shard (from [`Shard::remove`]): its stream learns of it.
+    pub(super) fn live_removed(&mut self, id: ConnId, conn: LiveConn) {
+        match conn.role {
+            Role::Publisher(stream) => {
+                if let Some(l) = self.live.as_ref() {
+                    l.hub.unpublish(&stream, id.0, Instant::now());
+                }
+            }
+            Role::Viewer(v) => {
+                let stream = v.stream();
+                stream.leave(self.shard);
+                if let Some(l) = self.live.as_mut() {
+                    if let Some(list) = l.viewers.get_mut(&stream.id) {
+                        list.retain(|&c| c != id);
+                        if list.is_empty() {
+                            l.viewers.remove(&stream.id);
+                        }
+                    }
+                }
+            }
+            Role::Idle | Role::Pending(_) => {}
+        }
+    }
+}
+
+/// The inbox eventfd is readable: hand every delivered tag to this shard's viewers of its
+/// stream, end the viewers of ended streams.
+pub fn on_inbox(io: &mut Shard) {
+    let Some(mut live) = io.live.take() else {
+        return;
+    };
+    let mut deliveries = std::mem::take(&mut live.deliveries);
+    live.hub.drain(io.shard, &mut deliveries);
+    let max_skips = live.hub.config().max_skips_in_row;
+    for d in deliveries.drain(..) {
+        let (stream, tag) = match d {
+            Delivery::Tag { stream, seq, tag } => (stream, Some((seq, tag))),
+            Delivery::End { stream } => (stream, None),
+        };
+        let Some(ids) = live.viewers.get(&stream.id) else {
+            continue;
+        };
+        for &id in ids {
+            let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+                continue;
+            };
+            let keep = match &tag {
+                Some((seq, tag)) => v.offer(*seq, tag.clone(), max_skips),
+                None => {
+                    v.end();
+                    true
+                }
+            };
+            if !keep {
+                // Behind for too many GOPs in a row.
+                stream.count_slow_close();
+                io.metrics.slow_consumer_closes += 1;
+                live.waiting.push(id);
+                if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
+                    v.fail_slow();
+                }
+            } else if v.schedule() {
+                live.waiting.push(id);
+            }
+        }
+    }
+    live.deliveries = deliveries;
+    io.live = Some(live);
+}
+
+/// The shard's tick: streams whose grace period is over end; viewers holding tags for
+/// merged writes past their latency budget are written.
+pub fn on_live_tick(io: &mut Shard) {
+    if let Some(l) = io.live.as_ref() {
+        l.hub.expire(Instant::now());
+    }
+    super::live_pump::pump_waiting(io, true);
+}
+
+/// End of a batch (the engine flushed its output): write what viewers have queued.
+pub fn settle_live(io: &mut Shard) {
+    super::live_pump::pump_waiting(io, false);
+}
+
+/// The socket of `id` took output (EPOLLOUT): a live viewer continues writing.
+pub fn live_writable(io: &mut Shard, id: ConnId) {
+    if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
+        v.force();
+        if v.schedule() {
+            if let Some(l) = io.live.as_mut() {
+                l.waiting.push(id);
+            }
+        }
+    }
+}

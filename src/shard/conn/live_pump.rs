@@ -1,0 +1,417 @@
+//! A viewer's output: its bounded queue of shared tags (skip to the next keyframe on
+//! overflow, closed when it stays behind), and merged writes: several tags in one `writev`
+//! straight from the shared buffers on plain connections (a tag is never copied per viewer),
+//! sealed into TLS records on TLS ones, chunked into RTMP messages for RTMP players.
+
+use super::live::Role;
+use super::{CloseCause, Shard, F_WRITE_BLOCKED};
+use crate::live::Stream;
+use crate::proto::media::flv::FlvTag;
+use crate::proto::media::gop::{Limits, ViewerQueue};
+use crate::proto::ws::{self, OpCode};
+use crate::shard::conn_table::ConnId;
+use crate::shard::handler::LiveEgress;
+use bytes::Bytes;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One merged write carries at most this many tags...
+const BATCH_TAGS: usize = 64;
+/// ...or about this many bytes.
+const BATCH_BYTES: usize = 512 << 10;
+/// Queued bytes that go out without waiting for the latency budget.
+const MW_FLUSH_BYTES: usize = 256 << 10;
+
+/// A viewer of a stream on this shard.
+pub(crate) struct Viewer {
+    stream: Arc<Stream>,
+    egress: LiveEgress,
+    queue: ViewerQueue,
+    /// Inbox tags before this sequence number were in the burst.
+    start_seq: u64,
+    /// The merged write in flight: its parts, the first unsent part and the offset in it.
+    parts: Vec<Bytes>,
+    part: usize,
+    off: usize,
+    /// When the oldest unsent tag was queued (merged-write latency budget).
+    since: Option<Instant>,
+    mw: Duration,
+    /// Overflows since the queue was last empty (caught up).
+    skips_in_row: u32,
+    ttfb_from: Option<Instant>,
+    ending: bool,
+    slow: bool,
+    /// In the shard's waiting list.
+    scheduled: bool,
+    /// Write now, whatever the latency budget (the socket just drained).
+    forced: bool,
+}
+
+fn is_key(tag: &[u8]) -> bool {
+    FlvTag::parse(tag).is_ok_and(|t| t.is_keyframe() && !t.is_sequence_header())
+}
+
+impl Viewer {
+    pub(super) fn new(
+        stream: Arc<Stream>,
+        egress: LiveEgress,
+        queue_bytes: usize,
+        mw: Duration,
+        join: crate::live::Join,
+        at: Instant,
+    ) -> Self {
+        let mut queue = ViewerQueue::new(Limits {
+            max_bytes: queue_bytes,
+            max_tags: Limits::default().max_tags,
+        });
+        for t in join.burst {
+            queue.push(t);
+        }
+        Self {
+            stream,
+            egress,
+            queue,
+            start_seq: join.start_seq,
+            parts: Vec::new(),
+            part: 0,
+            off: 0,
+            since: Some(at),
+            mw,
+            skips_in_row: 0,
+            ttfb_from: Some(at),
+            ending: false,
+            slow: false,
+            scheduled: false,
+            forced: true,
+        }
+    }
+
+    pub(super) fn egress(&self) -> LiveEgress {
+        self.egress
+    }
+
+    pub(super) fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// A live tag: queue it. Returns false when the viewer has overflowed its queue
+    /// `max_skips` times without catching up in between (it must be closed).
+    pub(super) fn offer(&mut self, seq: u64, tag: Bytes, max_skips: u32) -> bool {
+        if seq < self.start_seq || self.ending || self.slow {
+            return true;
+        }
+        let (was_skipping, dropped) = (self.queue.skipping(), self.queue.dropped());
+        let key = is_key(&tag);
+        self.queue.push(tag);
+        // A new overflow: the queue was not already skipping, or a keyframe found it still
+        // full (one more GOP behind).
+        if (key || !was_skipping) && self.queue.dropped() > dropped {
+            self.stream.count_skip();
+            self.skips_in_row += 1;
+            if self.skips_in_row >= max_skips {
+                return false;
+            }
+        }
+        if self.since.is_none() && !self.queue.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        true
+    }
+
+    /// The stream ended: write what is queued, then end the response.
+    pub(super) fn end(&mut self) {
+        self.ending = true;
+        self.forced = true;
+    }
+
+    /// Close at the next write: it stayed behind.
+    pub(super) fn fail_slow(&mut self) {
+        self.slow = true;
+    }
+
+    /// Write without waiting for the latency budget.
+    pub(super) fn force(&mut self) {
+        self.forced = true;
+    }
+
+    /// Mark for the waiting list; true if it was not on it.
+    pub(super) fn schedule(&mut self) -> bool {
+        !std::mem::replace(&mut self.scheduled, true)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.forced
+            || self.ending
+            || self.slow
+            || self.mw.is_zero()
+            || self.queue.bytes() >= MW_FLUSH_BYTES
+            || self.since.is_some_and(|t| now.duration_since(t) >= self.mw)
+    }
+
+    fn idle(&self) -> bool {
+        self.part >= self.parts.len() && self.queue.is_empty()
+    }
+
+    /// Take the next merged write from the queue into `parts`.
+    fn fill(&mut self) {
+        self.parts.clear();
+        self.part = 0;
+        self.off = 0;
+        let mut bytes = 0;
+        let mut tags = Vec::new();
+        while tags.len() < BATCH_TAGS && bytes < BATCH_BYTES {
+            let Some(t) = self.queue.pop() else { break };
+            bytes += t.len();
+            tags.push(t);
+        }
+        if tags.is_empty() {
+            return;
+        }
+        match self.egress {
+            LiveEgress::HttpFlv => {
+                // One HTTP chunk per merged write.
+                self.parts
+                    .push(Bytes::from(format!("{bytes:x}\r\n").into_bytes()));
+                self.parts.extend(tags);
+                self.parts.push(Bytes::from_static(b"\r\n"));
+            }
+            LiveEgress::WsFlv => {
+                // One binary message per tag, as flv.js / mpegts.js take them.
+                for t in tags {
+                    let mut hdr = [0u8; ws::MAX_HEADER_LEN];
+                    let n = ws::write_header(&mut hdr, true, OpCode::Binary, t.len(), None);
+                    self.parts.push(Bytes::copy_from_slice(&hdr[..n]));
+                    self.parts.push(t);
+                }
+            }
+            LiveEgress::Rtmp | LiveEgress::Hls => self.parts.extend(tags),
+        }
+    }
+
+    /// `n` bytes of the write in flight went out.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.part < self.parts.len() {
+            let left = self.parts[self.part].len() - self.off;
+            if n >= left {
+                n -= left;
+                self.part += 1;
+                self.off = 0;
+            } else {
+                self.off += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// Write every waiting viewer whose latency budget is spent (or that must write now).
+pub(super) fn pump_waiting(io: &mut Shard, _tick: bool) {
+    let Some(live) = io.live.as_mut() else {
+        return;
+    };
+    if live.waiting.is_empty() {
+        return;
+    }
+    let waiting = std::mem::take(&mut live.waiting);
+    let now = Instant::now();
+    let mut again = Vec::new();
+    for id in waiting {
+        let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+            continue;
+        };
+        if !v.due(now) {
+            again.push(id);
+            continue;
+        }
+        v.scheduled = false;
+        v.forced = false;
+        if write_viewer(io, id) {
+            if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
+                v.scheduled = true;
+                again.push(id);
+            }
+        }
+    }
+    if let Some(live) = io.live.as_mut() {
+        again.append(&mut live.waiting);
+        live.waiting = again;
+    }
+}
+
+/// Write what `id` has queued as far as the socket takes it. Returns true when it must be
+/// called again next round (TLS / RTMP output was staged and more waits).
+fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
+    loop {
+        let Some(c) = io.conns.get_mut(id) else {
+            return false;
+        };
+        if !c.life.is_open() {
+            return false;
+        }
+        let blocked = c.tx_queued() > 0 || c.flags & F_WRITE_BLOCKED != 0;
+        let tls = c.transport.is_tls();
+        let fd = c.fd.as_raw_fd();
+        let Some(l) = c.extra.as_mut().and_then(|x| x.live.as_deref_mut()) else {
+            return false;
+        };
+        let Role::Viewer(v) = &mut l.role else {
+            return false;
+        };
+        if v.slow {
+            // Stayed behind: dropped without a goodbye (its socket is full anyway).
+            io.abort(id, 1008, CloseCause::SlowConsumer);
+            return false;
+        }
+        if blocked {
+            // EPOLLOUT brings it back (`live_writable`).
+            return false;
+        }
+        if v.part >= v.parts.len() {
+            v.fill();
+        }
+        if v.part >= v.parts.len() {
+            // Caught up: whatever it skipped before, it keeps up now.
+            v.skips_in_row = 0;
+            v.since = None;
+            if v.ending {
+                finish(io, id);
+            }
+            return false;
+        }
+        let stream = v.stream.clone();
+        if let Some(from) = v.ttfb_from.take() {
+            stream.count_ttfb(from.elapsed().as_micros() as u64);
+        }
+        if v.egress == LiveEgress::Rtmp || tls {
+            // Staged: sealed into TLS records, or chunked into RTMP messages (copies that
+            // the protocol needs anyway). One batch per round; the flush writes it.
+            let parts = std::mem::take(&mut v.parts);
+            let (start, off) = (v.part, v.off);
+            v.part = 0;
+            v.off = 0;
+            let more = !v.queue.is_empty();
+            let mut out = 0;
+            if let Some(s) = l.rtmp.as_deref_mut() {
+                for p in &parts[start..] {
+                    // A tag the session cannot chunk (not audio/video/data) is skipped.
+                    let _ = s.send_tag(p);
+                }
+                let o = s.pending_output();
+                out = o.len();
+                let o = o.to_vec();
+                s.advance_output(out);
+                io.stage(id, |b| b.extend_from_slice(&o));
+            } else {
+                io.stage(id, |b| {
+                    for (i, p) in parts[start..].iter().enumerate() {
+                        let p = if i == 0 { &p[off..] } else { &p[..] };
+                        out += p.len();
+                        b.extend_from_slice(p);
+                    }
+                });
+            }
+            stream.count_out(out as u64);
+            if let Some(c) = io.conns.get_mut(id) {
+                c.life.on_input(io.now);
+            }
+            return more;
+        }
+        let n = match writev(fd, &v.parts[v.part..], v.off) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.flags |= F_WRITE_BLOCKED;
+                return false;
+            }
+            Err(_) => {
+                io.abort(id, 1006, CloseCause::Reset);
+                return false;
+            }
+        };
+        v.advance(n);
+        let idle = v.idle();
+        let blocked = v.part < v.parts.len();
+        stream.count_out(n as u64);
+        io.metrics.bytes_out += n as u64;
+        // Output taken counts as a sign of life: a viewer sends nothing.
+        c.life.on_input(io.now);
+        if blocked {
+            c.flags |= F_WRITE_BLOCKED;
+            return false;
+        }
+        if idle {
+            continue; // may finish an ended stream
+        }
+    }
+}
+
+/// The stream ended and everything went out: end the response.
+fn finish(io: &mut Shard, id: ConnId) {
+    let Some(l) = io.live_conn(id) else { return };
+    let egress = match &l.role {
+        Role::Viewer(v) => v.egress,
+        _ => return,
+    };
+    match egress {
+        LiveEgress::WsFlv => io.close_for(id, 1000, "stream ended", CloseCause::Local),
+        LiveEgress::HttpFlv => {
+            io.set_cause(id, CloseCause::Local, 1000);
+            io.stage(id, |b| b.extend_from_slice(b"0\r\n\r\n"));
+            io.begin_drain(id);
+        }
+        LiveEgress::Rtmp => {
+            if let Some(s) = l.rtmp.as_deref_mut() {
+                let _ = s.end_play();
+                let o = s.pending_output().to_vec();
+                s.advance_output(o.len());
+                io.stage(id, |b| b.extend_from_slice(&o));
+            }
+            io.set_cause(id, CloseCause::Local, 1000);
+            io.begin_drain(id);
+        }
+        LiveEgress::Hls => {}
+    }
+}
+
+/// `writev(2)` of `parts`, the first starting at `off`.
+fn writev(fd: i32, parts: &[Bytes], off: usize) -> io::Result<usize> {
+    let mut iov: [libc::iovec; 2 * BATCH_TAGS + 2] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; 2 * BATCH_TAGS + 2];
+    let mut n = 0;
+    for (i, p) in parts.iter().enumerate().take(iov.len()) {
+        let s = if i == 0 {
+            &p[off.min(p.len())..]
+        } else {
+            &p[..]
+        };
+        iov[n] = libc::iovec {
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        };
+        n += 1;
+    }
+    loop {
+        // sendmsg, not writev: MSG_NOSIGNAL (a reset viewer must not raise SIGPIPE).
+        let msg = libc::msghdr {
+            msg_name: std::ptr::null_mut(),
+            msg_namelen: 0,
+            msg_iov: iov.as_mut_ptr(),
+            msg_iovlen: n,
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: 0,
+            msg_flags: 0,
+        };
+        // SAFETY: msg points at `n` initialised iovecs over live buffers.
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
