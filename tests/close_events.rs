@@ -608,3 +608,21 @@ fn closed_is_reported_when_the_close_handshake_ends_not_when_the_socket_does() {
     let c = r.settled(1);
     assert_eq!(only_close(&c), (1005, "peer"));
 }
+
+#[test]
+fn a_fin_that_arrives_with_the_last_message_is_not_missed() {
+    // The client's last message and its FIN reach the gateway together: the read that takes
+    // the message is short, and edge-triggered epoll brings no new edge for the FIN. The
+    // connection must still end (and be reported) now, not at the idle timeout (60 s here,
+    // far beyond the 15 s the poll allows).
+    let r = rig("[timeouts]\nidle_ms = 60000\nping_interval_ms = 0");
+    let mut ws = connect(&r, "/a");
+    r.wait_members(2.0);
+    let s = ws.get_mut();
+    // A masked text frame "bye" (zero mask), then our FIN, back to back.
+    s.write_all(&[0x81, 0x83, 0, 0, 0, 0, b'b', b'y', b'e'])
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let c = r.settled(1);
+    assert_eq!(only_close(&c), (1006, "reset"));
+}

@@ -23,6 +23,9 @@ pub struct Ready {
     pub readable: bool,
     /// Writable.
     pub writable: bool,
+    /// The peer shut its side (RDHUP), hung up or errored: read on to EOF, not just to a
+    /// short read (with edge triggering, a FIN that came with the data brings no new edge).
+    pub hup: bool,
 }
 
 /// What a registration listens for (edge-triggered).
@@ -194,6 +197,7 @@ impl Poller {
                     & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
                     != 0,
                 writable: bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) != 0,
+                hup: bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
             });
         }
         self.events.clear();

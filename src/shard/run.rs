@@ -218,6 +218,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
                 token: tok,
                 readable: true,
                 writable: false,
+                hup: false,
             },
         );
     }
@@ -288,6 +289,9 @@ fn dispatch(st: &mut State, r: Ready) {
     if r.writable {
         st.io.write_queued(id);
         conn::live_writable(&mut st.io, id);
+    }
+    if r.hup {
+        st.io.peer_hung_up(id);
     }
     if r.readable {
         if let Some(service) = st.io.service_of(id) {

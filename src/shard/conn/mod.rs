@@ -56,6 +56,7 @@ const F_SHUT_WR: u8 = 4; // shutdown(SHUT_WR) done
 const F_DIRTY: u8 = 8; // in the flush list
 const F_READ_PENDING: u8 = 16; // edge seen but not read to EAGAIN (budget or pause)
 const F_SHRINK_ARMED: u8 = 32; // a second wheel entry, the TLS shrink check, is pending
+const F_PEER_HUP: u8 = 64; // the peer shut its side: read to EOF, a short read is not the end
 
 /// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
 pub struct Conn {
@@ -320,6 +321,13 @@ impl Shard {
     /// The service of a connection (for the shard loop's dispatch).
     pub(crate) fn service_of(&self, id: ConnId) -> Option<u8> {
         self.conns.get(id).map(|c| c.service)
+    }
+
+    /// The poller saw the peer shut its side of `id` (or hang up): its next reads go to EOF.
+    pub(crate) fn peer_hung_up(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.flags |= F_PEER_HUP;
+        }
     }
 
     /// Open connections (any state).

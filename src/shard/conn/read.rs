@@ -3,7 +3,7 @@
 
 use super::protocol::{process, retry_stalled};
 use super::transport::Ingested;
-use super::{CloseCause, ConnState, Shard, F_READ_PAUSED, F_READ_PENDING};
+use super::{CloseCause, ConnState, Shard, F_PEER_HUP, F_READ_PAUSED, F_READ_PENDING};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::Handler;
 use crate::transport::TlsError;
@@ -166,9 +166,11 @@ pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
             }
         }
         // A short read drained the socket, and new bytes bring a new edge; but a FIN that
-        // came with the data brings none. Live connections (an RTMP publisher closes right
-        // after its last command) read on to EAGAIN so their EOF is not missed.
-        if n < room && !io.is_live(id) {
+        // came with the data brings none. So a connection whose peer shut its side (RDHUP
+        // seen) reads on to EOF, and live connections (an RTMP publisher closes right after
+        // its last command) read on to EAGAIN.
+        let hup = io.conns.get(id).is_some_and(|c| c.flags & F_PEER_HUP != 0);
+        if n < room && !hup && !io.is_live(id) {
             exhausted = false;
             break;
         }

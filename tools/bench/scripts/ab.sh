@@ -13,7 +13,7 @@ OUT=${5:-$(mktemp -d /tmp/corelay-ab.XXXXXX)}
 mkdir -p "$OUT"
 command -v openssl >/dev/null || { echo "needs openssl (wss certificate)" >&2; exit 2; }
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$OUT/k.pem" -out "$OUT/c.pem" 2>/dev/null
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE -keyout "$OUT/k.pem" -out "$OUT/c.pem" 2>/dev/null
 cat >"$OUT/wss.toml" <<EOF
 [server]
 listen = ["127.0.0.1:0"]
