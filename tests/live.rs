@@ -369,15 +369,17 @@ fn stalled_viewer_skips_to_a_keyframe_and_one_that_stays_behind_is_closed() {
     );
     let mut ff = publish_with(gw.rtmp[0], "big", 12, "640x480", "k");
     wait_status(gw.addr, "/live/big.flv", 200, Duration::from_secs(20));
-    // One viewer never reads: it overflows GOP after GOP and is closed.
-    let mut never = raw_viewer(gw.addr, "/live/big.flv", Some(4096));
-    // One stalls until its queue overflowed once, then reads on.
+    // One viewer stalls until its queue overflowed once, then reads on. It is the stream's
+    // only viewer until then, so the skip counted is its own (with the never-reading viewer
+    // below already there, that one's skip could satisfy the wait instead).
     let mut stalled = raw_viewer(gw.addr, "/live/big.flv", Some(4096));
     let mut first = vec![0u8; 4096];
     let n = stalled.read(&mut first).unwrap();
     first.truncate(n);
     wait_live_metric(&gw, "corelay_live_skips_total", "big", |v| v >= 1.0);
     let reader = std::thread::spawn(move || read_body(stalled, first));
+    // One viewer never reads: it overflows GOP after GOP and is closed.
+    let mut never = raw_viewer(gw.addr, "/live/big.flv", Some(4096));
     wait_live_metric(&gw, "corelay_live_slow_closes_total", "big", |v| v >= 1.0);
     // The never-reading viewer's connection was dropped: EOF or reset after its backlog.
     never
