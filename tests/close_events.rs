@@ -237,6 +237,54 @@ impl Rig {
     }
 }
 
+/// A ring-mode rig with a wss listener (`extra` config lines before `[tls]`), and a wss
+/// client on `/a` that has had one echo (its joins are applied).
+fn wss_rig(
+    extra: &str,
+) -> (
+    Rig,
+    tungstenite::WebSocket<tls_support::Client>,
+    tls_support::TempDir,
+) {
+    let g = tls_support::generate(&["localhost"], tls_support::KeyKind::EcdsaP256, false);
+    let tdir = tls_support::TempDir::new("close-tls-cert");
+    let (cert, key) = tls_support::write(&tdir, "srv", &g);
+    let r = rig_with(
+        &format!(
+            "{extra}\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+        "tls_listen = [\"127.0.0.1:0\"]",
+    );
+    let cfg = tls_support::client_config(std::slice::from_ref(&g.der), None);
+    let stream = tls_support::connect(r.gw.tls.expect("tls address"), &cfg, "localhost").unwrap();
+    let (mut ws, resp) = tungstenite::client::client("ws://localhost/a", stream).unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::Text("hi".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    (r, ws, tdir)
+}
+
+/// SO_LINGER 0: closing `s` sends a RST instead of a FIN.
+fn reset_on_drop(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a linger struct of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
 fn only_close(closes: &[(u64, u16, String)]) -> (u16, &str) {
     assert_eq!(closes.len(), 1, "{closes:?}");
     (closes[0].1, closes[0].2.as_str())
@@ -324,21 +372,7 @@ fn peer_reset() {
     r.wait_members(2.0);
     let s = ws.into_inner();
     // SO_LINGER 0: close() sends a RST instead of a FIN.
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
+    reset_on_drop(&s);
     drop(s);
     let c = r.settled(1);
     assert_eq!(only_close(&c), (1006, "reset"));
@@ -397,23 +431,7 @@ fn open_timeout_of_an_undecided_upgrade() {
 
 #[test]
 fn tls_error_on_an_open_wss_connection() {
-    let g = tls_support::generate(&["localhost"], tls_support::KeyKind::EcdsaP256, false);
-    let tdir = tls_support::TempDir::new("close-tls-cert");
-    let (cert, key) = tls_support::write(&tdir, "srv", &g);
-    let r = rig_with(
-        &format!(
-            "[tls]\ncert = \"{}\"\nkey = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-        "tls_listen = [\"127.0.0.1:0\"]",
-    );
-    let cfg = tls_support::client_config(std::slice::from_ref(&g.der), None);
-    let stream = tls_support::connect(r.gw.tls.expect("tls address"), &cfg, "localhost").unwrap();
-    let (mut ws, resp) = tungstenite::client::client("ws://localhost/a", stream).unwrap();
-    assert_eq!(resp.status(), 101);
-    ws.send(Message::Text("hi".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    let (r, mut ws, _tdir) = wss_rig("");
     r.wait_members(2.0);
     // A record that fails authentication: application data of garbage.
     let tcp = ws.get_mut().get_mut();
@@ -525,23 +543,8 @@ fn mixed_paths_under_load() {
 fn slow_consumer_on_wss() {
     // The TLS path stages sealed records; its slow-consumer close drops the connection at
     // once (no close frame can be queued behind a full buffer) and must still be reported.
-    let g = tls_support::generate(&["localhost"], tls_support::KeyKind::EcdsaP256, false);
-    let tdir = tls_support::TempDir::new("close-tls-slow");
-    let (cert, key) = tls_support::write(&tdir, "srv", &g);
-    let r = rig_with(
-        &format!(
-            "[limits]\nmax_outbound_bytes = 65536\n[timeouts]\ntick_ms = 10\nclose_ms = 300\n[tls]\ncert = \"{}\"\nkey = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-        "tls_listen = [\"127.0.0.1:0\"]",
-    );
-    let cfg = tls_support::client_config(std::slice::from_ref(&g.der), None);
-    let stream = tls_support::connect(r.gw.tls.expect("tls address"), &cfg, "localhost").unwrap();
-    let (mut ws, resp) = tungstenite::client::client("ws://localhost/a", stream).unwrap();
-    assert_eq!(resp.status(), 101);
-    ws.send(Message::Text("hi".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    let (r, mut ws, _tdir) =
+        wss_rig("[limits]\nmax_outbound_bytes = 65536\n[timeouts]\ntick_ms = 10\nclose_ms = 300");
     r.wait_members(2.0);
     for _ in 0..256 {
         if !r.ev.lock().unwrap().closes.is_empty() {
@@ -566,21 +569,7 @@ fn write_error_while_sending() {
     ws.send(Message::Text("flood".into())).unwrap();
     ws.send(Message::Text("flood".into())).unwrap();
     let s = ws.into_inner();
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
+    reset_on_drop(&s);
     drop(s);
     let c = r.settled(1);
     let (code, cause) = only_close(&c);
