@@ -81,25 +81,8 @@ fn two_browser_pages_chat_through_the_backend() {
         eprintln!("SKIPPED: no chromium on this machine (apt-get install chromium)");
         return;
     };
-    let g = Gw::start_cmd(
-        "demo",
-        "",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ],
-    );
+    let g = Gw::start_demo();
     let admin = g.admin.expect("admin address");
-    // The demo backend attaches asynchronously: wait until the gateway is ready.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(admin, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "demo backend never attached");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     let profile = TempDir::new("chromium");
     let mut child = Command::new(browser)

@@ -7,10 +7,9 @@
 mod common;
 mod tls_support;
 
-use common::{http_get, Gw, TempDir};
+use common::{Gw, TempDir};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// The venv interpreter with the pinned packages (built on first use).
 fn python() -> String {
@@ -47,24 +46,7 @@ fn run_client(args: &[&str]) {
 
 #[test]
 fn python_websockets_through_the_demo_backend_process() {
-    let g = Gw::start_cmd(
-        "demo",
-        "",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ],
-    );
-    let admin = g.admin.expect("admin address");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(admin, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "demo backend never attached");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let g = Gw::start_demo();
     run_client(&["demo", &format!("ws://{}", g.addr)]);
 }
 

@@ -59,6 +59,30 @@ impl Gw {
         Self::start_cmd("run", toml, args)
     }
 
+    /// `corelay demo` (gateway + demo backend process) on loopback with 2 shards, returned
+    /// once `/readyz` says the backend attached (it attaches asynchronously).
+    pub fn start_demo() -> Gw {
+        let g = Self::start_cmd(
+            "demo",
+            "",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+            ],
+        );
+        let admin = g.admin.expect("admin address");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(admin, "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "demo backend never attached");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g
+    }
+
     pub fn start_cmd(sub: &str, toml: &str, args: &[&str]) -> Gw {
         let dir = TempDir::new("gw");
         let cfg = dir.0.join("corelay.toml");
