@@ -227,6 +227,12 @@ impl ViewerQueue {
         true
     }
 
+    /// Drop media until the next sync point (a keyframe, or audio in a stream without
+    /// video), as after an overflow: a viewer that joins without a GOP burst starts there.
+    pub fn await_sync(&mut self) {
+        self.skipping = true;
+    }
+
     /// The next tag to write.
     pub fn pop(&mut self) -> Option<Bytes> {
         let (t, _) = self.q.pop_front()?;

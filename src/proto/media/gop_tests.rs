@@ -137,3 +137,25 @@ fn viewer_queue_byte_bound_and_audio_only() {
     assert_eq!(q.len(), 1);
     assert!(q.bytes() <= 2 * one);
 }
+
+#[test]
+fn a_queue_awaiting_sync_starts_at_the_next_keyframe() {
+    let mut q = ViewerQueue::new(Limits::default());
+    q.await_sync();
+    // A join without a GOP: configuration, then whatever the stream is in the middle of.
+    for t in [meta(), vseq(), aseq()] {
+        assert!(q.push(t));
+    }
+    assert!(!q.push(inter(40)));
+    assert!(!q.push(audio(50)));
+    assert!(q.push(key(80)));
+    assert!(q.push(audio(90)));
+    let got: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
+    assert_eq!(got, [meta(), vseq(), aseq(), key(80), audio(90)]);
+    // Audio only: the first audio frame is the sync point.
+    let mut a = ViewerQueue::new(Limits::default());
+    a.await_sync();
+    assert!(a.push(aseq()));
+    assert!(a.push(audio(0)));
+    assert_eq!(a.len(), 2);
+}

@@ -66,6 +66,9 @@ impl Viewer {
             max_bytes: queue_bytes,
             max_tags: Limits::default().max_tags,
         });
+        // The first frame written must decode: without a GOP in the burst (cache off, or
+        // none yet) the viewer's media starts at the next keyframe, as it does after a skip.
+        queue.await_sync();
         for t in join.burst {
             queue.push(t);
         }
@@ -207,7 +210,7 @@ impl Viewer {
 }
 
 /// Write every waiting viewer whose latency budget is spent (or that must write now).
-pub(super) fn pump_waiting(io: &mut Shard, _tick: bool) {
+pub(super) fn pump_waiting(io: &mut Shard) {
     let Some(live) = io.live.as_mut() else {
         return;
     };
