@@ -3,7 +3,13 @@
 # and the viewers on the other (CPU 1). See docs/benchmarks.md, "Live streaming: corelay vs SRS".
 #
 #   tools/bench/scripts/live_srs.sh --srs /path/to/srs [--viewers "2000 8000"] [--gop "on off"]
-#                                   [--secs 20] [--out DIR] [--workers 4]
+#                                   [--secs 20] [--out DIR] [--workers 4] [--mw 350]
+#
+# The servers, the publisher and the viewers run at nice $PRIO (default -10: ahead of
+# whatever else the machine is building; both servers alike).
+# --mw is corelay's live.mw_latency_ms (merged writes): 350 by default, SRS's own default
+# mw_latency for HTTP-FLV, so that both servers batch a viewer's writes over the same budget
+# (0: corelay writes every tag as it comes, the lowest latency).
 #
 # --srs is a checkout of github.com/ossrs/srs (the directory holding trunk/). If trunk/objs/srs
 # is missing it is built: ./configure --rtc=off --srt=off --ffmpeg-fit=off --sys-ssl=on
@@ -17,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 repo=$PWD
-srs="" viewers="2000 8000" gops="on off" secs=20 out=/tmp/live-srs workers=4 settle=5
+srs="" viewers="2000 8000" gops="on off" secs=20 out=/tmp/live-srs workers=4 settle=5 mw=350 prio=${PRIO:--10}
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --srs) srs=$2; shift 2 ;;
@@ -27,6 +33,7 @@ while [[ $# -gt 0 ]]; do
         --settle) settle=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --workers) workers=$2; shift 2 ;;
+        --mw) mw=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -95,6 +102,7 @@ level = "warn"
 [live]
 rtmp_listen = ["127.0.0.1:11935"]
 gop_cache = $cache
+mw_latency_ms = $mw
 allow_all = true
 EOF
     # SRS: its http.flv.live.conf plus the GOP cache switch; timestamps passed through
@@ -126,15 +134,15 @@ vhost __defaultVhost__ {
     }
 }
 EOF
-    taskset -c 0 "$target/corelay" run --config "$out/corelay-gop-$gop.toml" --no-admin \
+    nice -n "$prio" taskset -c 0 "$target/corelay" run --config "$out/corelay-gop-$gop.toml" --no-admin \
         >"$out/corelay-gop-$gop.log" 2>&1 &
     cpid=$!; pids+=("$cpid")
-    (cd "$srs/trunk" && exec taskset -c 0 ./objs/srs -c "$out/srs-gop-$gop.conf") \
+    (cd "$srs/trunk" && exec nice -n "$prio" taskset -c 0 ./objs/srs -c "$out/srs-gop-$gop.conf") \
         >"$out/srs-gop-$gop.out" 2>&1 &
     spid=$!; pids+=("$spid")
     wait_port 11935; wait_port 18080; wait_port 11936; wait_port 18081
     rm -f "$out/clock"
-    taskset -c 1 "$bench" live-publish --flv "$flv" --clock-file "$out/clock" \
+    nice -n "$prio" taskset -c 1 "$bench" live-publish --flv "$flv" --clock-file "$out/clock" \
         --rtmp rtmp://127.0.0.1:11935/live/bench --rtmp rtmp://127.0.0.1:11936/live/bench \
         >"$out/publish-gop-$gop.log" 2>&1 &
     pids+=("$!")
@@ -143,9 +151,9 @@ EOF
     sleep 3 # a GOP in both caches
     for n in $viewers; do
         for s in corelay srs; do
-            if [[ $s == corelay ]]; then url=http://127.0.0.1:18080/live/bench.flv; pid=$cpid
-            else url=http://127.0.0.1:18081/live/bench.flv; pid=$spid; fi
-            cmd=(taskset -c 1 "$bench" live-viewers --label "$s gop_cache=$gop $n" --url "$url"
+            if [[ $s == corelay ]]; then url=http://127.0.0.1:18080/live/bench.flv; pid=$cpid; label="corelay mw=$mw"
+            else url=http://127.0.0.1:18081/live/bench.flv; pid=$spid; label="srs"; fi
+            cmd=(nice -n "$prio" taskset -c 1 "$bench" live-viewers --label "$label gop_cache=$gop $n" --url "$url"
                 --server-pid "$pid" --viewers "$n" --workers "$workers" --clock-file "$out/clock"
                 --secs "$secs" --settle-secs "$settle" --json "$out/$s-gop-$gop-$n.json")
             say "\$ ${cmd[*]}"
