@@ -90,6 +90,9 @@ pub(crate) struct ViewersResult {
     pub cpu_secs: f64,
     pub core_share: f64,
     pub cpu_us_per_viewer_sec: f64,
+    /// CPU of the viewer workers in the window, in cores (near 1.0: the load, not the
+    /// server, may be what falls behind).
+    pub client_core_share: f64,
     pub report: Report,
 }
 
@@ -197,18 +200,25 @@ pub(crate) fn viewers(a: ViewersArgs, command: String) -> Result<ViewersResult> 
     }
     let ramp_secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "{}: {} viewers connected in {ramp_secs:.1} s",
-        a.label, a.viewers
+        "{}: viewers started (FLV header or failed) after {ramp_secs:.1} s",
+        a.label
     );
     std::thread::sleep(Duration::from_secs(a.settle_secs));
     let rss_with = server_rss(a.server_pid)?;
     let tick0 = server_ticks(a.server_pid)?;
+    let kid_ticks = |kids: &[std::process::Child]| -> u64 {
+        kids.iter()
+            .filter_map(|k| crate::cpu::proc_ticks(k.id()))
+            .sum()
+    };
+    let client0 = kid_ticks(&kids);
     let w0 = Instant::now();
     for k in kids.iter_mut() {
         writeln!(k.stdin.as_mut().context("worker stdin")?, "window")?;
     }
     std::thread::sleep(Duration::from_secs(a.secs));
     let tick1 = server_ticks(a.server_pid)?;
+    let client1 = kid_ticks(&kids);
     let window = w0.elapsed().as_secs_f64();
     let rss_end = server_rss(a.server_pid)?;
     for k in kids.iter_mut() {
@@ -229,6 +239,8 @@ pub(crate) fn viewers(a: ViewersArgs, command: String) -> Result<ViewersResult> 
     }
     let cpu_secs = (tick1 - tick0) as f64 / crate::cpu::clk_tck() as f64;
     let core_share = cpu_secs / window;
+    let client_core_share =
+        client1.saturating_sub(client0) as f64 / crate::cpu::clk_tck() as f64 / window;
     let n = report.connected.max(1) as f64;
     Ok(ViewersResult {
         label: a.label,
@@ -244,6 +256,7 @@ pub(crate) fn viewers(a: ViewersArgs, command: String) -> Result<ViewersResult> 
         cpu_secs,
         core_share,
         cpu_us_per_viewer_sec: core_share * 1e6 / n,
+        client_core_share,
         report,
     })
 }
@@ -264,7 +277,7 @@ pub(crate) fn summary(r: &ViewersResult) -> String {
         p.window_bytes as f64 * 8.0 / 1000.0 / p.window_secs.max(1e-9) / p.connected.max(1) as f64;
     format!(
         "{label}: {conn}/{req} viewers connected (ramp {ramp:.1} s), failures {fail:?}, ended early {early:?}\n\
-         {label}: server CPU {cpu:.2} s in {win:.1} s = {share:.1}% of a core = {us:.2} µs per viewer-second\n\
+         {label}: server CPU {cpu:.2} s in {win:.1} s = {share:.1}% of a core = {us:.2} µs per viewer-second (viewers' own CPU {cli:.0}% of a core)\n\
          {label}: server RSS {base:.1} MB before, {with:.1} MB with viewers, {end:.1} MB at the end = {bpv:.0} B per viewer\n\
          {label}: first video frame {ttff}; first keyframe {ttkf}; first frame a keyframe {key}/{keyall}\n\
          {label}: audio+video within {av}s {avok}/{conn}; no audio frame {noa}, no AAC header {noah}, FLV header without audio {hna}, no video {nov}\n\
@@ -280,6 +293,7 @@ pub(crate) fn summary(r: &ViewersResult) -> String {
         win = p.window_secs,
         share = r.core_share * 100.0,
         us = r.cpu_us_per_viewer_sec,
+        cli = r.client_core_share * 100.0,
         base = r.rss_base as f64 / 1e6,
         with = r.rss_with as f64 / 1e6,
         end = r.rss_end as f64 / 1e6,

@@ -357,6 +357,14 @@ pub(crate) fn run(a: WorkerArgs) -> anyhow::Result<()> {
         latency_us: lat,
         ..Report::default()
     };
+    if next < a.count {
+        // Never started: every connect slot stayed taken by connects the server did not
+        // complete (SYNs dropped by a full listen backlog are retried for minutes).
+        rep.failures.insert(
+            "not started (connects pending)".into(),
+            (a.count - next) as u64,
+        );
+    }
     for c in conns.iter_mut() {
         if c.st != St::Dead {
             // SAFETY: our fd.
