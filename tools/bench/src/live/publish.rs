@@ -336,6 +336,13 @@ pub(crate) fn run(a: PublishArgs) -> Result<()> {
                 c.media(t.type_id, ts, body)?;
             }
             sent += 1;
+            if sent % 1000 == 0 {
+                // Progress for the run's log: a late publisher makes every viewer late.
+                eprintln!(
+                    "published {sent} tags; {late} sent > 5 ms late (worst {} ms)",
+                    worst / 1_000_000
+                );
+            }
         }
     }
     Ok(())
