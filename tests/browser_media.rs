@@ -17,7 +17,7 @@ use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
 use sframe::key::{DecryptionKey, EncryptionKey};
 use sframe::CipherSuite;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"browser-media-secret-0123456789abcdef";
 
@@ -106,6 +106,33 @@ fn stats(cdp: &mut cdp::Cdp, page: &str) -> Value {
     cdp.eval(page, "JSON.parse(JSON.stringify(window.corelayMedia))")
 }
 
+/// Polls the page's counters until `done` holds or an error shows, for at most `limit`; a
+/// timeout prints the counters.
+fn wait_stats(
+    cdp: &mut cdp::Cdp,
+    page: &str,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = stats(cdp, page);
+        if done(&s) || s["errors"].as_array().is_some_and(|e| !e.is_empty()) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn at_least(s: &Value, dir: &str, field: &str, n: u64) -> bool {
+    s[dir][field].as_u64().is_some_and(|v| v >= n)
+}
+
 #[test]
 fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
     let Some(binary) = cdp::chromium_or_skip() else {
@@ -182,21 +209,23 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
     let cdp = &mut browser.cdp;
     // Generous bounds: two encoders and decoders on a busy 2-core machine.
     for p in &pages {
-        cdp.wait_true_for(
+        cdp.wait_true(p, "document.readyState === 'complete'", "page load");
+        let s = wait_stats(
+            cdp,
             p,
-            "window.corelayMedia && corelayMedia.state === 'live' || (window.corelayMedia && corelayMedia.errors.length > 0)",
             "both media tunnels bound",
             Duration::from_secs(60),
+            |s| s["state"] == json!("live"),
         );
-        let s = stats(cdp, p);
         assert_eq!(s["state"], json!("live"), "{s}");
     }
     for p in &pages {
-        cdp.wait_true_for(
+        wait_stats(
+            cdp,
             p,
-            "corelayMedia.recv.videoFrames >= 30 && corelayMedia.recv.audioFrames >= 50 || corelayMedia.errors.length > 0",
             "decoded video and audio from the other member",
             Duration::from_secs(120),
+            |s| at_least(s, "recv", "videoFrames", 30) && at_least(s, "recv", "audioFrames", 50),
         );
     }
     let all: Vec<Value> = pages.iter().map(|p| stats(cdp, p)).collect();
@@ -228,5 +257,52 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
     for media in ["video", "audio"] {
         let out = metric(&m, "corelay_media_packets_out_total", &[("media", media)]);
         assert!(out > 0.0, "no {media} packets out in the gateway's metrics");
+    }
+}
+
+/// What the README tells a user to do: `corelay demo`, then open `/media.html` in two tabs
+/// with no parameters but a session (the page's defaults: the demo's ws listener, a random
+/// member id, the demo e2e passphrase) and press Join.
+#[test]
+fn the_demo_serves_a_media_page_that_works_with_its_defaults() {
+    let Some(binary) = cdp::chromium_or_skip() else {
+        return;
+    };
+    let gw = Gw::start_demo();
+    let admin = gw.admin.expect("admin address");
+    let mut browser = cdp::Browser::start(
+        &binary,
+        &[
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+        ],
+    );
+    let pages: Vec<String> = (0..2)
+        .map(|_| browser.open(&format!("http://{admin}/media.html")))
+        .collect();
+    let cdp = &mut browser.cdp;
+    for p in &pages {
+        cdp.wait_true(
+            p,
+            "document.readyState === 'complete' && !!document.getElementById('join')",
+            "page load",
+        );
+        cdp.eval(
+            p,
+            "document.getElementById('session').value = 'by-hand'; document.getElementById('join').requestSubmit(); true",
+        );
+    }
+    for p in &pages {
+        let s = wait_stats(
+            cdp,
+            p,
+            "decoded media from the other tab",
+            Duration::from_secs(120),
+            |s| at_least(s, "recv", "videoFrames", 10) && at_least(s, "recv", "audioFrames", 10),
+        );
+        assert_eq!(s["errors"], json!([]), "{s}");
+        assert_eq!(s["session"], json!("by-hand"), "{s}");
     }
 }
