@@ -201,7 +201,7 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
         .iter()
         .map(|m| {
             browser.open(&format!(
-                "http://{admin}/media.html?gateway=wss://127.0.0.1:{}&session=browsers&member={m}&mtu=300&autostart=1",
+                "http://{admin}/media.html?gateway=wss://127.0.0.1:{}&session=browsers&member={m}&mtu=300&gop=600&autostart=1",
                 wss.port()
             ))
         })
@@ -251,6 +251,31 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
                 "page {i}: pixel {px} is not the other member's colour {other}"
             );
         }
+    }
+    // A late joiner (video only): with a keyframe only every 600 s, only its PLIs, routed to
+    // the publishers as RTCP feedback, can get it a picture from each of them.
+    let late = browser.open(&format!(
+        "http://{admin}/media.html?gateway=wss://127.0.0.1:{}&session=browsers&member=3&audio=0&autostart=1",
+        wss.port()
+    ));
+    let cdp = &mut browser.cdp;
+    cdp.wait_true(&late, "document.readyState === 'complete'", "page load");
+    let s = wait_stats(
+        cdp,
+        &late,
+        "the late joiner's pictures",
+        Duration::from_secs(120),
+        |s| {
+            let by = s["recv"]["bySsrc"].as_object();
+            by.is_some_and(|m| m.len() == 2 && m.values().all(|n| n.as_u64() >= Some(10)))
+        },
+    );
+    eprintln!("late joiner: {s}");
+    assert_eq!(s["errors"], json!([]), "{s}");
+    assert!(at_least(&s, "recv", "plisSent", 1), "{s}");
+    for p in &pages {
+        let s = stats(cdp, p);
+        assert!(at_least(&s, "recv", "plisReceived", 1), "{s}");
     }
     // The gateway routed what the pages counted, over the tunnels.
     let (_, m) = http_get(admin, "/metrics");
