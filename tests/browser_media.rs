@@ -258,6 +258,12 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
         "http://{admin}/media.html?gateway=wss://127.0.0.1:{}&session=browsers&member=3&audio=0&autostart=1",
         wss.port()
     ));
+    // And a member with another end-to-end key: the gateway forwards it everything, it
+    // decrypts nothing.
+    let stranger = browser.open(&format!(
+        "http://{admin}/media.html?gateway=wss://127.0.0.1:{}&session=browsers&member=4&audio=0&key=another&autostart=1",
+        wss.port()
+    ));
     let cdp = &mut browser.cdp;
     cdp.wait_true(&late, "document.readyState === 'complete'", "page load");
     let s = wait_stats(
@@ -277,6 +283,17 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
         let s = stats(cdp, p);
         assert!(at_least(&s, "recv", "plisReceived", 1), "{s}");
     }
+    let s = wait_stats(
+        cdp,
+        &stranger,
+        "the stranger's refusals",
+        Duration::from_secs(60),
+        |s| at_least(s, "recv", "decryptFailures", 10),
+    );
+    eprintln!("other key: {s}");
+    assert!(at_least(&s, "recv", "decryptFailures", 10), "{s}");
+    assert_eq!(s["recv"]["videoFrames"], json!(0), "{s}");
+    assert_eq!(s["state"], json!("live"), "{s}");
     // The gateway routed what the pages counted, over the tunnels.
     let (_, m) = http_get(admin, "/metrics");
     for media in ["video", "audio"] {
@@ -295,6 +312,9 @@ fn the_demo_serves_a_media_page_that_works_with_its_defaults() {
     };
     let gw = Gw::start_demo();
     let admin = gw.admin.expect("admin address");
+    // The demo's media secret was generated for this run and is gone once read.
+    let secret = std::env::temp_dir().join(format!("corelay-demo-{}.media-secret", gw.child.id()));
+    assert!(!secret.exists(), "{} left behind", secret.display());
     let mut browser = cdp::Browser::start(
         &binary,
         &[

@@ -217,7 +217,9 @@ const DEMO_PAGE: &str = include_str!("../../examples/demo/index.html");
 /// The web media client (docs/media.md "Web client").
 const MEDIA_PAGE: &str = include_str!("../../examples/demo/media.html");
 
-fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
+/// `read_once`: a file to remove once the configuration is loaded (the demo's generated
+/// media secret, read by the media plane at start).
+fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) -> Result<()> {
     init_tracing(&cfg.log.level);
     // Block the shutdown signals before any thread starts, so every shard inherits the mask
     // and only this thread receives them (in sigwait below).
@@ -239,7 +241,11 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         // Certificate files are also watched for changes (besides SIGHUP).
         let _watch = acceptor.watch(std::time::Duration::from_secs(5));
     }
-    let (handlers, hub, media_udp) = factory(&cfg)?;
+    let built = factory(&cfg);
+    if let Some(p) = read_once {
+        let _ = std::fs::remove_file(p);
+    }
+    let (handlers, hub, media_udp) = built?;
     let gw = Gateway::start(&cfg, handlers, tls.clone()).context("starting shards")?;
     let ws = gw
         .local_addrs()
@@ -425,7 +431,7 @@ fn run_contract(attach: &std::path::Path) -> Result<()> {
 }
 
 /// A fresh random media credential secret for `corelay demo` (owner-only file in the temp
-/// dir, removed at exit): the demo's media credentials are valid for this run only.
+/// dir, removed once read at start): the demo's media credentials are valid for this run only.
 fn demo_media_secret() -> Result<PathBuf> {
     use std::io::{Read, Write};
     use std::os::unix::fs::OpenOptionsExt;
@@ -450,7 +456,7 @@ fn demo_media_secret() -> Result<PathBuf> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false),
+        Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false, None),
         Cmd::Demo { o } => {
             let mut cfg = load(None, Some(&o))?;
             let mut secret = None;
@@ -467,9 +473,9 @@ fn main() -> Result<()> {
                     secret = Some(path);
                 }
             }
-            let r = serve(cfg, !o.echo);
+            let r = serve(cfg, !o.echo, secret.as_deref());
             if let Some(p) = secret {
-                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_file(p); // when serve failed before reading it
             }
             r
         }
