@@ -350,4 +350,39 @@ fn the_demo_serves_a_media_page_that_works_with_its_defaults() {
         assert_eq!(s["errors"], json!([]), "{s}");
         assert_eq!(s["session"], json!("by-hand"), "{s}");
     }
+    // Join again in the first tab (same member id: it takes over its own admission): a new
+    // KID and new SSRCs, and the other tab decodes the new stream.
+    let before = stats(cdp, &pages[0]);
+    cdp.eval(
+        &pages[0],
+        "document.getElementById('join').requestSubmit(); true",
+    );
+    let after = wait_stats(
+        cdp,
+        &pages[0],
+        "the second join",
+        Duration::from_secs(60),
+        |s| s["state"] == json!("live") && s["kid"] != before["kid"],
+    );
+    assert_ne!(after["kid"], before["kid"], "{after}");
+    let new_ssrc = after["ssrc"]["video"].to_string();
+    let s = wait_stats(
+        cdp,
+        &pages[1],
+        "the new stream",
+        Duration::from_secs(120),
+        |s| s["recv"]["bySsrc"][&new_ssrc].as_u64() >= Some(10),
+    );
+    assert_eq!(s["errors"], json!([]), "{s}");
+    assert_eq!(s["recv"]["decryptFailures"], json!(0), "{s}");
+    // And the rejoined tab still decodes the other one.
+    let n = after["recv"]["videoFrames"].as_u64().unwrap();
+    let s = wait_stats(
+        cdp,
+        &pages[0],
+        "video after the second join",
+        Duration::from_secs(60),
+        |s| at_least(s, "recv", "videoFrames", n + 10),
+    );
+    assert_eq!(s["errors"], json!([]), "{s}");
 }
