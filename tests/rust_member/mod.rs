@@ -1,20 +1,23 @@
-//! A media member written in Rust for the browser tests: it joins a session on the gateway's
-//! plain ws listener, binds a WebSocket tunnel with our STUN writer, asks a browser publisher
-//! for a keyframe, and reads its video the way docs/media.md "Web client" describes the wire:
-//! keyframes found from the frame-marking extension alone (as the router does), frames
-//! reassembled from the RFC 7741 descriptor and the marker, decrypted with the `sframe` crate;
-//! then ffmpeg decodes the VP8 frames from an IVF file.
+//! A media member written in Rust for the browser tests, speaking the wire docs/media.md "Web
+//! client" describes: it joins a session on the gateway's plain ws listener and binds a
+//! WebSocket tunnel with our STUN writer. As a receiver it asks a browser publisher for a
+//! keyframe and reads its video (keyframes found from the frame-marking extension alone, as
+//! the router does; frames reassembled from the RFC 7741 descriptor and the marker; decrypted
+//! with the `sframe` crate), for ffmpeg to decode from an IVF file. As a sender it relays
+//! ffmpeg's libvpx VP8 frames, encrypted with the `sframe` crate, for the pages to decode.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use super::common::{Client, Msg};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use corelay::proto::media::keyframe::{self, FrameMarking, KeyframeSource};
-use corelay::proto::media::rtp::{self, Demux, RtpPacket};
+use corelay::proto::media::rtp::{
+    self, Demux, ExtensionElement, ExtensionSpec, RtpPacket, RtpWriter,
+};
 use corelay::proto::media::stun::{self, Class, StunMessage};
 use serde_json::Value;
-use sframe::frame::EncryptedFrameView;
-use sframe::key::DecryptionKey;
+use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
+use sframe::key::{DecryptionKey, EncryptionKey};
 use sframe::CipherSuite;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,19 +37,18 @@ pub struct Frame {
     pub vp8: Vec<u8>,
 }
 
-/// Joins `session` as `member` (video only) on `gw`, and returns `want` consecutive frames of
-/// `publisher`, the first a keyframe, decrypted with `passphrase`.
-pub fn read_video(
-    gw: SocketAddr,
-    session: &str,
-    member: u64,
-    publisher: u32,
-    passphrase: &[u8],
-    want: usize,
-) -> Vec<Frame> {
+/// A joined member: its control channel (kept open: closing it ends the media) and its bound
+/// video tunnel.
+pub struct Member {
+    pub control: Client,
+    pub tunnel: Client,
+}
+
+/// Joins `session` as `member`, video only, owning `ssrc`, and binds the video tunnel.
+pub fn join(gw: SocketAddr, session: &str, member: u64, ssrc: u32) -> Member {
     let mut ctl = Client::connect(
         gw,
-        &format!("/media/{session}?member={member}&media=video&video={OWN_SSRC}"),
+        &format!("/media/{session}?member={member}&media=video&video={ssrc}"),
     );
     let Msg::Text(t) = ctl.recv_data() else {
         panic!("expected the credential notice");
@@ -75,7 +77,25 @@ pub fn read_video(
         (Class::SuccessResponse, tid)
     );
     m.check_integrity(&key).unwrap();
+    Member {
+        control: ctl,
+        tunnel: tun,
+    }
+}
 
+/// Joins `session` as `member` (video only) on `gw`, and returns `want` consecutive frames of
+/// `publisher`, the first a keyframe, decrypted with `passphrase`.
+pub fn read_video(
+    gw: SocketAddr,
+    session: &str,
+    member: u64,
+    publisher: u32,
+    passphrase: &[u8],
+    want: usize,
+) -> Vec<Frame> {
+    let mut me = join(gw, session, member, OWN_SSRC);
+    let tun = &mut me.tunnel;
+    let mut out = [0u8; 64];
     let router_view = KeyframeSource {
         extension_id: Some(EXT_ID),
         codec: None,
@@ -207,4 +227,102 @@ pub fn ffmpeg_decodes(frames: &[Frame], path: &Path) -> usize {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .count()
+}
+
+/// `n` frames of ffmpeg's `testsrc` (320×240, 25 fps) encoded by libvpx with a keyframe every
+/// 25, read back from the IVF file ffmpeg wrote: (keyframe, VP8 frame).
+pub fn libvpx_frames(dir: &Path, n: usize) -> Vec<(bool, Vec<u8>)> {
+    let path = dir.join("libvpx.ivf");
+    let st = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi"])
+        .args(["-i", "testsrc=size=320x240:rate=25", "-frames:v"])
+        .arg(n.to_string())
+        .args([
+            "-c:v",
+            "libvpx",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-b:v",
+            "300k",
+        ])
+        .args(["-f", "ivf"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg (tools/test.sh installs it)");
+    assert!(st.success(), "ffmpeg could not encode VP8");
+    let b = std::fs::read(&path).unwrap();
+    assert_eq!(&b[..4], b"DKIF");
+    let mut o = usize::from(u16::from_le_bytes([b[6], b[7]]));
+    let mut frames = Vec::new();
+    while o + 12 <= b.len() {
+        let len = u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+        let f = b[o + 12..o + 12 + len].to_vec();
+        frames.push((f[0] & 1 == 0, f));
+        o += 12 + len;
+    }
+    assert_eq!(frames.len(), n);
+    frames
+}
+
+/// Joins `session` as `member` owning `ssrc` and sends `frames` at 25 fps, each one SFrame
+/// (the `sframe` crate, KID `kid`, `passphrase`) packetized as the page does (RFC 7741
+/// descriptor, frame marking id 4, at most `mtu` bytes a packet). Returns the member, still
+/// joined.
+pub fn send_video(
+    gw: SocketAddr,
+    session: &str,
+    member: u64,
+    ssrc: u32,
+    (passphrase, kid): (&[u8], u64),
+    frames: &[(bool, Vec<u8>)],
+    mtu: usize,
+) -> Member {
+    let mut me = join(gw, session, member, ssrc);
+    let enc = EncryptionKey::derive_from(CipherSuite::AesGcm128Sha256, kid, passphrase).unwrap();
+    let mut counter = MonotonicCounter::default();
+    let mut seq = 1u16;
+    let start = Instant::now();
+    let mut wire = vec![0u8; mtu];
+    for (i, (key, vp8)) in frames.iter().enumerate() {
+        // Paced like a camera: frame i leaves at i × 40 ms.
+        let due = start + Duration::from_millis(40 * i as u64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let meta = [if *key { 0xC0 } else { 0x40 }];
+        let mut buf = Vec::new();
+        let ef = MediaFrameView::try_with_meta_data(&mut counter, vp8, &meta)
+            .unwrap()
+            .encrypt_into(&enc, &mut buf)
+            .unwrap();
+        let sf = ef.sframe_cipher_text();
+        let room = mtu - 20 - 1;
+        for (j, part) in sf.chunks(room).enumerate() {
+            let last = (j + 1) * room >= sf.len();
+            let mk = (if j == 0 && *key { 0x80 } else { 0 }) | (if last { 0x40 } else { 0 });
+            let mut payload = vec![if j == 0 { 0x10 } else { 0x00 }];
+            payload.extend_from_slice(part);
+            let els = [ExtensionElement {
+                id: EXT_ID,
+                data: &[mk],
+            }];
+            let n = RtpWriter {
+                payload_type: PT_VIDEO,
+                sequence: seq,
+                timestamp: 3600 * i as u32,
+                ssrc,
+                marker: last,
+                extension: Some(ExtensionSpec::OneByte(&els)),
+                payload: &payload,
+                ..Default::default()
+            }
+            .write(&mut wire)
+            .unwrap();
+            me.tunnel.binary(&wire[..n]);
+            seq = seq.wrapping_add(1);
+        }
+    }
+    me
 }
