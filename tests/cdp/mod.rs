@@ -78,6 +78,10 @@ impl Browser {
             .recv_timeout(Duration::from_secs(60))
             .expect("chromium did not start");
         let (ws, _) = tungstenite::connect(url.as_str()).unwrap();
+        // Every DevTools answer is awaited with a bound: a hung browser fails the test.
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        }
         Browser {
             child,
             cdp: Cdp { ws, next: 0 },
