@@ -379,3 +379,107 @@ pub fn wait_live_metric(gw: &Gw, name: &str, stream: &str, want: impl Fn(f64) ->
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An HTTP-FLV viewer read by a thread as it arrives: every tag with its arrival time.
+pub struct Watch {
+    pub tags: std::sync::Arc<std::sync::Mutex<Vec<(Tag, Instant)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// `GET path` on `addr`, parsed incrementally (chunked body, FLV tags) until EOF.
+    pub fn start(addr: SocketAddr, path: &str) -> Watch {
+        let tags = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut s = raw_viewer(addr, path, None);
+        let out = tags.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut raw, mut body) = (Vec::new(), Vec::new());
+            let (mut p, mut q) = (None::<usize>, 0);
+            let mut d = Demuxer::new();
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = match s.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                    Err(e) => panic!("read: {e}"),
+                };
+                raw.extend_from_slice(&buf[..n]);
+                if p.is_none() {
+                    let Some(h) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    assert!(raw.starts_with(b"HTTP/1.1 200"), "not a 200");
+                    p = Some(h + 4);
+                }
+                // Whole chunks into the body.
+                let mut at = p.unwrap();
+                while let Some(eol) = raw[at..].windows(2).position(|w| w == b"\r\n") {
+                    let line = std::str::from_utf8(&raw[at..at + eol]).unwrap();
+                    let size = usize::from_str_radix(line, 16).unwrap();
+                    if raw.len() < at + eol + 2 + size + 2 {
+                        break;
+                    }
+                    body.extend_from_slice(&raw[at + eol + 2..at + eol + 2 + size]);
+                    at += eol + 2 + size + 2;
+                }
+                p = Some(at);
+                let now = Instant::now();
+                loop {
+                    let (n, r) = d.decode(&body[q..]);
+                    let t = match r.expect("valid FLV") {
+                        Some(FlvEvent::Tag(t)) => Tag {
+                            video: t.header.tag_type == TagType::Video,
+                            config: t.is_sequence_header() || t.header.tag_type == TagType::Script,
+                            key: t.is_keyframe(),
+                            ts: t.header.timestamp,
+                        },
+                        Some(FlvEvent::Header(_)) => {
+                            q += n;
+                            continue;
+                        }
+                        None => break,
+                    };
+                    q += n;
+                    out.lock().unwrap().push((t, now));
+                }
+            }
+        });
+        Watch {
+            tags,
+            thread: Some(thread),
+        }
+    }
+
+    /// The tags so far.
+    pub fn now(&self) -> Vec<(Tag, Instant)> {
+        self.tags.lock().unwrap().clone()
+    }
+
+    /// Poll (bounded: 30 s) until `cond` holds for the tags so far; returns them.
+    pub fn wait(&self, what: &str, cond: impl Fn(&[(Tag, Instant)]) -> bool) -> Vec<Tag> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.now();
+            if cond(&t) {
+                return t.into_iter().map(|(t, _)| t).collect();
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for the response to end (the stream ended); every tag with its arrival time.
+    pub fn finish(mut self) -> Vec<(Tag, Instant)> {
+        if let Some(t) = self.thread.take() {
+            t.join().expect("viewer thread");
+        }
+        self.now()
+    }
+}
+
+/// Suspend (`SIGSTOP`) or resume (`SIGCONT`) a process we started.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
