@@ -156,3 +156,66 @@ fn stalled_viewer_skips_to_a_keyframe_and_one_that_stays_behind_is_closed() {
     }
     assert!(tags[0].1, "started at a keyframe");
 }
+
+/// An HLS media playlist: (preceded by `#EXT-X-DISCONTINUITY`, URI) per segment.
+fn playlist_segments(text: &str) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let mut disc = false;
+    for l in text.lines() {
+        if l == "#EXT-X-DISCONTINUITY" {
+            disc = true;
+        } else if !l.is_empty() && !l.starts_with('#') {
+            out.push((std::mem::take(&mut disc), l.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_publisher_reconnecting_within_grace_is_an_hls_discontinuity() {
+    let gw = start(2, "grace_ms = 3000\nhls_segment_ms = 1000\nhls_window = 12");
+    let mut first = publish(gw.rtmp[0], "re", 4);
+    wait_status(gw.addr, "/live/re.flv", 200, Duration::from_secs(20));
+    let viewer = Watch::start(gw.addr, "/live/re.flv");
+    assert!(first.wait().unwrap().success());
+    wait_live_metric(&gw, "corelay_live_publishing", "re", |v| v == 0.0);
+    assert!(publish(gw.rtmp[0], "re", 4).wait().unwrap().success());
+    // The stream ends after the grace period; its playlist stays, with #EXT-X-ENDLIST.
+    let tags = viewer.finish();
+    let (st, list) = common::http_get(gw.addr, "/live/re.m3u8");
+    assert_eq!(st, 200);
+    assert!(list.ends_with("#EXT-X-ENDLIST\n"), "{list}");
+    assert!(!list.contains("DISCONTINUITY-SEQUENCE"), "{list}");
+    let segs = playlist_segments(&list);
+    let cuts: Vec<usize> = (0..segs.len()).filter(|&i| segs[i].0).collect();
+    assert_eq!(cuts.len(), 1, "one discontinuity: {list}");
+    let cut = cuts[0];
+    assert!(cut > 0 && cut < segs.len(), "{list}");
+    // Each side decodes from a keyframe; the timestamps restart at the discontinuity.
+    let frames = |uri: &str| {
+        let f = probe(&[], &format!("http://{}/live/{uri}", gw.addr));
+        let v: Vec<Frame> = f.into_iter().filter(|f| f.video).collect();
+        assert!(v[0].key, "{uri} starts with a keyframe");
+        v
+    };
+    let before = frames(&segs[cut - 1].1);
+    let after = frames(&segs[cut].1);
+    let (end, start) = (before.last().unwrap().pts, after[0].pts);
+    assert!(start < end, "timestamps restart: {start:?} after {end:?}");
+    // Every frame of both publishers is in the playlist (4 s each, the window holds all).
+    let all = probe(&[], &format!("http://{}/live/re.m3u8", gw.addr));
+    let video = all.iter().filter(|f| f.video).count();
+    assert_eq!(video, 2 * 4 * FPS as usize, "{list}");
+    // The HTTP-FLV viewer stayed through it: its frames restart once, at a keyframe.
+    let v: Vec<Tag> = tags
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| t.video && !t.config)
+        .collect();
+    let resets: Vec<usize> = (1..v.len()).filter(|&i| v[i].ts < v[i - 1].ts).collect();
+    assert_eq!(resets.len(), 1, "{v:?}");
+    assert!(
+        v[resets[0]].key,
+        "the second publisher starts with a keyframe"
+    );
+}
