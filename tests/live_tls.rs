@@ -1,8 +1,8 @@
 //! Live streaming over TLS with clients we did not write: ffmpeg publishes over `rtmps://`
 //! (gnutls in Debian's build) to the RTMPS listener, ffprobe pulls HTTP-FLV and HLS over
 //! `https://` from the TLS listener that also serves `wss://`, and the Python `websockets`
-//! client takes WebSocket-FLV over `wss://` from it — every client verifying the gateway's
-//! certificate against the test CA.
+//! client takes WebSocket-FLV over `wss://` from it, ffprobe plays it back over `rtmps://` —
+//! every client verifying the gateway's certificate against the test CA.
 
 mod common;
 mod live_support;
@@ -108,6 +108,15 @@ fn rtmps_ingest_reaches_https_flv_hls_and_wss_flv_viewers() {
             frames
         })
     };
+    // RTMP play inside TLS from the RTMPS listener.
+    let rtmps_play = {
+        let url = format!("rtmps://127.0.0.1:{}/live/sec", rtmps.port());
+        let opts = verify.map(String::from);
+        std::thread::spawn(move || {
+            let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+            probe(&opts, &url)
+        })
+    };
     // HLS over https: the playlist exists once the first segment is complete; ffprobe
     // follows it (segment URIs are relative: https too) until #EXT-X-ENDLIST.
     let hls_path = "/live/sec.m3u8";
@@ -126,6 +135,7 @@ fn rtmps_ingest_reaches_https_flv_hls_and_wss_flv_viewers() {
     check_gop_structure(&as_pairs(https_flv.join().unwrap()), 4 * FPS as usize);
     check_gop_structure(&wss.join().unwrap(), 4 * FPS as usize);
     check_gop_structure(&as_pairs(hls), 2 * FPS as usize);
+    check_gop_structure(&as_pairs(rtmps_play.join().unwrap()), 4 * FPS as usize);
     assert!(ff.wait().unwrap().success(), "ffmpeg over rtmps failed");
     wait_status(gw.addr, "/live/sec.flv", 404, Duration::from_secs(10));
 }
