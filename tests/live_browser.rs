@@ -1,5 +1,6 @@
 //! Real browser players on a live stream: headless Chromium plays HTTP-FLV and
-//! WebSocket-FLV with mpegts.js and HLS with hls.js (from npm, exact versions and integrity
+//! WebSocket-FLV with mpegts.js and HLS with hls.js, in the clear and over TLS (`https://`,
+//! `wss://` from the wss listener; the browser ignores the test certificate's issuer) (from npm, exact versions and integrity
 //! in tools/browser/package-lock.json), while ffmpeg publishes over RTMP. Each `<video>`
 //! must advance (`currentTime`) and decode frames (`getVideoPlaybackQuality()`), with the
 //! players reporting H.264 + AAC and no fatal error.
@@ -13,6 +14,7 @@
 mod browser_support;
 mod common;
 mod live_support;
+mod tls_support;
 
 use browser_support::{chromium_or_skip, Browser, Cdp};
 use live_support::*;
@@ -120,7 +122,25 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
         return;
     };
     let page = serve_page(players());
-    let gw = start(2, "grace_ms = 300\nhls_segment_ms = 1000\nhls_window = 6");
+    let dir = tls_support::TempDir::new("live-browser");
+    let cert = tls_support::generate(
+        &["localhost", "127.0.0.1"],
+        tls_support::KeyKind::EcdsaP256,
+        false,
+    );
+    let (cert_path, key_path) = tls_support::write(&dir, "gw", &cert);
+    let gw = common::Gw::start(
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+             admin = \"127.0.0.1:0\"\nshards = 2\npin = false\n[backend]\nmode = \"echo\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n[live]\nrtmp_listen = [\"127.0.0.1:0\"]\n\
+             grace_ms = 300\nhls_segment_ms = 1000\nhls_window = 6\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+        &[],
+    );
+    let tls = gw.tls.expect("wss address");
     // Longer than the test runs; killed at the end.
     let mut ff = publish(gw.rtmp[0], "web", 90);
     wait_status(gw.addr, "/live/web.flv", 200, Duration::from_secs(20));
@@ -135,6 +155,8 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
             "--disable-background-timer-throttling",
             "--disable-renderer-backgrounding",
             "--disable-backgrounding-occluded-windows",
+            // The test's self-signed certificate (https://, wss://).
+            "--ignore-certificate-errors",
         ],
     );
     let cdp = &mut browser.cdp;
@@ -153,6 +175,22 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
             "hls.js HLS",
             "hls",
             format!("http://{}/live/web.m3u8", gw.addr),
+        ),
+        // The same over TLS, from the wss listener.
+        (
+            "mpegts.js HTTPS-FLV",
+            "flv",
+            format!("https://127.0.0.1:{}/live/web.flv", tls.port()),
+        ),
+        (
+            "mpegts.js WSS-FLV",
+            "flv",
+            format!("wss://127.0.0.1:{}/live/web.flv", tls.port()),
+        ),
+        (
+            "hls.js HLS over HTTPS",
+            "hls",
+            format!("https://127.0.0.1:{}/live/web.m3u8", tls.port()),
         ),
     ];
     let sessions: Vec<String> = players
@@ -201,7 +239,7 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
         eprintln!("{what}: {first} then {later}");
     }
     // The FLV players are viewers of the stream on the gateway.
-    assert!(live_metric(&gw, "corelay_live_viewers", "web") >= 2.0);
+    assert!(live_metric(&gw, "corelay_live_viewers", "web") >= 4.0);
     let _ = ff.kill();
     let _ = ff.wait();
 }
