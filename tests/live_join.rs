@@ -40,19 +40,27 @@ fn media(tags: &[(Tag, Instant)]) -> Vec<Tag> {
 /// Publish, suspend the publisher mid-GOP several GOPs in, join a viewer, resume. Returns
 /// the live edge (last video timestamp before the suspension), the reference viewer's tags
 /// and the new viewer's, and when the publisher resumed.
-fn join_while_suspended(gop_cache: bool) -> (u32, Seen, Seen, Instant) {
+fn join_while_suspended(gop_cache: bool, mid_gop: bool) -> (u32, Seen, Seen, Instant) {
     let gw = start(2, &format!("grace_ms = 300\ngop_cache = {gop_cache}"));
-    let mut ff = publish(gw.rtmp[0], "mid", 8);
+    let mut ff = publish(gw.rtmp[0], "mid", 10);
     wait_status(gw.addr, "/live/mid.flv", 200, Duration::from_secs(20));
     let reference = Watch::start(gw.addr, "/live/mid.flv");
-    reference.wait("three GOPs and some", |t| {
+    reference.wait("three GOPs and a place to stop", |t| {
         let keys: Vec<u32> = t
             .iter()
             .filter(|(t, _)| t.video && t.key && !t.config)
             .map(|(t, _)| t.ts)
             .collect();
-        let last = t.iter().rev().find(|(t, _)| t.video && !t.config);
-        keys.len() >= 3 && last.is_some_and(|(l, _)| l.ts >= keys[keys.len() - 1] + 400)
+        let Some((last, _)) = t.iter().rev().find(|(t, _)| t.video && !t.config) else {
+            return false;
+        };
+        // Mid-GOP, or just after a keyframe (its audio has barely begun).
+        keys.len() >= 3
+            && if mid_gop {
+                last.ts >= keys[keys.len() - 1] + 400
+            } else {
+                last.key
+            }
     });
     signal(&ff, libc::SIGSTOP);
     // What ffmpeg had written reaches the gateway and the reference viewer; then nothing moves.
@@ -118,7 +126,7 @@ fn check_suffix(reference: &[(Tag, Instant)], viewer: &[(Tag, Instant)]) -> Tag 
 
 #[test]
 fn a_viewer_joining_mid_stream_starts_at_the_cached_keyframe_within_one_gop() {
-    let (edge, reference, viewer, resumed) = join_while_suspended(true);
+    let (edge, reference, viewer, resumed) = join_while_suspended(true, true);
     let first = check_suffix(&reference, &viewer);
     // The last keyframe before the edge: within one GOP (25 frames, 1 s) of it.
     assert!(
@@ -149,8 +157,22 @@ fn a_viewer_joining_mid_stream_starts_at_the_cached_keyframe_within_one_gop() {
 }
 
 #[test]
+fn a_viewer_joining_just_after_a_keyframe_gets_audio_too() {
+    // The GOP cache holds a keyframe and little or no audio yet: the viewer must still get
+    // the audio sequence header and the audio from there on (a server that guesses the
+    // stream's tracks from the cached GOP would leave it without sound).
+    let (edge, reference, viewer, _) = join_while_suspended(true, false);
+    let first = check_suffix(&reference, &viewer);
+    assert!(
+        first.ts <= edge && edge - first.ts <= 80,
+        "{} {edge}",
+        first.ts
+    );
+}
+
+#[test]
 fn without_the_gop_cache_a_viewer_joining_mid_stream_waits_for_the_next_keyframe() {
-    let (edge, reference, viewer, resumed) = join_while_suspended(false);
+    let (edge, reference, viewer, resumed) = join_while_suspended(false, true);
     // While the publisher was suspended the viewer got the configuration only.
     let early: Vec<Tag> = viewer
         .iter()
