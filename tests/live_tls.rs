@@ -85,9 +85,8 @@ fn rtmps_ingest_reaches_https_flv_hls_and_wss_flv_viewers() {
     let wss = {
         let url = format!("wss://127.0.0.1:{}/live/sec.flv", tls.port());
         let ca = ca.to_owned();
+        let out = dir.path("wss.flv");
         std::thread::spawn(move || {
-            let out =
-                std::env::temp_dir().join(format!("corelay-wss-flv-{}.flv", std::process::id()));
             let script =
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_flv.py");
             let o = Command::new(python())
@@ -103,9 +102,7 @@ fn rtmps_ingest_reaches_https_flv_hls_and_wss_flv_viewers() {
                 "{so}{}",
                 String::from_utf8_lossy(&o.stderr)
             );
-            let frames = probe_frames(out.to_str().unwrap());
-            let _ = std::fs::remove_file(&out);
-            frames
+            probe_frames(out.to_str().unwrap())
         })
     };
     // RTMP play inside TLS from the RTMPS listener.
