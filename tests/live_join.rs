@@ -90,7 +90,20 @@ fn join_while_suspended(gop_cache: bool, mid_gop: bool) -> (u32, Seen, Seen, Ins
     let resumed = Instant::now();
     signal(&ff, libc::SIGCONT);
     assert!(ff.wait().unwrap().success());
-    (edge, reference.finish(), viewer.finish(), resumed)
+    let reference = reference.finish();
+    // The edge is what the reference viewer got before the publisher resumed: the same as
+    // above unless the gateway stalled long enough to fool `settled`.
+    let frozen: Seen = reference
+        .iter()
+        .filter(|(_, at)| *at < resumed)
+        .copied()
+        .collect();
+    let edge = media(&frozen)
+        .iter()
+        .filter(|t| t.video)
+        .map(|t| t.ts)
+        .max();
+    (edge.unwrap(), reference, viewer.finish(), resumed)
 }
 
 /// The viewer's tags must be the reference's, in order, from the viewer's first one on
