@@ -103,6 +103,10 @@ fn sframe_interop(cdp: &mut cdp::Cdp, page: &str) {
     }
 }
 
+/// The media page has loaded: a new target starts on about:blank, which is 'complete' too, so
+/// readiness alone can be the blank page's.
+const PAGE_LOADED: &str = "document.readyState === 'complete' && typeof corelayMedia === 'object'";
+
 fn stats(cdp: &mut cdp::Cdp, page: &str) -> Value {
     cdp.eval(page, "JSON.parse(JSON.stringify(window.corelayMedia))")
 }
@@ -210,7 +214,7 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
     let cdp = &mut browser.cdp;
     // Generous bounds: two encoders and decoders on a busy 2-core machine.
     for p in &pages {
-        cdp.wait_true(p, "document.readyState === 'complete'", "page load");
+        cdp.wait_true(p, PAGE_LOADED, "page load");
         let s = wait_stats(
             cdp,
             p,
@@ -321,7 +325,7 @@ fn two_browser_pages_exchange_encrypted_vp8_and_opus_over_wss() {
         wss.port()
     ));
     let cdp = &mut browser.cdp;
-    cdp.wait_true(&late, "document.readyState === 'complete'", "page load");
+    cdp.wait_true(&late, PAGE_LOADED, "page load");
     let s = wait_stats(
         cdp,
         &late,

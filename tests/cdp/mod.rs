@@ -39,13 +39,13 @@ pub fn chromium_or_skip() -> Option<String> {
 pub struct Browser {
     child: Child,
     pub cdp: Cdp,
-    _profile: super::TempDir,
+    _profile: super::common::TempDir,
 }
 
 impl Browser {
     /// Starts `binary` headless with the usual quiet flags plus `extra`.
     pub fn start(binary: &str, extra: &[&str]) -> Browser {
-        let profile = super::TempDir::new("chromium");
+        let profile = super::common::TempDir::new("chromium");
         let mut child = Command::new(binary)
             .args([
                 "--headless",
@@ -91,15 +91,7 @@ impl Browser {
 
     /// Opens `url` in a new page; returns its DevTools session id.
     pub fn open(&mut self, url: &str) -> String {
-        let t = self
-            .cdp
-            .call(None, "Target.createTarget", json!({ "url": url }));
-        let s = self.cdp.call(
-            None,
-            "Target.attachToTarget",
-            json!({"targetId": t["targetId"], "flatten": true}),
-        );
-        s["sessionId"].as_str().unwrap().to_string()
+        self.cdp.open_with(url, false)
     }
 }
 
@@ -151,6 +143,26 @@ impl Cdp {
             r["exceptionDetails"]
         );
         r["result"]["value"].clone()
+    }
+
+    /// Opens `url` in a page of its own window: visible, so media loads and plays (Chromium
+    /// defers media in background tabs). Returns its DevTools session id.
+    pub fn open_window(&mut self, url: &str) -> String {
+        self.open_with(url, true)
+    }
+
+    fn open_with(&mut self, url: &str, window: bool) -> String {
+        let t = self.call(
+            None,
+            "Target.createTarget",
+            json!({"url": url, "newWindow": window, "background": false}),
+        );
+        let s = self.call(
+            None,
+            "Target.attachToTarget",
+            json!({"targetId": t["targetId"], "flatten": true}),
+        );
+        s["sessionId"].as_str().unwrap().to_string()
     }
 
     /// Polls `expr` every 100 ms until it is `true`, for at most `limit`.
