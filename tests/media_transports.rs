@@ -47,6 +47,11 @@ fn logged_addr(gw: &Gw, prefix: &str) -> SocketAddr {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `extra`: more config sections.
+fn setup_with(extra: &str) -> Setup {
     let dir = TempDir::new("media-tr");
     let sock = dir.0.join("attach.sock");
     let secret = dir.0.join("media.secret");
@@ -61,7 +66,7 @@ fn setup() -> Setup {
          [backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n\
          [tls]\ncert = \"{}\"\nkey = \"{}\"\n\
          [media]\nsecret_file = \"{}\"\nkey_id = 3\nudp_listen = \"127.0.0.1:0\"\n\
-         tcp_listen = \"127.0.0.1:0\"\ntls = true\n",
+         tcp_listen = \"127.0.0.1:0\"\ntls = true\n{extra}",
         sock.display(),
         cert_path.display(),
         key_path.display(),
@@ -147,6 +152,12 @@ fn tcp_and_tls_streams_admission_refusals_forged_ssrc_leave_rejoin() {
         let r = RtpPacket::parse(&p).unwrap();
         assert_eq!((r.ssrc(), &p[12..]), (2222, &b"good"[..]), "{who}");
     }
+    // DSCP by media type on the gateway's socket of each stream: video AF41 (34 << 2 =
+    // 0x88) over TLS and TCP, audio EF (46 << 2 = 0xb8).
+    assert_eq!(b_video.gateway_tos(s.tls), "tos:0x88");
+    assert_eq!(c_video.gateway_tos(s.tcp), "tos:0x88");
+    let a_audio = Media::tcp(s.tcp, &a.cred("audio")).expect("A's audio refused");
+    assert_eq!(a_audio.gateway_tos(s.tcp), "tos:0xb8");
     for cause in ["forged_ssrc", "wrong_kind"] {
         assert!(s.wait_metric("corelay_media_drops_total", &[("cause", cause)], 1.0) >= 1.0);
     }
@@ -183,10 +194,12 @@ fn tcp_and_tls_streams_admission_refusals_forged_ssrc_leave_rejoin() {
     let sock = std::net::TcpStream::connect(s.tcp).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let local = sock.local_addr().unwrap();
     let mut raw = Media::Stream {
         io: Box::new(sock),
         hop: None,
         buf: Vec::new(),
+        local,
     };
     raw.write_frame(&rtp(2222, 1, b"before admission"));
     raw.expect_closed();
@@ -343,4 +356,67 @@ fn ffmpeg_h264_relayed_to_udp_tcp_tls_and_tunnel_members_across_shards_decodes()
         assert!(v >= n as f64, "{t}: {v} packets out");
     }
     drop(ctls);
+}
+
+#[test]
+fn a_tcp_receiver_that_stops_reading_is_closed_as_a_slow_consumer() {
+    // A small outbound bound and socket buffers, so the backlog builds up quickly.
+    let s = setup_with("[limits]\nmax_outbound_bytes = 65536\n[tcp]\nsend_buffer = 8192\n");
+    let a = s.control("slow", "member=1&video=2222");
+    let b = s.control("slow", "member=2&media=video");
+    let c = s.control("slow", "member=3&media=video");
+    let mut a_video = Media::udp(s.udp, &a.cred("video")).unwrap();
+    // B never reads past its admission, with a small receive window.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.tcp.into()).unwrap();
+    let sock: std::net::TcpStream = sock.into();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let local = sock.local_addr().unwrap();
+    let k = corelay::proto::media::hop::HopKey::new(&b.cred("video").key);
+    let mut b_video = Media::Stream {
+        io: Box::new(sock),
+        hop: Some((
+            corelay::proto::media::hop::HopSender::new(
+                k.clone(),
+                corelay::proto::media::hop::Direction::Upstream,
+            ),
+            corelay::proto::media::hop::HopReceiver::new(
+                k,
+                corelay::proto::media::hop::Direction::Downstream,
+            ),
+        )),
+        buf: Vec::new(),
+        local,
+    };
+    let bc = b.cred("video");
+    let (req, _) = binding(bc.token.as_bytes(), &bc.key);
+    b_video.write_frame(&req);
+    let mut c_video = Media::tcp(s.tcp, &c.cred("video")).unwrap();
+    let closes0 = s.metric("corelay_slow_consumer_closes_total", &[]);
+    // Bounded: at most 4000 packets of 1 KB (4 MB), stopping once the close is counted.
+    let payload = [7u8; 1000];
+    let mut closed = false;
+    for seq in 0..4000u16 {
+        a_video.send(&rtp(2222, seq, &payload));
+        // C keeps reading: it gets every packet (UDP from A to the gateway is loopback).
+        let p = c_video.recv(Duration::from_secs(10)).expect("C starved");
+        assert_eq!(RtpPacket::parse(&p).unwrap().sequence(), seq);
+        if seq % 100 == 99 && s.metric("corelay_slow_consumer_closes_total", &[]) > closes0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the receiver that stopped reading was never closed");
+    // B's stream ends (after what was already in flight), and B's binding is gone: its
+    // member may bind video again.
+    b_video.expect_closed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("corelay_media_connections", &[("media", "video")]) > 2.0 {
+        assert!(Instant::now() < deadline, "B's connection was not dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Media::tcp(s.tcp, &bc).expect("B cannot bind again");
+    drop((a, b, c));
 }

@@ -145,6 +145,8 @@ pub enum Media {
         io: Box<dyn ReadWrite>,
         hop: Option<(HopSender, HopReceiver)>,
         buf: Vec<u8>,
+        /// The client's end of the TCP connection.
+        local: SocketAddr,
     },
     Tunnel(Client),
 }
@@ -230,26 +232,30 @@ impl Media {
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         sock.set_nodelay(true).unwrap();
-        Self::stream(Box::new(sock), Some(hop_pair(&c.key)), c)
+        let local = sock.local_addr().unwrap();
+        Self::stream(Box::new(sock), Some(hop_pair(&c.key)), c, local)
     }
 
     /// Binds over TLS with ALPN `corelay-media` on the wss port.
     pub fn tls(addr: SocketAddr, root: &CertificateDer<'static>, c: &Cred) -> Result<Media, u16> {
         let s = tls_connect(addr, &tls_client(root, &[MEDIA_ALPN]));
         assert_eq!(s.conn.alpn_protocol(), Some(MEDIA_ALPN));
-        Self::stream(Box::new(s), None, c)
+        let local = s.sock.local_addr().unwrap();
+        Self::stream(Box::new(s), None, c, local)
     }
 
     fn stream(
         io: Box<dyn ReadWrite>,
         hop: Option<(HopSender, HopReceiver)>,
         c: &Cred,
+        local: SocketAddr,
     ) -> Result<Media, u16> {
         let (req, tid) = binding(c.token.as_bytes(), &c.key);
         let mut m = Media::Stream {
             io,
             hop,
             buf: Vec::new(),
+            local,
         };
         m.write_frame(&req);
         let f = m.read_frame().expect("no STUN answer on the stream");
@@ -260,6 +266,30 @@ impl Media {
             return Err(code);
         }
         Ok(m)
+    }
+
+    /// The traffic class the gateway's end of this TCP/TLS stream sends with, as `ss`
+    /// (iproute2, installed by tools/test.sh) reports it: e.g. `tos:0xb8`.
+    pub fn gateway_tos(&self, gw: SocketAddr) -> String {
+        let Media::Stream { local, .. } = self else {
+            panic!("not a stream")
+        };
+        let out = Command::new("ss")
+            .args([
+                "-tnH",
+                "--tos",
+                "src",
+                &gw.to_string(),
+                "dst",
+                &local.to_string(),
+            ])
+            .output()
+            .expect("ss (iproute2) not found: tools/test.sh installs it");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .find(|w| w.starts_with("tos:"))
+            .unwrap_or_else(|| panic!("no tos in ss output: {text:?}"))
+            .to_string()
     }
 
     /// Sends one raw frame on a stream.
