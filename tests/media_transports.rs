@@ -23,7 +23,21 @@ struct Setup {
     tls: SocketAddr,
     root: CertificateDer<'static>,
     backend: Child,
+    /// The backend attach socket.
+    sock: std::path::PathBuf,
     _dir: TempDir,
+}
+
+/// Starts `corelay backend` (the demo service) attached to `sock`.
+fn spawn_backend(sock: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_corelay"))
+        .arg("backend")
+        .arg("--attach")
+        .arg(sock)
+        .env("CORELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Setup {
@@ -76,14 +90,7 @@ fn setup_with(extra: &str) -> Setup {
     let udp = logged_addr(&gw, "media on udp://");
     let tcp = logged_addr(&gw, "media on tcp://");
     let tls = gw.tls.expect("no wss listener");
-    let backend = Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .arg("backend")
-        .arg("--attach")
-        .arg(&sock)
-        .env("CORELAY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let backend = spawn_backend(&sock);
     let v = wait_metric(
         &gw,
         "corelay_backends_attached",
@@ -98,6 +105,7 @@ fn setup_with(extra: &str) -> Setup {
         tls,
         root: cert.der,
         backend,
+        sock,
         _dir: dir,
     }
 }
@@ -419,4 +427,124 @@ fn a_tcp_receiver_that_stops_reading_is_closed_as_a_slow_consumer() {
     }
     Media::tcp(s.tcp, &bc).expect("B cannot bind again");
     drop((a, b, c));
+}
+
+/// Sends `packets` from `a` paced by `gap` and checks that every receiver gets each of them,
+/// in order (receivers read in their own threads); `during` runs after the first third.
+fn stream_through(
+    a: &mut Media,
+    rx: Vec<(&'static str, Media)>,
+    packets: &[Vec<u8>],
+    during: impl FnOnce(),
+) -> Vec<(&'static str, Media)> {
+    let n = packets.len();
+    let threads: Vec<_> = rx
+        .into_iter()
+        .map(|(t, mut m)| {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while got.len() < n {
+                    let Some(p) = m.recv(Duration::from_secs(10)) else {
+                        break;
+                    };
+                    got.push(p);
+                }
+                (t, got, m)
+            })
+        })
+        .collect();
+    let mut during = Some(during);
+    for (i, p) in packets.iter().enumerate() {
+        if i == n / 3 {
+            if let Some(f) = during.take() {
+                f();
+            }
+        }
+        a.send(p);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    threads
+        .into_iter()
+        .map(|th| {
+            let (t, got, m) = th.join().unwrap();
+            assert_eq!(got.len(), n, "{t} member: {} of {n} packets", got.len());
+            assert!(got == packets, "{t} member: not the packets sent");
+            (t, m)
+        })
+        .collect()
+}
+
+#[test]
+fn media_keeps_flowing_through_a_rolling_deploy_and_a_backend_restart() {
+    let mut s = setup();
+    let mut a = s.control("live", "member=1&video=2222");
+    let mut a_video = Media::tcp(s.tcp, &a.cred("video")).unwrap();
+    let mut ctls = Vec::new();
+    let mut rx: Vec<(&str, Media)> = Vec::new();
+    for (i, t) in ["udp", "tcp", "tls", "ws"].into_iter().enumerate() {
+        let ctl = s.control("live", &format!("member={}&media=video", 2 + i));
+        let c = ctl.cred("video");
+        rx.push((
+            t,
+            match t {
+                "udp" => Media::udp(s.udp, &c).unwrap(),
+                "tcp" => Media::tcp(s.tcp, &c).unwrap(),
+                "tls" => Media::tls(s.tls, &s.root, &c).unwrap(),
+                _ => tunnel(s.gw.addr, &c),
+            },
+        ));
+        ctls.push(ctl);
+    }
+    let batch = |base: u16| -> Vec<Vec<u8>> {
+        (0..300u16)
+            .map(|i| rtp(2222, base + i, &[(i % 251) as u8; 600]))
+            .collect()
+    };
+    let members = |s: &Setup| s.metric("corelay_media_members", &[]);
+    assert_eq!(members(&s), 5.0);
+
+    // Rolling deploy under load: a second backend attaches, the first is stopped (its slot
+    // is handed over) while packets flow.
+    let old = std::mem::replace(&mut s.backend, spawn_backend(&s.sock));
+    assert!(s.wait_metric("corelay_backends_attached", &[], 4.0) >= 4.0);
+    let rx = stream_through(&mut a_video, rx, &batch(0), || {
+        let mut old = old;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+        let _ = old.wait();
+    });
+    assert_eq!(members(&s), 5.0, "a member was lost in the rolling deploy");
+    assert!(s
+        .gw
+        .wait_log("slot handed over", Duration::from_secs(10))
+        .is_some());
+
+    // A crash and restart under load: kill -9, a new backend attaches (once the gateway saw
+    // the crash: it takes the crashed backend's slot, where the connections wait).
+    let sock = s.sock.clone();
+    let (gw, backend) = (&s.gw, &mut s.backend);
+    let rx = stream_through(&mut a_video, rx, &batch(300), || {
+        let _ = backend.kill();
+        let _ = backend.wait();
+        assert!(gw
+            .wait_log(
+                "its messages wait for the next one",
+                Duration::from_secs(10)
+            )
+            .is_some());
+        *backend = spawn_backend(&sock);
+    });
+    assert!(s.wait_metric("corelay_backends_attached", &[], 2.0) >= 2.0);
+    assert_eq!(members(&s), 5.0, "a member was lost in the restart");
+
+    // The control channels still work through the new backend: a new member is admitted
+    // and gets media along with the others; A's channel still carries its messages (the
+    // restarted demo backend no longer knows it as a media channel, so it echoes).
+    let d = s.control("live", "member=9&media=video");
+    let mut rx = rx;
+    rx.push(("new/tcp", Media::tcp(s.tcp, &d.cred("video")).unwrap()));
+    stream_through(&mut a_video, rx, &batch(600), || {});
+    a.ws.text("ping from A");
+    assert_eq!(a.ws.recv_data(), Msg::Text("ping from A".into()));
+    drop((ctls, d));
 }
