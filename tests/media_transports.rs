@@ -167,7 +167,8 @@ fn tcp_and_tls_streams_admission_refusals_forged_ssrc_leave_rejoin() {
     let a_audio = Media::tcp(s.tcp, &a.cred("audio")).expect("A's audio refused");
     assert_eq!(a_audio.gateway_tos(s.tcp), "tos:0xb8");
     for cause in ["forged_ssrc", "wrong_kind"] {
-        assert!(s.wait_metric("corelay_media_drops_total", &[("cause", cause)], 1.0) >= 1.0);
+        let labels = [("transport", "tcp"), ("cause", cause)];
+        assert!(s.wait_metric("corelay_media_drops_total", &labels, 1.0) >= 1.0);
     }
     let tr = |t| [("media", "video"), ("transport", t)];
     assert!(s.metric("corelay_media_packets_in_total", &tr("tcp")) >= 1.0);
@@ -417,6 +418,9 @@ fn a_tcp_receiver_that_stops_reading_is_closed_as_a_slow_consumer() {
         }
     }
     assert!(closed, "the receiver that stopped reading was never closed");
+    // What it could not take meanwhile was dropped on its transport.
+    let labels = [("transport", "tcp"), ("cause", "send_failed")];
+    assert!(s.metric("corelay_media_drops_total", &labels) >= 1.0);
     // B's stream ends (after what was already in flight), and B's binding is gone: its
     // member may bind video again.
     b_video.expect_closed();
