@@ -18,12 +18,12 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
 command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs, browser_media.rs, live_browser.rs
 command -v npm >/dev/null || need_apt+=(npm)                  # tests/live_browser.rs (mpegts.js, hls.js)
-command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs
-command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, media_e2e.rs, rtmp_ffmpeg.rs
+command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs, media_transports.rs
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, media_e2e.rs, media_transports.rs, rtmp_ffmpeg.rs
 command -v cc >/dev/null || need_apt+=(gcc)                   # tests/sdk_backends.rs (C example)
 command -v go >/dev/null || need_apt+=(golang-go)             # tests/sdk_backends.rs (Go SDK; Debian 12: 1.19)
 command -v nats-server >/dev/null || need_apt+=(nats-server)  # bridge/nats/tests (Debian 12: 2.9.10)
-command -v ip >/dev/null || need_apt+=(iproute2)             # bridge/nats/tests/netns.rs (namespaces, veth, bridge)
+command -v ip >/dev/null || need_apt+=(iproute2)             # bridge/nats/tests/netns.rs (namespaces, veth, bridge); ss: tests/media_transports.rs
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
