@@ -76,6 +76,31 @@ fn stat(line: &str, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+/// The registry's counts against the gateways' own: for every gateway in `live`, its
+/// logged-in entries, and the open and logged-in counts in its `g.<gw>` key, equal the
+/// gateway's `corelay_connections_open` (every test client logs in); the total equals their
+/// sum and no other gateway has a key. `Some` once all hold, with the counts.
+fn counts_match(
+    rt: &tokio::runtime::Runtime,
+    w: &Worker,
+    live: &[(&str, std::net::SocketAddr)],
+) -> Option<Vec<usize>> {
+    let reg = w.registry();
+    let keys = rt.block_on(reg.gateways()).ok()?;
+    let mut own_counts = Vec::new();
+    for (gw, admin) in live {
+        let own = metric(*admin, "corelay_connections_open")? as usize;
+        let n = rt.block_on(reg.count(Some(gw))).ok()?;
+        let g = keys.iter().find(|(g, ..)| g == gw)?;
+        if n != own || g.1 as usize != own || g.2 as usize != own {
+            return None;
+        }
+        own_counts.push(own);
+    }
+    let total = rt.block_on(reg.count(None)).ok()?;
+    (total == own_counts.iter().sum::<usize>() && keys.len() == live.len()).then_some(own_counts)
+}
+
 /// Reads until `want`; anything else must start with one of `skip` (late copies of
 /// earlier retries or probes).
 fn recv_until(ws: &mut Ws, want: &str, skip: &[&str]) {
@@ -205,6 +230,19 @@ fn three_hosts_over_a_nats_cluster() {
             },
         );
     }
+    let hosts: Vec<(String, std::net::SocketAddr)> = gws
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("gw{}", i + 1), g.admin))
+        .collect();
+    let hosts: Vec<(&str, std::net::SocketAddr)> =
+        hosts.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let counts = wait_for(
+        "registry counts == the gateways' own counts",
+        Duration::from_secs(30),
+        || counts_match(&rt, &w, &hosts),
+    );
+    assert_eq!(counts, [2, 2, 2]);
 
     // 1. Push to users on every host, from a backend that knows no host.
     for i in 1..=3 {
@@ -370,6 +408,12 @@ fn three_hosts_over_a_nats_cluster() {
     });
     push_until_confirmed(&rt, &w, "u2", &mut members[1], "healed");
     push_until_confirmed(&rt, &w, "v2", &mut others[1], "healed");
+    let counts = wait_for(
+        "counts match again after the heal",
+        Duration::from_secs(30),
+        || counts_match(&rt, &w, &hosts),
+    );
+    assert_eq!(counts, [2, 2, 2]);
 
     // 6. gw3's host killed: its entries (logins, memberships, gateway key) expire within
     // the lease; the others stay.
@@ -390,7 +434,12 @@ fn three_hosts_over_a_nats_cluster() {
     // Refreshed at most lease/3 before the kill, so gone within the lease, plus the
     // server's expiry pass (it runs about once a second).
     assert!(gone <= LEASE + Duration::from_millis(1500), "took {gone:?}");
-    assert_eq!(rt.block_on(w.registry().count(Some("gw1"))).unwrap(), 2);
+    let counts = wait_for(
+        "gw1 and gw2's counts and the total after gw3's death",
+        Duration::from_secs(10),
+        || counts_match(&rt, &w, &hosts[..2]),
+    );
+    assert_eq!(counts, [2, 2]);
     for (i, m) in members.iter_mut().enumerate().take(2) {
         send(m, "still here");
         assert_eq!(recv(m), "still here", "client on gw{} noticed", i + 1);
