@@ -1,14 +1,16 @@
-//! Scale-out across hosts: three gateway hosts, one backend host and a three-node NATS
+//! Scale-out across hosts: three gateway hosts, two backend hosts and a three-node NATS
 //! cluster (JetStream, replicas 3), each host its own network namespace on one switch
 //! (tests/support/netns.rs). The test process is a host too: its clients reach each gateway
 //! over a front link, its backend handle reaches NATS over the back network.
 //!
 //! In order: push to users on every host; a room with members on all three hosts (each
-//! receives once); a worker killed under load (nothing lost, no duplicate reaches a client);
-//! a NATS node killed and restarted, then another (the clients' connections stay up, pushes
-//! and requests go on); a partitioned gateway host heals (its events wait in its ring, its
-//! registry entries expire and come back, pushes resume); a gateway host killed (its
-//! registry entries expire within the lease).
+//! receives once); a backend host killed under load (nothing lost, no duplicate reaches a
+//! client); a NATS node killed and restarted, then another (the clients' connections stay
+//! up, pushes and requests go on); a partitioned gateway host heals (its events wait in its
+//! ring, its registry entries expire and come back, pushes resume); a gateway host killed
+//! (its registry entries expire within the lease). The registry's counts per gateway and in
+//! total are checked against the gateways' own at the start, after the heal and after the
+//! kill.
 //!
 //! Needs root; skipped otherwise (fails under CI=true, where it must run).
 
@@ -180,10 +182,13 @@ fn three_hosts_over_a_nats_cluster() {
         "--ack-wait-ms",
         "2000",
     ];
+    // w2 on the second backend host; the first (be) gets w1 in step 3, and dies.
+    let on_be2 = net.on("be2");
+    let on_be2: Vec<&str> = on_be2.iter().map(String::as_str).collect();
     let w2log = dir.0.join("w2.log");
     let mut w2_args = worker_args.to_vec();
     w2_args.extend(["--log", w2log.to_str().unwrap()]);
-    let _w2 = worker(NATS_URLS, &w2_args, &on_be);
+    let _w2 = worker(NATS_URLS, &w2_args, &on_be2);
 
     // The test's own backend handle, on host t (its runtime's threads start there too).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -300,9 +305,11 @@ fn three_hosts_over_a_nats_cluster() {
         assert_eq!(recv(o), msg, "a non-member got a room message");
     }
 
-    // 3. A worker on the backend host killed under load: w1 replies but never acks, so
-    // every event it took is redelivered to w2 after ack_wait; the gateway drops the
-    // duplicate replies: each client sees each reply once, in order.
+    // 3. A backend host killed under load: w1, the only worker on host be, replies but
+    // never acks; mid-load the host dies (its back link cut first, so no FIN or RST reaches
+    // NATS, then w1 killed). Every event w1 took is redelivered to w2 on be2 after
+    // ack_wait; the gateway drops the duplicate replies: each client sees each reply once,
+    // in order.
     let w1log = dir.0.join("w1.log");
     let mut w1_args = worker_args.to_vec();
     w1_args.extend(["--hold-ack-ms", "600000", "--log", w1log.to_str().unwrap()]);
@@ -324,6 +331,7 @@ fn three_hosts_over_a_nats_cluster() {
     for k in 0..N {
         assert_eq!(recv(&mut members[0]), format!("load {k}"));
         if k == N / 3 {
+            net.partition("be");
             w1.kill9();
         }
     }
