@@ -160,9 +160,10 @@ fn init_tracing(level: &str) {
 }
 
 /// The handler factory (one handler per shard and service), the hub to start once the
-/// shards run (ring mode, when a listener serves the backend) and the media UDP address
+/// shards run (ring mode, when a listener serves the backend) and the media router
 /// (`[media]`).
-fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<SocketAddr>)> {
+type Media = Option<Arc<corelay::media::MediaPlane>>;
+fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Media)> {
     match cfg.backend.mode {
         BackendMode::Ring if cfg.serves_backend() => {
             let hub = Hub::bind(&cfg.backend, cfg.shard_count()).with_context(|| {
@@ -187,7 +188,7 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<S
                 }
                 None => None,
             };
-            let udp = media.as_ref().and_then(|p| p.udp_addr());
+            let plane = media.clone();
             let f: HandlerFactory = Arc::new(move |shard, service| match service {
                 ServiceKind::Echo => Box::new(EchoHandler) as Box<dyn Handler>,
                 ServiceKind::Backend => {
@@ -202,7 +203,7 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<S
                     Box::new(h) as Box<dyn Handler>
                 }
             });
-            Ok((f, Some(hub), udp))
+            Ok((f, Some(hub), plane))
         }
         // Echo mode (or no listener for the ring backend): every service echoes.
         _ => Ok((
@@ -227,18 +228,28 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
 
     let any_tls = cfg.listeners().iter().any(|l| l.tls) || !cfg.live.rtmps_listen.is_empty();
     let tls = match (&cfg.tls, any_tls) {
-        (Some(t), true) => Some(
-            corelay::transport::TlsAcceptor::from_config(t)
-                .context("loading TLS certificates ([tls])")?,
-        ),
+        (Some(t), true) => {
+            let mut t = t.clone();
+            // Media over TLS shares the wss port, told apart by ALPN.
+            t.media_alpn = cfg.media.as_ref().is_some_and(|m| m.tls);
+            Some(
+                corelay::transport::TlsAcceptor::from_config(&t)
+                    .context("loading TLS certificates ([tls])")?,
+            )
+        }
         _ => None,
     };
     if let Some(acceptor) = &tls {
         // Certificate files are also watched for changes (besides SIGHUP).
         let _watch = acceptor.watch(std::time::Duration::from_secs(5));
     }
-    let (handlers, hub, media_udp) = factory(&cfg)?;
+    let (handlers, hub, media) = factory(&cfg)?;
     let gw = Gateway::start(&cfg, handlers, tls.clone()).context("starting shards")?;
+    if let (Some(p), Some(a)) = (&media, gw.media_tcp_addr()) {
+        // Before the hub starts: no backend can admit a member (and so no notice can name
+        // the port) before this.
+        p.set_tcp_port(a.port());
+    }
     let ws = gw
         .local_addrs()
         .first()
@@ -305,8 +316,16 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         }
     }
     // After the ready line, which is where tests stop reading the log at start-up.
-    if let Some(a) = media_udp {
+    if let Some(a) = media.as_ref().and_then(|p| p.udp_addr()) {
         tracing::info!("media on udp://{a}");
+    }
+    if let (Some(_), Some(a)) = (&media, gw.media_tcp_addr()) {
+        tracing::info!("media on tcp://{a}");
+    }
+    if cfg.media.as_ref().is_some_and(|m| m.tls) {
+        for a in gw.tls_addrs() {
+            tracing::info!("media over TLS (ALPN corelay-media) on {a}");
+        }
     }
     if demo {
         println!();

@@ -354,6 +354,17 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(m) = &self.media {
             m.validate()?;
+            if m.tls
+                && !self
+                    .listeners()
+                    .iter()
+                    .any(|l| l.tls && l.service == ServiceKind::Backend)
+            {
+                return Err(invalid(
+                    "media.tls",
+                    "needs a TLS listener of the backend service (server.tls_listen)",
+                ));
+            }
             if matches!(self.backend.mode, BackendMode::Echo) {
                 return Err(invalid(
                     "media",
@@ -571,6 +582,10 @@ pub struct TlsSettings {
     /// session drops its two cipher contexts (~1.2 KB, rebuilt on the next record); it
     /// happens 1 to 2 times this after the last record. 0 = only after a keepalive exchange.
     pub shrink_idle_ms: u64,
+    /// Also offer ALPN `corelay-media` (media over TLS, docs/media.md). Not a `[tls]` key:
+    /// set from `media.tls` when the acceptor is built.
+    #[serde(skip)]
+    pub media_alpn: bool,
 }
 
 impl Default for TlsSettings {
@@ -584,6 +599,7 @@ impl Default for TlsSettings {
             reject_expired: true,
             rustls_records: false,
             shrink_idle_ms: 1000,
+            media_alpn: false,
         }
     }
 }

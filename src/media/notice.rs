@@ -19,7 +19,11 @@ pub(super) fn kind_name(k: MediaKind) -> &'static str {
 /// Where the member's media connections go.
 pub(super) struct Endpoints<'a> {
     pub(super) udp_port: Option<u16>,
+    /// `media.tcp_listen`'s port.
+    pub(super) tcp_port: Option<u16>,
     pub(super) tunnel_path: &'a str,
+    /// Media over TLS is on (ALPN `corelay-media` on the wss port).
+    pub(super) tls: bool,
 }
 
 /// Issues one credential per media type in `kinds` and renders the notice. Session and member
@@ -40,6 +44,9 @@ pub(super) fn render(
     if let Some(p) = ep.udp_port {
         let _ = write!(s, ",\"udp_port\":{p}");
     }
+    if let Some(p) = ep.tcp_port {
+        let _ = write!(s, ",\"tcp_port\":{p}");
+    }
     // The path is config (validated to start with '/'); escape what JSON needs anyway.
     s.push_str(",\"tunnel_path\":\"");
     for c in ep.tunnel_path.chars() {
@@ -54,7 +61,11 @@ pub(super) fn render(
             c => s.push(c),
         }
     }
-    s.push_str("\",\"credentials\":[");
+    s.push('"');
+    if ep.tls {
+        s.push_str(",\"tls_alpn\":\"corelay-media\"");
+    }
+    s.push_str(",\"credentials\":[");
     let mut first = true;
     for media in kinds {
         let mut tok = [0u8; TOKEN_LEN];
