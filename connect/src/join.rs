@@ -58,7 +58,10 @@ pub fn join(
                 );
             }
             Ok(session) => {
+                let (s0, r0) = (totals(&pumps, true), totals(&pumps, false));
                 rep.ended = Some(serve(p, session, &mut pumps, t0, end));
+                rep.sent = totals(&pumps, true) - s0;
+                rep.received = totals(&pumps, false) - r0;
                 on_run(&rep);
                 runs.push(rep);
             }
@@ -98,6 +101,15 @@ pub fn join(
         counters: pumps.iter().map(|(pm, c)| c.report(&pm.media)).collect(),
         runs,
     })
+}
+
+/// Packets sent (`sent`) or received so far, every type.
+fn totals(pumps: &[(Pump, Counters)], sent: bool) -> u64 {
+    pumps
+        .iter()
+        .map(|(_, c)| if sent { &c.sent } else { &c.received })
+        .map(|a| a.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// Runs media on every link until `end`; returns why the session ended.
@@ -161,7 +173,7 @@ pub fn human(r: &Report) -> String {
     let mut o = format!("meeting {} member {}\n", r.meeting, r.member);
     for (i, run) in r.runs.iter().enumerate() {
         o.push_str(&format!(
-            "run {} at {} ms: route {}{} zone {} mmr {} control at {} ms\n",
+            "run {} at {} ms: route {}{} zone {} mmr {} control at {} ms, sent {} received {}\n",
             i + 1,
             run.started_ms,
             run.route,
@@ -172,6 +184,8 @@ pub fn human(r: &Report) -> String {
             run.zone.as_deref().unwrap_or("-"),
             run.mmr.as_ref().map(|m| m.mmr.as_str()).unwrap_or("-"),
             run.control_ms.map(|m| m.to_string()).unwrap_or("-".into()),
+            run.sent,
+            run.received,
         ));
         for z in &run.zone_tests {
             match z.rtt_ms {

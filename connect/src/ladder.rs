@@ -24,6 +24,9 @@ pub struct Timeouts {
     pub zone_wait: Duration,
     /// Once one controller answered, how much longer the others may take.
     pub zone_grace: Duration,
+    /// Zones whose test RTT is within this of the best count as equal; the lookup's order
+    /// decides between them (members of a meeting converge, noise does not flap the choice).
+    pub zone_tolerance: Duration,
     /// Each tunnel ping.
     pub tunnel_ping: Duration,
     /// The MMR request to a controller.
@@ -51,6 +54,7 @@ impl Default for Timeouts {
             lookup: ms(3000),
             zone_wait: ms(5500),
             zone_grace: ms(1000),
+            zone_tolerance: ms(20),
             tunnel_ping: ms(3000),
             mmr: ms(3000),
             control: ms(4000),
@@ -149,6 +153,10 @@ pub struct RunReport {
     pub media: Vec<MediaChoice>,
     /// Why the run failed or ended.
     pub ended: Option<String>,
+    /// Packets sent during this run (every media type).
+    pub sent: u64,
+    /// Packets received and decrypted during this run.
+    pub received: u64,
 }
 
 /// A connected run: the control channel and one link per media type.
@@ -429,14 +437,36 @@ pub fn run(p: &Plan, t0: Instant, rep: &mut RunReport) -> Result<Session, String
             .unwrap_or(f64::MAX)
             .total_cmp(&b.rtt_ms.unwrap_or(f64::MAX))
     });
-    let (zone, controllers, zone_rtt) = match best.first() {
+    let tol = p.t.zone_tolerance.as_secs_f64() * 1000.0;
+    let fastest = best.first().and_then(|b| b.rtt_ms);
+    // The lookup's first zone whose best controller is within the tolerance of the fastest.
+    let pick = fastest.and_then(|f| {
+        la.zones.iter().find_map(|z| {
+            best.iter()
+                .find(|b| b.zone == z.name && b.rtt_ms.is_some_and(|r| r <= f + tol))
+                .copied()
+        })
+    });
+    let (zone, controllers, zone_rtt) = match pick {
         Some(b) => {
-            rep.why.push(format!(
-                "zone {} answered the network test fastest ({:.1} ms via {})",
-                b.zone,
-                b.rtt_ms.unwrap_or(0.0),
-                b.controller
-            ));
+            let why = if b.rtt_ms == fastest {
+                format!(
+                    "zone {} answered the network test fastest ({:.1} ms via {})",
+                    b.zone,
+                    b.rtt_ms.unwrap_or(0.0),
+                    b.controller
+                )
+            } else {
+                format!(
+                    "zone {} ({:.1} ms via {}) is within {} ms of the fastest ({:.1} ms) and first in the lookup's order",
+                    b.zone,
+                    b.rtt_ms.unwrap_or(0.0),
+                    b.controller,
+                    p.t.zone_tolerance.as_millis(),
+                    fastest.unwrap_or(0.0)
+                )
+            };
+            rep.why.push(why);
             let order: Vec<String> = best
                 .iter()
                 .filter(|x| x.zone == b.zone)

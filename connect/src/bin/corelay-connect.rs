@@ -80,6 +80,9 @@ struct JoinArgs {
     /// After the first controller answered, wait this much longer for the others.
     #[arg(long, default_value_t = 1000)]
     zone_grace_ms: u64,
+    /// Zones within this of the fastest count as equal (the lookup's order decides).
+    #[arg(long, default_value_t = 20)]
+    zone_tolerance_ms: u64,
     #[arg(long, default_value_t = 3000)]
     tunnel_timeout_ms: u64,
     #[arg(long, default_value_t = 3000)]
@@ -125,6 +128,7 @@ fn do_join(a: JoinArgs) -> Result<bool, String> {
             lookup: ms(a.lookup_timeout_ms),
             zone_wait: ms(a.zone_wait_ms),
             zone_grace: ms(a.zone_grace_ms),
+            zone_tolerance: ms(a.zone_tolerance_ms),
             tunnel_ping: ms(a.tunnel_timeout_ms),
             mmr: ms(a.mmr_timeout_ms),
             control: ms(a.control_timeout_ms),
