@@ -25,6 +25,7 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)  # bridge/nats/test
 command -v ip >/dev/null || need_apt+=(iproute2)             # bridge/nats/tests/netns.rs (namespaces, veth, bridge)
 command -v nft >/dev/null || need_apt+=(nftables)            # connect/tests/netns.rs (blocked ports, blackholes)
 command -v tinyproxy >/dev/null || need_apt+=(tinyproxy)     # connect/tests/netns.rs (the CONNECT proxy)
+command -v curl >/dev/null || need_apt+=(curl)               # connect/tests/zone.rs (HTTPS client of the controllers)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
