@@ -325,7 +325,7 @@ impl ShardMedia {
     /// A binary or text message on a tunnel, or a frame of a media stream.
     pub fn on_tunnel_message(&mut self, io: &mut Shard, conn: ConnId, kind: DataKind, msg: &[u8]) {
         if kind != DataKind::Binary {
-            self.stats.drops[D_MALFORMED] += 1;
+            self.stats.drops[T_WS][D_MALFORMED] += 1;
             return;
         }
         if let Some(&wire) = self.unbound.get(&conn) {
@@ -360,7 +360,7 @@ impl ShardMedia {
             Some(h) => match h.rx.open(msg) {
                 Ok(inner) => inner.len(),
                 Err(_) => {
-                    self.stats.drops[D_HOP] += 1;
+                    self.stats.drops[wire.transport()][D_HOP] += 1;
                     return;
                 }
             },
@@ -409,7 +409,7 @@ impl ShardMedia {
     fn flush(&mut self) {
         if let (Some(u), false) = (&self.udp, self.tx.is_empty()) {
             let f = self.tx.flush(u.as_raw_fd());
-            self.stats.drops[D_SEND] += f.dropped;
+            self.stats.drops[T_UDP][D_SEND] += f.dropped;
         }
     }
 
@@ -501,7 +501,7 @@ impl ShardMedia {
             }
             Rfc7983::RtpRtcp => {
                 let Some(&i) = self.by_addr.get(&from) else {
-                    self.stats.drops[D_UNBOUND] += 1;
+                    self.stats.drops[T_UDP][D_UNBOUND] += 1;
                     return;
                 };
                 let Some(Some(c)) = self.conns.get_mut(i as usize) else {
@@ -513,13 +513,13 @@ impl ShardMedia {
                 let len = match u.rx.open(buf) {
                     Ok(inner) => inner.len(),
                     Err(_) => {
-                        self.stats.drops[D_HOP] += 1;
+                        self.stats.drops[T_UDP][D_HOP] += 1;
                         return;
                     }
                 };
                 self.ingress(io, i, T_UDP, &buf[..len]);
             }
-            _ => self.stats.drops[D_MALFORMED] += 1,
+            _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
         }
     }
 
@@ -533,15 +533,15 @@ impl ShardMedia {
             rtp::Demux::Rtp => match c.own.check_rtp(pkt) {
                 Ok(k) if k == kind => {}
                 Ok(_) => {
-                    self.stats.drops[D_WRONG_KIND] += 1;
+                    self.stats.drops[transport][D_WRONG_KIND] += 1;
                     return;
                 }
                 Err(OwnershipError::NotOwned(_)) => {
-                    self.stats.drops[D_FORGED] += 1;
+                    self.stats.drops[transport][D_FORGED] += 1;
                     return;
                 }
                 Err(_) => {
-                    self.stats.drops[D_MALFORMED] += 1;
+                    self.stats.drops[transport][D_MALFORMED] += 1;
                     return;
                 }
             },
@@ -552,16 +552,16 @@ impl ShardMedia {
                     }
                 }
                 Err(OwnershipError::NotOwned(_)) => {
-                    self.stats.drops[D_FORGED] += 1;
+                    self.stats.drops[transport][D_FORGED] += 1;
                     return;
                 }
                 Err(_) => {
-                    self.stats.drops[D_MALFORMED] += 1;
+                    self.stats.drops[transport][D_MALFORMED] += 1;
                     return;
                 }
             },
             rtp::Demux::Other => {
-                self.stats.drops[D_MALFORMED] += 1;
+                self.stats.drops[transport][D_MALFORMED] += 1;
                 return;
             }
         }
@@ -586,7 +586,7 @@ impl ShardMedia {
                     *w = true;
                 }
             } else {
-                self.stats.drops[D_CROSS_FULL] += 1;
+                self.stats.drops[transport][D_CROSS_FULL] += 1;
             }
         }
     }
@@ -617,7 +617,7 @@ impl ShardMedia {
                     let UdpLink { addr, tx, .. } = &mut **u;
                     let max = pkt.len() + TRAILER_LEN;
                     if max > MAX_DATAGRAM {
-                        self.stats.drops[D_MALFORMED] += 1;
+                        self.stats.drops[T_UDP][D_MALFORMED] += 1;
                         continue;
                     }
                     let b = self.tx.begin(max);
@@ -626,7 +626,7 @@ impl ShardMedia {
                         Ok(n) => self.tx.commit(max, n, *addr, tos),
                         Err(_) => {
                             self.tx.commit(max, 0, *addr, tos);
-                            self.stats.drops[D_SEND] += 1;
+                            self.stats.drops[T_UDP][D_SEND] += 1;
                             continue;
                         }
                     }
@@ -652,7 +652,7 @@ impl ShardMedia {
                         self.stats.packets_out[k][t] += 1;
                         self.stats.bytes_out[k][t] += pkt.len() as u64;
                     } else {
-                        self.stats.drops[D_SEND] += 1;
+                        self.stats.drops[t][D_SEND] += 1;
                     }
                 }
             }

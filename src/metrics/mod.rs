@@ -85,8 +85,9 @@ pub struct MediaStats {
     pub packets_out: [[u64; 4]; 3],
     /// Bytes sent.
     pub bytes_out: [[u64; 4]; 3],
-    /// Packets dropped, by [`MEDIA_DROP_CAUSES`] index.
-    pub drops: [u64; 8],
+    /// Packets dropped, by `[transport][`[`MEDIA_DROP_CAUSES`]` index]`: the transport the
+    /// packet came in on, or for `send_failed` the one it was to leave on.
+    pub drops: [[u64; 8]; 4],
     /// Media connections refused at their credential check (expired, foreign, bad
     /// integrity, not admitted).
     pub refused: u64,
@@ -112,7 +113,9 @@ impl MediaStats {
             sum(&mut self.packets_out[t], &o.packets_out[t]);
             sum(&mut self.bytes_out[t], &o.bytes_out[t]);
         }
-        sum(&mut self.drops, &o.drops);
+        for t in 0..4 {
+            sum(&mut self.drops[t], &o.drops[t]);
+        }
         sum(&mut self.connections, &o.connections);
         self.refused += o.refused;
         self.keyframe_requests += o.keyframe_requests;

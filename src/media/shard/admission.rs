@@ -2,7 +2,9 @@
 //! binds a UDP address, a WebSocket tunnel or a media stream to the member's connection of
 //! that type (docs/media.md "Engine"), and the answers and refusals of each transport.
 
-use super::{unix_now, Hop, Link, MConn, ShardMedia, UdpLink, Wire, D_MALFORMED, D_NOT_BOUND};
+use super::{
+    unix_now, Hop, Link, MConn, ShardMedia, UdpLink, Wire, D_MALFORMED, D_NOT_BOUND, T_UDP,
+};
 use crate::media::directory::BindError;
 use crate::proto::media::credential::{token_from_username, Verified};
 use crate::proto::media::hop::{Direction, HopKey, HopReceiver, HopSender};
@@ -25,7 +27,7 @@ impl ShardMedia {
                 }
                 if bound.is_none() {
                     if n == 0 {
-                        self.stats.drops[D_NOT_BOUND] += 1;
+                        self.stats.drops[wire.transport()][D_NOT_BOUND] += 1;
                     } else {
                         io.close(conn, 1008, "media credential refused");
                     }
@@ -38,7 +40,7 @@ impl ShardMedia {
             (Wire::Stream { .. }, None) => {
                 // Not a Binding request (no answer) or refused (the Binding error).
                 if n == 0 {
-                    self.stats.drops[D_NOT_BOUND] += 1;
+                    self.stats.drops[wire.transport()][D_NOT_BOUND] += 1;
                 }
                 io.media_refuse(conn, &out[..n]);
             }
@@ -63,7 +65,8 @@ impl ShardMedia {
         out: &mut [u8],
     ) -> (usize, Option<u32>) {
         let Ok(m) = StunMessage::parse(msg) else {
-            self.stats.drops[D_MALFORMED] += 1;
+            let t = tunnel.map_or(T_UDP, |(_, w)| w.transport());
+            self.stats.drops[t][D_MALFORMED] += 1;
             return (0, None);
         };
         if m.method() != stun::METHOD_BINDING || m.class() != Class::Request {
