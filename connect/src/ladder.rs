@@ -348,8 +348,12 @@ fn control(
         q.push_str(&format!("&{m}={}", ssrc_of(p.member, m)));
     }
     let url = format!("wss://{}/media/{}?{q}", mmr.control, p.meeting);
-    let (mut ws, _) =
-        tungstenite::client(url.as_str(), conn).map_err(|e| format!("control handshake: {e}"))?;
+    let (mut ws, _) = tungstenite::client::client_with_config(
+        url.as_str(),
+        conn,
+        Some(crate::media::ws_config()),
+    )
+    .map_err(|e| format!("control handshake: {e}"))?;
     loop {
         match ws.read().map_err(|e| format!("control: {e}"))? {
             Message::Text(t) => {
@@ -400,6 +404,11 @@ fn plan_for(p: &Plan, route: &Route, target: &Target, zone_rtt: Option<f64>) -> 
         delay: tcp_at + p.t.tls_delay,
         timeout: p.t.tls,
     });
+    // Without a UDP rung (or TCP) the first rung offered starts at once.
+    let first = plan[0].delay;
+    for s in &mut plan {
+        s.delay -= first;
+    }
     plan
 }
 

@@ -67,8 +67,8 @@ pub struct TlsConfigs {
     pub media: Arc<ClientConfig>,
 }
 
-/// A random STUN transaction id.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
+/// Random bytes from the kernel (STUN transaction ids).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];
     let mut got = 0;
     while got < N {
@@ -76,13 +76,28 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
         let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), N - got, 0) };
         if r > 0 {
             got += r as usize;
+        } else {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
     }
-    b
+    Ok(b)
+}
+
+/// Largest WebSocket message or frame accepted from an MMR (media packets and the notice).
+pub const MAX_WS_MESSAGE: usize = 64 << 10;
+
+/// The WebSocket limits of our client connections.
+pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
 }
 
 fn binding(c: &Cred) -> io::Result<(Vec<u8>, [u8; 12])> {
-    let tid = random_bytes::<12>();
+    let tid = random_bytes::<12>()?;
     let mut out = [0u8; 512];
     let n = stun::binding_request(&mut out, &tid, c.token.as_bytes(), &c.key)
         .map_err(|e| io::Error::other(format!("{e:?}")))?;
@@ -423,8 +438,9 @@ pub fn attempt(
             let conn = open_tls(route, &tls.plain, &tls.plain, &t.control, timeout)?;
             conn.set_timeout(Some(timeout))?;
             let url = format!("wss://{}{}", t.control, t.tunnel_path);
-            let (mut ws, _) = tungstenite::client(url.as_str(), conn)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            let (mut ws, _) =
+                tungstenite::client::client_with_config(url.as_str(), conn, Some(ws_config()))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
             let (req, tid) = binding(c)?;
             ws.send(Message::Binary(req.into()))
                 .map_err(io::Error::other)?;
