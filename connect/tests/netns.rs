@@ -255,6 +255,14 @@ fn setup() -> Bed {
         &format!("{}:443", TUNNELS[1]),
         ms100,
     );
+    let ms300 = Duration::from_millis(300);
+    for (i, mmr) in ZONES[0].2.iter().enumerate() {
+        net.udp_delay_relay(
+            &format!("{}:8801", RELAYS[3 + i]),
+            &format!("{mmr}:8801"),
+            ms300,
+        );
+    }
     // Two poll periods: every controller knows every MMR is healthy.
     std::thread::sleep(Duration::from_millis(500));
     Bed {
@@ -427,6 +435,24 @@ fn the_ladder_under_every_network_condition() {
         assert_eq!(last_run(r)["route"], "direct");
     }
     all_on("far-eu", &rs, "udp");
+
+    // A slow UDP path is not taken for a blocked one: zone eu (the only one answering) is
+    // 200 ms away (RTT) and UDP to its MMRs 300 ms each way, so the Binding request reaches
+    // the MMR after the fixed 250 ms TCP delay; TCP to the MMR is fast. TCP waits two zone
+    // round trips (400 ms): the UDP request binds first, TCP's is refused (409), UDP wins.
+    // (With the fixed 250 ms alone, TCP binds first and this case fails.)
+    let us = ZONES[1].1.join(", ");
+    b.net.filter_nat(
+        &[&format!("ip daddr {{ {us} }} drop")],
+        &[(ZONES[0].1[0], RELAYS[0]), (ZONES[0].1[1], RELAYS[1])],
+        &[(ZONES[0].2[0], RELAYS[3]), (ZONES[0].2[1], RELAYS[4])],
+    );
+    let rs = join_pair(&b, "slow-udp", 6000, false, || {});
+    check_media("slow-udp", &rs);
+    for r in &rs {
+        assert_eq!(last_run(r)["zone"], "eu");
+    }
+    all_on("slow-udp", &rs, "udp");
 
     // Every controller blackholed, the second tunnel 200 ms away: the first tunnel, after 5.5 s.
     let set = ctrls.join(", ");

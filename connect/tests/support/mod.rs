@@ -27,7 +27,13 @@ pub const ZONES: [(&str, [&str; 2], [&str; 2]); 2] = [
 ];
 pub const TUNNELS: [&str; 2] = ["10.10.9.1", "10.10.9.2"];
 /// Delay relays' addresses.
-pub const RELAYS: [&str; 3] = ["10.10.8.1", "10.10.8.2", "10.10.8.3"];
+pub const RELAYS: [&str; 5] = [
+    "10.10.8.1",
+    "10.10.8.2",
+    "10.10.8.3",
+    "10.10.8.4",
+    "10.10.8.5",
+];
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read.
 fn delay_line(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
@@ -316,15 +322,24 @@ impl Net {
     /// each `(ip, relay)` sends the client's TCP to `ip:443` to the delay relay `relay:443`
     /// instead (this kernel has no netem; the relay adds the delay in user space).
     pub fn filter_far(&self, rules: &[&str], far: &[(&str, &str)]) {
+        self.filter_nat(rules, far, &[]);
+    }
+
+    /// [`Net::filter_far`] plus UDP: each `(ip, relay)` of `far_udp` sends the client's UDP to
+    /// `ip:8801` to `relay:8801`.
+    pub fn filter_nat(&self, rules: &[&str], far: &[(&str, &str)], far_udp: &[(&str, &str)]) {
         for t in ["inet t", "ip n"] {
             let mut a = vec!["netns", "exec", &self.c, "nft", "delete", "table"];
             a.extend(t.split(' '));
             let _ = Command::new("ip").args(&a).stderr(Stdio::null()).status();
         }
-        let dnat: Vec<String> = far
-            .iter()
-            .map(|(ip, relay)| format!("ip daddr {ip} tcp dport 443 dnat to {relay}:443"))
-            .collect();
+        let dnat: Vec<String> =
+            far.iter()
+                .map(|(ip, relay)| format!("ip daddr {ip} tcp dport 443 dnat to {relay}:443"))
+                .chain(far_udp.iter().map(|(ip, relay)| {
+                    format!("ip daddr {ip} udp dport 8801 dnat to {relay}:8801")
+                }))
+                .collect();
         let body = format!(
             "table ip n {{\n chain out {{\n  type nat hook output priority -100; policy accept;\n  {}\n }}\n}}\n\
              table inet t {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  {}\n }}\n}}\n",
@@ -349,6 +364,74 @@ impl Net {
     /// Only a filter.
     pub fn filter(&self, rules: &[&str]) {
         self.filter_far(rules, &[]);
+    }
+
+    /// A UDP relay in the data center from `listen` to `target` adding `one_way` to each
+    /// direction; one upstream socket per client address (runs until the process ends).
+    pub fn udp_delay_relay(&self, listen: &str, target: &str, one_way: Duration) {
+        use std::net::{SocketAddr, UdpSocket};
+        use std::sync::mpsc::channel;
+        use std::sync::Arc;
+        let (ns, listen, target) = (self.d.clone(), listen.to_string(), target.to_string());
+        let (ready, wait) = channel();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: a valid namespace fd; CLONE_NEWNET moves this thread and its children.
+            let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let a = UdpSocket::bind(&listen).unwrap();
+            ready.send(()).unwrap();
+            let (fwd, fwd_rx) = channel::<(Instant, Arc<UdpSocket>, Vec<u8>)>();
+            let (back, back_rx) = channel::<(Instant, SocketAddr, Vec<u8>)>();
+            std::thread::spawn(move || {
+                for (due, up, b) in fwd_rx {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let _ = up.send(&b);
+                }
+            });
+            let a2 = a.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for (due, to, b) in back_rx {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let _ = a2.send_to(&b, to);
+                }
+            });
+            let mut ups = std::collections::HashMap::<SocketAddr, Arc<UdpSocket>>::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                // ICMP errors from clients gone away come back as errors here (udp(7)): skip.
+                let Ok((n, from)) = a.recv_from(&mut buf) else {
+                    continue;
+                };
+                let up = ups
+                    .entry(from)
+                    .or_insert_with(|| {
+                        let u = Arc::new(UdpSocket::bind("0.0.0.0:0").unwrap());
+                        u.connect(&target).unwrap();
+                        let (u2, back) = (u.clone(), back.clone());
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 2048];
+                            loop {
+                                let n = match u2.recv(&mut buf) {
+                                    Ok(n) => n,
+                                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                        continue
+                                    }
+                                    Err(_) => break,
+                                };
+                                let item = (Instant::now() + one_way, from, buf[..n].to_vec());
+                                if back.send(item).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        u
+                    })
+                    .clone();
+                let _ = fwd.send((Instant::now() + one_way, up, buf[..n].to_vec()));
+            }
+        });
+        wait.recv().unwrap();
     }
 
     /// A relay in the data center from `listen` to `target` adding `one_way` to each direction
