@@ -33,6 +33,7 @@ struct Bed {
     dir: TempDir,
     cert: PathBuf,
     connect: PathBuf,
+    corelay: PathBuf,
     mmrs: Vec<Mmr>,
     _servers: Vec<Proc>,
 }
@@ -270,6 +271,7 @@ fn setup() -> Bed {
         dir,
         cert,
         connect,
+        corelay: bin.clone(),
         mmrs,
         _servers: servers,
     }
@@ -282,7 +284,9 @@ fn join_pair(b: &Bed, meeting: &str, ms: u64, proxy: bool, during: impl FnOnce()
         let report = b.dir.0.join(format!("{meeting}-{member}.json"));
         let _ = std::fs::remove_file(&report);
         let log = std::fs::File::create(b.dir.0.join(format!("{meeting}-{member}.log"))).unwrap();
-        let mut cmd = b.net.exec(&b.net.c, &b.connect);
+        // Member 1 goes through `corelay join` (which runs corelay-connect beside it).
+        let program = if member == 1 { &b.corelay } else { &b.connect };
+        let mut cmd = b.net.exec(&b.net.c, program);
         cmd.args([
             "join",
             "--lookup",
