@@ -552,3 +552,68 @@ fn media_keeps_flowing_through_a_rolling_deploy_and_a_backend_restart() {
     assert_eq!(a.ws.recv_data(), Msg::Text("ping from A".into()));
     drop((ctls, d));
 }
+
+/// OpenSSL's client on the wss port: ALPN `corelay-media` is negotiated and the stream
+/// admits a member (framed Binding request in, framed success out); `http/1.1` is still
+/// negotiated for wss; an ALPN the gateway does not speak is refused in the handshake.
+#[test]
+fn openssl_s_client_negotiates_corelay_media_and_binds() {
+    use std::io::{Read, Write};
+    let s = setup();
+    let a = s.control("ossl", "member=1&media=audio");
+    let cred = a.cred("audio");
+    let connect = s.tls.to_string();
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &connect])
+        .args(["-servername", "localhost", "-alpn", "corelay-media"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl not found: tools/test.sh installs it");
+    let (req, tid) = binding(cred.token.as_bytes(), &cred.key);
+    let mut framed = vec![0u8; 2 + req.len()];
+    corelay::proto::media::rfc4571::encode(&req, &mut framed).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&framed).unwrap();
+    stdin.flush().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut hdr = [0u8; 2];
+    out.read_exact(&mut hdr).unwrap();
+    let mut resp = vec![0u8; u16::from_be_bytes(hdr) as usize];
+    out.read_exact(&mut resp).unwrap();
+    let m = corelay::proto::media::stun::StunMessage::parse(&resp).unwrap();
+    assert_eq!(m.transaction_id(), tid);
+    assert_eq!(
+        m.class(),
+        corelay::proto::media::stun::Class::SuccessResponse
+    );
+    m.check_integrity(&cred.key).unwrap();
+    assert!(s.wait_metric("corelay_media_connections", &[("media", "audio")], 1.0) >= 1.0);
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let alpn = |p: &str| {
+        let o = Command::new("openssl")
+            .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+            .args(["-alpn", p])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = alpn("http/1.1");
+    assert!(o.contains("ALPN protocol: http/1.1"), "{o}");
+    let o = alpn("h2");
+    // The server aborts the handshake after its ServerHello: no certificate reaches the client.
+    assert!(
+        !o.contains("ALPN protocol: h2") && o.contains("no peer certificate available"),
+        "{o}"
+    );
+    drop(a);
+}

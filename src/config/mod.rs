@@ -732,6 +732,27 @@ mod tests {
     }
 
     #[test]
+    fn media_transports_parse_and_tls_needs_a_tls_listener() {
+        let base = "[server]\nlisten = [\"127.0.0.1:1\"]\n[backend]\nmode = \"ring\"\n\
+                    [media]\nsecret_file = \"/s\"\ntcp_listen = \"127.0.0.1:8801\"\ntls = true\n";
+        let c = GatewayConfig::from_toml(base).unwrap();
+        let m = c.media.as_ref().unwrap();
+        assert_eq!(m.tcp_listen, Some("127.0.0.1:8801".parse().unwrap()));
+        assert!(m.tls);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("media.tls"), "{e}");
+        let with_wss = base.replace(
+            "[backend]",
+            "tls_listen = [\"127.0.0.1:2\"]\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n[backend]",
+        );
+        let c = GatewayConfig::from_toml(&with_wss).unwrap();
+        c.validate().unwrap();
+        // Not a `[tls]` key: set from `media.tls` when the acceptor is built.
+        assert!(!c.tls.unwrap().media_alpn);
+        assert!(GatewayConfig::from_toml("[tls]\nmedia_alpn = true\n").is_err());
+    }
+
+    #[test]
     fn bad_value_names_key() {
         let c = GatewayConfig::from_toml("[timeouts]\ntick_ms = 0\n").unwrap();
         let e = c.validate().unwrap_err();

@@ -50,6 +50,12 @@ impl Shard {
             return false;
         }
         c.flags &= !F_READ_PAUSED;
+        // The address was kept for the decision; an open stream's buffers exist only while
+        // they hold something, like any connection's.
+        if let Some(x) = c.extra.as_mut() {
+            x.peer = None;
+        }
+        c.release_extra_if_empty();
         self.metrics.handshakes_ok += 1;
         self.schedule_ready(id);
         true
