@@ -4,7 +4,7 @@
 //! tunnel to answer when no controller answers in time. Each run is reported.
 
 use crate::http::request;
-use crate::lookup::LookupAnswer;
+use crate::lookup::{LookupAnswer, ZoneEntry};
 use crate::media::{race, AttemptReport, Cred, Link, Rung, Step, Target, TlsConfigs};
 use crate::net::{host_of, open_tls, Conn, Route};
 use crate::zone::MmrAnswer;
@@ -328,6 +328,21 @@ fn parse_notice(text: &str, mmr: &MmrAnswer) -> Result<(Target, Vec<Cred>), Stri
     Ok((target, creds))
 }
 
+/// The lookup's first zone whose best controller is within `tol_ms` of the fastest probe;
+/// `best` holds the answered probes, fastest first.
+fn pick_zone<'a>(
+    best: &[&'a ZoneProbe],
+    zones: &[ZoneEntry],
+    tol_ms: f64,
+) -> Option<&'a ZoneProbe> {
+    let f = best.first()?.rtt_ms?;
+    zones.iter().find_map(|z| {
+        best.iter()
+            .find(|b| b.zone == z.name && b.rtt_ms.is_some_and(|r| r <= f + tol_ms))
+            .copied()
+    })
+}
+
 /// The SSRC a member sends `media` with (what the control channel asks to own).
 pub fn ssrc_of(member: u64, media: &str) -> u32 {
     (member as u32).wrapping_mul(16) + if media == "audio" { 1 } else { 2 }
@@ -448,14 +463,7 @@ pub fn run(p: &Plan, t0: Instant, rep: &mut RunReport) -> Result<Session, String
     });
     let tol = p.t.zone_tolerance.as_secs_f64() * 1000.0;
     let fastest = best.first().and_then(|b| b.rtt_ms);
-    // The lookup's first zone whose best controller is within the tolerance of the fastest.
-    let pick = fastest.and_then(|f| {
-        la.zones.iter().find_map(|z| {
-            best.iter()
-                .find(|b| b.zone == z.name && b.rtt_ms.is_some_and(|r| r <= f + tol))
-                .copied()
-        })
-    });
+    let pick = pick_zone(&best, &la.zones, tol);
     let (zone, controllers, zone_rtt) = match pick {
         Some(b) => {
             let why = if b.rtt_ms == fastest {
@@ -556,4 +564,131 @@ pub fn run(p: &Plan, t0: Instant, rep: &mut RunReport) -> Result<Session, String
         }
     }
     Ok(Session { control: ws, links })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cfg = std::sync::Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        Plan {
+            lookup: "l:443".into(),
+            meeting: "m".into(),
+            member: 1,
+            media: vec!["audio".into()],
+            proxy: None,
+            tls: TlsConfigs {
+                plain: cfg.clone(),
+                media: cfg,
+            },
+            t: Timeouts::default(),
+        }
+    }
+
+    fn target(udp: bool, tcp: bool, alpn: bool) -> Target {
+        Target {
+            media_host: "h".into(),
+            control: "h:443".into(),
+            udp_port: udp.then_some(8801),
+            tcp_port: tcp.then_some(8801),
+            tls_alpn: alpn.then(|| "corelay-media".into()),
+            tunnel_path: "/media".into(),
+        }
+    }
+
+    fn steps(v: &[Step]) -> Vec<(Rung, u64)> {
+        v.iter()
+            .map(|s| (s.rung, s.delay.as_millis() as u64))
+            .collect()
+    }
+
+    #[test]
+    fn race_plans() {
+        let p = plan();
+        let t = target(true, true, true);
+        // Fast path: the fixed delays.
+        let d = plan_for(&p, &Route::Direct, &t, Some(1.0));
+        assert_eq!(
+            steps(&d),
+            [(Rung::Udp, 0), (Rung::Tcp, 250), (Rung::Tls, 500)]
+        );
+        // Slow path: TCP waits two zone round trips.
+        let d = plan_for(&p, &Route::Direct, &t, Some(200.0));
+        assert_eq!(
+            steps(&d),
+            [(Rung::Udp, 0), (Rung::Tcp, 400), (Rung::Tls, 650)]
+        );
+        // A proxy or tunnel: TLS only, at once.
+        let d = plan_for(&p, &Route::Proxy("p:3128".into()), &t, Some(1.0));
+        assert_eq!(steps(&d), [(Rung::Tls, 0)]);
+        // No ALPN rung: the WebSocket tunnel is the 443 rung; no UDP: TCP at once.
+        let d = plan_for(&p, &Route::Direct, &target(false, true, false), None);
+        assert_eq!(steps(&d), [(Rung::Tcp, 0), (Rung::WssTunnel, 250)]);
+        let d = plan_for(&p, &Route::Direct, &target(false, false, false), None);
+        assert_eq!(steps(&d), [(Rung::WssTunnel, 0)]);
+    }
+
+    #[test]
+    fn zone_choice_prefers_lookup_order_among_equals() {
+        let probe = |zone: &str, rtt: f64| ZoneProbe {
+            zone: zone.into(),
+            controller: format!("{zone}:443"),
+            rtt_ms: Some(rtt),
+            error: None,
+        };
+        let zones: Vec<ZoneEntry> = ["eu", "us"]
+            .iter()
+            .map(|n| ZoneEntry {
+                name: n.to_string(),
+                controllers: vec![],
+            })
+            .collect();
+        let (eu, us) = (probe("eu", 12.0), probe("us", 3.0));
+        // Within 20 ms: the lookup's first.
+        assert_eq!(pick_zone(&[&us, &eu], &zones, 20.0).unwrap().zone, "eu");
+        // Beyond: the fastest.
+        let far = probe("eu", 200.0);
+        assert_eq!(pick_zone(&[&us, &far], &zones, 20.0).unwrap().zone, "us");
+        assert!(pick_zone(&[], &zones, 20.0).is_none());
+    }
+
+    #[test]
+    fn notice_as_documented() {
+        // docs/media.md, with real-sized values.
+        let key = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let text = format!(
+            r#"{{"type":"media-credentials","session":"7","member":"2","expires":1767225600,"udp_port":8801,"tcp_port":8801,"tunnel_path":"/media","tls_alpn":"corelay-media","credentials":[{{"media":"audio","token":"{}","key":"{key}"}},{{"media":"video","token":"t","key":"{key}"}}]}}"#,
+            "a".repeat(58)
+        );
+        let mmr = MmrAnswer {
+            zone: "z".into(),
+            meeting: "m".into(),
+            mmr: "a".into(),
+            control: "h:443".into(),
+            media_host: "h".into(),
+            candidates: 1,
+        };
+        let (t, creds) = parse_notice(&text, &mmr).unwrap();
+        assert_eq!((t.udp_port, t.tcp_port), (Some(8801), Some(8801)));
+        assert_eq!(t.tls_alpn.as_deref(), Some("corelay-media"));
+        assert_eq!(creds.len(), 2);
+        assert_eq!(
+            (creds[0].media.as_str(), creds[0].key),
+            ("audio", [7u8; 32])
+        );
+        // Without the optional transports.
+        let old = text
+            .replace(r#""tcp_port":8801,"#, "")
+            .replace(r#","tls_alpn":"corelay-media""#, "");
+        let (t, _) = parse_notice(&old, &mmr).unwrap();
+        assert_eq!((t.tcp_port, t.tls_alpn), (None, None));
+        assert!(parse_notice(r#"{"type":"other"}"#, &mmr).is_err());
+        assert!(parse_notice("not json", &mmr).is_err());
+    }
 }
