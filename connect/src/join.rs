@@ -51,7 +51,7 @@ pub fn join(
             Err(e) => {
                 rep.ended = Some(format!("failed: {e}"));
                 on_run(&rep);
-                runs.push(rep);
+                keep(&mut runs, rep);
                 // Bounded retry pace: a dead MMR may still be listed for a moment.
                 std::thread::sleep(
                     Duration::from_millis(300).min(end.saturating_duration_since(Instant::now())),
@@ -63,7 +63,7 @@ pub fn join(
                 rep.sent = totals(&pumps, true) - s0;
                 rep.received = totals(&pumps, false) - r0;
                 on_run(&rep);
-                runs.push(rep);
+                keep(&mut runs, rep);
             }
         }
     }
@@ -101,6 +101,17 @@ pub fn join(
         counters: pumps.iter().map(|(pm, c)| c.report(&pm.media)).collect(),
         runs,
     })
+}
+
+/// Runs kept in the report: the first and the latest (a join that keeps failing for hours
+/// must not grow without bound).
+const MAX_RUNS: usize = 256;
+
+fn keep(runs: &mut Vec<RunReport>, rep: RunReport) {
+    if runs.len() >= MAX_RUNS {
+        runs.remove(1);
+    }
+    runs.push(rep);
 }
 
 /// Packets sent (`sent`) or received so far, every type.

@@ -15,6 +15,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
+/// Controllers (and tunnels) probed at most in one run, each on its own thread.
+pub const MAX_PROBES: usize = 32;
+
 /// Every rung's timeout and delay.
 #[derive(Clone, Debug, Serialize)]
 pub struct Timeouts {
@@ -212,25 +215,28 @@ fn network_test(p: &Plan, route: &Route, ctrl: &str, timeout: Duration) -> Resul
 fn zone_test(p: &Plan, route: &Route, la: &LookupAnswer) -> Vec<ZoneProbe> {
     let (tx, rx) = mpsc::channel();
     let mut probes = Vec::new();
-    for z in &la.zones {
-        for c in &z.controllers {
-            probes.push(ZoneProbe {
-                zone: z.name.clone(),
-                controller: c.clone(),
-                rtt_ms: None,
-                error: Some("no answer in time".into()),
-            });
-            let (p, route, c, tx, i) = (
-                p.clone(),
-                route.clone(),
-                c.clone(),
-                tx.clone(),
-                probes.len() - 1,
-            );
-            std::thread::spawn(move || {
-                let _ = tx.send((i, network_test(&p, &route, &c, p.t.zone_wait)));
-            });
-        }
+    // The lookup answer is bounded (1 MiB) but could still list thousands: test the first.
+    let all = la
+        .zones
+        .iter()
+        .flat_map(|z| z.controllers.iter().map(move |c| (z, c)));
+    for (z, c) in all.take(MAX_PROBES) {
+        probes.push(ZoneProbe {
+            zone: z.name.clone(),
+            controller: c.clone(),
+            rtt_ms: None,
+            error: Some("no answer in time".into()),
+        });
+        let (p, route, c, tx, i) = (
+            p.clone(),
+            route.clone(),
+            c.clone(),
+            tx.clone(),
+            probes.len() - 1,
+        );
+        std::thread::spawn(move || {
+            let _ = tx.send((i, network_test(&p, &route, &c, p.t.zone_wait)));
+        });
     }
     drop(tx);
     let mut deadline = Instant::now() + p.t.zone_wait;
@@ -258,6 +264,7 @@ fn zone_test(p: &Plan, route: &Route, la: &LookupAnswer) -> Vec<ZoneProbe> {
 fn tunnel_race(p: &Plan, tunnels: &[String], rep: &mut RunReport) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     let t = Instant::now();
+    let tunnels = &tunnels[..tunnels.len().min(MAX_PROBES)];
     for tun in tunnels {
         let (p, tun, tx) = (p.clone(), tun.clone(), tx.clone());
         std::thread::spawn(move || {
