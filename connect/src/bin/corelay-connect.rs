@@ -72,6 +72,7 @@ struct JoinArgs {
     /// Write the JSON report here (default: stdout).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The lookup request (connect, TLS, answer).
     #[arg(long, default_value_t = 3000)]
     lookup_timeout_ms: u64,
     /// Wait for any zone controller this long before trying the tunnels.
@@ -83,22 +84,28 @@ struct JoinArgs {
     /// Zones within this of the fastest count as equal (the lookup's order decides).
     #[arg(long, default_value_t = 20)]
     zone_tolerance_ms: u64,
+    /// Each tunnel ping.
     #[arg(long, default_value_t = 3000)]
     tunnel_timeout_ms: u64,
+    /// The MMR request to a controller.
     #[arg(long, default_value_t = 3000)]
     mmr_timeout_ms: u64,
+    /// Control channel: connect, TLS, WebSocket handshake and the credentials notice.
     #[arg(long, default_value_t = 4000)]
     control_timeout_ms: u64,
+    /// UDP admission (Binding retransmitted at 0, 100, 300, 700 ms...).
     #[arg(long, default_value_t = 2000)]
     udp_timeout_ms: u64,
     /// TCP starts this long after UDP (at least twice the zone RTT).
     #[arg(long, default_value_t = 250)]
     tcp_delay_ms: u64,
+    /// TCP admission.
     #[arg(long, default_value_t = 2000)]
     tcp_timeout_ms: u64,
     /// TLS starts this long after TCP.
     #[arg(long, default_value_t = 250)]
     tls_delay_ms: u64,
+    /// TLS admission (through a proxy or tunnel too).
     #[arg(long, default_value_t = 4000)]
     tls_timeout_ms: u64,
     /// A media connection silent this long is dead (reconnect).
