@@ -264,8 +264,37 @@ fn setup() -> Bed {
             ms300,
         );
     }
-    // Two poll periods: every controller knows every MMR is healthy.
-    std::thread::sleep(Duration::from_millis(500));
+    // Every controller has seen each of its MMRs healthy.
+    let tls = corelay_connect::net::client_config(&cert, &[]).unwrap();
+    for (_, ctrls, _) in ZONES {
+        for c in ctrls {
+            let target = format!("{c}:443");
+            wait_for(
+                &format!("{c} sees its MMRs"),
+                Duration::from_secs(20),
+                || {
+                    let body = net.in_ns(&net.d, || {
+                        let route = corelay_connect::net::Route::Direct;
+                        let mut s = corelay_connect::net::open_tls(
+                            &route,
+                            &tls,
+                            &tls,
+                            &target,
+                            Duration::from_secs(2),
+                        )
+                        .ok()?;
+                        corelay_connect::http::request(&mut s, "GET", c, "/status", b"").ok()
+                    })?;
+                    let v: Value = serde_json::from_slice(&body.1).ok()?;
+                    v["mmrs"]
+                        .as_array()?
+                        .iter()
+                        .all(|m| m["state"]["healthy"] == true)
+                        .then_some(())
+                },
+            );
+        }
+    }
     Bed {
         net,
         dir,
