@@ -1,7 +1,7 @@
 //! `corelay join`: runs the ladder, sends and receives test media until the duration ends,
 //! reconnects with the same ladder when a transport dies, and reports what it chose and why.
 
-use crate::ladder::{run, ssrc_of, Plan, RunReport};
+use crate::ladder::{run, ssrc_of, udp_bound_unanswered, Plan, RunReport};
 use crate::pump::{Counters, CountersReport, Pump};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +37,8 @@ pub fn join(
 ) -> Result<Report, String> {
     let t0 = Instant::now();
     let end = t0 + duration;
+    let mut p = p.clone();
+    let mut pending_why: Option<String> = None;
     let mut pumps = Vec::new();
     for m in &p.media {
         pumps.push((
@@ -47,9 +49,18 @@ pub fn join(
     let mut runs = Vec::new();
     while Instant::now() < end {
         let mut rep = RunReport::default();
-        match run(p, t0, &mut rep) {
+        rep.why.extend(pending_why.take());
+        match run(&p, t0, &mut rep) {
             Err(e) => {
                 rep.ended = Some(format!("failed: {e}"));
+                if !p.avoid_udp && udp_bound_unanswered(&rep) {
+                    // The MMR drops the binding when this run's control channel closes; the
+                    // next run must not bind UDP again.
+                    p.avoid_udp = true;
+                    pending_why = Some(
+                        "UDP avoided from now on: its Binding bound on the MMR but no answer came back (the other rungs were refused 409)".to_string(),
+                    );
+                }
                 on_run(&rep);
                 keep(&mut runs, rep);
                 // Bounded retry pace: a dead MMR may still be listed for a moment.
@@ -59,7 +70,7 @@ pub fn join(
             }
             Ok(session) => {
                 let (s0, r0) = (totals(&pumps, true), totals(&pumps, false));
-                rep.ended = Some(serve(p, session, &mut pumps, t0, end));
+                rep.ended = Some(serve(&p, session, &mut pumps, t0, end));
                 rep.sent = totals(&pumps, true) - s0;
                 rep.received = totals(&pumps, false) - r0;
                 on_run(&rep);

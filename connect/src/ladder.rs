@@ -88,6 +88,9 @@ pub struct Plan {
     pub tls: TlsConfigs,
     /// Timeouts.
     pub t: Timeouts,
+    /// Do not try UDP: set by the join after a run where UDP's Binding request bound on the
+    /// MMR but no answer came back (every other rung was then refused 409).
+    pub avoid_udp: bool,
 }
 
 /// One controller's network test.
@@ -350,6 +353,20 @@ fn pick_zone<'a>(
     })
 }
 
+/// Whether a failed run shows UDP bound on the MMR without its answer reaching us: a type's
+/// UDP attempt got no answer while a later rung of that type was refused 409 (already bound).
+pub fn udp_bound_unanswered(rep: &RunReport) -> bool {
+    rep.media.iter().any(|m| {
+        m.rung.is_none()
+            && m.attempts
+                .iter()
+                .any(|a| a.rung == Rung::Udp && a.outcome.contains("no STUN answer"))
+            && m.attempts
+                .iter()
+                .any(|a| a.rung != Rung::Udp && a.outcome.contains("STUN error 409"))
+    })
+}
+
 /// The SSRC a member sends `media` with (what the control channel asks to own).
 pub fn ssrc_of(member: u64, media: &str) -> u32 {
     (member as u32).wrapping_mul(16) + if media == "audio" { 1 } else { 2 }
@@ -407,7 +424,7 @@ fn plan_for(p: &Plan, route: &Route, target: &Target, zone_rtt: Option<f64>) -> 
     let rtt2 = Duration::from_secs_f64(zone_rtt.unwrap_or(0.0) * 2.0 / 1000.0);
     let tcp_at = p.t.tcp_delay.max(rtt2);
     let mut plan = Vec::new();
-    if target.udp_port.is_some() {
+    if target.udp_port.is_some() && !p.avoid_udp {
         plan.push(Step {
             rung: Rung::Udp,
             delay: Duration::ZERO,
@@ -595,6 +612,7 @@ mod tests {
                 media: cfg,
             },
             t: Timeouts::default(),
+            avoid_udp: false,
         }
     }
 
@@ -639,6 +657,13 @@ mod tests {
         assert_eq!(steps(&d), [(Rung::Tcp, 0), (Rung::WssTunnel, 250)]);
         let d = plan_for(&p, &Route::Direct, &target(false, false, false), None);
         assert_eq!(steps(&d), [(Rung::WssTunnel, 0)]);
+        // UDP avoided after it bound without answers: TCP first, at once.
+        let avoid = Plan {
+            avoid_udp: true,
+            ..plan()
+        };
+        let d = plan_for(&avoid, &Route::Direct, &t, Some(1.0));
+        assert_eq!(steps(&d), [(Rung::Tcp, 0), (Rung::Tls, 250)]);
     }
 
     #[test]

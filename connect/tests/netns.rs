@@ -524,6 +524,68 @@ fn the_ladder_under_every_network_condition() {
     all_on("proxy", &rs, "tls");
     b.net.filter(&[]);
 
+    // The MMR's UDP dropped on its way back mid-meeting: the UDP connections die (keepalives
+    // unanswered for 3 s) and both members run the ladder again. UDP's Binding request still
+    // reaches the MMR and binds, so TCP and TLS are refused 409 in that run; the next run
+    // avoids UDP and lands on TCP, on the same MMR.
+    let meeting = "udp-dies";
+    let eu = ["eu-1", "eu-2"];
+    let host = ZONES[0].2[choose(meeting, &eu, &[true, true]).unwrap()];
+    let load = format!("http://{host}:9100/load");
+    let media_conns = || -> Option<u64> {
+        let (_, body) = b
+            .net
+            .in_ns(&b.net.d, || get_plain(&load, Duration::from_secs(1)))
+            .ok()?;
+        let v: Value = serde_json::from_slice(&body).ok()?;
+        Some(
+            v["shards"]
+                .as_array()?
+                .iter()
+                .filter_map(|s| s["media_connections"].as_u64())
+                .sum(),
+        )
+    };
+    let rs = join_pair(&b, meeting, 13000, false, || {
+        wait_for("both members on UDP", Duration::from_secs(20), || {
+            (media_conns()? >= 4).then_some(())
+        });
+        b.net.filter_in(&["udp sport 8801 drop"]);
+        eprintln!("udp-dies: UDP from port 8801 dropped");
+    });
+    b.net.filter_in(&[]);
+    check_media("udp-dies", &rs);
+    all_on("udp-dies", &rs, "tcp");
+    for r in &rs {
+        let runs = r["runs"].as_array().unwrap();
+        for m in runs[0]["media"].as_array().unwrap() {
+            assert_eq!(m["rung"], "udp");
+        }
+        let ended = runs[0]["ended"].as_str().unwrap();
+        assert!(ended.contains("UDP keepalives unanswered"), "{ended}");
+        let last = last_run(r);
+        assert!(
+            last["why"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().starts_with("UDP avoided")),
+            "member {}: {last}",
+            r["member"]
+        );
+        assert_eq!(last["mmr"]["mmr"], runs[0]["mmr"]["mmr"]);
+        assert!(
+            last["received"].as_u64().unwrap() > 0,
+            "no media after the reconnect"
+        );
+        eprintln!(
+            "udp-dies: member {}: {ended}; then {:?} after {} runs",
+            r["member"],
+            r["rungs"],
+            runs.len()
+        );
+    }
+
     // The MMR killed mid-meeting: both members reconnect to the same new MMR.
     let meeting = "failover";
     let eu = ["eu-1", "eu-2"];

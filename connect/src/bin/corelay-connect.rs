@@ -146,6 +146,7 @@ fn do_join(a: JoinArgs) -> Result<bool, String> {
             tls: ms(a.tls_timeout_ms),
             dead_after: ms(a.dead_after_ms),
         },
+        avoid_udp: false,
     };
     let secret = format!("{}\0{}", a.e2e_secret, plan.meeting);
     let r = join::join(&plan, secret.as_bytes(), ms(a.duration_ms), |run| {

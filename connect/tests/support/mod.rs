@@ -361,6 +361,33 @@ impl Net {
         );
     }
 
+    /// Replaces the client's input filter with `rules` (what comes back to it).
+    pub fn filter_in(&self, rules: &[&str]) {
+        let _ = Command::new("ip")
+            .args([
+                "netns", "exec", &self.c, "nft", "delete", "table", "inet", "i",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        let body = format!(
+            "table inet i {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  {}\n }}\n}}\n",
+            rules.join("\n  ")
+        );
+        let path = std::env::temp_dir().join(format!("ccp-{}-in.nft", std::process::id()));
+        std::fs::write(&path, body).unwrap();
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.c,
+                "nft",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        );
+    }
+
     /// Only a filter.
     pub fn filter(&self, rules: &[&str]) {
         self.filter_far(rules, &[]);
