@@ -1,11 +1,12 @@
 //! The connection process end to end in network namespaces (tests/support/mod.rs): two
-//! members of a meeting run `corelay-connect join` in the client namespace and exchange SFrame
-//! test media through an MMR, under each network condition of the issue:
+//! members of a meeting run `corelay join` / `corelay-connect join` in the client namespace
+//! and exchange SFrame test media through an MMR, under each network condition of the issue:
 //! nothing blocked → UDP; UDP 8801 dropped → TCP 8801; TCP 8801 dropped too → TLS 443; one
-//! zone's controllers 200 ms away → the other zone; every controller blackholed → the faster
-//! tunnel after 5.5 s; only a proxy may leave → TLS through the proxy; the MMR killed
-//! mid-meeting → both members reconnect to the same new MMR. Media is counted both ways in
-//! every case; the chosen rung and the time to first media are printed.
+//! zone's controllers 200 ms away → the other zone; a slow UDP path (300 ms each way) → still
+//! UDP; every controller blackholed → the faster tunnel after 5.5 s; only a proxy may leave →
+//! TLS through the proxy; the MMR's UDP dropped on its way back mid-meeting → TCP on the same
+//! MMR; the MMR killed mid-meeting → both members reconnect to the same new MMR. Media is
+//! counted both ways in every case; the chosen rung and the time to first media are printed.
 //!
 //! Needs root, nftables, tc and tinyproxy (tools/test.sh installs them); skipped otherwise
 //! (fails under CI=true, where it must run).
