@@ -8,7 +8,7 @@
 //! MMR; the MMR killed mid-meeting → both members reconnect to the same new MMR. Media is
 //! counted both ways in every case; the chosen rung and the time to first media are printed.
 //!
-//! Needs root, nftables, tc and tinyproxy (tools/test.sh installs them); skipped otherwise
+//! Needs root, nftables and tinyproxy (tools/test.sh installs them); skipped otherwise
 //! (fails under CI=true, where it must run).
 
 mod support;
