@@ -244,8 +244,12 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Media)> 
 }
 
 const DEMO_PAGE: &str = include_str!("../../examples/demo/index.html");
+/// The web media client (docs/media.md "Web client").
+const MEDIA_PAGE: &str = include_str!("../../examples/demo/media.html");
 
-fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
+/// `read_once`: a file to remove once the configuration is loaded (the demo's generated
+/// media secret, read by the media plane at start).
+fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) -> Result<()> {
     init_tracing(&cfg.log.level);
     // Block the shutdown signals before any thread starts, so every shard inherits the mask
     // and only this thread receives them (in sigwait below).
@@ -272,7 +276,11 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         // Certificate files are also watched for changes (besides SIGHUP).
         let _watch = acceptor.watch(std::time::Duration::from_secs(5));
     }
-    let (handlers, hub, media) = factory(&cfg)?;
+    let built = factory(&cfg);
+    if let Some(p) = read_once {
+        let _ = std::fs::remove_file(p);
+    }
+    let (handlers, hub, media) = built?;
     let gw = Gateway::start(&cfg, handlers, tls.clone()).context("starting shards")?;
     if let (Some(p), Some(a)) = (&media, gw.media_tcp_addr()) {
         // Before the hub starts: no backend can admit a member (and so no notice can name
@@ -285,13 +293,19 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         .or(gw.tls_addrs().first())
         .copied()
         .context("no listener")?;
+    // The URL the demo pages connect to by default: wss only when there is no plain listener.
+    let ws_url = if gw.local_addrs().is_empty() {
+        format!("wss://{ws}")
+    } else {
+        format!("ws://{ws}")
+    };
     let hub_shared = hub.as_ref().map(|h| h.shared());
     if let Some(hub) = hub {
         hub.spawn(gw.handle()).context("starting the backend hub")?;
     }
     let mut admin_url = None;
     if let Some(addr) = cfg.server.admin {
-        let page = DEMO_PAGE.replace("{{WS_URL}}", &format!("ws://{ws}"));
+        let page = |body: &str| Arc::new(body.replace("{{WS_URL}}", &ws_url).into_bytes());
         let state = admin::AdminState {
             gateway: gw.handle(),
             ready_requires_backend: cfg.server.ready_requires_backend
@@ -300,11 +314,18 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
             baseline_rss: admin::process_rss(),
             live: gw.live(),
             draining: Default::default(),
-            pages: vec![admin::Page {
-                path: "/",
-                content_type: "text/html; charset=utf-8",
-                body: Arc::new(page.into_bytes()),
-            }],
+            pages: vec![
+                admin::Page {
+                    path: "/",
+                    content_type: "text/html; charset=utf-8",
+                    body: page(DEMO_PAGE),
+                },
+                admin::Page {
+                    path: "/media.html",
+                    content_type: "text/html; charset=utf-8",
+                    body: page(MEDIA_PAGE),
+                },
+            ],
         };
         let bound = admin::spawn(addr, state)
             .with_context(|| format!("binding admin listener {addr} (server.admin)"))?;
@@ -362,10 +383,18 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         println!("corelay demo is up (gateway + demo backend in its own process):");
         println!("  ws://{ws}/            echo: every message comes back (through the backend)");
         println!("  ws://{ws}/room/NAME   chat room: messages go to everyone in the room");
+        if cfg.media.is_some() {
+            println!("  ws://{ws}/media/NAME?member=N&video=SSRC   media session control channel");
+        }
         if let Some(a) = admin_url {
             println!(
                 "  http://{a}/           chat page for a browser; /metrics /load /healthz /readyz"
             );
+            if cfg.media.is_some() {
+                println!(
+                    "  http://{a}/media.html media page (WebCodecs VP8 + Opus, SFrame): open it in two tabs"
+                );
+            }
         }
         println!("  try: python3 -m websockets ws://{ws}/      (stop with Ctrl-C)");
         println!();
@@ -464,18 +493,54 @@ fn connect(sub: &str, args: Vec<String>) -> Result<()> {
     Err(err).with_context(|| format!("running {} (cargo build -p corelay-connect)", bin.display()))
 }
 
+/// A fresh random media credential secret for `corelay demo` (owner-only file in the temp
+/// dir, removed once read at start): the demo's media credentials are valid for this run only.
+fn demo_media_secret() -> Result<PathBuf> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for the demo media secret")?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let path =
+        std::env::temp_dir().join(format!("corelay-demo-{}.media-secret", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(hex.as_bytes()))
+        .with_context(|| format!("writing the demo media secret {}", path.display()))?;
+    Ok(path)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false),
+        Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false, None),
         Cmd::Demo { o } => {
             let mut cfg = load(None, Some(&o))?;
+            let mut secret = None;
             if !o.echo {
                 cfg.backend.mode = BackendMode::Ring;
                 cfg.backend.attach_socket =
                     std::env::temp_dir().join(format!("corelay-demo-{}.sock", std::process::id()));
+                if cfg.media.is_none() {
+                    let path = demo_media_secret()?;
+                    cfg.media = Some(corelay::config::MediaConfig {
+                        secret_file: path.clone(),
+                        ..Default::default()
+                    });
+                    secret = Some(path);
+                }
             }
-            serve(cfg, !o.echo)
+            let r = serve(cfg, !o.echo, secret.as_deref());
+            if let Some(p) = secret {
+                let _ = std::fs::remove_file(p); // when serve failed before reading it
+            }
+            r
         }
         Cmd::Backend {
             attach,
