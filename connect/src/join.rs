@@ -28,7 +28,12 @@ pub struct Report {
     pub mmr: Option<String>,
 }
 
-/// Joins for `duration`; `on_run` sees each run's report as it ends.
+/// A join that never gets media admitted gives up this long after `duration`.
+pub const MAX_SETUP: Duration = Duration::from_secs(30);
+
+/// Joins and exchanges media for `duration` from the first admission (reconnects included);
+/// gives up at `duration` + [`MAX_SETUP`] if nothing is ever admitted. `on_run` sees each
+/// run's report as it ends.
 pub fn join(
     p: &Plan,
     secret: &[u8],
@@ -36,7 +41,9 @@ pub fn join(
     mut on_run: impl FnMut(&RunReport),
 ) -> Result<Report, String> {
     let t0 = Instant::now();
-    let end = t0 + duration;
+    let give_up = t0 + duration + MAX_SETUP;
+    // Set at the first admission: media then lasts `duration`.
+    let mut end: Option<Instant> = None;
     let mut p = p.clone();
     let mut pending_why: Option<String> = None;
     let mut pumps = Vec::new();
@@ -47,7 +54,7 @@ pub fn join(
         ));
     }
     let mut runs = Vec::new();
-    while Instant::now() < end {
+    while Instant::now() < end.unwrap_or(give_up) {
         let mut rep = RunReport::default();
         rep.why.extend(pending_why.take());
         match run(&p, t0, &mut rep) {
@@ -64,12 +71,14 @@ pub fn join(
                 on_run(&rep);
                 keep(&mut runs, rep);
                 // Bounded retry pace: a dead MMR may still be listed for a moment.
-                std::thread::sleep(
-                    Duration::from_millis(300).min(end.saturating_duration_since(Instant::now())),
-                );
+                let left = end
+                    .unwrap_or(give_up)
+                    .saturating_duration_since(Instant::now());
+                std::thread::sleep(Duration::from_millis(300).min(left));
             }
             Ok(session) => {
                 let (s0, r0) = (totals(&pumps, true), totals(&pumps, false));
+                let end = *end.get_or_insert_with(|| Instant::now() + duration);
                 rep.ended = Some(serve(&p, session, &mut pumps, t0, end));
                 rep.sent = totals(&pumps, true) - s0;
                 rep.received = totals(&pumps, false) - r0;

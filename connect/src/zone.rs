@@ -146,7 +146,8 @@ impl Controller {
     }
 
     fn poll_once(&self, i: usize) {
-        let timeout = Duration::from_millis(self.cfg.poll_ms.clamp(100, 2000));
+        // Half the dead time: a slow answer is retried before the MMR counts as dead.
+        let timeout = Duration::from_millis((self.cfg.dead_after_ms / 2).clamp(100, 5000));
         let got = get_plain(&self.cfg.mmrs[i].load, timeout)
             .ok()
             .filter(|(c, _)| *c == 200)

@@ -158,7 +158,7 @@ fn setup() -> Bed {
         }
         for (i, c) in ctrls.iter().enumerate() {
             let body = format!(
-                "zone = \"{zone}\"\nlisten = \"{c}:443\"\ncert = \"{}\"\nkey = \"{}\"\npoll_ms = 200\ndead_after_ms = 700\n{mm}",
+                "zone = \"{zone}\"\nlisten = \"{c}:443\"\ncert = \"{}\"\nkey = \"{}\"\npoll_ms = 200\ndead_after_ms = 1500\n{mm}",
                 cert.display(),
                 key.display()
             );
@@ -344,7 +344,8 @@ fn join_pair(b: &Bed, meeting: &str, ms: u64, proxy: bool, during: impl FnOnce()
         kids.push((Proc::spawn(&format!("member {member}"), &mut cmd), report));
     }
     during();
-    let deadline = Instant::now() + Duration::from_millis(ms) + Duration::from_secs(30);
+    // A join gives up 30 s after its duration if nothing is ever admitted.
+    let deadline = Instant::now() + Duration::from_millis(ms) + Duration::from_secs(45);
     kids.into_iter()
         .map(|(mut p, report)| {
             let st = wait_for(
@@ -481,7 +482,7 @@ fn the_ladder_under_every_network_condition() {
         &[(ZONES[0].1[0], RELAYS[0]), (ZONES[0].1[1], RELAYS[1])],
         &[(ZONES[0].2[0], RELAYS[3]), (ZONES[0].2[1], RELAYS[4])],
     );
-    let rs = join_pair(&b, "slow-udp", 6000, false, || {});
+    let rs = join_pair(&b, "slow-udp", 3000, false, || {});
     check_media("slow-udp", &rs);
     for r in &rs {
         assert_eq!(last_run(r)["zone"], "eu");
@@ -494,7 +495,7 @@ fn the_ladder_under_every_network_condition() {
         &[&format!("ip daddr {{ {set} }} drop")],
         &[(TUNNELS[1], RELAYS[2])],
     );
-    let rs = join_pair(&b, "tunnel", 9000, false, || {});
+    let rs = join_pair(&b, "tunnel", 3000, false, || {});
     check_media("tunnel", &rs);
     for r in &rs {
         let run = last_run(r);
@@ -506,8 +507,9 @@ fn the_ladder_under_every_network_condition() {
         );
         let t = r["time_to_first_media_ms"].as_u64().unwrap();
         eprintln!("tunnel: member {} time to first media {t} ms", r["member"]);
-        // Functional: the zone wait is 5.5 s; the upper bound is generous for a loaded host.
-        assert!((5500..9000).contains(&t), "time to first media {t} ms");
+        // Functional: the zone wait is 5.5 s; the upper bound is generous for a loaded host
+        // (6.0 s unloaded).
+        assert!((5500..10000).contains(&t), "time to first media {t} ms");
     }
     all_on("tunnel", &rs, "tls");
 
@@ -547,7 +549,7 @@ fn the_ladder_under_every_network_condition() {
                 .sum(),
         )
     };
-    let rs = join_pair(&b, meeting, 13000, false, || {
+    let rs = join_pair(&b, meeting, 9000, false, || {
         wait_for("both members on UDP", Duration::from_secs(20), || {
             (media_conns()? >= 4).then_some(())
         });

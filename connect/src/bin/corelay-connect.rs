@@ -56,7 +56,8 @@ struct JoinArgs {
     /// Media types to send and receive.
     #[arg(long, default_value = "audio,video", value_delimiter = ',')]
     media: Vec<String>,
-    /// How long to stay (ms).
+    /// How long to exchange media (ms), from the first admission; a join never admitted gives
+    /// up 30 s after this.
     #[arg(long, default_value_t = 5000)]
     duration_ms: u64,
     /// The meeting's end-to-end (SFrame) secret; members of a meeting share it.
