@@ -24,6 +24,9 @@ command -v cc >/dev/null || need_apt+=(gcc)                   # tests/sdk_backen
 command -v go >/dev/null || need_apt+=(golang-go)             # tests/sdk_backends.rs (Go SDK; Debian 12: 1.19)
 command -v nats-server >/dev/null || need_apt+=(nats-server)  # bridge/nats/tests (Debian 12: 2.9.10)
 command -v ip >/dev/null || need_apt+=(iproute2)             # bridge/nats/tests/netns.rs (namespaces, veth, bridge); ss: tests/media_transports.rs
+command -v nft >/dev/null || need_apt+=(nftables)            # connect/tests/netns.rs (blocked ports, blackholes)
+command -v tinyproxy >/dev/null || need_apt+=(tinyproxy)     # connect/tests/netns.rs (the CONNECT proxy)
+command -v curl >/dev/null || need_apt+=(curl)               # connect/tests/zone.rs (HTTPS client of the controllers)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -82,6 +82,35 @@ enum Cmd {
     /// Drive a backend through a real gateway and check that it speaks the ring protocol
     /// (docs/backend-check.md): `corelay backend-check -- COMMAND [ARGS...]`.
     BackendCheck(backend_check::Args),
+    /// Join a meeting through the connection process (`corelay-connect join`, the client of
+    /// docs/connection-process.md): `corelay join --lookup HOST:PORT --meeting M --member N --ca CA.pem`.
+    #[command(disable_help_flag = true)]
+    Join {
+        /// Arguments of `corelay-connect join` (`--help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a zone controller (`corelay-connect zone --config FILE`).
+    #[command(disable_help_flag = true)]
+    Zone {
+        /// Arguments of `corelay-connect zone`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run an HTTP tunnel server (`corelay-connect tunnel --config FILE`).
+    #[command(disable_help_flag = true)]
+    Tunnel {
+        /// Arguments of `corelay-connect tunnel`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the meeting lookup example (`corelay-connect lookup --config FILE`).
+    #[command(disable_help_flag = true)]
+    Lookup {
+        /// Arguments of `corelay-connect lookup`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the effective configuration checks and exit.
     Check {
         /// TOML configuration file.
@@ -284,6 +313,7 @@ fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) ->
                 && cfg.serves_backend(),
             baseline_rss: admin::process_rss(),
             live: gw.live(),
+            draining: Default::default(),
             pages: vec![
                 admin::Page {
                     path: "/",
@@ -449,6 +479,20 @@ fn run_contract(attach: &std::path::Path) -> Result<()> {
     }
 }
 
+/// Runs `corelay-connect SUB ARGS...` in place of this process: the connection-process
+/// programs live in the `connect/` crate (it depends on this one, so this binary cannot link
+/// it); the binary next to this one is used, else the one on `PATH`.
+fn connect(sub: &str, args: Vec<String>) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("corelay-connect")))
+        .filter(|p| p.exists());
+    let bin = beside.unwrap_or_else(|| PathBuf::from("corelay-connect"));
+    let err = std::process::Command::new(&bin).arg(sub).args(args).exec();
+    Err(err).with_context(|| format!("running {} (cargo build -p corelay-connect)", bin.display()))
+}
+
 /// A fresh random media credential secret for `corelay demo` (owner-only file in the temp
 /// dir, removed once read at start): the demo's media credentials are valid for this run only.
 fn demo_media_secret() -> Result<PathBuf> {
@@ -511,6 +555,10 @@ fn main() -> Result<()> {
             contract: false,
         } => run_backend(&attach, token, route, tag),
         Cmd::BackendCheck(args) => backend_check::main(args),
+        Cmd::Join { args } => connect("join", args),
+        Cmd::Zone { args } => connect("zone", args),
+        Cmd::Tunnel { args } => connect("tunnel", args),
+        Cmd::Lookup { args } => connect("lookup", args),
         Cmd::Check { config } => {
             let cfg = load(config.as_ref(), None)?;
             println!("configuration OK ({} shards)", cfg.shard_count());
