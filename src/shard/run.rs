@@ -9,6 +9,7 @@ use super::conn_table::ConnId;
 use super::control_block::{read_counter, Control};
 use super::reactor::{self, Interest, Ready};
 use super::services::Services;
+use super::uring;
 use super::{listener, settings, HandlerFactory, ShardSnapshot};
 use crate::config::{GatewayConfig, ServiceKind};
 use std::cell::RefCell;
@@ -115,6 +116,16 @@ pub(super) async fn run_shard(
     for (i, l) in listeners.iter().enumerate() {
         poller.add(l.fd.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
     }
+    let ring = match uring::open(cfg.io.uring) {
+        Ok(r) => {
+            tracing::info!(shard = id, "data plane: io_uring (batched send and recv)");
+            Some(r)
+        }
+        Err(why) => {
+            tracing::info!(shard = id, %why, "data plane: send/recv system calls");
+            None
+        }
+    };
     let mut io = Shard::new(
         id,
         settings(&cfg),
@@ -122,6 +133,7 @@ pub(super) async fn run_shard(
         poller,
         cfg.limits.read_buffer_bytes,
         tls,
+        ring,
     );
     if let Some(hub) = live {
         if let Some(fd) = hub.inbox_fd(id) {
@@ -200,6 +212,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
         for r in ready.iter() {
             dispatch(st, *r);
         }
+        conn::read_batch(&mut st.io, &mut st.services);
         settle(st);
         if n < batch {
             epoll_drained = true;
@@ -222,6 +235,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
             },
         );
     }
+    conn::read_batch(&mut st.io, &mut st.services);
     settle(st);
     st.services.each(&mut st.io, |h, io| h.on_round_end(io));
     if settle(st) {
@@ -294,7 +308,10 @@ fn dispatch(st: &mut State, r: Ready) {
         st.io.peer_hung_up(id);
     }
     if r.readable {
-        if let Some(service) = st.io.service_of(id) {
+        if st.io.ring.is_some() {
+            // Received together at the end of the dispatch pass (conn::read_batch).
+            st.io.rx_batch.push(id);
+        } else if let Some(service) = st.io.service_of(id) {
             st.services
                 .call(&mut st.io, service, |h, io| conn::on_readable(io, h, id));
         }

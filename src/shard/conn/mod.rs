@@ -15,6 +15,7 @@
 use super::conn_table::{ConnId, ConnTable};
 use super::reactor::{Interest, Poller};
 use super::timers::{Tick, Wheel};
+use super::uring::DataRing;
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DataKind, Decoder, DecoderConfig};
@@ -45,7 +46,7 @@ pub use deadlines::{force_close_all, on_tick, start_shutdown};
 pub use lifecycle::{CloseStep, ConnState, Due, Ended, Lifecycle, Timing};
 pub use live::{live_writable, on_inbox, on_live_tick, settle_live};
 pub use protocol::retry_stalled;
-pub use read::on_readable;
+pub use read::{on_readable, read_batch};
 pub use transport::Transport;
 use txqueue::TxQueue;
 
@@ -57,6 +58,7 @@ const F_DIRTY: u8 = 8; // in the flush list
 const F_READ_PENDING: u8 = 16; // edge seen but not read to EAGAIN (budget or pause)
 const F_SHRINK_ARMED: u8 = 32; // a second wheel entry, the TLS shrink check, is pending
 const F_PEER_HUP: u8 = 64; // the peer shut its side: read to EOF, a short read is not the end
+const F_IN_BATCH: u8 = 128; // a send of its output is in the data ring's current batch
 
 /// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
 pub struct Conn {
@@ -266,6 +268,13 @@ pub struct Shard {
     closed: Vec<CloseEvent>,
     /// Live streaming on this shard ([`Shard::attach_live`]).
     live: Option<Box<live::LiveShard>>,
+    /// The data-plane io_uring (`None`: plain `send`/`recv` system calls).
+    pub(crate) ring: Option<DataRing>,
+    /// Readable connections collected during a round, to receive in one batch.
+    pub(crate) rx_batch: Vec<ConnId>,
+    /// Receive buffers of one batch ([`read::RX_SLOTS`] slots of [`read::RX_SLOT`] bytes;
+    /// empty without a data ring).
+    rx_arena: Vec<u8>,
     /// The service whose handler is running ([`ENGINE`] between handler calls): a handler
     /// sees and acts on its own service's connections only, so a backend naming another
     /// service's connection id (or closing "every connection of its slot") cannot reach it.
@@ -281,7 +290,13 @@ impl Shard {
         poller: Poller,
         read_buffer: usize,
         tls: Option<TlsAcceptor>,
+        ring: Option<DataRing>,
     ) -> Self {
+        let rx_arena = if ring.is_some() {
+            vec![0; read::RX_SLOTS * read::RX_SLOT]
+        } else {
+            Vec::new()
+        };
         Self {
             shard,
             settings,
@@ -306,6 +321,9 @@ impl Shard {
             seal_staging: Vec::new(),
             closed: Vec::new(),
             live: None,
+            ring,
+            rx_batch: Vec::new(),
+            rx_arena,
             caller: ENGINE,
         }
     }
