@@ -107,16 +107,7 @@ pub(super) async fn run_shard(
     tls: Option<crate::transport::TlsAcceptor>,
     live: Option<Arc<crate::live::Hub>>,
 ) -> io::Result<()> {
-    let (poller, mut waker) = reactor::new(1024)?;
-    let epfd = poller.raw_fd_hint();
-    poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
-    let tick = Duration::from_millis(cfg.timeouts.tick_ms);
-    let timer = tick_timer(tick)?;
-    poller.add(timer.as_raw_fd(), TOK_TIMER, Interest::Read)?;
-    for (i, l) in listeners.iter().enumerate() {
-        poller.add(l.fd.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
-    }
-    let ring = match uring::open(cfg.io.uring) {
+    let mut ring = match uring::open(cfg.io.uring) {
         Ok(r) => {
             tracing::info!(shard = id, "data plane: io_uring (batched send and recv)");
             Some(r)
@@ -126,6 +117,15 @@ pub(super) async fn run_shard(
             None
         }
     };
+    let (poller, mut waker) = reactor::new(1024, ring.as_mut())?;
+    let epfd = poller.raw_fd_hint();
+    poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
+    let tick = Duration::from_millis(cfg.timeouts.tick_ms);
+    let timer = tick_timer(tick)?;
+    poller.add(timer.as_raw_fd(), TOK_TIMER, Interest::Read)?;
+    for (i, l) in listeners.iter().enumerate() {
+        poller.add(l.fd.as_raw_fd(), TOK_LISTENER | i as u64, Interest::Read)?;
+    }
     let mut io = Shard::new(
         id,
         settings(&cfg),
@@ -188,10 +188,22 @@ pub(super) async fn run_shard(
         if state.borrow().exit {
             break;
         }
-        if drained {
+        // With a data ring, it arms the sleep (often in the round's last batch of sends
+        // already) and says whether the epoll set is ready meanwhile.
+        let sleep = drained
+            && state
+                .borrow_mut()
+                .io
+                .ring
+                .as_mut()
+                .is_none_or(|r| r.may_sleep());
+        if sleep {
             waker.wait().await?;
         } else {
             glommio::executor().yield_now().await;
+        }
+        if let Some(r) = state.borrow_mut().io.ring.as_mut() {
+            r.awake();
         }
     }
     // Off the watchdog's list before the fds close.
@@ -221,6 +233,12 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
     }
     // Connections that were cut off by their read budget get another turn.
     let pending = st.io.ready.len().min(4096);
+    if epoll_drained && pending == 0 {
+        // Likely the round's last output: arm the sleep poll in the same io_uring_enter.
+        if let Some(r) = st.io.ring.as_mut() {
+            r.arm_with_next();
+        }
+    }
     for _ in 0..pending {
         let Some(tok) = st.io.ready.pop_front() else {
             break;
