@@ -293,7 +293,10 @@ impl Shard {
         ring: Option<DataRing>,
     ) -> Self {
         let rx_arena = if ring.is_some() {
-            vec![0; read::RX_SLOTS * read::RX_SLOT]
+            // Filled with a non-zero byte so that its pages are touched now (a zeroed vec
+            // comes untouched from calloc): the arena is a fixed cost of the shard, resident
+            // from its start, not something that grows with the connections.
+            vec![0x5a; read::RX_SLOTS * read::RX_SLOT]
         } else {
             Vec::new()
         };
