@@ -7,7 +7,8 @@
 //! connection record. The epoll fd is watched by a tiny io_uring of our own (a one-shot poll
 //! armed before each sleep) with a registered eventfd; glommio awaits that eventfd with an ordinary read, so the
 //! shard sleeps in glommio's own `io_uring_enter` and a busy shard makes no extra syscalls
-//! besides `epoll_wait`.
+//! besides `epoll_wait`. With the data ring (`uring.rs`) that poll is armed on the data ring
+//! instead, in the same `io_uring_enter` as the round's last sends.
 
 use super::uring::DataRing;
 use glommio::io::BufferedFile;
