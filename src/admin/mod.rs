@@ -273,6 +273,26 @@ pub fn metrics_text_with(
         |s: &ShardSnapshot| s.metrics.bytes_out
     );
     counter_family!(
+        "uring_sends",
+        "Sends made through the data-plane io_uring",
+        |s: &ShardSnapshot| s.metrics.uring_sends
+    );
+    counter_family!(
+        "uring_send_batches",
+        "io_uring_enter calls that submitted the data plane's sends",
+        |s: &ShardSnapshot| s.metrics.uring_send_batches
+    );
+    counter_family!(
+        "uring_recvs",
+        "Receives made through the data-plane io_uring",
+        |s: &ShardSnapshot| s.metrics.uring_recvs
+    );
+    counter_family!(
+        "uring_recv_batches",
+        "io_uring_enter calls that submitted the data plane's receives",
+        |s: &ShardSnapshot| s.metrics.uring_recv_batches
+    );
+    counter_family!(
         "stall_rescues",
         "Times the process watchdog found the shard asleep with work pending and woke it",
         |s: &ShardSnapshot| s.stall_rescues

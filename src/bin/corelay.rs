@@ -143,6 +143,13 @@ fn apply_env(cfg: &mut GatewayConfig) -> Result<()> {
     if let Some(v) = var("CORELAY_ATTACH_SOCKET") {
         cfg.backend.attach_socket = v.into();
     }
+    if let Some(v) = var("CORELAY_IO_URING") {
+        cfg.io.uring = match v.trim() {
+            "auto" => corelay::config::UringMode::Auto,
+            "off" => corelay::config::UringMode::Off,
+            _ => anyhow::bail!("CORELAY_IO_URING (io.uring): expected auto or off, got {v:?}"),
+        };
+    }
     Ok(())
 }
 
