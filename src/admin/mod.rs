@@ -47,6 +47,8 @@ pub struct AdminState {
     /// Set by `POST /drain`, cleared by `POST /undrain`; `/load` reports it so zone controllers
     /// stop sending new meetings here (the gateway itself keeps serving what it has).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The media plane (when `[media]` is on), for `/session?id=`.
+    pub media: Option<Arc<crate::media::MediaPlane>>,
 }
 
 /// Bind the admin listener and serve it on a new thread. Returns the bound address.
@@ -131,6 +133,25 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
                 )
                 .as_bytes(),
             )
+        }
+        "/session" => {
+            // Whether a meeting is already here: zone controllers keep a meeting on an MMR
+            // above its high-water mark only if it holds members of it.
+            let id = path
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("id=")))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (id, &st.media) {
+                (None, _) => respond(&mut s, 400, "text/plain", b"id=<u64> missing\n"),
+                (Some(_), None) => respond(&mut s, 404, "text/plain", b"no media plane\n"),
+                (Some(id), Some(m)) => {
+                    let body = format!(
+                        "{{\"session\":{id},\"members\":{}}}\n",
+                        m.dir.members_of(id)
+                    );
+                    respond(&mut s, 200, "application/json", body.as_bytes())
+                }
+            }
         }
         "/healthz" => {
             let snaps = st.gateway.snapshot(Duration::from_secs(1));

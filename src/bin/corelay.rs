@@ -314,6 +314,7 @@ fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) ->
             baseline_rss: admin::process_rss(),
             live: gw.live(),
             draining: Default::default(),
+            media: media.clone(),
             pages: vec![
                 admin::Page {
                     path: "/",
