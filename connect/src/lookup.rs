@@ -1,7 +1,8 @@
 //! The meeting lookup example service (the web tier's part of the connection process):
 //! HTTPS `GET /meeting/M` answers the meeting's metadata, the zones for this client (ordered,
-//! from a CIDR → zones table standing in for Geo-IP) with their controllers, and the tunnel
-//! servers to try when no controller answers.
+//! from a MaxMind GeoIP2/GeoLite2 Country or City database's country or continent when one is
+//! configured, else a CIDR → zones table) with their controllers, and the tunnel servers to
+//! try when no controller answers.
 
 use crate::http::{read_request, respond, serve_tls, TlsStream};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,58 @@ pub struct LookupConfig {
     /// Known meetings; empty: any meeting id is accepted (its topic is its id).
     #[serde(default)]
     pub meetings: Vec<Meeting>,
+    /// A MaxMind GeoIP2/GeoLite2 Country or City `.mmdb`: consulted before `regions`.
+    #[serde(default)]
+    pub maxmind: Option<PathBuf>,
+    /// ISO 3166-1 country code (`DE`) → zones, best first (with `maxmind`).
+    #[serde(default)]
+    pub countries: Vec<GeoZones>,
+    /// Continent code (`EU`, `NA`, `AS`, ...) → zones, for countries not listed (with `maxmind`).
+    #[serde(default)]
+    pub continents: Vec<GeoZones>,
+}
+
+/// One country or continent code → zones row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoZones {
+    /// The code as the database spells it (`DE`, `EU`).
+    pub code: String,
+    /// Zone names, best first.
+    pub zones: Vec<String>,
+}
+
+/// An open MaxMind database (read into memory once at start).
+pub struct GeoDb(maxminddb::Reader<Vec<u8>>);
+
+impl GeoDb {
+    /// Opens and checks `path`.
+    pub fn open(path: &std::path::Path) -> Result<Self, String> {
+        maxminddb::Reader::open_readfile(path)
+            .map(GeoDb)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// (country ISO code, continent code) of `ip`, either absent when the database has none.
+    pub fn locate(&self, ip: IpAddr) -> (Option<String>, Option<String>) {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        // A malformed record or an IPv6 address in an IPv4 database is "not found".
+        let c = self
+            .0
+            .lookup(ip)
+            .ok()
+            .and_then(|r| r.decode::<maxminddb::geoip2::Country<'_>>().ok().flatten());
+        match c {
+            Some(c) => (
+                c.country.iso_code.map(str::to_string),
+                c.continent.code.map(str::to_string),
+            ),
+            None => (None, None),
+        }
+    }
 }
 
 /// A zone and its controllers.
@@ -118,10 +171,15 @@ impl LookupConfig {
                 return Err(format!("regions: bad cidr {:?}", r.cidr));
             }
         }
+        if c.maxmind.is_none() && !(c.countries.is_empty() && c.continents.is_empty()) {
+            return Err("countries/continents need maxmind = \"FILE.mmdb\"".into());
+        }
         for z in c
             .regions
             .iter()
             .flat_map(|r| &r.zones)
+            .chain(c.countries.iter().flat_map(|g| &g.zones))
+            .chain(c.continents.iter().flat_map(|g| &g.zones))
             .chain(&c.default_zones)
         {
             if !c.zones.iter().any(|e| &e.name == z) {
@@ -131,8 +189,14 @@ impl LookupConfig {
         Ok(c)
     }
 
-    /// The answer for `meeting` asked by `client`, or `None` for an unknown meeting.
-    pub fn answer(&self, meeting: &str, client: IpAddr) -> Option<LookupAnswer> {
+    /// The answer for `meeting` asked by `client`, or `None` for an unknown meeting. With
+    /// `geo`, the client's country row, else its continent row, else the CIDR table.
+    pub fn answer(
+        &self,
+        meeting: &str,
+        client: IpAddr,
+        geo: Option<&GeoDb>,
+    ) -> Option<LookupAnswer> {
         let meeting = if self.meetings.is_empty() {
             Meeting {
                 id: meeting.to_string(),
@@ -141,11 +205,15 @@ impl LookupConfig {
         } else {
             self.meetings.iter().find(|m| m.id == meeting)?.clone()
         };
-        let (region, names) = self
-            .regions
-            .iter()
-            .find(|r| parse_cidr(&r.cidr).is_some_and(|(n, l)| in_cidr(client, n, l)))
-            .map(|r| (r.cidr.clone(), &r.zones))
+        let located = geo.map(|g| g.locate(client)).unwrap_or((None, None));
+        let (region, names) = by_geo(&self.countries, located.0.as_deref(), "country")
+            .or_else(|| by_geo(&self.continents, located.1.as_deref(), "continent"))
+            .or_else(|| {
+                self.regions
+                    .iter()
+                    .find(|r| parse_cidr(&r.cidr).is_some_and(|(n, l)| in_cidr(client, n, l)))
+                    .map(|r| (r.cidr.clone(), &r.zones))
+            })
             .unwrap_or_else(|| ("default".into(), &self.default_zones));
         let zones = names
             .iter()
@@ -161,11 +229,22 @@ impl LookupConfig {
     }
 }
 
-fn serve(mut s: TlsStream, peer: SocketAddr, cfg: &LookupConfig) {
+/// The row of `rows` for `code`: (`kind:CODE`, its zones).
+fn by_geo<'a>(
+    rows: &'a [GeoZones],
+    code: Option<&str>,
+    kind: &str,
+) -> Option<(String, &'a Vec<String>)> {
+    let code = code?;
+    let r = rows.iter().find(|r| r.code.eq_ignore_ascii_case(code))?;
+    Some((format!("{kind}:{}", r.code), &r.zones))
+}
+
+fn serve(mut s: TlsStream, peer: SocketAddr, cfg: &LookupConfig, geo: Option<&GeoDb>) {
     while let Ok(Some(req)) = read_request(&mut s) {
         let r = match req.path().strip_prefix("/meeting/") {
             _ if req.method != "GET" => respond(&mut s, 405, "text/plain", b"GET only\n"),
-            Some(m) if !m.is_empty() && !m.contains('/') => match cfg.answer(m, peer.ip()) {
+            Some(m) if !m.is_empty() && !m.contains('/') => match cfg.answer(m, peer.ip(), geo) {
                 Some(a) => {
                     let body = serde_json::to_vec(&a).unwrap_or_default();
                     respond(&mut s, 200, "application/json", &body)
@@ -183,10 +262,14 @@ fn serve(mut s: TlsStream, peer: SocketAddr, cfg: &LookupConfig) {
 /// Serves the lookup forever.
 pub fn run(cfg: LookupConfig) -> std::io::Result<()> {
     let tls = crate::net::server_config(&cfg.cert, &cfg.key)?;
+    let geo = match &cfg.maxmind {
+        Some(p) => Some(GeoDb::open(p).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let l = TcpListener::bind(cfg.listen)?;
     eprintln!("lookup listening on https://{}", l.local_addr()?);
     serve_tls(l, tls, 4096, Duration::from_secs(10), move |s, p| {
-        serve(s, p, &cfg)
+        serve(s, p, &cfg, geo.as_ref())
     });
     Ok(())
 }
