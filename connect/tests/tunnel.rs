@@ -161,3 +161,108 @@ fn curl_through_the_tunnel() {
     let (conn, _, _) = through(&cert, tunnel, &[], &format!("https://127.0.0.1:{closed}/"));
     assert_eq!(conn, 403);
 }
+
+/// Threads of process `pid` (from /proc).
+fn threads(pid: u32) -> usize {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Open descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn two_hundred_tunnelled_connections_on_one_thread() {
+    use corelay_connect::net::{client_config, open, Route};
+    use std::io::{Read, Write};
+    const N: usize = 200;
+    let dir = TempDir::new("tunnel-many");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let c = params.self_signed(&key).unwrap();
+    let (cert, keyf) = (dir.0.join("c.crt"), dir.0.join("c.key"));
+    std::fs::write(&cert, c.pem()).unwrap();
+    std::fs::write(&keyf, key.serialize_pem()).unwrap();
+
+    // The target: an echo server (a thread per connection, on the test's side).
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in echo.incoming().take(N) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    let tunnel = free_port();
+    let cfgf = dir.0.join("tunnel.toml");
+    std::fs::write(
+        &cfgf,
+        format!(
+            "listen = \"127.0.0.1:{tunnel}\"\ncert = \"{}\"\nkey = \"{}\"\nallow = [\"{target}\"]\n",
+            cert.display(),
+            keyf.display()
+        ),
+    )
+    .unwrap();
+    let t = Proc::spawn(
+        "tunnel",
+        Command::new(env!("CARGO_BIN_EXE_corelay-connect"))
+            .arg("tunnel")
+            .arg("--config")
+            .arg(&cfgf)
+            .stderr(Stdio::null()),
+    );
+    let pid = t.child.id();
+    wait_for("tunnel", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", tunnel)).ok()
+    });
+    let idle_fds = fds(pid);
+
+    let tls = client_config(&cert, &[]).unwrap();
+    let route = Route::Tunnel(format!("127.0.0.1:{tunnel}"));
+    let mut conns = Vec::new();
+    // Every message distinct, so a crossed wire shows.
+    let msg = |i: usize, round: u8| -> Vec<u8> {
+        (0..1024)
+            .map(|k| (i * 7 + k + round as usize) as u8)
+            .collect()
+    };
+    for i in 0..N {
+        let mut c = open(&route, &tls, &target, Duration::from_secs(10)).unwrap();
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&msg(i, 0)).unwrap();
+        c.flush().unwrap();
+        conns.push(c);
+    }
+    for round in 0..2u8 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let mut back = vec![0u8; 1024];
+            c.read_exact(&mut back).unwrap();
+            assert!(back == msg(i, round), "connection {i} round {round}");
+            c.write_all(&msg(i, round + 1)).unwrap();
+            c.flush().unwrap();
+        }
+    }
+    // All 200 open at once (each echoed twice while the others stayed open), on one thread:
+    // the old thread-per-connection tunnel had 200 more here.
+    let n = threads(pid);
+    assert!(n <= 4, "the tunnel runs {n} threads for {N} connections");
+    assert!(fds(pid) >= idle_fds + 2 * N, "not all relays are open");
+    drop(conns);
+    // Every relay closed: the tunnel is back to its idle descriptors.
+    wait_for("relays closed", Duration::from_secs(20), || {
+        (fds(pid) == idle_fds).then_some(())
+    });
+}
