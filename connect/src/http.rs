@@ -3,7 +3,7 @@
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct Request {
     pub target: String,
     /// Body (Content-Length bytes).
     pub body: Vec<u8>,
+    /// The last `X-Forwarded-For` header's value (believed only from a trusted peer).
+    pub forwarded_for: Option<String>,
 }
 
 impl Request {
@@ -86,12 +88,20 @@ pub fn read_request(s: &mut impl Read) -> io::Result<Option<Request>> {
         r.method.unwrap_or("").to_string(),
         r.path.unwrap_or("").to_string(),
     );
+    let forwarded_for = r
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::to_string);
     let mut body = vec![0u8; content_length(r.headers)?];
     s.read_exact(&mut body)?;
     Ok(Some(Request {
         method,
         target,
         body,
+        forwarded_for,
     }))
 }
 
@@ -168,15 +178,20 @@ pub type TlsStream = StreamOwned<ServerConnection, TcpStream>;
 /// Accepts TLS connections on `listener` forever, each served by `handle` on its own thread;
 /// beyond `max_conns` at once, new connections are closed at once. The handshake and every
 /// read must complete within `idle`.
+///
+/// A peer inside `proxy_from` may start with a PROXY protocol v1 line (before TLS): the
+/// address it declares is passed as the third argument (the second is always the TCP peer).
 pub fn serve_tls<F>(
     listener: TcpListener,
     cfg: Arc<ServerConfig>,
     max_conns: usize,
     idle: Duration,
+    proxy_from: Vec<(IpAddr, u8)>,
     handle: F,
 ) where
-    F: Fn(TlsStream, SocketAddr) + Send + Sync + 'static,
+    F: Fn(TlsStream, SocketAddr, Option<SocketAddr>) + Send + Sync + 'static,
 {
+    let proxy_from: Arc<[(IpAddr, u8)]> = proxy_from.into();
     let handle = Arc::new(handle);
     let live = Arc::new(AtomicUsize::new(0));
     for s in listener.incoming() {
@@ -186,12 +201,13 @@ pub fn serve_tls<F>(
         }
         let Ok(peer) = s.peer_addr() else { continue };
         let (h, cfg, mine) = (handle.clone(), cfg.clone(), live.clone());
+        let trusted = trusted(&proxy_from, peer.ip());
         live.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("corelay-conn".into())
             .spawn(move || {
-                if let Ok(tls) = accept(s, cfg, idle) {
-                    h(tls, peer);
+                if let Ok((tls, declared)) = accept(s, cfg, idle, trusted) {
+                    h(tls, peer, declared);
                 }
                 mine.fetch_sub(1, Ordering::Relaxed);
             });
@@ -201,14 +217,66 @@ pub fn serve_tls<F>(
     }
 }
 
-fn accept(s: TcpStream, cfg: Arc<ServerConfig>, idle: Duration) -> io::Result<TlsStream> {
+/// Whether `ip` is inside one of `nets`.
+pub fn trusted(nets: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    nets.iter().any(|(n, l)| crate::lookup::in_cidr(ip, *n, *l))
+}
+
+/// Reads a PROXY protocol v1 line if `s` starts with one: the source address it declares
+/// (`None` for `PROXY UNKNOWN` or no line). At most 107 bytes (the v1 limit) are read.
+pub fn read_proxy_v1(s: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad PROXY line");
+    let mut first = [0u8; 6];
+    let mut got = 0;
+    // A TLS client speaks first, so the peek returns its record or the PROXY line.
+    while got < first.len() {
+        got = s.peek(&mut first)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if !b"PROXY ".starts_with(&first[..got]) {
+            return Ok(None);
+        }
+    }
+    let mut line = Vec::with_capacity(108);
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if line.len() >= 107 || s.read(&mut b)? == 0 {
+            return Err(bad());
+        }
+        line.push(b[0]);
+    }
+    let text = std::str::from_utf8(&line[..line.len() - 2]).map_err(|_| bad())?;
+    let f: Vec<&str> = text.split(' ').collect();
+    match f.as_slice() {
+        ["PROXY", "UNKNOWN", ..] => Ok(None),
+        ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => {
+            let ip: IpAddr = src.parse().map_err(|_| bad())?;
+            let port: u16 = sport.parse().map_err(|_| bad())?;
+            Ok(Some(SocketAddr::new(ip, port)))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn accept(
+    mut s: TcpStream,
+    cfg: Arc<ServerConfig>,
+    idle: Duration,
+    trusted: bool,
+) -> io::Result<(TlsStream, Option<SocketAddr>)> {
     s.set_read_timeout(Some(idle))?;
     s.set_write_timeout(Some(idle))?;
     s.set_nodelay(true)?;
+    let declared = if trusted {
+        read_proxy_v1(&mut s)?
+    } else {
+        None
+    };
     let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
     let mut tls = StreamOwned::new(conn, s);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
     }
-    Ok(tls)
+    Ok((tls, declared))
 }

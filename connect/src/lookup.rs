@@ -34,6 +34,11 @@ pub struct LookupConfig {
     /// Known meetings; empty: any meeting id is accepted (its topic is its id).
     #[serde(default)]
     pub meetings: Vec<Meeting>,
+    /// Tunnels and fronts (CIDRs) whose word on the client address is taken: a PROXY
+    /// protocol v1 line before TLS (a tunnel), else the last `X-Forwarded-For` entry (a
+    /// TLS-terminating front).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// A MaxMind GeoIP2/GeoLite2 Country or City `.mmdb`: consulted before `regions`.
     #[serde(default)]
     pub maxmind: Option<PathBuf>,
@@ -171,6 +176,11 @@ impl LookupConfig {
                 return Err(format!("regions: bad cidr {:?}", r.cidr));
             }
         }
+        for t in &c.trusted_proxies {
+            if parse_cidr(t).is_none() {
+                return Err(format!("trusted_proxies: bad cidr {t:?}"));
+            }
+        }
         if c.maxmind.is_none() && !(c.countries.is_empty() && c.continents.is_empty()) {
             return Err("countries/continents need maxmind = \"FILE.mmdb\"".into());
         }
@@ -240,11 +250,36 @@ fn by_geo<'a>(
     Some((format!("{kind}:{}", r.code), &r.zones))
 }
 
-fn serve(mut s: TlsStream, peer: SocketAddr, cfg: &LookupConfig, geo: Option<&GeoDb>) {
+/// The client's address: the one a trusted tunnel declared (PROXY line), else the last
+/// `X-Forwarded-For` entry when the TCP peer is a trusted front, else the TCP peer. Behind a
+/// PROXY line the HTTP is the client's own (end-to-end TLS), so its headers are not believed.
+pub fn client_address(
+    peer: SocketAddr,
+    declared: Option<SocketAddr>,
+    forwarded_for: Option<&str>,
+    trusted: bool,
+) -> IpAddr {
+    if let Some(d) = declared {
+        return d.ip();
+    }
+    forwarded_for
+        .filter(|_| trusted)
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(peer.ip())
+}
+
+fn serve(
+    mut s: TlsStream,
+    (peer, declared, trusted): (SocketAddr, Option<SocketAddr>, bool),
+    cfg: &LookupConfig,
+    geo: Option<&GeoDb>,
+) {
     while let Ok(Some(req)) = read_request(&mut s) {
+        let client = client_address(peer, declared, req.forwarded_for.as_deref(), trusted);
         let r = match req.path().strip_prefix("/meeting/") {
             _ if req.method != "GET" => respond(&mut s, 405, "text/plain", b"GET only\n"),
-            Some(m) if !m.is_empty() && !m.contains('/') => match cfg.answer(m, peer.ip(), geo) {
+            Some(m) if !m.is_empty() && !m.contains('/') => match cfg.answer(m, client, geo) {
                 Some(a) => {
                     let body = serde_json::to_vec(&a).unwrap_or_default();
                     respond(&mut s, 200, "application/json", &body)
@@ -268,9 +303,23 @@ pub fn run(cfg: LookupConfig) -> std::io::Result<()> {
     };
     let l = TcpListener::bind(cfg.listen)?;
     eprintln!("lookup listening on https://{}", l.local_addr()?);
-    serve_tls(l, tls, 4096, Duration::from_secs(10), move |s, p| {
-        serve(s, p, &cfg, geo.as_ref())
-    });
+    let nets: Vec<(IpAddr, u8)> = cfg
+        .trusted_proxies
+        .iter()
+        .filter_map(|t| parse_cidr(t))
+        .collect();
+    let proxy_from = nets.clone();
+    serve_tls(
+        l,
+        tls,
+        4096,
+        Duration::from_secs(10),
+        proxy_from,
+        move |s, p, d| {
+            let trusted = crate::http::trusted(&nets, p.ip());
+            serve(s, (p, d, trusted), &cfg, geo.as_ref())
+        },
+    );
     Ok(())
 }
 
@@ -289,5 +338,29 @@ mod tests {
         let (n, l) = parse_cidr("2001:db8::/32").unwrap();
         assert!(in_cidr("2001:db8:1::1".parse().unwrap(), n, l));
         assert!(parse_cidr("10.0.0.0/33").is_none());
+    }
+
+    #[test]
+    fn client_address_trusts_only_what_it_should() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let d: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_address(peer, Some(d), Some("1.1.1.1"), true),
+            ip("192.0.2.7")
+        );
+        assert_eq!(
+            client_address(peer, None, Some("1.1.1.1, 2.2.2.2"), true),
+            ip("2.2.2.2")
+        );
+        assert_eq!(
+            client_address(peer, None, Some("2.2.2.2"), false),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(peer, None, Some("junk"), true),
+            ip("10.0.0.1")
+        );
+        assert_eq!(client_address(peer, None, None, true), ip("10.0.0.1"));
     }
 }

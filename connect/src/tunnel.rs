@@ -38,6 +38,11 @@ pub struct TunnelConfig {
     /// A relayed connection with no traffic either way for this long is closed.
     #[serde(default = "default_idle")]
     pub idle_timeout_ms: u64,
+    /// Targets (same syntax as `allow`) told the client's address: a PROXY protocol v1 line
+    /// goes to them before the relayed bytes (the lookup, with the tunnel in its
+    /// `trusted_proxies`). Only targets that expect it: to others it would be garbage.
+    #[serde(default)]
+    pub proxy_protocol: Vec<String>,
     /// Client connections held at once; further ones are closed at accept.
     #[serde(default = "default_max")]
     pub max_connections: usize,
@@ -196,8 +201,38 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: u16, body: &[u8]) -> 
     s.flush().await
 }
 
+/// The PROXY protocol v1 line telling `up` that `client` is behind this connection.
+pub fn proxy_v1_line(client: SocketAddr, up: SocketAddr) -> String {
+    // Both ends in one family (an IPv4 client to an IPv6 target is shown mapped).
+    let v6 = |a: SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    };
+    match (client, up) {
+        (SocketAddr::V4(c), SocketAddr::V4(u)) => format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            c.ip(),
+            u.ip(),
+            c.port(),
+            u.port()
+        ),
+        _ => format!(
+            "PROXY TCP6 {} {} {} {}\r\n",
+            v6(client),
+            v6(up),
+            client.port(),
+            up.port()
+        ),
+    }
+}
+
 /// One client connection: TLS, then requests until a CONNECT turns it into a relay.
-async fn serve(sock: TcpStream, acceptor: TlsAcceptor, cfg: Arc<TunnelConfig>) -> io::Result<()> {
+async fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    cfg: Arc<TunnelConfig>,
+) -> io::Result<()> {
     sock.set_nodelay(true)?;
     let late = || io::Error::from(io::ErrorKind::TimedOut);
     let mut tls = timeout(HANDSHAKE, acceptor.accept(sock))
@@ -223,6 +258,11 @@ async fn serve(sock: TcpStream, acceptor: TlsAcceptor, cfg: Arc<TunnelConfig>) -
                     _ => return respond(&mut tls, 502, b"cannot reach the target\n").await,
                 };
                 up.set_nodelay(true)?;
+                let mut up = up;
+                if allowed(&cfg.proxy_protocol, target) {
+                    let line = proxy_v1_line(peer, up.peer_addr()?);
+                    up.write_all(line.as_bytes()).await?;
+                }
                 tls.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                     .await?;
                 tls.flush().await?;
@@ -251,7 +291,7 @@ pub fn run(cfg: TunnelConfig) -> io::Result<()> {
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
         let cfg = Arc::new(cfg);
         loop {
-            let (sock, _) = match l.accept().await {
+            let (sock, peer) = match l.accept().await {
                 Ok(a) => a,
                 // Out of descriptors and the like: back off instead of spinning.
                 Err(_) => {
@@ -264,7 +304,7 @@ pub fn run(cfg: TunnelConfig) -> io::Result<()> {
             };
             let (a, c) = (acceptor.clone(), cfg.clone());
             tokio::spawn(async move {
-                let _ = serve(sock, a, c).await;
+                let _ = serve(sock, peer, a, c).await;
                 drop(slot);
             });
         }
@@ -280,5 +320,18 @@ mod tests {
         assert!(!super::allowed(&allow, "10.0.2.11:22"));
         assert!(super::allowed(&allow, "10.0.2.12:8801"));
         assert!(!super::allowed(&allow, "10.0.2.13:443"));
+    }
+
+    #[test]
+    fn proxy_lines() {
+        let a = |s: &str| s.parse().unwrap();
+        assert_eq!(
+            super::proxy_v1_line(a("192.0.2.1:5000"), a("10.0.0.2:443")),
+            "PROXY TCP4 192.0.2.1 10.0.0.2 5000 443\r\n"
+        );
+        assert_eq!(
+            super::proxy_v1_line(a("192.0.2.1:5000"), a("[2001:db8::2]:443")),
+            "PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 5000 443\r\n"
+        );
     }
 }

@@ -349,9 +349,14 @@ pub fn run(cfg: ZoneConfig) -> std::io::Result<()> {
     );
     let c = Controller::new(cfg);
     c.spawn_pollers();
-    serve_tls(l, tls, 4096, Duration::from_secs(10), move |s, _| {
-        c.serve(s)
-    });
+    serve_tls(
+        l,
+        tls,
+        4096,
+        Duration::from_secs(10),
+        Vec::new(),
+        move |s, _, _| c.serve(s),
+    );
     Ok(())
 }
 
