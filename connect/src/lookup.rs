@@ -4,7 +4,8 @@
 //! configured, else a CIDR → zones table) with their controllers, and the tunnel servers to
 //! try when no controller answers.
 
-use crate::http::{read_request, respond, serve_tls, TlsStream};
+use crate::http::{respond, Request};
+use crate::server::Peer;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -269,29 +270,28 @@ pub fn client_address(
         .unwrap_or(peer.ip())
 }
 
-fn serve(
-    mut s: TlsStream,
-    (peer, declared, trusted): (SocketAddr, Option<SocketAddr>, bool),
-    cfg: &LookupConfig,
-    geo: Option<&GeoDb>,
-) {
-    while let Ok(Some(req)) = read_request(&mut s) {
-        let client = client_address(peer, declared, req.forwarded_for.as_deref(), trusted);
-        let r = match req.path().strip_prefix("/meeting/") {
-            _ if req.method != "GET" => respond(&mut s, 405, "text/plain", b"GET only\n"),
-            Some(m) if !m.is_empty() && !m.contains('/') => match cfg.answer(m, client, geo) {
-                Some(a) => {
-                    let body = serde_json::to_vec(&a).unwrap_or_default();
-                    respond(&mut s, 200, "application/json", &body)
-                }
-                None => respond(&mut s, 404, "text/plain", b"no such meeting\n"),
-            },
-            _ => respond(&mut s, 404, "text/plain", b"GET /meeting/ID\n"),
-        };
-        if r.is_err() {
-            return;
-        }
-    }
+/// The answer to one request (the bytes of the HTTP response).
+fn answer(req: &Request, peer: &Peer, cfg: &LookupConfig, geo: Option<&GeoDb>) -> Vec<u8> {
+    let client = client_address(
+        peer.addr,
+        peer.declared,
+        req.forwarded_for.as_deref(),
+        peer.trusted,
+    );
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = match req.path().strip_prefix("/meeting/") {
+        _ if req.method != "GET" => respond(&mut out, 405, "text/plain", b"GET only\n"),
+        Some(m) if !m.is_empty() && !m.contains('/') => match cfg.answer(m, client, geo) {
+            Some(a) => {
+                let body = serde_json::to_vec(&a).unwrap_or_default();
+                respond(&mut out, 200, "application/json", &body)
+            }
+            None => respond(&mut out, 404, "text/plain", b"no such meeting\n"),
+        },
+        _ => respond(&mut out, 404, "text/plain", b"GET /meeting/ID\n"),
+    };
+    out
 }
 
 /// Serves the lookup forever.
@@ -303,24 +303,19 @@ pub fn run(cfg: LookupConfig) -> std::io::Result<()> {
     };
     let l = TcpListener::bind(cfg.listen)?;
     eprintln!("lookup listening on https://{}", l.local_addr()?);
-    let nets: Vec<(IpAddr, u8)> = cfg
-        .trusted_proxies
-        .iter()
-        .filter_map(|t| parse_cidr(t))
-        .collect();
-    let proxy_from = nets.clone();
-    serve_tls(
-        l,
-        tls,
-        4096,
-        Duration::from_secs(10),
-        proxy_from,
-        move |s, p, d| {
-            let trusted = crate::http::trusted(&nets, p.ip());
-            serve(s, (p, d, trusted), &cfg, geo.as_ref())
-        },
-    );
-    Ok(())
+    let opts = crate::server::Options {
+        max_connections: 16384,
+        idle: Duration::from_secs(10),
+        proxy_from: cfg
+            .trusted_proxies
+            .iter()
+            .filter_map(|t| parse_cidr(t))
+            .collect(),
+        blocking: false,
+    };
+    crate::server::serve(l, tls, opts, move |req, peer| {
+        answer(req, peer, &cfg, geo.as_ref())
+    })
 }
 
 #[cfg(test)]

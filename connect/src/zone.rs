@@ -5,7 +5,7 @@
 //! high-water mark takes no new meeting but keeps the meetings it holds (asked through its
 //! admin `/session?id=`); docs/connection-process.md says why.
 
-use crate::http::{get_plain, read_request, respond, serve_tls, TlsStream};
+use crate::http::{get_plain, respond, Request};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::{SocketAddr, TcpListener};
@@ -309,32 +309,31 @@ impl Controller {
         serde_json::json!({"zone": self.cfg.zone, "mmrs": mmrs})
     }
 
-    fn serve(&self, mut s: TlsStream) {
-        while let Ok(Some(req)) = read_request(&mut s) {
-            let r = match (req.method.as_str(), req.path()) {
-                // The network test: the client times these round trips.
-                ("POST", "/test") => respond(&mut s, 200, "application/octet-stream", &req.body),
-                ("GET", "/test") => respond(&mut s, 200, "text/plain", self.cfg.zone.as_bytes()),
-                ("GET", "/mmr") => match req.query("meeting").filter(|m| !m.is_empty()) {
-                    None => respond(&mut s, 400, "text/plain", b"meeting= missing\n"),
-                    Some(m) => match self.mmr_for(m) {
-                        Some(a) => {
-                            let body = serde_json::to_vec(&a).unwrap_or_default();
-                            respond(&mut s, 200, "application/json", &body)
-                        }
-                        None => respond(&mut s, 503, "text/plain", b"no healthy MMR\n"),
-                    },
+    /// The answer to one request (the bytes of the HTTP response).
+    fn answer(&self, req: &Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = match (req.method.as_str(), req.path()) {
+            // The network test: the client times these round trips.
+            ("POST", "/test") => respond(&mut out, 200, "application/octet-stream", &req.body),
+            ("GET", "/test") => respond(&mut out, 200, "text/plain", self.cfg.zone.as_bytes()),
+            ("GET", "/mmr") => match req.query("meeting").filter(|m| !m.is_empty()) {
+                None => respond(&mut out, 400, "text/plain", b"meeting= missing\n"),
+                Some(m) => match self.mmr_for(m) {
+                    Some(a) => {
+                        let body = serde_json::to_vec(&a).unwrap_or_default();
+                        respond(&mut out, 200, "application/json", &body)
+                    }
+                    None => respond(&mut out, 503, "text/plain", b"no healthy MMR\n"),
                 },
-                ("GET", "/status") => {
-                    let body = self.status().to_string();
-                    respond(&mut s, 200, "application/json", body.as_bytes())
-                }
-                _ => respond(&mut s, 404, "text/plain", b"not found\n"),
-            };
-            if r.is_err() {
-                return;
+            },
+            ("GET", "/status") => {
+                let body = self.status().to_string();
+                respond(&mut out, 200, "application/json", body.as_bytes())
             }
-        }
+            _ => respond(&mut out, 404, "text/plain", b"not found\n"),
+        };
+        out
     }
 }
 
@@ -349,15 +348,14 @@ pub fn run(cfg: ZoneConfig) -> std::io::Result<()> {
     );
     let c = Controller::new(cfg);
     c.spawn_pollers();
-    serve_tls(
-        l,
-        tls,
-        4096,
-        Duration::from_secs(10),
-        Vec::new(),
-        move |s, _, _| c.serve(s),
-    );
-    Ok(())
+    let opts = crate::server::Options {
+        max_connections: 16384,
+        idle: Duration::from_secs(10),
+        proxy_from: Vec::new(),
+        // `/mmr` may ask an MMR's `/session` over the network.
+        blocking: true,
+    };
+    crate::server::serve(l, tls, opts, move |req, _| c.answer(req))
 }
 
 #[cfg(test)]

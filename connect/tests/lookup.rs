@@ -237,7 +237,7 @@ fn maxmind_country_then_continent_then_cidr_table() {
         ),
     )
     .unwrap();
-    let _lookup = Proc::spawn(
+    let lookup = Proc::spawn(
         "lookup",
         Command::new(env!("CARGO_BIN_EXE_corelay-connect"))
             .arg("lookup")
@@ -265,6 +265,36 @@ fn maxmind_country_then_continent_then_cidr_table() {
     // In the database, but neither its country nor its continent has a row: the CIDR table.
     let (region, _, _) = ask(&cert, port, "127.0.0.4", &[]);
     assert_eq!(region, "127.0.0.0/8");
+
+    // 200 keep-alive clients at once (our client library's TLS), each asking twice: the
+    // service holds them on its one event-loop thread.
+    use corelay_connect::net::{client_config, open, tls_over, Route};
+    let tls = client_config(&cert, &[]).unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let mut conns: Vec<_> = (0..200)
+        .map(|_| {
+            let c = open(&Route::Direct, &tls, &target, Duration::from_secs(10)).unwrap();
+            c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            tls_over(c, "127.0.0.1", &tls).unwrap()
+        })
+        .collect();
+    for _ in 0..2 {
+        for c in &mut conns {
+            let (code, body) =
+                corelay_connect::http::request(c, "GET", "x", "/meeting/m", b"").unwrap();
+            assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lookup.child.id())).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(
+        threads <= 2,
+        "the lookup runs {threads} threads for 200 clients"
+    );
 }
 
 #[test]
