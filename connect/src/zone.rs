@@ -39,6 +39,25 @@ pub struct ZoneConfig {
     pub mmrs: Vec<MmrEntry>,
 }
 
+impl ZoneConfig {
+    /// What serde cannot check: capacities and the high-water mark are positive numbers, and
+    /// names are unique (they are the hash input).
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.high_water.is_finite() && self.high_water > 0.0) {
+            return Err(format!("high_water must be > 0 (is {})", self.high_water));
+        }
+        for (i, m) in self.mmrs.iter().enumerate() {
+            if !(m.capacity.is_finite() && m.capacity > 0.0) {
+                return Err(format!("mmrs {:?}: capacity must be > 0", m.name));
+            }
+            if self.mmrs[..i].iter().any(|o| o.name == m.name) {
+                return Err(format!("mmrs {:?}: name used twice", m.name));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_high_water() -> f64 {
     0.85
 }
@@ -423,6 +442,28 @@ mod tests {
         );
         assert_eq!(place(&ord, &[false; 3], &[false; 3], |_| true), None);
         assert_eq!(session_url("http://h:1/load", 7), "http://h:1/session?id=7");
+    }
+
+    #[test]
+    fn config_checks() {
+        let base = "zone = \"z\"\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\n";
+        let m = |n: &str, extra: &str| {
+            format!(
+                "[[mmrs]]\nname = \"{n}\"\ncontrol = \"h:1\"\nload = \"http://h:2/load\"\n{extra}"
+            )
+        };
+        let cfg = |t: String| toml::from_str::<ZoneConfig>(&t).unwrap().check();
+        assert_eq!(
+            cfg(format!(
+                "{base}{}{}",
+                m("a", ""),
+                m("b", "capacity = 2.5\n")
+            )),
+            Ok(())
+        );
+        assert!(cfg(format!("{base}{}", m("a", "capacity = 0.0\n"))).is_err());
+        assert!(cfg(format!("{base}{}{}", m("a", ""), m("a", ""))).is_err());
+        assert!(cfg(format!("high_water = 0.0\n{base}{}", m("a", ""))).is_err());
     }
 
     #[test]
