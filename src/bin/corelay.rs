@@ -321,6 +321,9 @@ fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) ->
             baseline_rss: admin::process_rss(),
             live: gw.live(),
             draining: Default::default(),
+            session_members: media
+                .clone()
+                .map(|m| Arc::new(move |id| m.dir.members_of(id)) as admin::SessionMembers),
             pages: vec![
                 admin::Page {
                     path: "/",
