@@ -141,6 +141,16 @@ def basic(addr, name, query):
     assert st == 200 and b[0] == 0x47, st
     s.close()
 
+    # A 404 for an unknown stream keeps the (not yet authorized) connection: the next
+    # request on it is authorized and answered.
+    s, f = raw(addr, b"GET /live/nosuch.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
+    st, h, _ = read_response(f)
+    assert st == 404 and h["connection"] == "keep-alive", (st, h)
+    s.sendall(f"GET /live/{name}.m3u8{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    st, h, b = read_response(f)
+    assert st == 200 and b"#EXTM3U" in b, st
+    s.close()
+
     # Another stream on an authorized connection: it ends, unanswered (a client retries
     # on a new connection, authorized on its own).
     s, f = raw(addr, f"GET /live/{name}.m3u8{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())

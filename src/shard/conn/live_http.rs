@@ -517,6 +517,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keep_alive_rules() {
+        let keep = |req: &str| match parse_get(req.as_bytes()) {
+            Head::Get(g) => Some(g.keep),
+            _ => None,
+        };
+        assert_eq!(
+            keep("GET /live/a.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            keep("GET /live/a-1.ts HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n"),
+            Some(false)
+        );
+        assert_eq!(keep("GET /live/a.m3u8 HTTP/1.0\r\n\r\n"), Some(false));
+        assert_eq!(
+            keep("GET /live/a.m3u8 HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            keep("GET /live/a.m3u8 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+            Some(false)
+        );
+        assert_eq!(
+            keep("GET /live/a.m3u8 HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            keep("GET /live/a.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(false)
+        );
+        assert!(matches!(
+            parse_get(b"GET /live/a.m3u8 HTTP/1.1\r\nHo"),
+            Head::Partial
+        ));
+        assert!(matches!(
+            parse_get(b"POST /live/a.m3u8 HTTP/1.1\r\n\r\n"),
+            Head::Other
+        ));
+        assert!(matches!(
+            parse_get(b"GET /other HTTP/1.1\r\n\r\n"),
+            Head::Other
+        ));
+        match parse_get(b"GET /live/a.m3u8?token=t HTTP/1.1\r\n\r\nGET /live/b") {
+            Head::Get(g) => {
+                assert_eq!((g.query.as_str(), g.head), ("token=t", 37));
+                assert_eq!(g.target, Target::Playlist("a".into()));
+            }
+            _ => panic!("not parsed"),
+        }
+    }
+
+    #[test]
     fn live_paths() {
         assert_eq!(target("/live/cam.flv"), Some(Target::Flv("cam".into())));
         assert_eq!(
