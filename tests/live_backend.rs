@@ -187,7 +187,7 @@ fn backend_authorizes_publish_and_play_and_hears_of_every_end_once() {
     assert_eq!(status(gw.addr, "/live/cam.flv?token=nope"), 403);
     assert_eq!(status(gw.addr, "/live/cam.flv"), 403);
     // HLS with keep-alive: one Open per connection (the first request's, with its token),
-    // whatever number of requests follow on it; eight authorized connections in the script.
+    // whatever number of requests follow on it; nine authorized connections in the script.
     while status(gw.addr, "/live/cam.m3u8?token=t") != 200 {
         assert!(Instant::now() < deadline, "no HLS playlist");
         std::thread::sleep(Duration::from_millis(100));
@@ -207,7 +207,7 @@ fn backend_authorizes_publish_and_play_and_hears_of_every_end_once() {
     );
     assert_eq!(
         hls_opens(&seen) - hls_before,
-        8,
+        9,
         "{:?}",
         seen.lock().unwrap()
     );

@@ -150,6 +150,15 @@ def basic(addr, name, query):
     st, h, b = read_response(f)
     assert st == 200 and b"#EXTM3U" in b, st
     s.close()
+    # The same pipelined: twenty 404s, then the playlist, in order on one connection.
+    unknown = b"GET /live/nosuch.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n" * 20
+    s, f = raw(addr, unknown + f"GET /live/{name}.m3u8{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    for _ in range(20):
+        st, h, _ = read_response(f)
+        assert st == 404 and h["connection"] == "keep-alive", (st, h)
+    st, h, b = read_response(f)
+    assert st == 200 and b"#EXTM3U" in b, st
+    s.close()
 
     # Another stream on an authorized connection: it ends, unanswered (a client retries
     # on a new connection, authorized on its own).

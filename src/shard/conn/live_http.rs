@@ -130,7 +130,10 @@ pub(super) fn route_get(
         Target::Playlist(n) => (LiveEgress::Hls, n, None),
         Target::Segment(n, s) => (LiveEgress::Hls, n, Some(s)),
     };
-    let keep = g.keep && egress == LiveEgress::Hls && keepalive_on(io);
+    // An unauthorized connection's earlier answers (404s) must have left before it may
+    // keep asking: what it can make the gateway hold stays one response.
+    let idle = io.conns.get(id).is_some_and(|c| c.tx_queued() == 0);
+    let keep = g.keep && egress == LiveEgress::Hls && idle && keepalive_on(io);
     start(io, h, id, egress, name, segment, None, &g.query, keep);
     Some(g.head)
 }

@@ -41,7 +41,7 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
     match conn.life.state() {
         ConnState::Handshake => {
             let mut used = 0;
-            loop {
+            for _ in 0..8 {
                 let n = process_handshake(io, h, id, &mut buf[used..]);
                 used += n;
                 match io.conns.get(id).map(|c| c.life.state()) {
@@ -53,6 +53,9 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
                     _ => return used,
                 }
             }
+            // More requests buffered: after this round's output went out.
+            io.schedule_ready(id);
+            used
         }
         ConnState::AwaitOpen => 0,
         ConnState::Open | ConnState::Closing => process_frames(io, h, id, buf),
