@@ -134,6 +134,35 @@ fn rtmps_ingest_reaches_https_flv_hls_and_wss_flv_viewers() {
         &verify,
         &format!("https://127.0.0.1:{}{hls_path}", tls.port()),
     );
+    // HLS keep-alive over TLS: curl (OpenSSL, verifying against the certificate) fetches
+    // the playlist three times and a missing segment on one TLS connection.
+    let pl = format!("https://localhost:{}{hls_path}", tls.port());
+    let missing = format!("https://localhost:{}/live/sec-999999999.ts", tls.port());
+    let out = Command::new("curl")
+        .args(["-sv", "--max-time", "20", "--cacert", ca])
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", tls.port())])
+        .args([
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args([&pl, &missing, &pl, &pl])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("Re-using existing connection").count(),
+        3,
+        "curl did not reuse its TLS connection:\n{err}"
+    );
+    assert_eq!(err.matches("SSL connection using").count(), 1, "{err}");
+    assert_eq!(err.matches("< HTTP/1.1 200").count(), 3, "{err}");
 
     let as_pairs = |f: Vec<Frame>| -> Vec<(String, bool)> {
         f.into_iter()
