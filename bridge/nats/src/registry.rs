@@ -165,8 +165,8 @@ impl Registry {
         let Some(cands) = self.index.as_ref().and_then(|i| i.candidates(user)) else {
             return self.lookup_scan(user).await;
         };
-        let mut v = Vec::with_capacity(cands.len());
-        for a in cands {
+        // The checks run concurrently: a user's connections cost one round trip, not one each.
+        let checks = cands.into_iter().map(|a| async move {
             let key = Self::key_subject(&subjects::user_key(user, &a.gw, a.conn));
             match self
                 .stream
@@ -175,11 +175,16 @@ impl Registry {
                 .send()
                 .await
             {
-                Ok(_) => v.push(a),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
-                Err(e) => return Err(anyhow!("registry lookup: {e}")),
+                Ok(_) => Ok(Some(a)),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow!("registry lookup: {e}")),
             }
-        }
+        });
+        let mut v: Vec<ConnAddr> = futures_util::future::try_join_all(checks)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         v.sort();
         Ok(v)
     }

@@ -8,8 +8,10 @@
 //! store). Until the watch has replayed the bucket (an entry with nothing pending after it),
 //! or after the watch failed, the index is not ready and lookups fall back to the scan.
 //!
-//! Memory: an entry is dropped when it was not re-put within the lease (the bridges re-put
-//! every key every lease/3, and the watch sees each re-put); the whole index is bounded by
+//! Memory: an entry is dropped when it was not re-put within two leases (the bridges re-put
+//! every key every lease/3, and the watch sees each re-put; the margin keeps a live key
+//! whose re-put the watch delivers late, since a dropped candidate is a missed connection
+//! while a stale one only costs a check); the whole index is bounded by
 //! [`MAX_ENTRIES`] (beyond: not ready, the scan answers). A check that finds a key gone does
 //! not drop the candidate: the replica that answered may be behind the one the watch reads.
 
@@ -48,13 +50,9 @@ impl Drop for UserIndex {
 }
 
 impl UserIndex {
-    /// Starts watching `u.>` in `kv`; entries not re-put within `lease` are dropped.
+    /// Starts watching `u.>` in `kv`; entries not re-put within two `lease`s are dropped.
     pub fn start(kv: kv::Store, lease: Duration) -> Arc<UserIndex> {
-        let ix = Arc::new(UserIndex {
-            table: Mutex::new(Table::default()),
-            ready: AtomicBool::new(false),
-            task: Mutex::new(None),
-        });
+        let ix = Arc::new(UserIndex::empty());
         let weak = Arc::downgrade(&ix);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
@@ -91,6 +89,14 @@ impl UserIndex {
         ix
     }
 
+    fn empty() -> UserIndex {
+        UserIndex {
+            table: Mutex::new(Table::default()),
+            ready: AtomicBool::new(false),
+            task: Mutex::new(None),
+        }
+    }
+
     fn reset(&self) {
         self.ready.store(false, Ordering::Release);
         if let Ok(mut t) = self.table.lock() {
@@ -125,7 +131,7 @@ impl UserIndex {
                 }
             }
         }
-        // Sweep entries not re-put within the lease, at most every lease/3.
+        // Sweep entries not re-put within two leases, at most every lease/3.
         if t.last_sweep
             .is_none_or(|s| now.duration_since(s) >= lease / 3)
         {
@@ -133,7 +139,7 @@ impl UserIndex {
             let mut dropped = 0;
             t.users.retain(|_, conns| {
                 let n = conns.len();
-                conns.retain(|_, seen| now.duration_since(*seen) <= lease);
+                conns.retain(|_, seen| now.duration_since(*seen) <= lease * 2);
                 dropped += n - conns.len();
                 !conns.is_empty()
             });
@@ -168,5 +174,59 @@ impl UserIndex {
                 .map(|c| c.keys().cloned().collect())
                 .unwrap_or_default(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, op: kv::Operation, delta: u64) -> kv::Entry {
+        kv::Entry {
+            bucket: "presence".into(),
+            key: key.into(),
+            value: bytes::Bytes::new(),
+            revision: 1,
+            delta,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            operation: op,
+            seen_current: delta == 0,
+        }
+    }
+
+    #[test]
+    fn replay_then_candidates_and_sweep() {
+        let lease = Duration::from_millis(30);
+        let ix = UserIndex::empty();
+        let a = |gw: &str, conn| ConnAddr {
+            gw: gw.into(),
+            conn,
+        };
+        ix.apply(&entry("u.alice.gw1.1", kv::Operation::Put, 2), lease);
+        assert_eq!(
+            ix.candidates("alice"),
+            None,
+            "not ready before the replay ends"
+        );
+        ix.apply(&entry("u.alice.gw2.2", kv::Operation::Put, 1), lease);
+        ix.apply(&entry("u.bob.gw1.3", kv::Operation::Put, 0), lease);
+        let mut c = ix.candidates("alice").unwrap();
+        c.sort();
+        assert_eq!(c, vec![a("gw1", 1), a("gw2", 2)]);
+        assert_eq!(ix.candidates("al"), Some(vec![]));
+        ix.apply(&entry("u.alice.gw1.1", kv::Operation::Delete, 0), lease);
+        assert_eq!(ix.candidates("alice"), Some(vec![a("gw2", 2)]));
+        // Not a user key, or malformed: ignored.
+        ix.apply(&entry("r.gw1.3.77", kv::Operation::Put, 0), lease);
+        ix.apply(&entry("u.carol.gw1.x", kv::Operation::Put, 0), lease);
+        assert_eq!(ix.candidates("carol"), Some(vec![]));
+        // Two leases later, only what was put again stays.
+        std::thread::sleep(lease * 3);
+        ix.apply(&entry("u.bob.gw1.3", kv::Operation::Put, 0), lease);
+        assert_eq!(ix.candidates("alice"), Some(vec![]));
+        assert_eq!(ix.candidates("bob"), Some(vec![a("gw1", 3)]));
+        assert_eq!(ix.table.lock().unwrap().entries, 1);
+        ix.reset();
+        assert_eq!(ix.candidates("bob"), None);
     }
 }
