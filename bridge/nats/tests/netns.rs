@@ -407,6 +407,13 @@ fn three_hosts_over_a_nats_cluster() {
             (n == 0).then_some(())
         },
     );
+    // Lookups (local index + a check per candidate, answered by any replica) follow.
+    wait_for("u2's lookup empty", Duration::from_secs(10), || {
+        rt.block_on(w.registry().lookup("u2"))
+            .ok()?
+            .is_empty()
+            .then_some(())
+    });
     assert_eq!(rt.block_on(w.registry().lookup("u1")).unwrap().len(), 1);
     net.heal("gw2");
     recv_until(&mut members[1], "sent during the partition", &[]);
@@ -434,7 +441,9 @@ fn three_hosts_over_a_nats_cluster() {
             .block_on(w.registry().memberships_of_gateway("gw3"))
             .ok()?;
         let g = rt.block_on(w.registry().gateways()).ok()?;
-        (n == 0 && m.is_empty() && !g.iter().any(|(gw, ..)| gw == "gw3")).then(|| killed.elapsed())
+        let u3 = rt.block_on(w.registry().lookup("u3")).ok()?;
+        (n == 0 && u3.is_empty() && m.is_empty() && !g.iter().any(|(gw, ..)| gw == "gw3"))
+            .then(|| killed.elapsed())
     });
     eprintln!(
         "gw3's registry entries expired {gone:?} after its host was killed (lease {LEASE:?})"

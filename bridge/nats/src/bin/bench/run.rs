@@ -529,6 +529,9 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<()> {
 
     // 3. Registry lookups by user id, `lookup_window` in flight.
     let reg = w.registry().clone();
+    let index = reg.index_ready();
+    let node_pids: Vec<u32> = nodes.iter().map(Proc::pid).collect();
+    let cpu0 = cpu_of(&node_pids);
     let start = Instant::now();
     let res: Vec<(u64, bool)> = rt.block_on(
         futures_util::stream::iter(0..a.lookups)
@@ -545,20 +548,25 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<()> {
             .collect(),
     );
     let took = start.elapsed().as_secs_f64();
+    let cpu = cpu_of(&node_pids) - cpu0;
     let mut h = Histogram::<u64>::new(3)?;
     for (ns, _) in &res {
         h.record((*ns).max(1))?;
     }
     println!(
-        "lookups [3 hosts, JetStream KV registry, {} entries, {} in flight]: {} in {took:.3} s \
-         = {:.0} lookups/s; p50 {:.2} ms p99 {:.2} ms ({} found)",
+        "lookups [3 hosts, JetStream KV registry, {} entries, {} in flight, local index {}]: \
+         {} in {took:.3} s \
+         = {:.0} lookups/s; p50 {:.2} ms p99 {:.2} ms ({} found); nats-server CPU {cpu:.2} s \
+         = {:.1} us/lookup",
         a.members,
         a.lookup_window,
+        if index { "ready" } else { "not ready: scans" },
         res.len(),
         res.len() as f64 / took.max(1e-9),
         h.value_at_quantile(0.5) as f64 / 1e6,
         h.value_at_quantile(0.99) as f64 / 1e6,
-        res.iter().filter(|r| r.1).count()
+        res.iter().filter(|r| r.1).count(),
+        cpu * 1e6 / res.len().max(1) as f64
     );
     for c in nats_members {
         c.quit();
