@@ -57,10 +57,16 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
     for s in snaps.iter().flatten() {
         let m = &s.handler.media;
         let shard = || ("shard", s.shard.to_string());
-        for (i, cause) in MEDIA_DROP_CAUSES.iter().enumerate() {
-            drops
-                .get_or_create(&vec![shard(), ("cause", cause.to_string())])
-                .inc_by(m.drops[i]);
+        for (t, tr) in MEDIA_TRANSPORTS.iter().enumerate() {
+            for (i, cause) in MEDIA_DROP_CAUSES.iter().enumerate() {
+                drops
+                    .get_or_create(&vec![
+                        shard(),
+                        ("transport", tr.to_string()),
+                        ("cause", cause.to_string()),
+                    ])
+                    .inc_by(m.drops[t][i]);
+            }
         }
         refused.get_or_create(&vec![shard()]).inc_by(m.refused);
         kf.get_or_create(&vec![shard()]).inc_by(m.keyframe_requests);
@@ -72,7 +78,11 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
         sessions += m.sessions;
         members += m.members;
     }
-    reg.register("media_drops", "Media packets dropped, by cause", drops);
+    reg.register(
+        "media_drops",
+        "Media packets dropped, by transport and cause",
+        drops,
+    );
     reg.register(
         "media_refused",
         "Media connections refused at their credential check",

@@ -31,6 +31,9 @@ pub struct Page {
     pub body: Arc<Vec<u8>>,
 }
 
+/// Counts the members admitted to a media session.
+pub type SessionMembers = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
+
 /// What the admin server needs.
 #[derive(Clone)]
 pub struct AdminState {
@@ -44,6 +47,12 @@ pub struct AdminState {
     pub pages: Vec<Page>,
     /// The live-stream registry, for `corelay_live_*` (when live streaming is on).
     pub live: Option<Arc<crate::live::Hub>>,
+    /// Set by `POST /drain`, cleared by `POST /undrain`; `/load` reports it so zone controllers
+    /// stop sending new meetings here (the gateway itself keeps serving what it has).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Members of a media session now (when `[media]` is on), for `/session?id=`; given by
+    /// the binary, which owns the media plane (admin sits below it).
+    pub session_members: Option<SessionMembers>,
 }
 
 /// Bind the admin listener and serve it on a new thread. Returns the bound address.
@@ -68,7 +77,7 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
-    let path = loop {
+    let (method, path) = loop {
         let n = s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -78,10 +87,16 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
-                if req.method != Some("GET") && req.method != Some("HEAD") {
-                    return respond(&mut s, 405, "text/plain", b"GET only\n");
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("/").to_string();
+                let drain = matches!(path.as_str(), "/drain" | "/undrain");
+                if !matches!(
+                    (method.as_str(), drain),
+                    ("GET" | "HEAD", false) | ("POST", true)
+                ) {
+                    return respond(&mut s, 405, "text/plain", b"GET, or POST /drain /undrain\n");
                 }
-                break req.path.unwrap_or("/").to_string();
+                break (method, path);
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => return respond(&mut s, 400, "text/plain", b"bad request\n"),
@@ -89,6 +104,17 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     };
     let route = path.split('?').next().unwrap_or("/");
     match route {
+        "/drain" | "/undrain" if method == "POST" => {
+            let on = route == "/drain";
+            st.draining.store(on, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(draining = on, "admin: draining flag set");
+            respond(
+                &mut s,
+                200,
+                "text/plain",
+                if on { b"draining\n" } else { b"not draining\n" },
+            )
+        }
         "/metrics" => {
             let snaps = st.gateway.snapshot(Duration::from_secs(1));
             let body = metrics_text_with(&snaps, st.baseline_rss, st.live.as_deref());
@@ -105,8 +131,28 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
                 &mut s,
                 200,
                 "application/json",
-                load_json(&snaps).as_bytes(),
+                load_json(
+                    &snaps,
+                    st.draining.load(std::sync::atomic::Ordering::Relaxed),
+                )
+                .as_bytes(),
             )
+        }
+        "/session" => {
+            // Whether a meeting is already here: zone controllers keep a meeting on an MMR
+            // above its high-water mark only if it holds members of it.
+            let id = path
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("id=")))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (id, &st.session_members) {
+                (None, _) => respond(&mut s, 400, "text/plain", b"id=<u64> missing\n"),
+                (Some(_), None) => respond(&mut s, 404, "text/plain", b"no media plane\n"),
+                (Some(id), Some(m)) => {
+                    let body = format!("{{\"session\":{id},\"members\":{}}}\n", m(id));
+                    respond(&mut s, 200, "application/json", body.as_bytes())
+                }
+            }
         }
         "/healthz" => {
             let snaps = st.gateway.snapshot(Duration::from_secs(1));
@@ -247,6 +293,26 @@ pub fn metrics_text_with(
         "bytes_out",
         "Bytes written to client sockets",
         |s: &ShardSnapshot| s.metrics.bytes_out
+    );
+    counter_family!(
+        "uring_sends",
+        "Sends made through the data-plane io_uring",
+        |s: &ShardSnapshot| s.metrics.uring_sends
+    );
+    counter_family!(
+        "uring_send_batches",
+        "io_uring_enter calls that submitted the data plane's sends",
+        |s: &ShardSnapshot| s.metrics.uring_send_batches
+    );
+    counter_family!(
+        "uring_recvs",
+        "Receives made through the data-plane io_uring",
+        |s: &ShardSnapshot| s.metrics.uring_recvs
+    );
+    counter_family!(
+        "uring_recv_batches",
+        "io_uring_enter calls that submitted the data plane's receives",
+        |s: &ShardSnapshot| s.metrics.uring_recv_batches
     );
     counter_family!(
         "stall_rescues",
@@ -428,8 +494,9 @@ pub fn metrics_text_with(
 /// `/load`: per-shard load and one score a balancer can compare across hosts.
 ///
 /// `load_score` is in 0..=1: the larger of the fill ratio (connections / capacity) and the
-/// mean busy ratio of the shards; a host with a shard not answering reports 1.
-pub fn load_json(snaps: &[Option<ShardSnapshot>]) -> String {
+/// mean busy ratio of the shards; a host with a shard not answering reports 1. `draining`:
+/// the operator asked (`POST /drain`) that no new meetings come here.
+pub fn load_json(snaps: &[Option<ShardSnapshot>], draining: bool) -> String {
     let mut shards = Vec::new();
     let (mut conns, mut cap, mut busy_sum) = (0u64, 0u64, 0f64);
     let mut all = true;
@@ -470,7 +537,7 @@ pub fn load_json(snaps: &[Option<ShardSnapshot>]) -> String {
         1.0
     };
     format!(
-        "{{\"connections\":{conns},\"capacity_left\":{},\"load_score\":{score:.4},\"shards\":[{}]}}\n",
+        "{{\"connections\":{conns},\"capacity_left\":{},\"load_score\":{score:.4},\"draining\":{draining},\"shards\":[{}]}}\n",
         cap.saturating_sub(conns),
         shards.join(",")
     )

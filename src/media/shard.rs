@@ -1,27 +1,28 @@
 //! One shard's media router: its media connections (UDP bindings on the shard's socket,
-//! WebSocket tunnels), the credential check that opens them, and the packet path.
+//! WebSocket tunnels, RFC 4571 streams over TCP and TLS), the credential check that opens
+//! them (`admission`), and the packet path.
 
-use super::directory::{kind_index, BindError};
+mod admission;
+
+use super::directory::kind_index;
 use super::notice::{self, Endpoints};
 use super::udp::{RxBatch, TxBatch, MAX_DATAGRAM};
 use super::{signal, MediaPlane, Pending};
 use crate::metrics::MediaStats;
-use crate::proto::media::credential::{token_from_username, Verified};
 use crate::proto::media::fanout::{OwnedSsrcs, OwnershipError};
-use crate::proto::media::hop::{Direction, HopKey, HopReceiver, HopSender, TRAILER_LEN};
+use crate::proto::media::hop::{HopReceiver, HopSender, TRAILER_LEN};
 use crate::proto::media::stun::{self, Class, Rfc7983, StunMessage};
 use crate::proto::media::{rtp, MediaKind};
 use crate::proto::ws::DataKind;
 use crate::ring::msg::{media_bit, Streams};
 use crate::shard::conn::Shard;
 use crate::shard::conn_table::ConnId;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
-type Set<T> = HashSet<T, ahash::RandomState>;
 
 /// Handler fd index of the shard's media doorbell (relative to the handler's media base).
 pub(super) const FD_BELL: u32 = 0;
@@ -29,6 +30,8 @@ pub(super) const FD_BELL: u32 = 0;
 pub(super) const FD_UDP: u32 = 1;
 
 const T_UDP: usize = 0;
+const T_TCP: usize = 1;
+const T_TLS: usize = 2;
 const T_WS: usize = 3;
 
 const D_FORGED: usize = 0;
@@ -44,15 +47,46 @@ const D_WRONG_KIND: usize = 7;
 const UDP_ROUNDS: usize = 8;
 
 enum Link {
-    /// Boxed: the hop keys are large next to a tunnel's id.
+    /// Boxed: the hop keys are large next to a connection's id.
     Udp(Box<UdpLink>),
-    Tunnel(ConnId),
+    /// An engine connection: a WebSocket tunnel, or a media stream (RFC 4571 over TCP, with
+    /// the hop trailer, or over TLS, without).
+    Conn {
+        conn: ConnId,
+        wire: Wire,
+        hop: Option<Box<Hop>>,
+    },
 }
 
 struct UdpLink {
     addr: SocketAddr,
     rx: HopReceiver,
     tx: HopSender,
+}
+
+/// The hop protection of a clear link.
+struct Hop {
+    rx: HopReceiver,
+    tx: HopSender,
+}
+
+/// What an engine media connection speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// WebSocket tunnel: one packet per binary message, refusal = close 1008.
+    Tunnel,
+    /// RFC 4571 stream: one packet per frame, refusal = a Binding error frame, then close.
+    Stream { tls: bool },
+}
+
+impl Wire {
+    fn transport(self) -> usize {
+        match self {
+            Wire::Tunnel => T_WS,
+            Wire::Stream { tls: false } => T_TCP,
+            Wire::Stream { tls: true } => T_TLS,
+        }
+    }
 }
 
 /// One media connection of a member.
@@ -86,9 +120,9 @@ pub struct ShardMedia {
     conns: Vec<Option<MConn>>,
     free: Vec<u32>,
     by_addr: Map<SocketAddr, u32>,
-    by_tunnel: Map<ConnId, u32>,
-    /// Tunnels accepted whose credential has not been proven yet.
-    tunnels_unbound: Set<ConnId>,
+    by_conn: Map<ConnId, u32>,
+    /// Tunnels and streams accepted whose credential has not been proven yet.
+    unbound: Map<ConnId, Wire>,
     /// Local connections per (session, type).
     local: Map<(u64, MediaKind), Vec<u32>>,
     /// Shards holding connections per (session, type): a cache of the directory.
@@ -98,6 +132,8 @@ pub struct ShardMedia {
     rx: RxBatch,
     tx: TxBatch,
     pending: Pending,
+    /// A packet being hop-sealed for a TCP stream.
+    seal: Vec<u8>,
     /// Shards whose inbox got packets this round (their bell is rung at round end).
     wake: Vec<bool>,
     stats: MediaStats,
@@ -121,8 +157,8 @@ impl ShardMedia {
             conns: Vec::new(),
             free: Vec::new(),
             by_addr: Map::default(),
-            by_tunnel: Map::default(),
-            tunnels_unbound: Set::default(),
+            by_conn: Map::default(),
+            unbound: Map::default(),
             local: Map::default(),
             routes: Map::default(),
             seen_gen: 0,
@@ -130,6 +166,7 @@ impl ShardMedia {
             rx: RxBatch::default(),
             tx: TxBatch::default(),
             pending: Pending::default(),
+            seal: Vec::new(),
             wake: vec![false; shards],
             stats: MediaStats::default(),
         }
@@ -176,12 +213,27 @@ impl ShardMedia {
 
     /// A tunnel connection was accepted (its first binary message must be a STUN binding).
     pub fn tunnel_opened(&mut self, conn: ConnId) {
-        self.tunnels_unbound.insert(conn);
+        self.unbound.insert(conn, Wire::Tunnel);
     }
 
-    /// Whether `conn` is a media tunnel (its events stay here, never reach a backend).
+    /// A media stream sent its first frame (which must be a STUN binding): taken if TCP
+    /// streams (`media.tcp_listen`) or TLS streams (`media.tls`) are enabled.
+    pub fn stream_opened(&mut self, conn: ConnId, tls: bool) -> bool {
+        let on = if tls {
+            self.plane.cfg.tls
+        } else {
+            self.plane.cfg.tcp_listen.is_some()
+        };
+        if on {
+            self.unbound.insert(conn, Wire::Stream { tls });
+        }
+        on
+    }
+
+    /// Whether `conn` is a media tunnel or stream (its events stay here, never reach a
+    /// backend).
     pub fn is_tunnel(&self, conn: ConnId) -> bool {
-        self.tunnels_unbound.contains(&conn) || self.by_tunnel.contains_key(&conn)
+        self.unbound.contains_key(&conn) || self.by_conn.contains_key(&conn)
     }
 
     /// The backend admitted `conn` to a session. Returns false if the admission is invalid
@@ -212,7 +264,9 @@ impl ShardMedia {
         let expires = unix_now() + self.plane.cfg.credential_ttl_secs;
         let ep = Endpoints {
             udp_port: self.plane.udp_addr.map(|a| a.port()),
+            tcp_port: self.plane.tcp_port(),
             tunnel_path: &self.plane.cfg.tunnel_path,
+            tls: self.plane.cfg.tls,
         };
         let notice = notice::render(&self.plane.keyring, session, member, kinds, expires, &ep);
         self.controls.insert(
@@ -258,45 +312,71 @@ impl ShardMedia {
             self.plane.ring_all();
             self.refresh(io);
         }
-        if self.tunnels_unbound.remove(&conn) {
+        if self.unbound.remove(&conn).is_some() {
             return true;
         }
-        if let Some(i) = self.by_tunnel.get(&conn).copied() {
+        if let Some(i) = self.by_conn.get(&conn).copied() {
             self.drop_conn(io, i, false);
             return true;
         }
         false
     }
 
-    /// A binary or text message on a tunnel.
+    /// A binary or text message on a tunnel, or a frame of a media stream.
     pub fn on_tunnel_message(&mut self, io: &mut Shard, conn: ConnId, kind: DataKind, msg: &[u8]) {
         if kind != DataKind::Binary {
-            self.stats.drops[D_MALFORMED] += 1;
+            self.stats.drops[T_WS][D_MALFORMED] += 1;
             return;
         }
-        if self.tunnels_unbound.contains(&conn) {
-            let mut out = [0u8; 256];
-            let (n, bound) = self.stun(msg, None, Some(conn), &mut out);
-            if n > 0 {
-                let _ = io.send(conn, DataKind::Binary, &out[..n]);
-            }
-            if bound.is_none() {
-                if n == 0 {
-                    self.stats.drops[D_NOT_BOUND] += 1;
-                } else {
-                    io.close(conn, 1008, "media credential refused");
+        if let Some(&wire) = self.unbound.get(&conn) {
+            self.bind_conn(io, conn, wire, msg);
+            return;
+        }
+        let Some(&i) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(Some(c)) = self.conns.get_mut(i as usize) else {
+            return;
+        };
+        let Link::Conn { wire, hop, .. } = &mut c.link else {
+            return;
+        };
+        let wire = *wire;
+        if stun::demux(msg) == Rfc7983::Stun {
+            // A keepalive. The tunnel is the binding; a stream is answered (its NAT and
+            // the idle timeout see traffic both ways) when the integrity checks.
+            if let (Wire::Stream { .. }, Ok(m)) = (wire, StunMessage::parse(msg)) {
+                if m.class() == Class::Request && m.check_integrity(&c.key).is_ok() {
+                    let mut out = [0u8; 256];
+                    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+                    let n = stun::binding_success(&mut out, &m.transaction_id(), any, &c.key)
+                        .unwrap_or(0);
+                    let _ = io.send(conn, DataKind::Binary, &out[..n]);
                 }
             }
             return;
         }
-        let Some(&i) = self.by_tunnel.get(&conn) else {
-            return;
+        let len = match hop {
+            Some(h) => match h.rx.open(msg) {
+                Ok(inner) => inner.len(),
+                Err(_) => {
+                    self.stats.drops[wire.transport()][D_HOP] += 1;
+                    return;
+                }
+            },
+            None => msg.len(),
         };
-        if stun::demux(msg) == Rfc7983::Stun {
-            return; // keepalive: the tunnel is the binding
-        }
-        self.ingress(io, i, T_WS, msg);
+        self.ingress(io, i, wire.transport(), &msg[..len]);
         self.flush();
+    }
+
+    /// The traffic class byte (DSCP << 2) of a media type.
+    fn tos(&self, kind: MediaKind) -> u8 {
+        if kind == MediaKind::Audio {
+            self.plane.cfg.dscp_audio << 2
+        } else {
+            self.plane.cfg.dscp_video << 2
+        }
     }
 
     /// The doorbell or the UDP socket is readable.
@@ -329,7 +409,7 @@ impl ShardMedia {
     fn flush(&mut self) {
         if let (Some(u), false) = (&self.udp, self.tx.is_empty()) {
             let f = self.tx.flush(u.as_raw_fd());
-            self.stats.drops[D_SEND] += f.dropped;
+            self.stats.drops[T_UDP][D_SEND] += f.dropped;
         }
     }
 
@@ -367,8 +447,8 @@ impl ShardMedia {
             Link::Udp(u) => {
                 self.by_addr.remove(&u.addr);
             }
-            Link::Tunnel(conn) => {
-                self.by_tunnel.remove(&conn);
+            Link::Conn { conn, .. } => {
+                self.by_conn.remove(&conn);
                 if close_tunnel {
                     // Its close event comes back through on_close (nothing left to drop).
                     io.close(conn, 1000, "media ended");
@@ -421,7 +501,7 @@ impl ShardMedia {
             }
             Rfc7983::RtpRtcp => {
                 let Some(&i) = self.by_addr.get(&from) else {
-                    self.stats.drops[D_UNBOUND] += 1;
+                    self.stats.drops[T_UDP][D_UNBOUND] += 1;
                     return;
                 };
                 let Some(Some(c)) = self.conns.get_mut(i as usize) else {
@@ -433,122 +513,14 @@ impl ShardMedia {
                 let len = match u.rx.open(buf) {
                     Ok(inner) => inner.len(),
                     Err(_) => {
-                        self.stats.drops[D_HOP] += 1;
+                        self.stats.drops[T_UDP][D_HOP] += 1;
                         return;
                     }
                 };
                 self.ingress(io, i, T_UDP, &buf[..len]);
             }
-            _ => self.stats.drops[D_MALFORMED] += 1,
+            _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
         }
-    }
-
-    /// Answers a STUN message: a Binding request proves a credential and binds the sender.
-    /// `udp` = the source of a datagram (with the index of its binding, `u32::MAX` if none);
-    /// `tunnel` = an unbound tunnel. Returns the response length (0 = no answer) and the new
-    /// or existing binding.
-    fn stun(
-        &mut self,
-        msg: &[u8],
-        udp: Option<(u32, SocketAddr)>,
-        tunnel: Option<ConnId>,
-        out: &mut [u8],
-    ) -> (usize, Option<u32>) {
-        let Ok(m) = StunMessage::parse(msg) else {
-            self.stats.drops[D_MALFORMED] += 1;
-            return (0, None);
-        };
-        if m.method() != stun::METHOD_BINDING || m.class() != Class::Request {
-            return (0, None);
-        }
-        let tid = m.transaction_id();
-        let from = udp
-            .map(|(_, a)| a)
-            .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
-        // A keepalive from a bound address: integrity with that binding's key.
-        if let Some((i, _)) = udp.filter(|(i, _)| *i != u32::MAX) {
-            if let Some(Some(c)) = self.conns.get(i as usize) {
-                if m.check_integrity(&c.key).is_ok() {
-                    let n = stun::binding_success(out, &tid, from, &c.key).unwrap_or(0);
-                    return (n, Some(i));
-                }
-            }
-            return (0, None);
-        }
-        let refuse = |s: &mut Self, out: &mut [u8], code: u16, why: &[u8]| {
-            s.stats.refused += 1;
-            (stun::binding_error(out, &tid, code, why).unwrap_or(0), None)
-        };
-        let Some(user) = m.username() else {
-            return refuse(self, out, 400, b"no USERNAME");
-        };
-        let v: Verified = match self
-            .plane
-            .keyring
-            .verify(token_from_username(user), unix_now())
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "media: credential refused");
-                return refuse(self, out, 401, b"credential refused");
-            }
-        };
-        if m.check_integrity(&v.media_key).is_err() {
-            return refuse(self, out, 401, b"bad MESSAGE-INTEGRITY");
-        }
-        let cl = v.claims;
-        let member = match self
-            .plane
-            .dir
-            .bind(cl.session, cl.member, cl.media, self.shard)
-        {
-            Ok(m) => m,
-            Err(BindError::AlreadyBound) => return refuse(self, out, 409, b"already bound"),
-            Err(_) => return refuse(self, out, 403, b"not admitted"),
-        };
-        let hop = HopKey::new(&v.media_key);
-        let link = match tunnel {
-            Some(conn) => Link::Tunnel(conn),
-            None => Link::Udp(Box::new(UdpLink {
-                addr: from,
-                rx: HopReceiver::new(hop.clone(), Direction::Upstream),
-                tx: HopSender::new(hop, Direction::Downstream),
-            })),
-        };
-        let c = MConn {
-            session: cl.session,
-            member: cl.member,
-            epoch: member.epoch,
-            kind: cl.media,
-            own: member.own,
-            key: v.media_key,
-            link,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.conns[i as usize] = Some(c);
-                i
-            }
-            None => {
-                self.conns.push(Some(c));
-                (self.conns.len() - 1) as u32
-            }
-        };
-        match tunnel {
-            Some(conn) => {
-                self.tunnels_unbound.remove(&conn);
-                self.by_tunnel.insert(conn, i);
-            }
-            None => {
-                self.by_addr.insert(from, i);
-            }
-        }
-        self.local
-            .entry((cl.session, cl.media))
-            .or_default()
-            .push(i);
-        let n = stun::binding_success(out, &tid, from, &v.media_key).unwrap_or(0);
-        (n, Some(i))
     }
 
     /// A packet from media connection `i` (hop trailer removed): ownership, then routing.
@@ -561,15 +533,15 @@ impl ShardMedia {
             rtp::Demux::Rtp => match c.own.check_rtp(pkt) {
                 Ok(k) if k == kind => {}
                 Ok(_) => {
-                    self.stats.drops[D_WRONG_KIND] += 1;
+                    self.stats.drops[transport][D_WRONG_KIND] += 1;
                     return;
                 }
                 Err(OwnershipError::NotOwned(_)) => {
-                    self.stats.drops[D_FORGED] += 1;
+                    self.stats.drops[transport][D_FORGED] += 1;
                     return;
                 }
                 Err(_) => {
-                    self.stats.drops[D_MALFORMED] += 1;
+                    self.stats.drops[transport][D_MALFORMED] += 1;
                     return;
                 }
             },
@@ -580,16 +552,16 @@ impl ShardMedia {
                     }
                 }
                 Err(OwnershipError::NotOwned(_)) => {
-                    self.stats.drops[D_FORGED] += 1;
+                    self.stats.drops[transport][D_FORGED] += 1;
                     return;
                 }
                 Err(_) => {
-                    self.stats.drops[D_MALFORMED] += 1;
+                    self.stats.drops[transport][D_MALFORMED] += 1;
                     return;
                 }
             },
             rtp::Demux::Other => {
-                self.stats.drops[D_MALFORMED] += 1;
+                self.stats.drops[transport][D_MALFORMED] += 1;
                 return;
             }
         }
@@ -614,7 +586,7 @@ impl ShardMedia {
                     *w = true;
                 }
             } else {
-                self.stats.drops[D_CROSS_FULL] += 1;
+                self.stats.drops[transport][D_CROSS_FULL] += 1;
             }
         }
     }
@@ -631,11 +603,7 @@ impl ShardMedia {
         let Some(list) = self.local.get(&(session, kind)) else {
             return;
         };
-        let tos = if kind == MediaKind::Audio {
-            self.plane.cfg.dscp_audio << 2
-        } else {
-            self.plane.cfg.dscp_video << 2
-        };
+        let tos = self.tos(kind);
         let k = kind_index(kind);
         for &i in list {
             let Some(Some(c)) = self.conns.get_mut(i as usize) else {
@@ -649,7 +617,7 @@ impl ShardMedia {
                     let UdpLink { addr, tx, .. } = &mut **u;
                     let max = pkt.len() + TRAILER_LEN;
                     if max > MAX_DATAGRAM {
-                        self.stats.drops[D_MALFORMED] += 1;
+                        self.stats.drops[T_UDP][D_MALFORMED] += 1;
                         continue;
                     }
                     let b = self.tx.begin(max);
@@ -658,19 +626,33 @@ impl ShardMedia {
                         Ok(n) => self.tx.commit(max, n, *addr, tos),
                         Err(_) => {
                             self.tx.commit(max, 0, *addr, tos);
-                            self.stats.drops[D_SEND] += 1;
+                            self.stats.drops[T_UDP][D_SEND] += 1;
                             continue;
                         }
                     }
                     self.stats.packets_out[k][T_UDP] += 1;
                     self.stats.bytes_out[k][T_UDP] += pkt.len() as u64;
                 }
-                Link::Tunnel(conn) => {
-                    if io.send(*conn, DataKind::Binary, pkt).is_ok() {
-                        self.stats.packets_out[k][T_WS] += 1;
-                        self.stats.bytes_out[k][T_WS] += pkt.len() as u64;
+                Link::Conn { conn, wire, hop } => {
+                    let t = wire.transport();
+                    let sent = match hop {
+                        Some(h) => {
+                            // TCP: the packet with its hop trailer, in one frame.
+                            self.seal.clear();
+                            self.seal.extend_from_slice(pkt);
+                            self.seal.resize(pkt.len() + TRAILER_LEN, 0);
+                            match h.tx.seal(&mut self.seal, pkt.len()) {
+                                Ok(n) => io.send(*conn, DataKind::Binary, &self.seal[..n]).is_ok(),
+                                Err(_) => false,
+                            }
+                        }
+                        None => io.send(*conn, DataKind::Binary, pkt).is_ok(),
+                    };
+                    if sent {
+                        self.stats.packets_out[k][t] += 1;
+                        self.stats.bytes_out[k][t] += pkt.len() as u64;
                     } else {
-                        self.stats.drops[D_SEND] += 1;
+                        self.stats.drops[t][D_SEND] += 1;
                     }
                 }
             }

@@ -39,6 +39,15 @@ pub struct ShardMetrics {
     /// Bytes written to sockets (frames, handshake responses, TLS records: the wire, like
     /// `bytes_in`).
     pub bytes_out: u64,
+    /// Sends made through the data-plane io_uring, and the batches (`io_uring_enter` calls)
+    /// they went in.
+    pub uring_sends: u64,
+    /// See `uring_sends`.
+    pub uring_send_batches: u64,
+    /// Receives made through the data-plane io_uring, and their batches.
+    pub uring_recvs: u64,
+    /// See `uring_recvs`.
+    pub uring_recv_batches: u64,
 }
 
 impl ShardMetrics {
@@ -85,8 +94,9 @@ pub struct MediaStats {
     pub packets_out: [[u64; 4]; 3],
     /// Bytes sent.
     pub bytes_out: [[u64; 4]; 3],
-    /// Packets dropped, by [`MEDIA_DROP_CAUSES`] index.
-    pub drops: [u64; 8],
+    /// Packets dropped, by `[transport][`[`MEDIA_DROP_CAUSES`]` index]`: the transport the
+    /// packet came in on, or for `send_failed` the one it was to leave on.
+    pub drops: [[u64; 8]; 4],
     /// Media connections refused at their credential check (expired, foreign, bad
     /// integrity, not admitted).
     pub refused: u64,
@@ -112,7 +122,9 @@ impl MediaStats {
             sum(&mut self.packets_out[t], &o.packets_out[t]);
             sum(&mut self.bytes_out[t], &o.bytes_out[t]);
         }
-        sum(&mut self.drops, &o.drops);
+        for t in 0..4 {
+            sum(&mut self.drops[t], &o.drops[t]);
+        }
         sum(&mut self.connections, &o.connections);
         self.refused += o.refused;
         self.keyframe_requests += o.keyframe_requests;

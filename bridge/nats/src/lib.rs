@@ -4,6 +4,7 @@
 //!   unpadded) in a NATS message, plus two bridge-only kinds (login, logout).
 //! - [`subjects`]: every subject, stream and bucket name, in one place.
 //! - [`registry`]: the presence registry (who is connected where) in JetStream KV.
+//! - [`user_index`]: a local index of the registry's user keys, for fast lookups by user id.
 //! - [`worker`]: the library a backend on any host uses: events from a JetStream work
 //!   queue, completions, pushes to a connection or a user, rooms.
 //! - [`bridge`]: the process that attaches to one gateway's rings and speaks NATS.
@@ -12,6 +13,7 @@ pub mod bridge;
 pub mod envelope;
 pub mod registry;
 pub mod subjects;
+pub mod user_index;
 pub mod worker;
 
 pub use envelope::{ConnAddr, Envelope};

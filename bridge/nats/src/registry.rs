@@ -8,10 +8,13 @@
 //! its keys every lease/3, so the keys of a gateway that died (or lost NATS) expire within
 //! one lease. Logout removes the key's only message (a filtered stream purge), so a key
 //! that is gone leaves no delete marker and the bucket holds exactly the live entries:
-//! lookups and counts are one stream-info request with a subject filter.
+//! counts are one stream-info request with a subject filter. Lookups by user id take their
+//! candidates from a local index fed by a watch ([`crate::user_index`]) and check each by a
+//! direct get of its key.
 
 use crate::envelope::ConnAddr;
 use crate::subjects::{self, PRESENCE_BUCKET};
+use crate::user_index::UserIndex;
 use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::{self, kv, stream};
 
@@ -24,6 +27,8 @@ pub struct Registry {
     js: jetstream::Context,
     kv: kv::Store,
     stream: stream::Stream,
+    /// Candidates for lookups by user id (workers; `None`: every lookup scans).
+    index: Option<std::sync::Arc<UserIndex>>,
 }
 
 impl Registry {
@@ -71,7 +76,21 @@ impl Registry {
             js: js.clone(),
             kv,
             stream,
+            index: None,
         })
+    }
+
+    /// Starts a local index of the user keys (a KV watch of `u.>`) for fast lookups by user
+    /// id (see [`Registry::lookup`]); for processes that look up, not for the bridge.
+    pub async fn with_user_index(mut self) -> anyhow::Result<Self> {
+        let lease = self.lease().await?;
+        self.index = Some(UserIndex::start(self.kv.clone(), lease));
+        Ok(self)
+    }
+
+    /// Whether lookups are answered from the local index (it has replayed the bucket).
+    pub fn index_ready(&self) -> bool {
+        self.index.as_ref().is_some_and(|i| i.is_ready())
     }
 
     /// The subject a key's messages are stored under.
@@ -137,15 +156,87 @@ impl Registry {
     }
 
     /// Every connection of `user`, on any gateway.
+    ///
+    /// With the local index ready: each candidate it holds is checked by a direct get of its
+    /// literal key (removed and expired keys are not returned); a login is seen once the
+    /// index's watch has delivered it. Otherwise: [`Registry::lookup_scan`].
     pub async fn lookup(&self, user: &str) -> anyhow::Result<Vec<ConnAddr>> {
         check(user)?;
-        let mut v: Vec<ConnAddr> = self
-            .keys(&format!("u.{user}.*.*"))
+        let Some(cands) = self.index.as_ref().and_then(|i| i.candidates(user)) else {
+            return self.lookup_scan(user).await;
+        };
+        // The checks run concurrently: a user's connections cost one round trip, not one each.
+        let checks = cands.into_iter().map(|a| async move {
+            let key = Self::key_subject(&subjects::user_key(user, &a.gw, a.conn));
+            match self
+                .stream
+                .direct_get_builder()
+                .last_by_subject(key)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(Some(a)),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow!("registry lookup: {e}")),
+            }
+        });
+        let mut v: Vec<ConnAddr> = futures_util::future::try_join_all(checks)
             .await?
-            .iter()
-            .filter_map(|k| parse_user_key(k).map(|(_, a)| a))
+            .into_iter()
+            .flatten()
             .collect();
         v.sort();
+        Ok(v)
+    }
+
+    /// Every connection of `user`, on any gateway, without the index.
+    ///
+    /// Direct gets with `next_by_subj` on `u.<user>.>`, from sequence 1 on, until none is left:
+    /// each answers the next live key of this user (purged and expired keys are gone from the
+    /// stream), so the result is the bucket's state as the answering replica holds it. Any
+    /// replica answers (`allow_direct`), so a lookup can miss a login that replica has not yet
+    /// applied (milliseconds behind the leader). A stream-info request with the same filter
+    /// costs a scan of every subject on the leader (nats-server 2.9), see docs/benchmarks.md;
+    /// this one a scan of the messages on one replica (still linear in the bucket's size).
+    pub async fn lookup_scan(&self, user: &str) -> anyhow::Result<Vec<ConnAddr>> {
+        check(user)?;
+        let filter = Self::key_subject(&format!("u.{user}.>"));
+        let prefix = Self::key_subject("");
+        let mut v = Vec::new();
+        let mut seq = 1;
+        // Bounded: each answer's sequence is above the last one's; the cap keeps one lookup's
+        // requests finite and is reported rather than truncating the answer.
+        loop {
+            if v.len() >= LOOKUP_MAX {
+                return Err(anyhow!(
+                    "registry lookup: {user} has over {LOOKUP_MAX} connections"
+                ));
+            }
+            let m = match self
+                .stream
+                .direct_get_builder()
+                .next_by_subject(filter.clone())
+                .sequence(seq)
+                .send()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(anyhow!("registry lookup: {e}")),
+            };
+            if m.sequence < seq {
+                return Err(anyhow!("registry lookup: sequence went back"));
+            }
+            let key = m.subject.strip_prefix(prefix.as_str()).unwrap_or_default();
+            if let Some((u, a)) = parse_user_key(key) {
+                if u == user {
+                    v.push(a);
+                }
+            }
+            seq = m.sequence + 1;
+        }
+        v.sort();
+        v.dedup();
         Ok(v)
     }
 
@@ -203,6 +294,9 @@ impl Registry {
         Ok(v)
     }
 }
+
+/// Connections of one user a lookup returns at most (a bound on the direct gets one lookup makes).
+const LOOKUP_MAX: usize = 4096;
 
 fn check(token: &str) -> anyhow::Result<()> {
     if subjects::valid_token(token) {

@@ -188,7 +188,10 @@ impl Worker {
             )
             .await
             .map_err(|e| anyhow!("consumer: {e}"))?;
-        let registry = Registry::open(&js, cfg.lease, cfg.replicas).await?;
+        let registry = Registry::open(&js, cfg.lease, cfg.replicas)
+            .await?
+            .with_user_index()
+            .await?;
         Ok(Worker {
             client,
             consumer,

@@ -227,9 +227,10 @@ impl ViewerQueue {
         true
     }
 
-    /// Drop media until the next sync point (a keyframe, or audio in a stream without
-    /// video), as after an overflow: a viewer that joins without a GOP burst starts there.
-    pub fn await_sync(&mut self) {
+    /// Drop frames until the next keyframe (or, without video, the next audio frame): a
+    /// viewer whose start-up burst carried no GOP must not begin with frames it cannot
+    /// decode. Configuration tags are still kept.
+    pub fn skip_to_keyframe(&mut self) {
         self.skipping = true;
     }
 

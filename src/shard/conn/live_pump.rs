@@ -66,11 +66,15 @@ impl Viewer {
             max_bytes: queue_bytes,
             max_tags: Limits::default().max_tags,
         });
-        // The first frame written must decode: without a GOP in the burst (cache off, or
-        // none yet) the viewer's media starts at the next keyframe, as it does after a skip.
-        queue.await_sync();
+        // Without a cached GOP (`gop_cache = false`, or a GOP too big to cache) the burst is
+        // configuration only: live frames are dropped until the next keyframe.
+        let mut has_key = false;
         for t in join.burst {
+            has_key |= is_key(&t);
             queue.push(t);
+        }
+        if !has_key {
+            queue.skip_to_keyframe();
         }
         Self {
             stream,

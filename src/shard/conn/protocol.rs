@@ -3,7 +3,7 @@
 //! answered, the close handshake.
 
 use super::open::process_handshake;
-use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
+use super::{CloseCause, ConnState, Shard, F_MEDIA, F_READ_PAUSED};
 use crate::proto::ws::session::{self, Reaction};
 use crate::proto::ws::{DataKind, Decoder, Event, OpCode};
 use crate::shard::conn_table::ConnId;
@@ -15,11 +15,24 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
         return buf.len();
     };
     conn.life.on_input(io.now);
+    if conn.flags & F_MEDIA == 0
+        && conn.life.state() == ConnState::Handshake
+        && conn.transport.tls_mut().is_some_and(|t| t.is_media())
+    {
+        // ALPN `corelay-media` on a TLS listener: a media stream, not an upgrade request.
+        conn.flags |= F_MEDIA;
+    }
+    if conn.flags & F_MEDIA != 0 {
+        return super::media_stream::process(io, h, id, buf);
+    }
     if let Some(l) = conn.extra.as_ref().and_then(|x| x.live.as_ref()) {
         // Live connections: an RTMP session, or a viewer whose input means nothing (HTTP)
         // or is WebSocket control traffic (WebSocket-FLV).
         if l.rtmp.is_some() {
             return super::live_rtmp::process(io, h, id, buf);
+        }
+        if l.is_hls() {
+            return super::live_http::process_hls(io, id, buf);
         }
         if !l.is_ws() {
             return buf.len();
@@ -27,11 +40,22 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
     }
     match conn.life.state() {
         ConnState::Handshake => {
-            let used = process_handshake(io, h, id, buf);
-            match io.conns.get(id).map(|c| c.life.state()) {
-                Some(ConnState::Open) => used + process_frames(io, h, id, &mut buf[used..]),
-                _ => used,
+            let mut used = 0;
+            for _ in 0..8 {
+                let n = process_handshake(io, h, id, &mut buf[used..]);
+                used += n;
+                match io.conns.get(id).map(|c| c.life.state()) {
+                    // What follows the request: frames, or an HLS connection's next requests.
+                    Some(ConnState::Open) => return used + process(io, h, id, &mut buf[used..]),
+                    // A request answered with the connection kept (an HLS 404 of an
+                    // unknown stream): the next request may be right behind it.
+                    Some(ConnState::Handshake) if n > 0 && used < buf.len() => {}
+                    _ => return used,
+                }
             }
+            // More requests buffered: after this round's output went out.
+            io.schedule_ready(id);
+            used
         }
         ConnState::AwaitOpen => 0,
         ConnState::Open | ConnState::Closing => process_frames(io, h, id, buf),
@@ -133,7 +157,8 @@ fn shrink_tls(io: &mut Shard, id: ConnId) {
     }
 }
 
-fn deliver(
+/// Hand a complete message to the handler; true = stop reading (paused, not open, gone).
+pub(super) fn deliver(
     io: &mut Shard,
     h: &mut dyn Handler,
     id: ConnId,
