@@ -323,19 +323,20 @@ pub fn on_inbox(io: &mut Shard) {
     io.live = Some(live);
 }
 
-/// The shard's tick: streams whose grace period is over end; viewers holding tags for
-/// merged writes past their latency budget are written.
+/// The shard's tick: streams whose grace period is over end. Viewers holding tags for merged
+/// writes past their latency budget are written by the round's `settle_live`, after the
+/// engine's flush: writing them here could put a viewer accepted earlier in the same round
+/// on the wire before its staged response head.
 pub fn on_live_tick(io: &mut Shard) {
     if let Some(l) = io.live.as_ref() {
         l.hub.expire(Instant::now());
     }
     super::live_http::hls_idle_sweep(io);
-    super::live_pump::pump_waiting(io, true);
 }
 
 /// End of a batch (the engine flushed its output): write what viewers have queued.
 pub fn settle_live(io: &mut Shard) {
-    super::live_pump::pump_waiting(io, false);
+    super::live_pump::pump_waiting(io);
 }
 
 /// The socket of `id` took output (EPOLLOUT): a live viewer continues writing.

@@ -214,7 +214,7 @@ impl Viewer {
 }
 
 /// Write every waiting viewer whose latency budget is spent (or that must write now).
-pub(super) fn pump_waiting(io: &mut Shard, _tick: bool) {
+pub(super) fn pump_waiting(io: &mut Shard) {
     let Some(live) = io.live.as_mut() else {
         return;
     };

@@ -5,6 +5,7 @@ mod compare;
 mod cpu;
 mod density;
 mod echo;
+mod live;
 mod mem;
 mod multi;
 mod peer;
@@ -59,6 +60,15 @@ enum Cmd {
     /// Kernel memory (slab objects, MemAvailable) per idle socket armed with epoll, io_uring
     /// multishot poll or io_uring multishot recv (root; loopback pairs).
     SlabProbe(slab::SlabArgs),
+    /// RTMP publisher with known timing: publishes an FLV file's tags (looped, `-re` pacing)
+    /// to one or more servers at once and writes its start time for `live-viewers`.
+    LivePublish(live::publish::PublishArgs),
+    /// N HTTP-FLV viewers of one live stream: connects, time to first frame, audio and video,
+    /// keeping up with the live edge, added latency, and the server's CPU and RSS per viewer.
+    LiveViewers(live::ViewersArgs),
+    /// Internal: one live viewer worker process (spawned by live-viewers).
+    #[command(hide = true)]
+    LiveWorker(live::worker::WorkerArgs),
     /// Internal: one worker process (spawned by density/storm).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -78,6 +88,18 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Worker(a) => worker::run(a),
+        Cmd::LiveWorker(a) => {
+            worker::install_signals();
+            live::worker::run(a)
+        }
+        Cmd::LivePublish(a) => live::publish::run(a),
+        Cmd::LiveViewers(a) => {
+            let json = a.json.clone();
+            let r = live::viewers(a, command)?;
+            write_json(json.as_deref(), &r)?;
+            println!("{}", live::summary(&r));
+            Ok(())
+        }
         Cmd::ServePeer(a) => peer::run(a),
         Cmd::Compare(a) => {
             worker::install_signals();
