@@ -493,3 +493,191 @@ fn pli_from_two_receivers_reaches_the_publisher_once_and_nobody_else() {
     );
     assert_eq!((fwd, sup), (1.0, 1.0));
 }
+
+/// A network namespace joined to the host by a veth pair whose host side is shaped (tc tbf):
+/// the gateway's egress towards the receiver inside is the bottleneck.
+struct Netns {
+    name: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("ip(8)");
+    assert!(
+        st.success(),
+        "ip {args:?} failed (the test needs root and iproute2)"
+    );
+}
+
+impl Netns {
+    fn new(rate: &str) -> Netns {
+        let id = std::process::id() % 50_000;
+        let name = format!("mqslow{id}");
+        let (h, n) = (format!("mqh{id}"), format!("mqn{id}"));
+        let net = format!("10.{}.{}", 100 + id % 100, (id / 100) % 250);
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        let ns = Netns {
+            name: name.clone(),
+            host_ip: format!("{net}.1"),
+            ns_ip: format!("{net}.2"),
+        };
+        ip(&["link", "add", &h, "type", "veth", "peer", "name", &n]);
+        ip(&["link", "set", &n, "netns", &name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &h]);
+        ip(&["link", "set", &h, "up"]);
+        let in_ns = |a: &[&str]| {
+            let mut v = vec!["netns", "exec", &name, "ip"];
+            v.extend_from_slice(a);
+            ip(&v);
+        };
+        in_ns(&["addr", "add", &format!("{}/30", ns.ns_ip), "dev", &n]);
+        in_ns(&["link", "set", &n, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        let st = Command::new("tc")
+            .args([
+                "qdisc", "add", "dev", &h, "root", "tbf", "rate", rate, "burst", "4kb", "limit",
+                "4mb",
+            ])
+            .status()
+            .expect("tc(8)");
+        assert!(st.success(), "tc failed");
+        ns
+    }
+
+    /// A UDP socket bound inside the namespace (created on a thread that joins it; the
+    /// socket keeps its namespace wherever it is used).
+    fn udp_socket(&self) -> UdpSocket {
+        let path = format!("/var/run/netns/{}", self.name);
+        let addr = format!("{}:0", self.ns_ip);
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd; affects only this thread.
+            let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            UdpSocket::bind(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn udp_receiver_behind_a_saturated_egress_loses_video_to_the_next_keyframe_never_audio() {
+    let ns = Netns::new("2mbit");
+    // A small socket send buffer: the shaped link backs the socket up after a few packets
+    // (instead of the qdisc dropping silently), and what it cannot take waits in the queues.
+    let s = setup(
+        "0.0.0.0",
+        "queue_packets = 32\nkeyframe_request_interval_ms = 60000\nudp_send_buffer = 4096",
+        "",
+    );
+    let gw_ns: SocketAddr = format!("{}:{}", ns.host_ip, s.udp.port()).parse().unwrap();
+    let gw_lo: SocketAddr = format!("127.0.0.1:{}", s.udp.port()).parse().unwrap();
+    let a = Control::open(
+        &s,
+        "udp",
+        "member=1&media=audio,video&audio=1111&video=2222",
+    );
+    let b = Control::open(&s, "udp", "member=2&media=audio,video");
+    let mut a_v = UdpMedia::bind_on(
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        gw_lo,
+        &a.cred("video"),
+    );
+    let mut a_a = UdpMedia::bind_on(
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        gw_lo,
+        &a.cred("audio"),
+    );
+    let b_v = UdpMedia::bind_on(ns.udp_socket(), gw_ns, &b.cred("video"));
+    let b_a = UdpMedia::bind_on(ns.udp_socket(), gw_ns, &b.cred("audio"));
+
+    // B reads both streams until the end markers (sequence >= LAST).
+    const N: u16 = 1500;
+    const GOP: u16 = 150;
+    const LAST: u16 = N + 1;
+    let read = |mut m: UdpMedia| {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                let p = m.recv(Duration::from_secs(30)).expect("receiver starved");
+                if rtp::demux(&p) != rtp::Demux::Rtp {
+                    continue;
+                }
+                let sk = seq_key(&p);
+                got.push(sk);
+                if sk.0 >= LAST {
+                    return got;
+                }
+            }
+        })
+    };
+    let (rv, ra) = (read(b_v), read(b_a));
+    // 1,200-byte video at ~5x the link rate, 160-byte audio every tenth packet; paced by the
+    // gateway's own intake counter (never more than 50 packets ahead), so the gateway never
+    // drops on ingest and every gap is its queue's.
+    let mut audio_sent = 0u16;
+    for sq in 1..=N {
+        a_v.send(&media(V_SSRC, sq, (sq - 1) % GOP == 0, 1200));
+        if sq % 10 == 0 {
+            audio_sent += 1;
+            a_a.send(&media(A_SSRC, audio_sent, false, 160));
+        }
+        if sq % 50 == 0 {
+            let want = f64::from(sq + audio_sent);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while media_metric(&s, "corelay_media_packets_in_total", &[]) < want {
+                assert!(Instant::now() < deadline, "gateway intake stalled");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    // End markers, repeated until they arrive (the first may meet a full queue).
+    let mut k = 0;
+    while !(rv.is_finished() && ra.is_finished()) {
+        assert!(k < 1000, "markers never arrived");
+        a_v.send(&media(V_SSRC, LAST + k, true, 1200));
+        a_a.send(&media(A_SSRC, LAST + k, false, 160));
+        k += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (video, audio) = (rv.join().unwrap(), ra.join().unwrap());
+    let gaps = check_cut_at_keyframes("video", &video);
+    assert!(gaps >= 1, "video never cut: {} of {N}", video.len());
+    // Audio: every packet, in order (its queue is drained first).
+    let seqs: Vec<u16> = audio
+        .iter()
+        .map(|a| a.0)
+        .take(audio_sent as usize)
+        .collect();
+    assert_eq!(seqs, (1..=audio_sent).collect::<Vec<_>>());
+    assert_eq!(
+        media_metric(&s, "corelay_media_queue_drops_total", &[("media", "audio")]),
+        0.0
+    );
+    assert_eq!(
+        media_metric(&s, "corelay_media_drops_total", &[("cause", "send_failed")]),
+        0.0,
+        "the socket dropped packets"
+    );
+    // The publisher was asked for a keyframe.
+    let mut asked = Vec::new();
+    while let Some(p) = a_v.recv(Duration::from_secs(10)) {
+        asked.extend(keyframe_requests(&p));
+        if asked.contains(&V_SSRC) {
+            break;
+        }
+    }
+    assert!(asked.contains(&V_SSRC), "no PLI reached the publisher");
+}

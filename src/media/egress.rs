@@ -160,11 +160,14 @@ impl ShardMedia {
         }
         // In place, no allocation.
         let conns = &self.conns;
+        // By the front packet's priority: a keyframe request queued for a video publisher
+        // goes out with the audio.
         self.udp_dirty.sort_unstable_by_key(|&i| {
             conns
                 .get(i as usize)
                 .and_then(Option::as_ref)
-                .map_or(u8::MAX, |c| priority(c.kind))
+                .and_then(|c| c.queue.front_kind())
+                .map_or(u8::MAX, priority)
         });
         loop {
             // Gather up to BATCH datagrams, connection by connection in priority order.

@@ -113,6 +113,11 @@ impl OutQueue {
             .get(at..at + self.lens.get(e.item as usize).copied().unwrap_or(0) as usize)
     }
 
+    /// The queue priority of the front packet (RTCP is queued as audio).
+    pub(super) fn front_kind(&self) -> Option<MediaKind> {
+        self.q.front().map(|e| e.kind)
+    }
+
     /// Removes the front packet (sent).
     pub(super) fn pop(&mut self) {
         if let Some(e) = self.q.pop() {
