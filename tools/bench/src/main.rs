@@ -5,6 +5,7 @@ mod compare;
 mod cpu;
 mod density;
 mod echo;
+mod media;
 mod mem;
 mod multi;
 mod peer;
@@ -59,6 +60,11 @@ enum Cmd {
     /// Kernel memory (slab objects, MemAvailable) per idle socket armed with epoll, io_uring
     /// multishot poll or io_uring multishot recv (root; loopback pairs).
     SlabProbe(slab::SlabArgs),
+    /// Media router: one publisher to N receivers (UDP or the WebSocket tunnel) through a
+    /// gateway it starts; forwarded packets per gateway CPU-second, latency, RSS.
+    Media(media::MediaArgs),
+    /// The loopback limit of `sendmmsg` alone: 1,200-byte datagrams to loopback sockets.
+    SendmmsgProbe(media::ProbeArgs),
     /// Internal: one worker process (spawned by density/storm).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -78,6 +84,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Worker(a) => worker::run(a),
+        Cmd::Media(a) => media::run(a),
+        Cmd::SendmmsgProbe(a) => media::probe(a),
         Cmd::ServePeer(a) => peer::run(a),
         Cmd::Compare(a) => {
             worker::install_signals();
