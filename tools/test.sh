@@ -22,7 +22,7 @@ command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_rout
 command -v cc >/dev/null || need_apt+=(gcc)                   # tests/sdk_backends.rs (C example)
 command -v go >/dev/null || need_apt+=(golang-go)             # tests/sdk_backends.rs (Go SDK; Debian 12: 1.19)
 command -v nats-server >/dev/null || need_apt+=(nats-server)  # bridge/nats/tests (Debian 12: 2.9.10)
-command -v ip >/dev/null || need_apt+=(iproute2)             # bridge/nats/tests/netns.rs (namespaces, veth, bridge)
+{ command -v ip && command -v tc; } >/dev/null || need_apt+=(iproute2)  # bridge/nats/tests/netns.rs, tests/media_slow.rs (namespaces, veth, tc tbf)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -138,7 +138,7 @@ impl ShardMedia {
 
     /// Hands queued packets to the transports, as much as each takes now.
     pub(super) fn flush(&mut self, io: &mut Shard) {
-        self.close_pending(io);
+        self.after_enqueue(io);
         self.flush_stun();
         self.flush_udp();
         self.flush_tunnels(io);
