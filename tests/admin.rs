@@ -133,3 +133,40 @@ fn load_health_ready() {
     assert_eq!(http_get(admin, "/readyz").0, 200);
     assert_eq!(http_get(admin, "/nope").0, 404);
 }
+
+/// `POST /drain` and `POST /undrain` flip the `draining` flag zone controllers read in
+/// `/load`; other methods and paths are refused.
+#[test]
+fn drain_flag_in_load() {
+    use std::io::{Read, Write};
+    let g = Gw::start(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n[backend]\nmode = \"echo\"\n",
+        &[],
+    );
+    let admin = g.admin.expect("admin address logged");
+    let post = |path: &str| -> u16 {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r[9..12].parse().unwrap()
+    };
+    let draining = || -> bool {
+        let (status, body) = http_get(admin, "/load");
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["draining"].as_bool().expect("draining in /load")
+    };
+    assert!(!draining());
+    assert_eq!(post("/drain"), 200);
+    assert!(draining());
+    assert_eq!(post("/undrain"), 200);
+    assert!(!draining());
+    assert_eq!(http_get(admin, "/drain").0, 405);
+    assert_eq!(post("/metrics"), 405);
+}

@@ -817,3 +817,39 @@ fn rolling_deploy_sigterm_loses_nothing() {
 fn rolling_deploy_kill_9_loses_nothing() {
     rolling_deploy(libc::SIGKILL);
 }
+
+/// A rolling deploy (A to B), then B crashes and C starts: C takes B's slot, where the
+/// connections B had taken over wait, not A's slot emptied by the handover (which would
+/// leave them waiting for yet another backend).
+#[test]
+fn a_backend_restarted_after_a_rolling_deploy_serves_the_handed_over_connections() {
+    let s = split("");
+    let mut a = backend(&s.sock, &["--tag", "a:"]);
+    wait_attached(&s, 2.0);
+    let mut c = Client::connect(s.gw.addr, "/");
+    c.text("1");
+    assert_eq!(c.recv_data(), Msg::Text("a:1".into()));
+    let mut b = backend(&s.sock, &["--tag", "b:"]);
+    wait_attached(&s, 4.0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+    let _ = a.wait();
+    assert!(s
+        .gw
+        .wait_log("slot handed over", Duration::from_secs(10))
+        .is_some());
+    c.text("2");
+    assert_eq!(c.recv_data(), Msg::Text("b:2".into()));
+    kill9(&mut b);
+    assert!(s
+        .gw
+        .wait_log(
+            "its messages wait for the next one",
+            Duration::from_secs(10)
+        )
+        .is_some());
+    let mut d = backend(&s.sock, &["--tag", "c:"]);
+    c.text("3");
+    assert_eq!(c.recv_data(), Msg::Text("c:3".into()));
+    kill9(&mut d);
+}

@@ -3,148 +3,13 @@
 //! ffprobe over HTTP-FLV and HLS, a Python `websockets` client over WebSocket-FLV.
 
 mod common;
+mod live_support;
 
-use common::{http_get, metric, Gw};
-use corelay::proto::media::flv::{Demuxer, FlvEvent, TagType};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const FPS: u32 = 25;
-
-fn start(shards: u32, live: &str) -> Gw {
-    Gw::start(
-        &format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = {shards}\n\
-             pin = false\n[backend]\nmode = \"echo\"\n[live]\nrtmp_listen = [\"127.0.0.1:0\"]\n{live}\n"
-        ),
-        &[],
-    )
-}
-
-/// ffmpeg publishing `secs` seconds in real time to `rtmp://addr/live/NAME?key=k`.
-fn publish(addr: SocketAddr, name: &str, secs: u32) -> Child {
-    publish_with(addr, name, secs, "320x240", "k")
-}
-
-fn publish_with(addr: SocketAddr, name: &str, secs: u32, size: &str, key: &str) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size={size}:rate={FPS}"))
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
-        .args(["-t", &secs.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-g", &FPS.to_string(), "-keyint_min", &FPS.to_string()])
-        .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
-        .arg(format!("rtmp://{addr}/live/{name}?key={key}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ffmpeg (tools/test.sh installs it)")
-}
-
-/// Status of `GET path` (the connection is dropped after the status line).
-fn status(addr: SocketAddr, path: &str) -> u16 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buf = [0u8; 12];
-    if s.read_exact(&mut buf).is_err() {
-        return 0;
-    }
-    std::str::from_utf8(&buf[9..12])
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Poll until `GET path` answers `want` (bounded).
-fn wait_status(addr: SocketAddr, path: &str, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = status(addr, path);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path}: {got}, wanted {want}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Frames ffprobe decodes from `url`: (media type, key frame) in order. Bounded by
-/// `timeout` (the stream ends when the publisher is gone past the grace period).
-fn probe_frames(url: &str) -> Vec<(String, bool)> {
-    let o = Command::new("timeout")
-        .args(["60", "ffprobe", "-v", "error"])
-        .args([
-            "-show_entries",
-            "frame=media_type,key_frame",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ffprobe: {:?} {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            // "video,1" (a first frame may carry a third, side-data field).
-            let mut f = l.split(',');
-            let (t, k) = (f.next()?, f.next()?);
-            Some((t.to_owned(), k.trim() == "1"))
-        })
-        .collect()
-}
-
-/// The video frames must start with a keyframe and have one every `FPS` frames after it.
-fn check_gop_structure(frames: &[(String, bool)], min_video: usize) {
-    let video: Vec<bool> = frames
-        .iter()
-        .filter(|(t, _)| t == "video")
-        .map(|(_, k)| *k)
-        .collect();
-    let audio = frames.iter().filter(|(t, _)| t == "audio").count();
-    assert!(video.len() >= min_video, "{} video frames", video.len());
-    assert!(
-        audio > video.len(),
-        "{audio} audio frames for {} video",
-        video.len()
-    );
-    let head: String = video
-        .iter()
-        .take(60)
-        .map(|k| if *k { 'K' } else { '.' })
-        .collect();
-    assert!(
-        video[0],
-        "the first frame is a keyframe: {head} ({} frames)",
-        video.len()
-    );
-    for (i, k) in video.iter().enumerate() {
-        assert_eq!(*k, i % FPS as usize == 0, "keyframe at {i}? {head}");
-    }
-}
+use common::Gw;
+use live_support::*;
+use std::io::Read;
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn http_flv_viewers_on_every_shard_decode_the_stream_from_a_keyframe() {
@@ -183,21 +48,6 @@ fn hls_from_the_remuxer_decodes_with_keyframes_at_segment_starts() {
     assert!(ff.wait().unwrap().success());
 }
 
-/// The venv interpreter with the pinned packages (tools/py/env.sh, cached).
-fn python() -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("tools/py/env.sh"))
-        .output()
-        .expect("run tools/py/env.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[test]
 fn websocket_flv_to_a_python_client_assembles_a_decodable_flv() {
     let gw = start(2, "grace_ms = 300");
@@ -221,105 +71,6 @@ fn websocket_flv_to_a_python_client_assembles_a_decodable_flv() {
     let frames = probe_frames(file.to_str().unwrap());
     check_gop_structure(&frames, 2 * FPS as usize);
     assert!(ff.wait().unwrap().success());
-}
-
-/// A raw HTTP-FLV viewer: sends the request, returns the socket after the response head.
-fn raw_viewer(addr: SocketAddr, path: &str, rcvbuf: Option<i32>) -> TcpStream {
-    let s = match rcvbuf {
-        // A small receive window (set before connecting) makes a stalled reader visible to
-        // the gateway at once, not after megabytes of kernel buffers.
-        Some(n) => {
-            let sock =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            sock.set_recv_buffer_size(n as usize).unwrap();
-            sock.connect(&addr.into()).unwrap();
-            TcpStream::from(sock)
-        }
-        None => TcpStream::connect(addr).unwrap(),
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(&s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    s
-}
-
-/// Read to EOF (bounded by the read timeout) and return the HTTP body, de-chunked.
-fn read_body(mut s: TcpStream, mut got: Vec<u8>) -> Vec<u8> {
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    let head = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
-    assert!(
-        got.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&got[..head])
-    );
-    let mut body = Vec::new();
-    let mut p = head;
-    loop {
-        let eol = p + got[p..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size");
-        let size = usize::from_str_radix(std::str::from_utf8(&got[p..eol]).unwrap(), 16).unwrap();
-        p = eol + 2;
-        if size == 0 {
-            break;
-        }
-        body.extend_from_slice(&got[p..p + size]);
-        p += size + 2;
-    }
-    body
-}
-
-/// Video tags of an FLV body: (timestamp, keyframe), sequence headers left out.
-fn video_tags(body: &[u8]) -> Vec<(u32, bool)> {
-    let mut d = Demuxer::new();
-    let mut p = 0;
-    let mut v = Vec::new();
-    loop {
-        let (n, r) = d.decode(&body[p..]);
-        match r.expect("valid FLV") {
-            Some(FlvEvent::Tag(t)) => {
-                if t.header.tag_type == TagType::Video && !t.is_sequence_header() {
-                    v.push((t.header.timestamp, t.is_keyframe()));
-                }
-            }
-            Some(FlvEvent::Header(_)) => {}
-            None => break,
-        }
-        p += n;
-    }
-    assert_eq!(p, body.len(), "the body ends at a tag boundary");
-    v
-}
-
-fn live_metric(gw: &Gw, name: &str, stream: &str) -> f64 {
-    let (st, body) = http_get(gw.admin.unwrap(), "/metrics");
-    assert_eq!(st, 200);
-    metric(&body, name, &[("stream", stream)])
-}
-
-fn wait_live_metric(gw: &Gw, name: &str, stream: &str, want: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = live_metric(gw, name, stream);
-        if want(v) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{{stream={stream}}} = {v}; skips {}, bytes out {}",
-            live_metric(gw, "corelay_live_skips_total", stream),
-            live_metric(gw, "corelay_live_bytes_out_total", stream)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -404,4 +155,67 @@ fn stalled_viewer_skips_to_a_keyframe_and_one_that_stays_behind_is_closed() {
         assert!(w[1].1, "resumed at a non-keyframe: {w:?}");
     }
     assert!(tags[0].1, "started at a keyframe");
+}
+
+/// An HLS media playlist: (preceded by `#EXT-X-DISCONTINUITY`, URI) per segment.
+fn playlist_segments(text: &str) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let mut disc = false;
+    for l in text.lines() {
+        if l == "#EXT-X-DISCONTINUITY" {
+            disc = true;
+        } else if !l.is_empty() && !l.starts_with('#') {
+            out.push((std::mem::take(&mut disc), l.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_publisher_reconnecting_within_grace_is_an_hls_discontinuity() {
+    let gw = start(2, "grace_ms = 3000\nhls_segment_ms = 1000\nhls_window = 12");
+    let mut first = publish(gw.rtmp[0], "re", 4);
+    wait_status(gw.addr, "/live/re.flv", 200, Duration::from_secs(20));
+    let viewer = Watch::start(gw.addr, "/live/re.flv");
+    assert!(first.wait().unwrap().success());
+    wait_live_metric(&gw, "corelay_live_publishing", "re", |v| v == 0.0);
+    assert!(publish(gw.rtmp[0], "re", 4).wait().unwrap().success());
+    // The stream ends after the grace period; its playlist stays, with #EXT-X-ENDLIST.
+    let tags = viewer.finish();
+    let (st, list) = common::http_get(gw.addr, "/live/re.m3u8");
+    assert_eq!(st, 200);
+    assert!(list.ends_with("#EXT-X-ENDLIST\n"), "{list}");
+    assert!(!list.contains("DISCONTINUITY-SEQUENCE"), "{list}");
+    let segs = playlist_segments(&list);
+    let cuts: Vec<usize> = (0..segs.len()).filter(|&i| segs[i].0).collect();
+    assert_eq!(cuts.len(), 1, "one discontinuity: {list}");
+    let cut = cuts[0];
+    assert!(cut > 0 && cut < segs.len(), "{list}");
+    // Each side decodes from a keyframe; the timestamps restart at the discontinuity.
+    let frames = |uri: &str| {
+        let f = probe(&[], &format!("http://{}/live/{uri}", gw.addr));
+        let v: Vec<Frame> = f.into_iter().filter(|f| f.video).collect();
+        assert!(v[0].key, "{uri} starts with a keyframe");
+        v
+    };
+    let before = frames(&segs[cut - 1].1);
+    let after = frames(&segs[cut].1);
+    let (end, start) = (before.last().unwrap().pts, after[0].pts);
+    assert!(start < end, "timestamps restart: {start:?} after {end:?}");
+    // Every frame of both publishers is in the playlist (4 s each, the window holds all).
+    let all = probe(&[], &format!("http://{}/live/re.m3u8", gw.addr));
+    let video = all.iter().filter(|f| f.video).count();
+    assert_eq!(video, 2 * 4 * FPS as usize, "{list}");
+    // The HTTP-FLV viewer stayed through it: its frames restart once, at a keyframe.
+    let v: Vec<Tag> = tags
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| t.video && !t.config)
+        .collect();
+    let resets: Vec<usize> = (1..v.len()).filter(|&i| v[i].ts < v[i - 1].ts).collect();
+    assert_eq!(resets.len(), 1, "{v:?}");
+    assert!(
+        v[resets[0]].key,
+        "the second publisher starts with a keyframe"
+    );
 }

@@ -1,10 +1,12 @@
 //! Slow receivers and keyframe requests in the media router, over real processes and
 //! sockets: a gateway with `[media]` (two shards) and the demo backend; the publisher on UDP,
-//! receivers on UDP and on the WebSocket tunnel. A receiver that stops reading loses video
-//! up to the next keyframe (never a cut tunnel), the publisher is asked for a keyframe,
+//! receivers on UDP, on the WebSocket tunnel and on RFC 4571 over TCP. A receiver that stops
+//! reading loses video up to the next keyframe (never a cut connection), the publisher is
+//! asked for a keyframe,
 //! audio is not touched, content stays in order; PLIs reach the publisher once.
 
 mod common;
+mod media_support;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
@@ -25,6 +27,8 @@ const EXT: u8 = 1;
 struct Setup {
     gw: Gw,
     udp: SocketAddr,
+    /// `media.tcp_listen` (RFC 4571 streams).
+    tcp: SocketAddr,
     backend: Child,
     _dir: TempDir,
 }
@@ -46,7 +50,7 @@ fn setup(udp_ip: &str, media: &str, extra: &str) -> Setup {
         "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n\
          [backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n\
          [media]\nsecret_file = \"{}\"\nudp_listen = \"{udp_ip}:0\"\n\
-         keyframe_extension_id = {EXT}\n{media}\n{extra}",
+         tcp_listen = \"127.0.0.1:0\"\nkeyframe_extension_id = {EXT}\n{media}\n{extra}",
         sock.display(),
         secret.display()
     );
@@ -56,6 +60,15 @@ fn setup(udp_ip: &str, media: &str, extra: &str) -> Setup {
         .expect("gateway did not report its media UDP address");
     let udp = line
         .split("media on udp://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tcp = gw
+        .wait_log("media on tcp://", Duration::from_secs(5))
+        .expect("gateway did not report its media TCP address")
+        .split("media on tcp://")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .unwrap()
@@ -79,6 +92,7 @@ fn setup(udp_ip: &str, media: &str, extra: &str) -> Setup {
     Setup {
         gw,
         udp,
+        tcp,
         backend,
         _dir: dir,
     }
@@ -296,6 +310,35 @@ fn read_until(ws: &mut Client, last: u16) -> Vec<(u16, bool)> {
     }
 }
 
+/// Like [`read_until`], on a receiver of any transport.
+fn read_media_until(m: &mut media_support::Media, last: u16) -> Vec<(u16, bool)> {
+    let mut got = Vec::new();
+    loop {
+        let p = m.recv(Duration::from_secs(10));
+        let p = p.unwrap_or_else(|| panic!("receiver ended after {} packets", got.len()));
+        if rtp::demux(&p) == rtp::Demux::Rtp {
+            let sk = seq_key(&p);
+            got.push(sk);
+            if sk.0 >= last {
+                return got;
+            }
+        }
+    }
+}
+
+/// A receiver's media connection over the WebSocket tunnel, or over TCP (RFC 4571).
+fn receiver(s: &Setup, c: &Cred, tcp: bool) -> media_support::Media {
+    let c = media_support::Cred {
+        token: c.token.clone(),
+        key: c.key,
+    };
+    if tcp {
+        media_support::Media::tcp(s.tcp, &c).expect("TCP binding refused")
+    } else {
+        media_support::tunnel(s.gw.addr, &c)
+    }
+}
+
 /// What a receiver that fell behind got: in order, starting at a keyframe start (the stream
 /// may have been cut before its first packet went out), every gap ending at a keyframe
 /// start. Returns the number of gaps.
@@ -322,9 +365,21 @@ const C_SSRC: u32 = 3333;
 
 #[test]
 fn tunnel_receiver_that_stops_reading_loses_video_to_the_next_keyframe() {
-    // An outbound bound a stalled tunnel would pass without the queue (the old behaviour
-    // closed it with 1008), a fixed kernel send buffer (no autotuning to megabytes: the
-    // stall shows after a few hundred packets), and a long keyframe-request interval.
+    stalled_receiver_loses_video_to_the_next_keyframe(false);
+}
+
+#[test]
+fn tcp_receiver_that_stops_reading_loses_video_to_the_next_keyframe() {
+    stalled_receiver_loses_video_to_the_next_keyframe(true);
+}
+
+/// Receiver B's video and content connections (tunnel, or TCP if `tcp`) stop reading while
+/// its audio one keeps up.
+fn stalled_receiver_loses_video_to_the_next_keyframe(tcp: bool) {
+    // An outbound bound a stalled connection would pass without the queue (the old
+    // behaviour closed it as a slow consumer: 1008 on a tunnel, the end of a stream), a fixed
+    // kernel send buffer (no autotuning to megabytes: the stall shows after a few hundred
+    // packets), and a long keyframe-request interval.
     let s = setup(
         "127.0.0.1",
         "queue_packets = 64\nkeyframe_request_interval_ms = 60000",
@@ -341,10 +396,11 @@ fn tunnel_receiver_that_stops_reading_loses_video_to_the_next_keyframe() {
     let mut a_v = UdpMedia::bind(&s, &a.cred("video"));
     let mut a_a = UdpMedia::bind(&s, &a.cred("audio"));
     let mut a_c = UdpMedia::bind(&s, &a.cred("content"));
-    // B: video and content tunnels it stops reading, an audio tunnel it keeps reading.
-    let mut b_v = tunnel(&s, &b.cred("video"));
-    let mut b_c = tunnel(&s, &b.cred("content"));
-    let mut b_a = tunnel(&s, &b.cred("audio"));
+    // B: video and content connections it stops reading, an audio one it keeps reading.
+    let mut b_v = receiver(&s, &b.cred("video"), tcp);
+    let mut b_c = receiver(&s, &b.cred("content"), tcp);
+    let mut b_a = receiver(&s, &b.cred("audio"), tcp);
+    let closes0 = media_metric(&s, "corelay_slow_consumer_closes_total", &[]);
     // C reads everything: its arrival paces the publisher, so the gateway never drops on
     // ingest and every gap B sees is the queue's.
     let mut c_v = tunnel(&s, &c.cred("video"));
@@ -357,8 +413,8 @@ fn tunnel_receiver_that_stops_reading_loses_video_to_the_next_keyframe() {
     let audio = std::thread::spawn(move || {
         let mut seqs = Vec::new();
         loop {
-            let Msg::Binary(p) = b_a.recv_data() else {
-                panic!("audio tunnel ended")
+            let Some(p) = b_a.recv(Duration::from_secs(10)) else {
+                panic!("audio connection ended")
             };
             let sq = seq_key(&p).0;
             seqs.push(sq);
@@ -381,8 +437,8 @@ fn tunnel_receiver_that_stops_reading_loses_video_to_the_next_keyframe() {
     }
     // The stalled receiver reads again. The publisher sends keyframes until one arrived on
     // each stream (the first may still meet a full queue, which refuses content).
-    let rv = std::thread::spawn(move || read_until(&mut b_v, last));
-    let rc = std::thread::spawn(move || read_until(&mut b_c, last));
+    let rv = std::thread::spawn(move || read_media_until(&mut b_v, last));
+    let rc = std::thread::spawn(move || read_media_until(&mut b_c, last));
     a_a.send(&media(A_SSRC, BURSTS + 1, false, 160));
     let mut k = 0;
     while !(rv.is_finished() && rc.is_finished()) {
@@ -429,6 +485,19 @@ fn tunnel_receiver_that_stops_reading_loses_video_to_the_next_keyframe() {
         }
     }
     assert!(asked.contains(&C_SSRC), "no PLI for the content stream");
+    // Nobody was closed as a slow consumer; the drops are counted on B's transport.
+    let t = if tcp { "tcp" } else { "ws" };
+    assert_eq!(
+        media_metric(&s, "corelay_slow_consumer_closes_total", &[]),
+        closes0
+    );
+    assert!(
+        media_metric(
+            &s,
+            "corelay_media_queue_drops_total",
+            &[("media", "video"), ("transport", t)]
+        ) >= 1.0
+    );
 }
 
 #[test]

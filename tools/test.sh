@@ -16,13 +16,17 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/zmq.h ] || need_apt+=(libzmq3-dev)
-command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs
-command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs
-command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, media_e2e.rs, rtmp_ffmpeg.rs
+command -v chromium >/dev/null || need_apt+=(chromium)        # tests/browser.rs, browser_media.rs, live_browser.rs
+command -v npm >/dev/null || need_apt+=(npm)                  # tests/live_browser.rs (mpegts.js, hls.js)
+command -v openssl >/dev/null || need_apt+=(openssl)          # tests/tls_interop.rs, tls_e2e.rs, media_transports.rs
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)            # tests/media_router.rs, media_e2e.rs, media_transports.rs, rtmp_ffmpeg.rs
 command -v cc >/dev/null || need_apt+=(gcc)                   # tests/sdk_backends.rs (C example)
 command -v go >/dev/null || need_apt+=(golang-go)             # tests/sdk_backends.rs (Go SDK; Debian 12: 1.19)
 command -v nats-server >/dev/null || need_apt+=(nats-server)  # bridge/nats/tests (Debian 12: 2.9.10)
-{ command -v ip && command -v tc; } >/dev/null || need_apt+=(iproute2)  # bridge/nats/tests/netns.rs, tests/media_slow.rs (namespaces, veth, tc tbf)
+{ command -v ip && command -v tc && command -v ss; } >/dev/null || need_apt+=(iproute2)  # bridge/nats/tests/netns.rs (namespaces, veth, bridge), tests/media_slow.rs (tc tbf), ss: tests/media_transports.rs
+command -v nft >/dev/null || need_apt+=(nftables)            # connect/tests/netns.rs (blocked ports, blackholes)
+command -v tinyproxy >/dev/null || need_apt+=(tinyproxy)     # connect/tests/netns.rs (the CONNECT proxy)
+command -v curl >/dev/null || need_apt+=(curl)               # connect/tests/zone.rs (HTTPS client of the controllers)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -34,6 +38,9 @@ done
 
 step "python test clients (pinned, cached venv: tools/py/env.sh)"
 bash tools/py/env.sh >/dev/null
+
+step "browser players (npm ci from tools/browser/package-lock.json, cached: tools/browser/env.sh)"
+bash tools/browser/env.sh >/dev/null
 
 # tests/sdk_backends.rs regenerates the C header and diffs it with the committed one.
 CBINDGEN_VERSION=0.29.0

@@ -61,10 +61,16 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
     for s in snaps.iter().flatten() {
         let m = &s.handler.media;
         let shard = || ("shard", s.shard.to_string());
-        for (i, cause) in MEDIA_DROP_CAUSES.iter().enumerate() {
-            drops
-                .get_or_create(&vec![shard(), ("cause", cause.to_string())])
-                .inc_by(m.drops[i]);
+        for (t, tr) in MEDIA_TRANSPORTS.iter().enumerate() {
+            for (i, cause) in MEDIA_DROP_CAUSES.iter().enumerate() {
+                drops
+                    .get_or_create(&vec![
+                        shard(),
+                        ("transport", tr.to_string()),
+                        ("cause", cause.to_string()),
+                    ])
+                    .inc_by(m.drops[t][i]);
+            }
         }
         refused.get_or_create(&vec![shard()]).inc_by(m.refused);
         for (i, r) in MEDIA_KEYFRAME_RESULTS.iter().enumerate() {
@@ -72,14 +78,17 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
                 .inc_by(m.keyframe_requests[i]);
         }
         for (k, kind) in MEDIA_KINDS.iter().enumerate() {
-            for (i, cause) in MEDIA_QUEUE_DROP_CAUSES.iter().enumerate() {
-                qdrops
-                    .get_or_create(&vec![
-                        shard(),
-                        ("media", kind.to_string()),
-                        ("cause", cause.to_string()),
-                    ])
-                    .inc_by(m.queue_drops[k][i]);
+            for (t, tr) in MEDIA_TRANSPORTS.iter().enumerate() {
+                for (i, cause) in MEDIA_QUEUE_DROP_CAUSES.iter().enumerate() {
+                    qdrops
+                        .get_or_create(&vec![
+                            shard(),
+                            ("media", kind.to_string()),
+                            ("transport", tr.to_string()),
+                            ("cause", cause.to_string()),
+                        ])
+                        .inc_by(m.queue_drops[k][t][i]);
+                }
             }
             conns
                 .get_or_create(&vec![shard(), ("media", kind.to_string())])
@@ -88,7 +97,11 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
         sessions += m.sessions;
         members += m.members;
     }
-    reg.register("media_drops", "Media packets dropped, by cause", drops);
+    reg.register(
+        "media_drops",
+        "Media packets dropped, by transport and cause",
+        drops,
+    );
     reg.register(
         "media_refused",
         "Media connections refused at their credential check",
@@ -101,7 +114,7 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
     );
     reg.register(
         "media_queue_drops",
-        "Packets dropped by destination queues, by media type and cause",
+        "Packets dropped by destination queues, by media type, transport and cause",
         qdrops,
     );
     reg.register(

@@ -44,6 +44,9 @@ pub struct AdminState {
     pub pages: Vec<Page>,
     /// The live-stream registry, for `corelay_live_*` (when live streaming is on).
     pub live: Option<Arc<crate::live::Hub>>,
+    /// Set by `POST /drain`, cleared by `POST /undrain`; `/load` reports it so zone controllers
+    /// stop sending new meetings here (the gateway itself keeps serving what it has).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Bind the admin listener and serve it on a new thread. Returns the bound address.
@@ -68,7 +71,7 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
-    let path = loop {
+    let (method, path) = loop {
         let n = s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -78,10 +81,16 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
-                if req.method != Some("GET") && req.method != Some("HEAD") {
-                    return respond(&mut s, 405, "text/plain", b"GET only\n");
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("/").to_string();
+                let drain = matches!(path.as_str(), "/drain" | "/undrain");
+                if !matches!(
+                    (method.as_str(), drain),
+                    ("GET" | "HEAD", false) | ("POST", true)
+                ) {
+                    return respond(&mut s, 405, "text/plain", b"GET, or POST /drain /undrain\n");
                 }
-                break req.path.unwrap_or("/").to_string();
+                break (method, path);
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => return respond(&mut s, 400, "text/plain", b"bad request\n"),
@@ -89,6 +98,17 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     };
     let route = path.split('?').next().unwrap_or("/");
     match route {
+        "/drain" | "/undrain" if method == "POST" => {
+            let on = route == "/drain";
+            st.draining.store(on, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(draining = on, "admin: draining flag set");
+            respond(
+                &mut s,
+                200,
+                "text/plain",
+                if on { b"draining\n" } else { b"not draining\n" },
+            )
+        }
         "/metrics" => {
             let snaps = st.gateway.snapshot(Duration::from_secs(1));
             let body = metrics_text_with(&snaps, st.baseline_rss, st.live.as_deref());
@@ -105,7 +125,11 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
                 &mut s,
                 200,
                 "application/json",
-                load_json(&snaps).as_bytes(),
+                load_json(
+                    &snaps,
+                    st.draining.load(std::sync::atomic::Ordering::Relaxed),
+                )
+                .as_bytes(),
             )
         }
         "/healthz" => {
@@ -428,8 +452,9 @@ pub fn metrics_text_with(
 /// `/load`: per-shard load and one score a balancer can compare across hosts.
 ///
 /// `load_score` is in 0..=1: the larger of the fill ratio (connections / capacity) and the
-/// mean busy ratio of the shards; a host with a shard not answering reports 1.
-pub fn load_json(snaps: &[Option<ShardSnapshot>]) -> String {
+/// mean busy ratio of the shards; a host with a shard not answering reports 1. `draining`:
+/// the operator asked (`POST /drain`) that no new meetings come here.
+pub fn load_json(snaps: &[Option<ShardSnapshot>], draining: bool) -> String {
     let mut shards = Vec::new();
     let (mut conns, mut cap, mut busy_sum) = (0u64, 0u64, 0f64);
     let mut all = true;
@@ -470,7 +495,7 @@ pub fn load_json(snaps: &[Option<ShardSnapshot>]) -> String {
         1.0
     };
     format!(
-        "{{\"connections\":{conns},\"capacity_left\":{},\"load_score\":{score:.4},\"shards\":[{}]}}\n",
+        "{{\"connections\":{conns},\"capacity_left\":{},\"load_score\":{score:.4},\"draining\":{draining},\"shards\":[{}]}}\n",
         cap.saturating_sub(conns),
         shards.join(",")
     )

@@ -75,6 +75,9 @@ struct Slot {
     /// Shards still handing this slot's messages to a successor: until 0 no backend may take
     /// the slot (its `to_backend` ring has a consumer in the gateway).
     handing_over: usize,
+    /// Its connections went to a successor (a rolling deploy): nothing waits in it, so a
+    /// backend attaching takes a slot whose backend died with connections bound first.
+    handed_over: bool,
 }
 
 /// The hub before its thread starts: socket bound, slot 0 created.
@@ -118,6 +121,7 @@ fn create_slot(
             backend: None,
             retired: false,
             handing_over: 0,
+            handed_over: false,
         },
         sides,
     ))
@@ -291,6 +295,7 @@ impl Hub {
                     "backend detached; its messages and connections go to the successor"
                 );
                 self.slots[slot].handing_over = self.shards;
+                self.slots[slot].handed_over = true;
                 for (shard, rx) in consumers.into_iter().enumerate() {
                     gw.deliver(
                         shard,
@@ -357,11 +362,20 @@ impl Hub {
                 return;
             }
         };
-        // Take over a slot of the same route whose backend is gone (its messages are
-        // waiting), else a new one.
-        let free = self.slots.iter().position(|s| {
-            s.backend.is_none() && !s.retired && s.route == route && s.handing_over == 0
-        });
+        // Take over a slot of the same route whose backend is gone (its messages and
+        // connections are waiting), else one emptied by a handover, else a new one. Taking the
+        // emptied one first would leave a crashed backend's connections waiting for yet
+        // another backend.
+        let free_where = |waiting: bool| {
+            self.slots.iter().position(|s| {
+                s.backend.is_none()
+                    && !s.retired
+                    && s.route == route
+                    && s.handing_over == 0
+                    && s.handed_over != waiting
+            })
+        };
+        let free = free_where(true).or_else(|| free_where(false));
         let slot = match free {
             Some(i) => i,
             None if self.slots.len() < self.max_backends => {
@@ -418,6 +432,7 @@ impl Hub {
                     "backend attached"
                 );
                 self.slots[slot].backend = Some((stream, cred));
+                self.slots[slot].handed_over = false;
                 for shard in 0..self.shards {
                     gw.deliver(
                         shard,

@@ -489,6 +489,13 @@ impl Handler for RingHandler {
         }
     }
 
+    fn on_media_stream(&mut self, _io: &mut Shard, conn: ConnId, tls: bool) -> bool {
+        // The gateway's own, like the tunnel: no backend `Open`/`Closed`.
+        self.media
+            .as_mut()
+            .is_some_and(|m| m.stream_opened(conn, tls))
+    }
+
     fn on_message(
         &mut self,
         io: &mut Shard,

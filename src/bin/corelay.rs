@@ -82,6 +82,35 @@ enum Cmd {
     /// Drive a backend through a real gateway and check that it speaks the ring protocol
     /// (docs/backend-check.md): `corelay backend-check -- COMMAND [ARGS...]`.
     BackendCheck(backend_check::Args),
+    /// Join a meeting through the connection process (`corelay-connect join`, the client of
+    /// docs/connection-process.md): `corelay join --lookup HOST:PORT --meeting M --member N --ca CA.pem`.
+    #[command(disable_help_flag = true)]
+    Join {
+        /// Arguments of `corelay-connect join` (`--help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a zone controller (`corelay-connect zone --config FILE`).
+    #[command(disable_help_flag = true)]
+    Zone {
+        /// Arguments of `corelay-connect zone`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run an HTTP tunnel server (`corelay-connect tunnel --config FILE`).
+    #[command(disable_help_flag = true)]
+    Tunnel {
+        /// Arguments of `corelay-connect tunnel`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the meeting lookup example (`corelay-connect lookup --config FILE`).
+    #[command(disable_help_flag = true)]
+    Lookup {
+        /// Arguments of `corelay-connect lookup`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the effective configuration checks and exit.
     Check {
         /// TOML configuration file.
@@ -160,9 +189,10 @@ fn init_tracing(level: &str) {
 }
 
 /// The handler factory (one handler per shard and service), the hub to start once the
-/// shards run (ring mode, when a listener serves the backend) and the media UDP address
+/// shards run (ring mode, when a listener serves the backend) and the media router
 /// (`[media]`).
-fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<SocketAddr>)> {
+type Media = Option<Arc<corelay::media::MediaPlane>>;
+fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Media)> {
     match cfg.backend.mode {
         BackendMode::Ring if cfg.serves_backend() => {
             let hub = Hub::bind(&cfg.backend, cfg.shard_count()).with_context(|| {
@@ -187,7 +217,7 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<S
                 }
                 None => None,
             };
-            let udp = media.as_ref().and_then(|p| p.udp_addr());
+            let plane = media.clone();
             let f: HandlerFactory = Arc::new(move |shard, service| match service {
                 ServiceKind::Echo => Box::new(EchoHandler) as Box<dyn Handler>,
                 ServiceKind::Backend => {
@@ -202,7 +232,7 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<S
                     Box::new(h) as Box<dyn Handler>
                 }
             });
-            Ok((f, Some(hub), udp))
+            Ok((f, Some(hub), plane))
         }
         // Echo mode (or no listener for the ring backend): every service echoes.
         _ => Ok((
@@ -214,8 +244,12 @@ fn factory(cfg: &GatewayConfig) -> Result<(HandlerFactory, Option<Hub>, Option<S
 }
 
 const DEMO_PAGE: &str = include_str!("../../examples/demo/index.html");
+/// The web media client (docs/media.md "Web client").
+const MEDIA_PAGE: &str = include_str!("../../examples/demo/media.html");
 
-fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
+/// `read_once`: a file to remove once the configuration is loaded (the demo's generated
+/// media secret, read by the media plane at start).
+fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) -> Result<()> {
     init_tracing(&cfg.log.level);
     // Block the shutdown signals before any thread starts, so every shard inherits the mask
     // and only this thread receives them (in sigwait below).
@@ -227,31 +261,51 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
 
     let any_tls = cfg.listeners().iter().any(|l| l.tls) || !cfg.live.rtmps_listen.is_empty();
     let tls = match (&cfg.tls, any_tls) {
-        (Some(t), true) => Some(
-            corelay::transport::TlsAcceptor::from_config(t)
-                .context("loading TLS certificates ([tls])")?,
-        ),
+        (Some(t), true) => {
+            let mut t = t.clone();
+            // Media over TLS shares the wss port, told apart by ALPN.
+            t.media_alpn = cfg.media.as_ref().is_some_and(|m| m.tls);
+            Some(
+                corelay::transport::TlsAcceptor::from_config(&t)
+                    .context("loading TLS certificates ([tls])")?,
+            )
+        }
         _ => None,
     };
     if let Some(acceptor) = &tls {
         // Certificate files are also watched for changes (besides SIGHUP).
         let _watch = acceptor.watch(std::time::Duration::from_secs(5));
     }
-    let (handlers, hub, media_udp) = factory(&cfg)?;
+    let built = factory(&cfg);
+    if let Some(p) = read_once {
+        let _ = std::fs::remove_file(p);
+    }
+    let (handlers, hub, media) = built?;
     let gw = Gateway::start(&cfg, handlers, tls.clone()).context("starting shards")?;
+    if let (Some(p), Some(a)) = (&media, gw.media_tcp_addr()) {
+        // Before the hub starts: no backend can admit a member (and so no notice can name
+        // the port) before this.
+        p.set_tcp_port(a.port());
+    }
     let ws = gw
         .local_addrs()
         .first()
         .or(gw.tls_addrs().first())
         .copied()
         .context("no listener")?;
+    // The URL the demo pages connect to by default: wss only when there is no plain listener.
+    let ws_url = if gw.local_addrs().is_empty() {
+        format!("wss://{ws}")
+    } else {
+        format!("ws://{ws}")
+    };
     let hub_shared = hub.as_ref().map(|h| h.shared());
     if let Some(hub) = hub {
         hub.spawn(gw.handle()).context("starting the backend hub")?;
     }
     let mut admin_url = None;
     if let Some(addr) = cfg.server.admin {
-        let page = DEMO_PAGE.replace("{{WS_URL}}", &format!("ws://{ws}"));
+        let page = |body: &str| Arc::new(body.replace("{{WS_URL}}", &ws_url).into_bytes());
         let state = admin::AdminState {
             gateway: gw.handle(),
             ready_requires_backend: cfg.server.ready_requires_backend
@@ -259,11 +313,19 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
                 && cfg.serves_backend(),
             baseline_rss: admin::process_rss(),
             live: gw.live(),
-            pages: vec![admin::Page {
-                path: "/",
-                content_type: "text/html; charset=utf-8",
-                body: Arc::new(page.into_bytes()),
-            }],
+            draining: Default::default(),
+            pages: vec![
+                admin::Page {
+                    path: "/",
+                    content_type: "text/html; charset=utf-8",
+                    body: page(DEMO_PAGE),
+                },
+                admin::Page {
+                    path: "/media.html",
+                    content_type: "text/html; charset=utf-8",
+                    body: page(MEDIA_PAGE),
+                },
+            ],
         };
         let bound = admin::spawn(addr, state)
             .with_context(|| format!("binding admin listener {addr} (server.admin)"))?;
@@ -305,18 +367,34 @@ fn serve(cfg: GatewayConfig, demo: bool) -> Result<()> {
         }
     }
     // After the ready line, which is where tests stop reading the log at start-up.
-    if let Some(a) = media_udp {
+    if let Some(a) = media.as_ref().and_then(|p| p.udp_addr()) {
         tracing::info!("media on udp://{a}");
+    }
+    if let (Some(_), Some(a)) = (&media, gw.media_tcp_addr()) {
+        tracing::info!("media on tcp://{a}");
+    }
+    if cfg.media.as_ref().is_some_and(|m| m.tls) {
+        for a in gw.tls_addrs() {
+            tracing::info!("media over TLS (ALPN corelay-media) on {a}");
+        }
     }
     if demo {
         println!();
         println!("corelay demo is up (gateway + demo backend in its own process):");
         println!("  ws://{ws}/            echo: every message comes back (through the backend)");
         println!("  ws://{ws}/room/NAME   chat room: messages go to everyone in the room");
+        if cfg.media.is_some() {
+            println!("  ws://{ws}/media/NAME?member=N&video=SSRC   media session control channel");
+        }
         if let Some(a) = admin_url {
             println!(
                 "  http://{a}/           chat page for a browser; /metrics /load /healthz /readyz"
             );
+            if cfg.media.is_some() {
+                println!(
+                    "  http://{a}/media.html media page (WebCodecs VP8 + Opus, SFrame): open it in two tabs"
+                );
+            }
         }
         println!("  try: python3 -m websockets ws://{ws}/      (stop with Ctrl-C)");
         println!();
@@ -401,18 +479,68 @@ fn run_contract(attach: &std::path::Path) -> Result<()> {
     }
 }
 
+/// Runs `corelay-connect SUB ARGS...` in place of this process: the connection-process
+/// programs live in the `connect/` crate (it depends on this one, so this binary cannot link
+/// it); the binary next to this one is used, else the one on `PATH`.
+fn connect(sub: &str, args: Vec<String>) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("corelay-connect")))
+        .filter(|p| p.exists());
+    let bin = beside.unwrap_or_else(|| PathBuf::from("corelay-connect"));
+    let err = std::process::Command::new(&bin).arg(sub).args(args).exec();
+    Err(err).with_context(|| format!("running {} (cargo build -p corelay-connect)", bin.display()))
+}
+
+/// A fresh random media credential secret for `corelay demo` (owner-only file in the temp
+/// dir, removed once read at start): the demo's media credentials are valid for this run only.
+fn demo_media_secret() -> Result<PathBuf> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for the demo media secret")?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let path =
+        std::env::temp_dir().join(format!("corelay-demo-{}.media-secret", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(hex.as_bytes()))
+        .with_context(|| format!("writing the demo media secret {}", path.display()))?;
+    Ok(path)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false),
+        Cmd::Run { config, o } => serve(load(config.as_ref(), Some(&o))?, false, None),
         Cmd::Demo { o } => {
             let mut cfg = load(None, Some(&o))?;
+            let mut secret = None;
             if !o.echo {
                 cfg.backend.mode = BackendMode::Ring;
                 cfg.backend.attach_socket =
                     std::env::temp_dir().join(format!("corelay-demo-{}.sock", std::process::id()));
+                if cfg.media.is_none() {
+                    let path = demo_media_secret()?;
+                    cfg.media = Some(corelay::config::MediaConfig {
+                        secret_file: path.clone(),
+                        ..Default::default()
+                    });
+                    secret = Some(path);
+                }
             }
-            serve(cfg, !o.echo)
+            let r = serve(cfg, !o.echo, secret.as_deref());
+            if let Some(p) = secret {
+                let _ = std::fs::remove_file(p); // when serve failed before reading it
+            }
+            r
         }
         Cmd::Backend {
             attach,
@@ -427,6 +555,10 @@ fn main() -> Result<()> {
             contract: false,
         } => run_backend(&attach, token, route, tag),
         Cmd::BackendCheck(args) => backend_check::main(args),
+        Cmd::Join { args } => connect("join", args),
+        Cmd::Zone { args } => connect("zone", args),
+        Cmd::Tunnel { args } => connect("tunnel", args),
+        Cmd::Lookup { args } => connect("lookup", args),
         Cmd::Check { config } => {
             let cfg = load(config.as_ref(), None)?;
             println!("configuration OK ({} shards)", cfg.shard_count());

@@ -20,13 +20,21 @@ pub struct MediaConfig {
     pub previous_key_id: u8,
     /// RTP/RTCP over UDP: one `SO_REUSEPORT` socket per shard on this address.
     pub udp_listen: Option<SocketAddr>,
+    /// RTP/RTCP over TCP, RFC 4571 framing (2-byte length per packet), hop trailer as on
+    /// UDP: one `SO_REUSEPORT` listener per shard on this address.
+    pub tcp_listen: Option<SocketAddr>,
+    /// RTP/RTCP over TLS on the wss listeners (of the `[backend]` service): a client that
+    /// negotiates ALPN `corelay-media` speaks RFC 4571 framing after the handshake (no hop
+    /// trailer: TLS protects the hop); wss clients negotiate `http/1.1` or nothing.
+    pub tls: bool,
     /// Path of the WebSocket media tunnel (one RTP/RTCP packet per binary message).
     pub tunnel_path: String,
     /// Lifetime of an issued credential, seconds.
     pub credential_ttl_secs: u64,
-    /// DSCP code point of audio packets sent on UDP (46 = EF).
+    /// DSCP code point of audio packets (46 = EF): per datagram on UDP, per connection
+    /// (`IP_TOS`/`IPV6_TCLASS`, set at admission) on TCP, TLS and the tunnel.
     pub dscp_audio: u8,
-    /// DSCP code point of video and content packets sent on UDP (34 = AF41).
+    /// DSCP code point of video and content packets (34 = AF41), likewise.
     pub dscp_video: u8,
     /// Bytes of packets queued from other shards per shard before new ones are dropped.
     pub cross_shard_bytes: usize,
@@ -54,6 +62,8 @@ impl Default for MediaConfig {
             previous_secret_file: None,
             previous_key_id: 0,
             udp_listen: None,
+            tcp_listen: None,
+            tls: false,
             tunnel_path: "/media".into(),
             credential_ttl_secs: 300,
             dscp_audio: 46,

@@ -354,6 +354,17 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(m) = &self.media {
             m.validate()?;
+            if m.tls
+                && !self
+                    .listeners()
+                    .iter()
+                    .any(|l| l.tls && l.service == ServiceKind::Backend)
+            {
+                return Err(invalid(
+                    "media.tls",
+                    "needs a TLS listener of the backend service (server.tls_listen)",
+                ));
+            }
             if matches!(self.backend.mode, BackendMode::Echo) {
                 return Err(invalid(
                     "media",
@@ -571,6 +582,10 @@ pub struct TlsSettings {
     /// session drops its two cipher contexts (~1.2 KB, rebuilt on the next record); it
     /// happens 1 to 2 times this after the last record. 0 = only after a keepalive exchange.
     pub shrink_idle_ms: u64,
+    /// Also offer ALPN `corelay-media` (media over TLS, docs/media.md). Not a `[tls]` key:
+    /// set from `media.tls` when the acceptor is built.
+    #[serde(skip)]
+    pub media_alpn: bool,
 }
 
 impl Default for TlsSettings {
@@ -584,6 +599,7 @@ impl Default for TlsSettings {
             reject_expired: true,
             rustls_records: false,
             shrink_idle_ms: 1000,
+            media_alpn: false,
         }
     }
 }
@@ -713,6 +729,27 @@ mod tests {
         // Echo mode has no ring.
         let echo = "[backend]\nmode = \"echo\"\n[limits]\nmax_message_bytes = 16777216\n";
         GatewayConfig::from_toml(echo).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn media_transports_parse_and_tls_needs_a_tls_listener() {
+        let base = "[server]\nlisten = [\"127.0.0.1:1\"]\n[backend]\nmode = \"ring\"\n\
+                    [media]\nsecret_file = \"/s\"\ntcp_listen = \"127.0.0.1:8801\"\ntls = true\n";
+        let c = GatewayConfig::from_toml(base).unwrap();
+        let m = c.media.as_ref().unwrap();
+        assert_eq!(m.tcp_listen, Some("127.0.0.1:8801".parse().unwrap()));
+        assert!(m.tls);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("media.tls"), "{e}");
+        let with_wss = base.replace(
+            "[backend]",
+            "tls_listen = [\"127.0.0.1:2\"]\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n[backend]",
+        );
+        let c = GatewayConfig::from_toml(&with_wss).unwrap();
+        c.validate().unwrap();
+        // Not a `[tls]` key: set from `media.tls` when the acceptor is built.
+        assert!(!c.tls.unwrap().media_alpn);
+        assert!(GatewayConfig::from_toml("[tls]\nmedia_alpn = true\n").is_err());
     }
 
     #[test]

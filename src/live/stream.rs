@@ -119,8 +119,8 @@ impl Stream {
         i.publisher = Some(owner);
         i.grace_until = None;
         // The new publisher's timestamps restart: segments of the old one stay listed, the
-        // next starts fresh (a new muxer, continuity counters and all).
-        i.hls.finish();
+        // next is marked as a discontinuity.
+        i.hls.discontinue();
         Ok(())
     }
 

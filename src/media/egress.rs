@@ -1,13 +1,14 @@
 //! The router's way out: each packet for a destination media connection goes through that
 //! connection's bounded [`OutQueue`](super::queue::OutQueue), which every transport drains
 //! only as fast as its socket takes (UDP: the shard's socket, audio connections first; the
-//! WebSocket tunnel: while the connection's own backlog is small). Keyframe requests — from
+//! WebSocket tunnel and the RFC 4571 streams over TCP and TLS: while the connection's own
+//! backlog is small). Keyframe requests — from
 //! a queue that cut a stream, or a receiver's PLI/FIR — go to the publisher of the SSRC
 //! only, through its per-SSRC rate limiter, on whichever shard holds it.
 
 use super::directory::kind_index;
 use super::queue::{Outcome, SLOT};
-use super::shard::{Link, PubSsrc, ShardMedia, D_MALFORMED, T_UDP, T_WS};
+use super::shard::{Link, PubSsrc, ShardMedia, D_CROSS_FULL, D_MALFORMED, D_SEND, T_UDP};
 use super::udp::{self, Datagram, BATCH, NO_ADDR};
 use crate::proto::media::fanout::MAX_OWNED_SSRCS;
 use crate::proto::media::hop::TRAILER_LEN;
@@ -22,9 +23,10 @@ pub(super) const Q_EVICTED: usize = 0;
 pub(super) const Q_REFUSED: usize = 1;
 pub(super) const Q_CLOSED: usize = 2;
 
-/// A tunnel's engine-side backlog under which its queue hands over more packets: above it
-/// the socket is not keeping up, and packets wait where the drop policy can act on them.
-const TUNNEL_BACKLOG: usize = 32 << 10;
+/// A tunnel's or stream's engine-side backlog under which its queue hands over more
+/// packets: above it the socket is not keeping up, and packets wait where the drop policy
+/// can act on them (the engine's own bound, `max_outbound_bytes`, is never reached).
+const CONN_BACKLOG: usize = 32 << 10;
 
 /// What is routed for a packet besides its bytes.
 #[derive(Debug, Clone, Copy)]
@@ -76,25 +78,26 @@ impl ShardMedia {
     /// Work the queues asked for while packets were offered: keyframe requests to
     /// publishers, and destinations to close.
     pub(super) fn after_enqueue(&mut self, io: &mut Shard) {
-        while let Some((session, ssrc)) = self.kf_wanted.pop() {
-            self.request_keyframe(session, 0, ssrc, false);
+        while let Some((session, ssrc, via)) = self.kf_wanted.pop() {
+            self.request_keyframe(session, via, 0, ssrc, false);
         }
         self.close_pending(io);
     }
 
-    /// Offers one packet to connection `i`'s queue (UDP: sealed with its hop trailer now, so
-    /// that what waits is exactly what goes out).
+    /// Offers one packet to connection `i`'s queue (UDP and TCP: sealed with its hop trailer
+    /// now, so that what waits is exactly what goes out).
     pub(super) fn enqueue(&mut self, i: u32, m: Meta, pkt: &[u8]) {
         let Some(Some(c)) = self.conns.get_mut(i as usize) else {
             return;
         };
         let k = kind_index(c.kind);
-        let room = match c.link {
-            Link::Udp(_) => SLOT - TRAILER_LEN,
-            Link::Tunnel(_) => SLOT,
+        let t = c.link.transport();
+        let room = match &c.link {
+            Link::Udp(_) | Link::Conn { hop: Some(_), .. } => SLOT - TRAILER_LEN,
+            Link::Conn { hop: None, .. } => SLOT,
         };
         if pkt.len() > room {
-            self.stats.drops[D_MALFORMED] += 1;
+            self.stats.drops[t][D_MALFORMED] += 1;
             return;
         }
         let prio = if m.rtcp { MediaKind::Audio } else { c.kind };
@@ -103,15 +106,16 @@ impl ShardMedia {
             slot[..pkt.len()].copy_from_slice(pkt);
             match link {
                 Link::Udp(u) => u.tx.seal(slot, pkt.len()).unwrap_or(0),
-                Link::Tunnel(_) => pkt.len(),
+                Link::Conn { hop: Some(h), .. } => h.tx.seal(slot, pkt.len()).unwrap_or(0),
+                Link::Conn { hop: None, .. } => pkt.len(),
             }
         });
-        self.stats.queue_drops[k][Q_EVICTED] += o.evicted;
+        self.stats.queue_drops[k][t][Q_EVICTED] += o.evicted;
         if !o.queued && !o.close {
-            self.stats.queue_drops[k][Q_REFUSED] += 1;
+            self.stats.queue_drops[k][t][Q_REFUSED] += 1;
         }
         if o.close {
-            self.stats.queue_drops[k][Q_CLOSED] += 1;
+            self.stats.queue_drops[k][t][Q_CLOSED] += 1;
             self.pending_close.push(i);
             return;
         }
@@ -121,11 +125,11 @@ impl ShardMedia {
             if matches!(c.link, Link::Udp(_)) {
                 self.udp_dirty.push(i);
             } else {
-                self.ws_dirty.push(i);
+                self.conn_dirty.push(i);
             }
         }
         while let Some(ssrc) = c.queue.take_keyframe_request() {
-            self.kf_wanted.push((session, ssrc));
+            self.kf_wanted.push((session, ssrc, t));
         }
     }
 
@@ -141,13 +145,13 @@ impl ShardMedia {
         self.after_enqueue(io);
         self.flush_stun();
         self.flush_udp();
-        self.flush_tunnels(io);
+        self.flush_conns(io);
     }
 
     fn flush_stun(&mut self) {
         if let (Some(u), false) = (&self.udp, self.tx.is_empty()) {
             let f = self.tx.flush(u.as_raw_fd());
-            self.stats.drops[super::shard::D_SEND] += f.dropped;
+            self.stats.drops[T_UDP][D_SEND] += f.dropped;
         }
     }
 
@@ -207,7 +211,7 @@ impl ShardMedia {
                     // This destination failed (unreachable...): drop that packet, go on.
                     if let Some(Some(c)) = self.conns.get_mut(owner[0] as usize) {
                         c.queue.pop();
-                        self.stats.drops[super::shard::D_SEND] += 1;
+                        self.stats.drops[T_UDP][D_SEND] += 1;
                     }
                     continue;
                 }
@@ -236,45 +240,48 @@ impl ShardMedia {
         });
     }
 
-    fn flush_tunnels(&mut self, io: &mut Shard) {
+    /// Tunnels and streams: each takes packets while its engine-side backlog is small; the
+    /// rest waits in its queue until the end of a round after its socket drained.
+    fn flush_conns(&mut self, io: &mut Shard) {
         let mut at = 0;
-        while at < self.ws_dirty.len() {
-            let i = self.ws_dirty[at];
+        while at < self.conn_dirty.len() {
+            let i = self.conn_dirty[at];
             let Some(Some(c)) = self.conns.get_mut(i as usize) else {
-                self.ws_dirty.swap_remove(at);
+                self.conn_dirty.swap_remove(at);
                 continue;
             };
-            let Link::Tunnel(conn) = c.link else {
-                self.ws_dirty.swap_remove(at);
+            let Link::Conn { conn, hop, .. } = &c.link else {
+                self.conn_dirty.swap_remove(at);
                 continue;
             };
-            let k = kind_index(c.kind);
+            let (conn, trailer) = (*conn, if hop.is_some() { TRAILER_LEN } else { 0 });
+            let (k, t) = (kind_index(c.kind), c.link.transport());
             let mut gone = false;
             while let Some(b) = c.queue.get(0) {
                 match io.tx_backlog(conn) {
-                    Some(n) if n <= TUNNEL_BACKLOG => {}
+                    Some(n) if n <= CONN_BACKLOG => {}
                     Some(_) => break,
                     None => {
                         gone = true;
                         break;
                     }
                 }
-                let len = b.len() as u64;
+                let len = (b.len() - trailer) as u64;
                 if io.send(conn, DataKind::Binary, b).is_err() {
                     gone = true;
                     break;
                 }
                 c.queue.pop();
-                self.stats.packets_out[k][T_WS] += 1;
-                self.stats.bytes_out[k][T_WS] += len;
+                self.stats.packets_out[k][t] += 1;
+                self.stats.bytes_out[k][t] += len;
             }
             if gone {
                 // Closing: its close event ends the connection.
-                self.stats.queue_drops[k][Q_CLOSED] += c.queue.clear();
+                self.stats.queue_drops[k][t][Q_CLOSED] += c.queue.clear();
             }
             if c.queue.is_empty() {
                 c.dirty = false;
-                self.ws_dirty.swap_remove(at);
+                self.conn_dirty.swap_remove(at);
             } else {
                 at += 1;
             }
@@ -283,8 +290,16 @@ impl ShardMedia {
 
     /// Asks the publisher of `media` in `session` for a keyframe (PLI, or FIR if `fir`), on
     /// whichever shard holds its connection; `sender` = the requesting receiver's SSRC (0
-    /// when the router asks because a queue cut the stream).
-    pub(super) fn request_keyframe(&mut self, session: u64, sender: u32, media: u32, fir: bool) {
+    /// when the router asks because a queue cut the stream), `via` = the transport of the
+    /// receiver (for the drop counter).
+    pub(super) fn request_keyframe(
+        &mut self,
+        session: u64,
+        via: usize,
+        sender: u32,
+        media: u32,
+        fir: bool,
+    ) {
         let Some((member, kind, shard)) = self.plane.dir.publisher_of(session, media) else {
             self.stats.keyframe_requests[1] += 1;
             return;
@@ -310,7 +325,7 @@ impl ShardMedia {
                 *w = true;
             }
         } else {
-            self.stats.drops[super::shard::D_CROSS_FULL] += 1;
+            self.stats.drops[via][D_CROSS_FULL] += 1;
         }
     }
 

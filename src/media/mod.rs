@@ -6,7 +6,8 @@
 //!   pre-bound per-shard UDP sockets, and one inbox per shard for packets routed from other
 //!   shards.
 //! - [`ShardMedia`] (one per shard, driven by the shard's handler): the shard's media
-//!   connections (UDP bindings, WebSocket tunnels), the packet path, the credential notices.
+//!   connections (UDP bindings, WebSocket tunnels, RFC 4571 streams over TCP and TLS), the
+//!   packet path, the credential notices.
 //!
 //! Cross-shard forwarding goes through the destination shard's inbox: one copy per
 //! destination shard into a mutex-guarded byte arena (bounded by `media.cross_shard_bytes`),
@@ -31,6 +32,7 @@ use directory::Directory;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The media router state shared by all shards of a process.
@@ -42,6 +44,8 @@ pub struct MediaPlane {
     inboxes: Vec<Inbox>,
     udp: Vec<Mutex<Option<OwnedFd>>>,
     udp_addr: Option<SocketAddr>,
+    /// The bound port of `media.tcp_listen` (0 until the gateway bound it).
+    tcp_port: AtomicU16,
 }
 
 /// Packets routed to one shard by others.
@@ -132,12 +136,26 @@ impl MediaPlane {
             inboxes,
             udp,
             udp_addr,
+            tcp_port: AtomicU16::new(cfg.tcp_listen.map_or(0, |a| a.port())),
         }))
     }
 
     /// The bound UDP media address (port 0 resolved), if UDP is configured.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp_addr
+    }
+
+    /// The media TCP listener is bound at `port` (its configured port 0 resolved): the
+    /// credential notices announce it. Call before any backend can admit a member.
+    pub fn set_tcp_port(&self, port: u16) {
+        self.tcp_port.store(port, Ordering::Relaxed);
+    }
+
+    /// The port credential notices announce for media over TCP, if enabled.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.cfg
+            .tcp_listen
+            .map(|_| self.tcp_port.load(Ordering::Relaxed))
     }
 
     /// The per-shard router for `shard` (call once per shard, on its thread).

@@ -19,7 +19,11 @@ pub(super) fn kind_name(k: MediaKind) -> &'static str {
 /// Where the member's media connections go.
 pub(super) struct Endpoints<'a> {
     pub(super) udp_port: Option<u16>,
+    /// `media.tcp_listen`'s port.
+    pub(super) tcp_port: Option<u16>,
     pub(super) tunnel_path: &'a str,
+    /// Media over TLS is on (ALPN `corelay-media` on the wss port).
+    pub(super) tls: bool,
 }
 
 /// Issues one credential per media type in `kinds` and renders the notice. Session and member
@@ -40,6 +44,9 @@ pub(super) fn render(
     if let Some(p) = ep.udp_port {
         let _ = write!(s, ",\"udp_port\":{p}");
     }
+    if let Some(p) = ep.tcp_port {
+        let _ = write!(s, ",\"tcp_port\":{p}");
+    }
     // The path is config (validated to start with '/'); escape what JSON needs anyway.
     s.push_str(",\"tunnel_path\":\"");
     for c in ep.tunnel_path.chars() {
@@ -54,7 +61,11 @@ pub(super) fn render(
             c => s.push(c),
         }
     }
-    s.push_str("\",\"credentials\":[");
+    s.push('"');
+    if ep.tls {
+        s.push_str(",\"tls_alpn\":\"corelay-media\"");
+    }
+    s.push_str(",\"credentials\":[");
     let mut first = true;
     for media in kinds {
         let mut tok = [0u8; TOKEN_LEN];
@@ -83,4 +94,47 @@ pub(super) fn render(
     }
     s.push_str("]}");
     Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The notice byte for byte (docs/media.md "Engine"): the fields that existed before
+    /// TCP and TLS are unchanged, `tcp_port` follows `udp_port`, `tls_alpn` follows
+    /// `tunnel_path`, each absent when off.
+    #[test]
+    fn notice_fields_in_order_each_absent_when_off() {
+        let ring = Keyring::new(1, b"0123456789abcdef0123", None).unwrap();
+        let kinds = || [MediaKind::Audio, MediaKind::Video].into_iter();
+        let all = Endpoints {
+            udp_port: Some(8801),
+            tcp_port: Some(8802),
+            tunnel_path: "/media",
+            tls: true,
+        };
+        let s = render(&ring, 7, 2, kinds(), 1_767_225_600, &all).unwrap();
+        let head = "{\"type\":\"media-credentials\",\"session\":\"7\",\"member\":\"2\",\
+                    \"expires\":1767225600,\"udp_port\":8801,\"tcp_port\":8802,\
+                    \"tunnel_path\":\"/media\",\"tls_alpn\":\"corelay-media\",\
+                    \"credentials\":[{\"media\":\"audio\",\"token\":\"";
+        assert!(s.starts_with(head), "{s}");
+        assert_eq!(
+            std::str::from_utf8(crate::proto::media::rfc4571::MEDIA_ALPN).unwrap(),
+            "corelay-media"
+        );
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["credentials"][1]["media"], "video");
+        let none = Endpoints {
+            udp_port: Some(8801),
+            tcp_port: None,
+            tunnel_path: "/media",
+            tls: false,
+        };
+        let s = render(&ring, 7, 2, kinds(), 1_767_225_600, &none).unwrap();
+        let head = "{\"type\":\"media-credentials\",\"session\":\"7\",\"member\":\"2\",\
+                    \"expires\":1767225600,\"udp_port\":8801,\"tunnel_path\":\"/media\",\
+                    \"credentials\":[{\"media\":\"audio\",\"token\":\"";
+        assert!(s.starts_with(head), "{s}");
+    }
 }

@@ -1,16 +1,18 @@
 //! One shard's media router: its media connections (UDP bindings on the shard's socket,
-//! WebSocket tunnels), the credential check that opens them, and the packet path.
+//! WebSocket tunnels, RFC 4571 streams over TCP and TLS), the credential check that opens
+//! them (`admission`), and the packet path.
 
-use super::directory::{kind_index, BindError};
+mod admission;
+
+use super::directory::kind_index;
 use super::egress::Meta;
 use super::notice::{self, Endpoints};
 use super::queue::OutQueue;
 use super::udp::{RxBatch, TxBatch};
 use super::{signal, MediaPlane, Pending};
 use crate::metrics::MediaStats;
-use crate::proto::media::credential::{token_from_username, Verified};
 use crate::proto::media::fanout::{OwnedSsrcs, OwnershipError, MAX_OWNED_SSRCS};
-use crate::proto::media::hop::{Direction, HopKey, HopReceiver, HopSender};
+use crate::proto::media::hop::{HopReceiver, HopSender};
 use crate::proto::media::keyframe::{
     self, Codec, KeyframeRequest, KeyframeRequestLimiter, KeyframeSource, KeyframeTracker,
 };
@@ -20,13 +22,12 @@ use crate::proto::ws::DataKind;
 use crate::ring::msg::{media_bit, Streams};
 use crate::shard::conn::Shard;
 use crate::shard::conn_table::ConnId;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
-type Set<T> = HashSet<T, ahash::RandomState>;
 
 /// Handler fd index of the shard's media doorbell (relative to the handler's media base).
 pub(super) const FD_BELL: u32 = 0;
@@ -34,6 +35,8 @@ pub(super) const FD_BELL: u32 = 0;
 pub(super) const FD_UDP: u32 = 1;
 
 pub(super) const T_UDP: usize = 0;
+pub(super) const T_TCP: usize = 1;
+pub(super) const T_TLS: usize = 2;
 pub(super) const T_WS: usize = 3;
 
 const D_FORGED: usize = 0;
@@ -49,9 +52,15 @@ const D_WRONG_KIND: usize = 7;
 const UDP_ROUNDS: usize = 8;
 
 pub(super) enum Link {
-    /// Boxed: the hop keys are large next to a tunnel's id.
+    /// Boxed: the hop keys are large next to a connection's id.
     Udp(Box<UdpLink>),
-    Tunnel(ConnId),
+    /// An engine connection: a WebSocket tunnel, or a media stream (RFC 4571 over TCP, with
+    /// the hop trailer, or over TLS, without).
+    Conn {
+        conn: ConnId,
+        wire: Wire,
+        hop: Option<Box<Hop>>,
+    },
 }
 
 pub(super) struct UdpLink {
@@ -69,6 +78,41 @@ pub(super) struct PubSsrc {
     pub(super) limiter: KeyframeRequestLimiter,
 }
 
+/// The hop protection of a clear link.
+pub(super) struct Hop {
+    pub(super) rx: HopReceiver,
+    pub(super) tx: HopSender,
+}
+
+/// What an engine media connection speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    /// WebSocket tunnel: one packet per binary message, refusal = close 1008.
+    Tunnel,
+    /// RFC 4571 stream: one packet per frame, refusal = a Binding error frame, then close.
+    Stream { tls: bool },
+}
+
+impl Link {
+    /// The transport index of the connection (metrics).
+    pub(super) fn transport(&self) -> usize {
+        match self {
+            Link::Udp(_) => T_UDP,
+            Link::Conn { wire, .. } => wire.transport(),
+        }
+    }
+}
+
+impl Wire {
+    fn transport(self) -> usize {
+        match self {
+            Wire::Tunnel => T_WS,
+            Wire::Stream { tls: false } => T_TCP,
+            Wire::Stream { tls: true } => T_TLS,
+        }
+    }
+}
+
 /// One media connection of a member.
 pub(super) struct MConn {
     pub(super) session: u64,
@@ -80,7 +124,7 @@ pub(super) struct MConn {
     pub(super) link: Link,
     /// What waits for the transport (egress.rs).
     pub(super) queue: OutQueue,
-    /// Listed in the shard's `udp_dirty`/`ws_dirty`.
+    /// Listed in the shard's `udp_dirty`/`conn_dirty`.
     pub(super) dirty: bool,
     /// Per published SSRC (capacity reserved at binding).
     pub(super) pubs: Vec<PubSsrc>,
@@ -106,9 +150,9 @@ pub struct ShardMedia {
     pub(super) conns: Vec<Option<MConn>>,
     free: Vec<u32>,
     by_addr: Map<SocketAddr, u32>,
-    by_tunnel: Map<ConnId, u32>,
-    /// Tunnels accepted whose credential has not been proven yet.
-    tunnels_unbound: Set<ConnId>,
+    by_conn: Map<ConnId, u32>,
+    /// Tunnels and streams accepted whose credential has not been proven yet.
+    unbound: Map<ConnId, Wire>,
     /// Local connections per (session, type).
     pub(super) local: Map<(u64, MediaKind), Vec<u32>>,
     /// Shards holding connections per (session, type): a cache of the directory.
@@ -122,13 +166,14 @@ pub struct ShardMedia {
     /// Shards whose inbox got packets this round (their bell is rung at round end).
     pub(super) wake: Vec<bool>,
     pub(super) stats: MediaStats,
-    /// UDP / tunnel connections with packets queued.
+    /// UDP / tunnel and stream connections with packets queued.
     pub(super) udp_dirty: Vec<u32>,
-    pub(super) ws_dirty: Vec<u32>,
+    pub(super) conn_dirty: Vec<u32>,
     /// Connections whose queue gave up, to close once the fan-out is done.
     pub(super) pending_close: Vec<u32>,
-    /// Keyframe requests queues raised during a fan-out: (session, SSRC).
-    pub(super) kf_wanted: Vec<(u64, u32)>,
+    /// Keyframe requests queues raised during a fan-out: (session, SSRC, transport of the
+    /// queue).
+    pub(super) kf_wanted: Vec<(u64, u32, usize)>,
     /// How keyframes are recognized (configuration).
     pub(super) kf_src: KeyframeSource,
     /// Traffic class per media type (DSCP << 2).
@@ -169,8 +214,8 @@ impl ShardMedia {
             conns: Vec::new(),
             free: Vec::new(),
             by_addr: Map::default(),
-            by_tunnel: Map::default(),
-            tunnels_unbound: Set::default(),
+            by_conn: Map::default(),
+            unbound: Map::default(),
             local: Map::default(),
             routes: Map::default(),
             seen_gen: 0,
@@ -181,7 +226,7 @@ impl ShardMedia {
             wake: vec![false; shards],
             stats: MediaStats::default(),
             udp_dirty: Vec::new(),
-            ws_dirty: Vec::new(),
+            conn_dirty: Vec::new(),
             pending_close: Vec::new(),
             kf_wanted: Vec::new(),
             kf_src,
@@ -232,12 +277,27 @@ impl ShardMedia {
 
     /// A tunnel connection was accepted (its first binary message must be a STUN binding).
     pub fn tunnel_opened(&mut self, conn: ConnId) {
-        self.tunnels_unbound.insert(conn);
+        self.unbound.insert(conn, Wire::Tunnel);
     }
 
-    /// Whether `conn` is a media tunnel (its events stay here, never reach a backend).
+    /// A media stream sent its first frame (which must be a STUN binding): taken if TCP
+    /// streams (`media.tcp_listen`) or TLS streams (`media.tls`) are enabled.
+    pub fn stream_opened(&mut self, conn: ConnId, tls: bool) -> bool {
+        let on = if tls {
+            self.plane.cfg.tls
+        } else {
+            self.plane.cfg.tcp_listen.is_some()
+        };
+        if on {
+            self.unbound.insert(conn, Wire::Stream { tls });
+        }
+        on
+    }
+
+    /// Whether `conn` is a media tunnel or stream (its events stay here, never reach a
+    /// backend).
     pub fn is_tunnel(&self, conn: ConnId) -> bool {
-        self.tunnels_unbound.contains(&conn) || self.by_tunnel.contains_key(&conn)
+        self.unbound.contains_key(&conn) || self.by_conn.contains_key(&conn)
     }
 
     /// The backend admitted `conn` to a session. Returns false if the admission is invalid
@@ -268,7 +328,9 @@ impl ShardMedia {
         let expires = unix_now() + self.plane.cfg.credential_ttl_secs;
         let ep = Endpoints {
             udp_port: self.plane.udp_addr.map(|a| a.port()),
+            tcp_port: self.plane.tcp_port(),
             tunnel_path: &self.plane.cfg.tunnel_path,
+            tls: self.plane.cfg.tls,
         };
         let notice = notice::render(&self.plane.keyring, session, member, kinds, expires, &ep);
         self.controls.insert(
@@ -314,45 +376,67 @@ impl ShardMedia {
             self.plane.ring_all();
             self.refresh(io);
         }
-        if self.tunnels_unbound.remove(&conn) {
+        if self.unbound.remove(&conn).is_some() {
             return true;
         }
-        if let Some(i) = self.by_tunnel.get(&conn).copied() {
+        if let Some(i) = self.by_conn.get(&conn).copied() {
             self.drop_conn(io, i, false);
             return true;
         }
         false
     }
 
-    /// A binary or text message on a tunnel.
+    /// A binary or text message on a tunnel, or a frame of a media stream.
     pub fn on_tunnel_message(&mut self, io: &mut Shard, conn: ConnId, kind: DataKind, msg: &[u8]) {
         if kind != DataKind::Binary {
-            self.stats.drops[D_MALFORMED] += 1;
+            self.stats.drops[T_WS][D_MALFORMED] += 1;
             return;
         }
-        if self.tunnels_unbound.contains(&conn) {
-            let mut out = [0u8; 256];
-            let (n, bound) = self.stun(msg, None, Some(conn), &mut out);
-            if n > 0 {
-                let _ = io.send(conn, DataKind::Binary, &out[..n]);
-            }
-            if bound.is_none() {
-                if n == 0 {
-                    self.stats.drops[D_NOT_BOUND] += 1;
-                } else {
-                    io.close(conn, 1008, "media credential refused");
+        if let Some(&wire) = self.unbound.get(&conn) {
+            self.bind_conn(io, conn, wire, msg);
+            return;
+        }
+        let Some(&i) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(Some(c)) = self.conns.get_mut(i as usize) else {
+            return;
+        };
+        let Link::Conn { wire, hop, .. } = &mut c.link else {
+            return;
+        };
+        let wire = *wire;
+        if stun::demux(msg) == Rfc7983::Stun {
+            // A keepalive. The tunnel is the binding; a stream is answered (its NAT and
+            // the idle timeout see traffic both ways) when the integrity checks.
+            if let (Wire::Stream { .. }, Ok(m)) = (wire, StunMessage::parse(msg)) {
+                if m.class() == Class::Request && m.check_integrity(&c.key).is_ok() {
+                    let mut out = [0u8; 256];
+                    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+                    let n = stun::binding_success(&mut out, &m.transaction_id(), any, &c.key)
+                        .unwrap_or(0);
+                    let _ = io.send(conn, DataKind::Binary, &out[..n]);
                 }
             }
             return;
         }
-        let Some(&i) = self.by_tunnel.get(&conn) else {
-            return;
+        let len = match hop {
+            Some(h) => match h.rx.open(msg) {
+                Ok(inner) => inner.len(),
+                Err(_) => {
+                    self.stats.drops[wire.transport()][D_HOP] += 1;
+                    return;
+                }
+            },
+            None => msg.len(),
         };
-        if stun::demux(msg) == Rfc7983::Stun {
-            return; // keepalive: the tunnel is the binding
-        }
-        self.ingress(io, i, T_WS, msg);
+        self.ingress(io, i, wire.transport(), &msg[..len]);
         self.flush(io);
+    }
+
+    /// The traffic class byte (DSCP << 2) of a media type.
+    fn tos_of(&self, kind: MediaKind) -> u8 {
+        self.tos[kind_index(kind)]
     }
 
     /// The doorbell or the UDP socket is readable (or the UDP socket writable again).
@@ -406,9 +490,10 @@ impl ShardMedia {
             return;
         };
         self.free.push(i);
-        self.stats.queue_drops[kind_index(c.kind)][super::egress::Q_CLOSED] += c.queue.clear();
+        self.stats.queue_drops[kind_index(c.kind)][c.link.transport()][super::egress::Q_CLOSED] +=
+            c.queue.clear();
         self.udp_dirty.retain(|&x| x != i);
-        self.ws_dirty.retain(|&x| x != i);
+        self.conn_dirty.retain(|&x| x != i);
         self.pending_close.retain(|&x| x != i);
         self.plane.dir.unbind(c.session, c.member, c.epoch, c.kind);
         if let Some(v) = self.local.get_mut(&(c.session, c.kind)) {
@@ -421,8 +506,8 @@ impl ShardMedia {
             Link::Udp(u) => {
                 self.by_addr.remove(&u.addr);
             }
-            Link::Tunnel(conn) => {
-                self.by_tunnel.remove(&conn);
+            Link::Conn { conn, .. } => {
+                self.by_conn.remove(&conn);
                 if close_tunnel {
                     // Its close event comes back through on_close (nothing left to drop).
                     io.close(conn, 1000, "media ended");
@@ -475,7 +560,7 @@ impl ShardMedia {
             }
             Rfc7983::RtpRtcp => {
                 let Some(&i) = self.by_addr.get(&from) else {
-                    self.stats.drops[D_UNBOUND] += 1;
+                    self.stats.drops[T_UDP][D_UNBOUND] += 1;
                     return;
                 };
                 let Some(Some(c)) = self.conns.get_mut(i as usize) else {
@@ -487,125 +572,14 @@ impl ShardMedia {
                 let len = match u.rx.open(buf) {
                     Ok(inner) => inner.len(),
                     Err(_) => {
-                        self.stats.drops[D_HOP] += 1;
+                        self.stats.drops[T_UDP][D_HOP] += 1;
                         return;
                     }
                 };
                 self.ingress(io, i, T_UDP, &buf[..len]);
             }
-            _ => self.stats.drops[D_MALFORMED] += 1,
+            _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
         }
-    }
-
-    /// Answers a STUN message: a Binding request proves a credential and binds the sender.
-    /// `udp` = the source of a datagram (with the index of its binding, `u32::MAX` if none);
-    /// `tunnel` = an unbound tunnel. Returns the response length (0 = no answer) and the new
-    /// or existing binding.
-    fn stun(
-        &mut self,
-        msg: &[u8],
-        udp: Option<(u32, SocketAddr)>,
-        tunnel: Option<ConnId>,
-        out: &mut [u8],
-    ) -> (usize, Option<u32>) {
-        let Ok(m) = StunMessage::parse(msg) else {
-            self.stats.drops[D_MALFORMED] += 1;
-            return (0, None);
-        };
-        if m.method() != stun::METHOD_BINDING || m.class() != Class::Request {
-            return (0, None);
-        }
-        let tid = m.transaction_id();
-        let from = udp
-            .map(|(_, a)| a)
-            .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
-        // A keepalive from a bound address: integrity with that binding's key.
-        if let Some((i, _)) = udp.filter(|(i, _)| *i != u32::MAX) {
-            if let Some(Some(c)) = self.conns.get(i as usize) {
-                if m.check_integrity(&c.key).is_ok() {
-                    let n = stun::binding_success(out, &tid, from, &c.key).unwrap_or(0);
-                    return (n, Some(i));
-                }
-            }
-            return (0, None);
-        }
-        let refuse = |s: &mut Self, out: &mut [u8], code: u16, why: &[u8]| {
-            s.stats.refused += 1;
-            (stun::binding_error(out, &tid, code, why).unwrap_or(0), None)
-        };
-        let Some(user) = m.username() else {
-            return refuse(self, out, 400, b"no USERNAME");
-        };
-        let v: Verified = match self
-            .plane
-            .keyring
-            .verify(token_from_username(user), unix_now())
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "media: credential refused");
-                return refuse(self, out, 401, b"credential refused");
-            }
-        };
-        if m.check_integrity(&v.media_key).is_err() {
-            return refuse(self, out, 401, b"bad MESSAGE-INTEGRITY");
-        }
-        let cl = v.claims;
-        let member = match self
-            .plane
-            .dir
-            .bind(cl.session, cl.member, cl.media, self.shard)
-        {
-            Ok(m) => m,
-            Err(BindError::AlreadyBound) => return refuse(self, out, 409, b"already bound"),
-            Err(_) => return refuse(self, out, 403, b"not admitted"),
-        };
-        let hop = HopKey::new(&v.media_key);
-        let link = match tunnel {
-            Some(conn) => Link::Tunnel(conn),
-            None => Link::Udp(Box::new(UdpLink {
-                addr: from,
-                rx: HopReceiver::new(hop.clone(), Direction::Upstream),
-                tx: HopSender::new(hop, Direction::Downstream),
-            })),
-        };
-        let c = MConn {
-            session: cl.session,
-            member: cl.member,
-            epoch: member.epoch,
-            kind: cl.media,
-            own: member.own,
-            key: v.media_key,
-            link,
-            queue: OutQueue::new(self.plane.cfg.queue_packets),
-            dirty: false,
-            pubs: Vec::with_capacity(MAX_OWNED_SSRCS),
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.conns[i as usize] = Some(c);
-                i
-            }
-            None => {
-                self.conns.push(Some(c));
-                (self.conns.len() - 1) as u32
-            }
-        };
-        match tunnel {
-            Some(conn) => {
-                self.tunnels_unbound.remove(&conn);
-                self.by_tunnel.insert(conn, i);
-            }
-            None => {
-                self.by_addr.insert(from, i);
-            }
-        }
-        self.local
-            .entry((cl.session, cl.media))
-            .or_default()
-            .push(i);
-        let n = stun::binding_success(out, &tid, from, &v.media_key).unwrap_or(0);
-        (n, Some(i))
     }
 
     /// A packet from media connection `i` (hop trailer removed): ownership, then routing.
@@ -633,15 +607,15 @@ impl ShardMedia {
                     }
                 }
                 Ok(_) => {
-                    self.stats.drops[D_WRONG_KIND] += 1;
+                    self.stats.drops[transport][D_WRONG_KIND] += 1;
                     return;
                 }
                 Err(OwnershipError::NotOwned(_)) => {
-                    self.stats.drops[D_FORGED] += 1;
+                    self.stats.drops[transport][D_FORGED] += 1;
                     return;
                 }
                 Err(_) => {
-                    self.stats.drops[D_MALFORMED] += 1;
+                    self.stats.drops[transport][D_MALFORMED] += 1;
                     return;
                 }
             },
@@ -650,20 +624,20 @@ impl ShardMedia {
                     meta.rtcp = true;
                     // Keyframe requests go to their publisher only; the rest of the
                     // compound packet (reports, SDES...) is fanned out.
-                    let n = self.take_keyframe_requests(session, pkt, &mut rest);
+                    let n = self.take_keyframe_requests(session, transport, pkt, &mut rest);
                     pkt = &rest[..n];
                 }
                 Err(OwnershipError::NotOwned(_)) => {
-                    self.stats.drops[D_FORGED] += 1;
+                    self.stats.drops[transport][D_FORGED] += 1;
                     return;
                 }
                 Err(_) => {
-                    self.stats.drops[D_MALFORMED] += 1;
+                    self.stats.drops[transport][D_MALFORMED] += 1;
                     return;
                 }
             },
             rtp::Demux::Other => {
-                self.stats.drops[D_MALFORMED] += 1;
+                self.stats.drops[transport][D_MALFORMED] += 1;
                 return;
             }
         }
@@ -692,14 +666,20 @@ impl ShardMedia {
                     *w = true;
                 }
             } else {
-                self.stats.drops[D_CROSS_FULL] += 1;
+                self.stats.drops[transport][D_CROSS_FULL] += 1;
             }
         }
     }
 
     /// Routes the PLI/FIR packets of a compound RTCP packet to their publishers; copies the
     /// other packets into `rest` and returns their length.
-    fn take_keyframe_requests(&mut self, session: u64, pkt: &[u8], rest: &mut [u8]) -> usize {
+    fn take_keyframe_requests(
+        &mut self,
+        session: u64,
+        via: usize,
+        pkt: &[u8],
+        rest: &mut [u8],
+    ) -> usize {
         let mut n = 0;
         for h in rtp::rtcp_packets(pkt) {
             let Ok(h) = h else {
@@ -709,13 +689,13 @@ impl ShardMedia {
                 Ok(Some(KeyframeRequest::Pli {
                     sender_ssrc,
                     media_ssrc,
-                })) => self.request_keyframe(session, sender_ssrc, media_ssrc, false),
+                })) => self.request_keyframe(session, via, sender_ssrc, media_ssrc, false),
                 Ok(Some(KeyframeRequest::Fir {
                     sender_ssrc,
                     entries,
                 })) => {
                     for (target, _) in entries.take(MAX_OWNED_SSRCS) {
-                        self.request_keyframe(session, sender_ssrc, target, true);
+                        self.request_keyframe(session, via, sender_ssrc, target, true);
                     }
                 }
                 Ok(None) | Err(_) => {

@@ -92,16 +92,18 @@ pub struct MediaStats {
     pub packets_out: [[u64; 4]; 3],
     /// Bytes sent.
     pub bytes_out: [[u64; 4]; 3],
-    /// Packets dropped, by [`MEDIA_DROP_CAUSES`] index.
-    pub drops: [u64; 8],
+    /// Packets dropped, by `[transport][`[`MEDIA_DROP_CAUSES`]` index]`: the transport the
+    /// packet came in on, or for `send_failed` the one it was to leave on.
+    pub drops: [[u64; 8]; 4],
     /// Media connections refused at their credential check (expired, foreign, bad
     /// integrity, not admitted).
     pub refused: u64,
     /// Keyframe requests (PLI/FIR) towards publishers, by [`MEDIA_KEYFRAME_RESULTS`] index:
     /// sent to the publisher, or suppressed (rate limit, no such publisher).
     pub keyframe_requests: [u64; 2],
-    /// Packets dropped by destination queues, by `[media type][`[`MEDIA_QUEUE_DROP_CAUSES`]`]`.
-    pub queue_drops: [[u64; 3]; 3],
+    /// Packets dropped by destination queues, by `[media type][transport of the
+    /// destination][`[`MEDIA_QUEUE_DROP_CAUSES`]`]`.
+    pub queue_drops: [[[u64; 3]; 4]; 3],
     /// Media connections bound on this shard now, by media type.
     pub connections: [u64; 3],
     /// Sessions with members (process-wide; reported by shard 0 only).
@@ -122,12 +124,16 @@ impl MediaStats {
             sum(&mut self.packets_out[t], &o.packets_out[t]);
             sum(&mut self.bytes_out[t], &o.bytes_out[t]);
         }
-        sum(&mut self.drops, &o.drops);
+        for t in 0..4 {
+            sum(&mut self.drops[t], &o.drops[t]);
+        }
         sum(&mut self.connections, &o.connections);
         self.refused += o.refused;
         sum(&mut self.keyframe_requests, &o.keyframe_requests);
         for k in 0..3 {
-            sum(&mut self.queue_drops[k], &o.queue_drops[k]);
+            for t in 0..4 {
+                sum(&mut self.queue_drops[k][t], &o.queue_drops[k][t]);
+            }
         }
         self.sessions += o.sessions;
         self.members += o.members;

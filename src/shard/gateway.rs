@@ -1,6 +1,7 @@
 //! Starting and stopping the gateway: binding every listener for every shard, spawning the
 //! shard executors, and the control-path handle (snapshots, control messages, shutdown).
 
+use super::conn::ListenKind;
 use super::control::ControlMsg;
 use super::control_block::Control;
 use super::handler::HandlerStats;
@@ -48,6 +49,7 @@ pub struct Gateway {
     tls_addrs: Vec<SocketAddr>,
     listeners: Vec<BoundListener>,
     rtmp_addrs: Vec<SocketAddr>,
+    media_tcp_addrs: Vec<SocketAddr>,
     live: Option<Arc<crate::live::Hub>>,
 }
 
@@ -144,19 +146,37 @@ impl Gateway {
         let mut bound = Vec::new();
         let mut kinds: Vec<ServiceKind> = Vec::new();
         let mut rtmp_addrs = Vec::new();
-        // RTMP listeners go after the others; their connections belong to the `[backend]`
-        // service (it authorizes publish and play).
-        let rtmp = cfg.live.rtmp_listen.iter().map(|&a| (a, false));
-        let rtmps = cfg.live.rtmps_listen.iter().map(|&a| (a, true));
-        let rtmp = rtmp.chain(rtmps).map(|(addr, tls)| {
+        let mut media_tcp_addrs = Vec::new();
+        // RTMP and media TCP listeners go after the others; their connections belong to the
+        // `[backend]` service (it authorizes publish and play, and holds the media router).
+        let rtmp = cfg
+            .live
+            .rtmp_listen
+            .iter()
+            .map(|&a| (a, false, ListenKind::Rtmp));
+        let rtmps = cfg
+            .live
+            .rtmps_listen
+            .iter()
+            .map(|&a| (a, true, ListenKind::Rtmp));
+        let media = cfg
+            .media
+            .as_ref()
+            .and_then(|m| m.tcp_listen)
+            .map(|a| (a, false, ListenKind::MediaStream));
+        let extra = rtmp.chain(rtmps).chain(media).map(|(addr, tls, kind)| {
             let l = crate::config::ListenerConfig {
                 addr,
                 tls,
                 service: ServiceKind::Backend,
             };
-            (l, true)
+            (l, kind)
         });
-        for (l, is_rtmp) in cfg.listeners().into_iter().map(|l| (l, false)).chain(rtmp) {
+        let ws = cfg
+            .listeners()
+            .into_iter()
+            .map(|l| (l, ListenKind::WebSocket));
+        for (l, kind) in ws.chain(extra) {
             let (addr, is_tls) = (l.addr, l.tls);
             let service = match kinds.iter().position(|&k| k == l.service) {
                 Some(i) => i,
@@ -170,8 +190,10 @@ impl Gateway {
                 .local_addr()?
                 .as_socket()
                 .ok_or_else(|| io::Error::other("listener has no inet address"))?;
-            if is_rtmp {
+            if kind == ListenKind::Rtmp {
                 rtmp_addrs.push(actual);
+            } else if kind == ListenKind::MediaStream {
+                media_tcp_addrs.push(actual);
             } else {
                 if is_tls {
                     tls_addrs.push(actual);
@@ -188,14 +210,14 @@ impl Gateway {
                 fd: first.into(),
                 tls: is_tls,
                 service,
-                rtmp: is_rtmp,
+                kind,
             });
             for fds in per_shard.iter_mut().skip(1) {
                 fds.push(ShardListener {
                     fd: listener::bind(actual, &cfg.tcp)?.into(),
                     tls: is_tls,
                     service,
-                    rtmp: is_rtmp,
+                    kind,
                 });
             }
         }
@@ -252,6 +274,7 @@ impl Gateway {
             tls_addrs,
             listeners: bound,
             rtmp_addrs,
+            media_tcp_addrs,
             live,
         })
     }
@@ -260,6 +283,11 @@ impl Gateway {
     /// `live.rtmps_listen`).
     pub fn rtmp_addrs(&self) -> &[SocketAddr] {
         &self.rtmp_addrs
+    }
+
+    /// The bound media TCP listen address (`media.tcp_listen`, port 0 resolved), if any.
+    pub fn media_tcp_addr(&self) -> Option<SocketAddr> {
+        self.media_tcp_addrs.first().copied()
     }
 
     /// The live-stream registry (when an RTMP listener is configured).

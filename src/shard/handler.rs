@@ -120,6 +120,15 @@ pub trait Handler {
         OpenDecision::Reject { status: 403 }
     }
 
+    /// A media stream (RFC 4571 over TCP from `media.tcp_listen`, or over TLS after ALPN
+    /// `corelay-media`; `tls` tells which) sent its first frame: whether this handler takes
+    /// it. Taken, the frame follows as a binary [`Handler::on_message`], which must open the
+    /// stream ([`Shard::media_open`]) or refuse it ([`Shard::media_refuse`]); its end is then
+    /// reported by [`Handler::on_close`]. The default refuses (the stream is dropped).
+    fn on_media_stream(&mut self, _io: &mut Shard, _conn: ConnId, _tls: bool) -> bool {
+        false
+    }
+
     /// A complete text or binary message arrived (`payload` is borrowed from the read buffer).
     fn on_message(
         &mut self,

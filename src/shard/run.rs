@@ -25,8 +25,8 @@ pub(super) struct ShardListener {
     pub(super) tls: bool,
     /// Index of its service in the shard's [`Services`].
     pub(super) service: u8,
-    /// An RTMP(S) listener: its connections run an RTMP session.
-    pub(super) rtmp: bool,
+    /// What its connections speak (WebSocket, RTMP, media stream).
+    pub(super) kind: conn::ListenKind,
 }
 
 pub(super) struct State {
@@ -376,10 +376,10 @@ fn accept_some(st: &mut State, idx: u32) {
     let Some(l) = st.listeners.get(idx as usize) else {
         return;
     };
-    let (fd, is_tls, service, rtmp) = (l.fd.as_raw_fd(), l.tls, l.service, l.rtmp);
+    let (fd, is_tls, service, kind) = (l.fd.as_raw_fd(), l.tls, l.service, l.kind);
     for _ in 0..256 {
         match listener::accept(fd) {
-            Ok(Some((sock, peer))) => st.io.admit_as(sock, peer, is_tls, service, rtmp),
+            Ok(Some((sock, peer))) => st.io.admit_as(sock, peer, is_tls, service, kind),
             Ok(None) => return,
             Err(e) => {
                 // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin.

@@ -1,6 +1,7 @@
 //! One host, real processes: nats-server (JetStream), a gateway in ring mode, its bridge,
 //! workers; clients are tungstenite. Push to a connection and to a user, rooms, presence
-//! counts against the gateway's own, and workers killed mid-request (JetStream redelivery).
+//! counts against the gateway's own, and workers killed mid-request (JetStream redelivery);
+//! the bridge check (tuning/check-bridge.sh) against a healthy and a broken setup.
 
 mod support;
 use corelay::ring::msg::DataKind;
@@ -389,4 +390,66 @@ fn room_publish_during_outage_is_counted() {
         }
         assert!(m.starts_with('p'), "{m}");
     }
+}
+
+/// `tuning/check-bridge.sh`: all ok against a running bridge; each failure it is for is
+/// reported with `FAIL` and exit 1 (replicas below the wanted count, a bridge that does not
+/// answer, NATS unreachable).
+#[test]
+fn check_bridge_reports_health_and_failures() {
+    let dir = TempDir::new("check");
+    let gwbin = corelay_bin();
+    let (mut nats_proc, port) = nats_server(&dir.0);
+    let nats = format!("nats://127.0.0.1:{port}");
+    let gw = gateway(&gwbin, &dir.0, "127.0.0.1", &[]);
+    let _br = bridge(&gw.sock, GW, &nats, &["--lease-ms", "3000"], &[]);
+    let rt = rt();
+    // A plain client: a Worker would create the bucket with its own lease if first.
+    let c = rt
+        .block_on(corelay_nats::connect(&nats, "test", 64))
+        .unwrap();
+    wait_for("bridge answers", Duration::from_secs(20), || {
+        let m = c.request(format!("corelay.gw.{GW}.stats"), bytes::Bytes::new());
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), m).await })
+            .ok()?
+            .ok()
+    });
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tuning/check-bridge.sh");
+    let sock = gw.sock.to_str().unwrap().to_string();
+    let check = |args: &[&str]| {
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("BRIDGE", env!("CARGO_BIN_EXE_corelay-nats-bridge"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+
+    let (code, out) = check(&["--nats", &nats, "--gateway-id", GW, "--attach", &sock]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(out.contains(&format!("ok   bridge {GW}: ")), "{out}");
+    assert!(out.contains("ok   CORELAY_REQ: replicas 1"), "{out}");
+    assert!(out.contains("lease (max_age) 3s"), "{out}");
+
+    let (code, out) = check(&["--nats", &nats, "--replicas", "3"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL CORELAY_REQ: replicas 1 (want >= 3)"),
+        "{out}"
+    );
+
+    let (code, out) = check(&["--nats", &nats, "--gateway-id", "gw9", "--attach", &sock]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL bridge gw9 does not answer"), "{out}");
+
+    nats_proc.kill9();
+    let (code, out) = check(&["--nats", &nats]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("FAIL connect to {nats}")), "{out}");
 }

@@ -1,14 +1,16 @@
-//! Scale-out across hosts: three gateway hosts, one backend host and a three-node NATS
+//! Scale-out across hosts: three gateway hosts, two backend hosts and a three-node NATS
 //! cluster (JetStream, replicas 3), each host its own network namespace on one switch
 //! (tests/support/netns.rs). The test process is a host too: its clients reach each gateway
 //! over a front link, its backend handle reaches NATS over the back network.
 //!
 //! In order: push to users on every host; a room with members on all three hosts (each
-//! receives once); a worker killed under load (nothing lost, no duplicate reaches a client);
-//! a NATS node killed and restarted, then another (the clients' connections stay up, pushes
-//! and requests go on); a partitioned gateway host heals (its events wait in its ring, its
-//! registry entries expire and come back, pushes resume); a gateway host killed (its
-//! registry entries expire within the lease).
+//! receives once); a backend host killed under load (nothing lost, no duplicate reaches a
+//! client); a NATS node killed and restarted, then another (the clients' connections stay
+//! up, pushes and requests go on); a partitioned gateway host heals (its events wait in its
+//! ring, its registry entries expire and come back, pushes resume); a gateway host killed
+//! (its registry entries expire within the lease). The registry's counts per gateway and in
+//! total are checked against the gateways' own at the start, after the heal and after the
+//! kill.
 //!
 //! Needs root; skipped otherwise (fails under CI=true, where it must run).
 
@@ -74,6 +76,31 @@ fn stats(rt: &tokio::runtime::Runtime, w: &Worker, gw: &str) -> Option<String> {
 fn stat(line: &str, key: &str) -> Option<u64> {
     line.split(' ')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// The registry's counts against the gateways' own: for every gateway in `live`, its
+/// logged-in entries, and the open and logged-in counts in its `g.<gw>` key, equal the
+/// gateway's `corelay_connections_open` (every test client logs in); the total equals their
+/// sum and no other gateway has a key. `Some` once all hold, with the counts.
+fn counts_match(
+    rt: &tokio::runtime::Runtime,
+    w: &Worker,
+    live: &[(&str, std::net::SocketAddr)],
+) -> Option<Vec<usize>> {
+    let reg = w.registry();
+    let keys = rt.block_on(reg.gateways()).ok()?;
+    let mut own_counts = Vec::new();
+    for (gw, admin) in live {
+        let own = metric(*admin, "corelay_connections_open")? as usize;
+        let n = rt.block_on(reg.count(Some(gw))).ok()?;
+        let g = keys.iter().find(|(g, ..)| g == gw)?;
+        if n != own || g.1 as usize != own || g.2 as usize != own {
+            return None;
+        }
+        own_counts.push(own);
+    }
+    let total = rt.block_on(reg.count(None)).ok()?;
+    (total == own_counts.iter().sum::<usize>() && keys.len() == live.len()).then_some(own_counts)
 }
 
 /// Reads until `want`; anything else must start with one of `skip` (late copies of
@@ -155,10 +182,13 @@ fn three_hosts_over_a_nats_cluster() {
         "--ack-wait-ms",
         "2000",
     ];
+    // w2 on the second backend host; the first (be) gets w1 in step 3, and dies.
+    let on_be2 = net.on("be2");
+    let on_be2: Vec<&str> = on_be2.iter().map(String::as_str).collect();
     let w2log = dir.0.join("w2.log");
     let mut w2_args = worker_args.to_vec();
     w2_args.extend(["--log", w2log.to_str().unwrap()]);
-    let _w2 = worker(NATS_URLS, &w2_args, &on_be);
+    let _w2 = worker(NATS_URLS, &w2_args, &on_be2);
 
     // The test's own backend handle, on host t (its runtime's threads start there too).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -205,6 +235,19 @@ fn three_hosts_over_a_nats_cluster() {
             },
         );
     }
+    let hosts: Vec<(String, std::net::SocketAddr)> = gws
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("gw{}", i + 1), g.admin))
+        .collect();
+    let hosts: Vec<(&str, std::net::SocketAddr)> =
+        hosts.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let counts = wait_for(
+        "registry counts == the gateways' own counts",
+        Duration::from_secs(30),
+        || counts_match(&rt, &w, &hosts),
+    );
+    assert_eq!(counts, [2, 2, 2]);
 
     // 1. Push to users on every host, from a backend that knows no host.
     for i in 1..=3 {
@@ -262,9 +305,11 @@ fn three_hosts_over_a_nats_cluster() {
         assert_eq!(recv(o), msg, "a non-member got a room message");
     }
 
-    // 3. A worker on the backend host killed under load: w1 replies but never acks, so
-    // every event it took is redelivered to w2 after ack_wait; the gateway drops the
-    // duplicate replies: each client sees each reply once, in order.
+    // 3. A backend host killed under load: w1, the only worker on host be, replies but
+    // never acks; mid-load the host dies (its back link cut first, so no FIN or RST reaches
+    // NATS, then w1 killed). Every event w1 took is redelivered to w2 on be2 after
+    // ack_wait; the gateway drops the duplicate replies: each client sees each reply once,
+    // in order.
     let w1log = dir.0.join("w1.log");
     let mut w1_args = worker_args.to_vec();
     w1_args.extend(["--hold-ack-ms", "600000", "--log", w1log.to_str().unwrap()]);
@@ -286,6 +331,7 @@ fn three_hosts_over_a_nats_cluster() {
     for k in 0..N {
         assert_eq!(recv(&mut members[0]), format!("load {k}"));
         if k == N / 3 {
+            net.partition("be");
             w1.kill9();
         }
     }
@@ -370,6 +416,12 @@ fn three_hosts_over_a_nats_cluster() {
     });
     push_until_confirmed(&rt, &w, "u2", &mut members[1], "healed");
     push_until_confirmed(&rt, &w, "v2", &mut others[1], "healed");
+    let counts = wait_for(
+        "counts match again after the heal",
+        Duration::from_secs(30),
+        || counts_match(&rt, &w, &hosts),
+    );
+    assert_eq!(counts, [2, 2, 2]);
 
     // 6. gw3's host killed: its entries (logins, memberships, gateway key) expire within
     // the lease; the others stay.
@@ -390,7 +442,12 @@ fn three_hosts_over_a_nats_cluster() {
     // Refreshed at most lease/3 before the kill, so gone within the lease, plus the
     // server's expiry pass (it runs about once a second).
     assert!(gone <= LEASE + Duration::from_millis(1500), "took {gone:?}");
-    assert_eq!(rt.block_on(w.registry().count(Some("gw1"))).unwrap(), 2);
+    let counts = wait_for(
+        "gw1 and gw2's counts and the total after gw3's death",
+        Duration::from_secs(10),
+        || counts_match(&rt, &w, &hosts[..2]),
+    );
+    assert_eq!(counts, [2, 2]);
     for (i, m) in members.iter_mut().enumerate().take(2) {
         send(m, "still here");
         assert_eq!(recv(m), "still here", "client on gw{} noticed", i + 1);

@@ -227,6 +227,13 @@ impl ViewerQueue {
         true
     }
 
+    /// Drop frames until the next keyframe (or, without video, the next audio frame): a
+    /// viewer whose start-up burst carried no GOP must not begin with frames it cannot
+    /// decode. Configuration tags are still kept.
+    pub fn skip_to_keyframe(&mut self) {
+        self.skipping = true;
+    }
+
     /// The next tag to write.
     pub fn pop(&mut self) -> Option<Bytes> {
         let (t, _) = self.q.pop_front()?;

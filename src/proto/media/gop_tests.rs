@@ -137,3 +137,24 @@ fn viewer_queue_byte_bound_and_audio_only() {
     assert_eq!(q.len(), 1);
     assert!(q.bytes() <= 2 * one);
 }
+
+#[test]
+fn a_queue_started_without_a_gop_waits_for_the_next_keyframe() {
+    // What a viewer joining with `gop_cache = false` gets: config, then the next keyframe.
+    let mut q = ViewerQueue::new(Limits::default());
+    for t in [meta(), vseq(), aseq()] {
+        assert!(q.push(t));
+    }
+    q.skip_to_keyframe();
+    assert!(!q.push(inter(40)));
+    assert!(!q.push(audio(50)));
+    assert!(q.push(key(1000)));
+    assert!(q.push(audio(1010)));
+    let got: Vec<Bytes> = std::iter::from_fn(|| q.pop()).collect();
+    assert_eq!(got, [meta(), vseq(), aseq(), key(1000), audio(1010)]);
+    // Audio only: the next audio frame is the place to start.
+    let mut q = ViewerQueue::new(Limits::default());
+    assert!(q.push(aseq()));
+    q.skip_to_keyframe();
+    assert!(q.push(audio(20)));
+}

@@ -40,6 +40,9 @@ pub struct Segment {
     pub duration_ms: u32,
     /// TS packets, starting with PAT and PMT.
     pub data: Bytes,
+    /// Timestamps (and possibly codec parameters) restart here: a new publisher took over.
+    /// The playlist puts `#EXT-X-DISCONTINUITY` before it.
+    pub discontinuity: bool,
 }
 
 /// Cuts and keeps segments; see the module doc.
@@ -53,6 +56,10 @@ pub struct HlsSegmenter {
     last_delta: u32,
     next_sequence: u64,
     segments: VecDeque<Segment>,
+    /// The next segment starts after a discontinuity.
+    discontinuity_pending: bool,
+    /// Discontinuities of segments that left the window (`#EXT-X-DISCONTINUITY-SEQUENCE`).
+    discontinuities_gone: u64,
 }
 
 impl HlsSegmenter {
@@ -66,6 +73,8 @@ impl HlsSegmenter {
             last_delta: 0,
             next_sequence: 0,
             segments: VecDeque::new(),
+            discontinuity_pending: false,
+            discontinuities_gone: 0,
         }
     }
 
@@ -128,6 +137,15 @@ impl HlsSegmenter {
         self.cut(None)
     }
 
+    /// The source changes (a new publisher: its timestamps restart): closes the current
+    /// segment, and the next one is marked as a discontinuity (when one came before it).
+    /// Returns the sequence number of the segment closed.
+    pub fn discontinue(&mut self) -> Option<u64> {
+        let done = self.cut(None);
+        self.discontinuity_pending = self.next_sequence > 0;
+        done
+    }
+
     fn cut(&mut self, next_start: Option<u32>) -> Option<u64> {
         let (first, last) = self.span.take()?;
         let end = next_start.unwrap_or(last.wrapping_add(self.last_delta));
@@ -138,9 +156,12 @@ impl HlsSegmenter {
             sequence: seq,
             duration_ms: end.wrapping_sub(first),
             data,
+            discontinuity: std::mem::take(&mut self.discontinuity_pending),
         });
         while self.segments.len() > self.cfg.window.max(1) {
-            self.segments.pop_front();
+            if let Some(gone) = self.segments.pop_front() {
+                self.discontinuities_gone += u64::from(gone.discontinuity);
+            }
         }
         Some(seq)
     }
@@ -160,6 +181,7 @@ impl HlsSegmenter {
     pub fn playlist(&self, prefix: &str, ended: bool, out: &mut String) {
         write_playlist(
             self.segments.iter(),
+            self.discontinuities_gone,
             prefix,
             ended,
             self.cfg.target_duration_ms,
@@ -169,9 +191,17 @@ impl HlsSegmenter {
 }
 
 /// Writes an m3u8 media playlist for `segments`. `EXT-X-TARGETDURATION` is the longest
-/// segment rounded up (RFC 8216 §4.3.3.1), at least the target.
+/// segment rounded up (RFC 8216 §4.3.3.1), at least the target. `discontinuities_gone`:
+/// discontinuities of segments no longer listed.
+///
+/// A discontinuity is the boundary between two segments: it is written as
+/// `#EXT-X-DISCONTINUITY` before a listed segment that has one before it in the list; when
+/// the segment before it left the window, the boundary left with it and is counted in
+/// `#EXT-X-DISCONTINUITY-SEQUENCE` instead (RFC 8216 §6.2.2), so every segment keeps its
+/// discontinuity sequence number from one playlist to the next.
 pub fn write_playlist<'a>(
     segments: impl Iterator<Item = &'a Segment> + Clone,
+    discontinuities_gone: u64,
     prefix: &str,
     ended: bool,
     target_ms: u32,
@@ -183,14 +213,22 @@ pub fn write_playlist<'a>(
         .max()
         .unwrap_or(0)
         .max(target_ms);
-    let first = segments.clone().next().map_or(0, |s| s.sequence);
+    let head = segments.clone().next();
+    let first = head.map_or(0, |s| s.sequence);
     // Writing to a String cannot fail.
     let _ = write!(
         out,
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{first}\n",
         longest.div_ceil(1000)
     );
-    for s in segments {
+    let dseq = discontinuities_gone + head.map_or(0, |s| u64::from(s.discontinuity));
+    if dseq > 0 {
+        let _ = writeln!(out, "#EXT-X-DISCONTINUITY-SEQUENCE:{dseq}");
+    }
+    for (i, s) in segments.enumerate() {
+        if s.discontinuity && i > 0 {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
         let _ = write!(
             out,
             "#EXTINF:{}.{:03},\n{prefix}{}.ts\n",
@@ -254,6 +292,57 @@ mod tests {
     }
 
     #[test]
+    fn a_new_source_is_a_discontinuity_then_a_discontinuity_sequence() {
+        let mut h = HlsSegmenter::new(HlsConfig {
+            target_duration_ms: 100,
+            window: 3,
+            ..HlsConfig::default()
+        });
+        let config = tag(TagType::Audio, 0, &[0xAF, 0, 0x12, 0x10]);
+        let frames = |h: &mut HlsSegmenter, from: u32, n: u32| {
+            for i in 0..n {
+                let t = tag(TagType::Audio, from + i * 23, &[0xAF, 1, 0x21, 0x42]);
+                h.push_tag(&t).unwrap();
+            }
+        };
+        // Nothing before it: a first source is no discontinuity.
+        assert_eq!(h.discontinue(), None);
+        h.push_tag(&config).unwrap();
+        frames(&mut h, 0, 10); // segment 0 done, 1 open
+        assert_eq!(h.discontinue(), Some(1));
+        // The new source's timestamps restart.
+        h.push_tag(&config).unwrap();
+        frames(&mut h, 0, 10); // segment 2 done, 3 open
+        let list = |h: &HlsSegmenter| {
+            let mut p = String::new();
+            h.playlist("a", false, &mut p);
+            p
+        };
+        let p = list(&h);
+        assert!(
+            p.contains(
+                "#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:0.115,\na0.ts\n#EXTINF:0.115,\na1.ts\n\
+                        #EXT-X-DISCONTINUITY\n#EXTINF:0.115,\na2.ts\n"
+            ),
+            "{p}"
+        );
+        assert!(!p.contains("DISCONTINUITY-SEQUENCE"), "{p}");
+        frames(&mut h, 230, 5); // segment 3 done: 0 leaves, 1 2 3 listed
+        assert!(list(&h).contains("a1.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:0.115,\na2.ts"));
+        frames(&mut h, 345, 5); // segment 4: 2 is first; the boundary before it left with 1
+        let p = list(&h);
+        assert!(
+            p.contains("#EXT-X-MEDIA-SEQUENCE:2\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n#EXTINF"),
+            "{p}"
+        );
+        assert!(!p.contains("#EXT-X-DISCONTINUITY\n"), "{p}");
+        frames(&mut h, 460, 5); // segment 5: 2 left too, the count stays
+        let p = list(&h);
+        assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:3\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n"));
+        assert!(!p.contains("#EXT-X-DISCONTINUITY\n"), "{p}");
+    }
+
+    #[test]
     fn video_waits_for_keyframe() {
         let mut h = HlsSegmenter::new(HlsConfig::default());
         let seq = [
@@ -289,15 +378,17 @@ mod tests {
                 sequence: 7,
                 duration_ms: 2000,
                 data: Bytes::new(),
+                discontinuity: false,
             },
             Segment {
                 sequence: 8,
                 duration_ms: 2040,
                 data: Bytes::new(),
+                discontinuity: false,
             },
         ];
         let mut s = String::new();
-        write_playlist(segs.iter(), "live-", true, 2000, &mut s);
+        write_playlist(segs.iter(), 0, "live-", true, 2000, &mut s);
         assert_eq!(
             s,
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:7\n\

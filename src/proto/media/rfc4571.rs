@@ -7,6 +7,10 @@
 
 use thiserror::Error;
 
+/// The ALPN protocol id of media over TLS: after the handshake the connection carries RFC 4571
+/// frames (docs/media.md "Engine").
+pub const MEDIA_ALPN: &[u8] = b"corelay-media";
+
 /// Length of the framing header.
 pub const HEADER_LEN: usize = 2;
 

@@ -1,7 +1,18 @@
 //! Admission of accepted sockets: the per-IP cap, the table capacity, the new record.
 
 use super::output::send;
-use super::{CloseCause, Conn, Extra, Lifecycle, Shard, Transport};
+use super::{CloseCause, Conn, Extra, Lifecycle, Shard, Transport, F_MEDIA};
+
+/// What the connections of a listener speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenKind {
+    /// An HTTP upgrade to WebSocket (also live HTTP requests on the same port).
+    WebSocket,
+    /// RTMP (RTMPS on TLS).
+    Rtmp,
+    /// RTP/RTCP in RFC 4571 frames (`media.tcp_listen`).
+    MediaStream,
+}
 use crate::proto::ws::Decoder;
 use crate::shard::reactor::Interest;
 use std::net::{IpAddr, SocketAddr};
@@ -11,11 +22,19 @@ impl Shard {
     /// Take a freshly accepted socket from a listener of `service`. Refusals (limits) are
     /// answered and closed here.
     pub fn admit(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8) {
-        self.admit_as(fd, peer, tls, service, false);
+        self.admit_as(fd, peer, tls, service, ListenKind::WebSocket);
     }
 
-    /// [`Shard::admit`] for a socket of a given kind: `rtmp` = from an RTMP(S) listener.
-    pub fn admit_as(&mut self, fd: OwnedFd, peer: SocketAddr, tls: bool, service: u8, rtmp: bool) {
+    /// [`Shard::admit`] for a socket from a listener of `kind`.
+    pub fn admit_as(
+        &mut self,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        tls: bool,
+        service: u8,
+        kind: ListenKind,
+    ) {
+        let rtmp = kind == ListenKind::Rtmp;
         if self.shutting_down {
             return;
         }
@@ -47,7 +66,12 @@ impl Shard {
         };
         let Some(id) = self.conns.insert_with(|_| Conn {
             fd,
-            flags: 0,
+            // A media stream speaks RFC 4571 from its first byte.
+            flags: if kind == ListenKind::MediaStream {
+                F_MEDIA
+            } else {
+                0
+            },
             route: 0,
             service,
             life,

@@ -97,8 +97,8 @@ impl Shard {
             return;
         };
         match conn.life.close(self.now, &timing, code, cause) {
-            CloseStep::SendCloseFrame if self.is_raw_live(id) => {
-                // No close frame in RTMP or an HTTP response: the stream just ends.
+            CloseStep::SendCloseFrame if self.no_ws_framing(id) => {
+                // No close frame in RTMP, an HTTP response or a media stream: it just ends.
                 self.begin_drain(id);
             }
             CloseStep::SendCloseFrame => {

@@ -33,8 +33,9 @@ pub fn on_tick(io: &mut Shard, now: Tick, due: &mut Vec<ConnId>) {
             Due::Ping(at) => {
                 let at = io.wheel.schedule(id, at);
                 c.life.entry_at(at);
-                // RTMP and HTTP streams have no pings: their traffic is their keepalive.
-                if !io.is_raw_live(id) {
+                // RTMP, HTTP and media streams have no pings: their traffic (STUN
+                // keepalives on a media stream) is their keepalive.
+                if !io.no_ws_framing(id) {
                     io.metrics.pings_sent += 1;
                     io.send_control(id, OpCode::Ping, b"");
                 }

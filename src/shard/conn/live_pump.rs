@@ -66,8 +66,15 @@ impl Viewer {
             max_bytes: queue_bytes,
             max_tags: Limits::default().max_tags,
         });
+        // Without a cached GOP (`gop_cache = false`, or a GOP too big to cache) the burst is
+        // configuration only: live frames are dropped until the next keyframe.
+        let mut has_key = false;
         for t in join.burst {
+            has_key |= is_key(&t);
             queue.push(t);
+        }
+        if !has_key {
+            queue.skip_to_keyframe();
         }
         Self {
             stream,

@@ -5,7 +5,8 @@
 //! by a sans-IO [`Lifecycle`]. The jobs around them live in one file each: admission
 //! (`admit`), the read path (`read`), the upgrade and open decisions (`open`), backend
 //! reply ordering (`reply`), output and the transmit queue (`output`), deadlines and shutdown
-//! (`deadlines`), and the one removal point (`close`).
+//! (`deadlines`), and the one removal point (`close`). A media stream (RFC 4571 over TCP or
+//! TLS) is another protocol over the same transports (`media_stream`).
 //!
 //! Memory rule (design §4): an idle connection is only its [`Conn`] record (in the slab) and
 //! one wheel entry. Everything else (a leftover partial frame, a fragmented message being
@@ -32,6 +33,7 @@ mod live;
 mod live_http;
 mod live_pump;
 mod live_rtmp;
+mod media_stream;
 mod open;
 mod output;
 mod protocol;
@@ -40,10 +42,12 @@ mod reply;
 mod transport;
 mod txqueue;
 
+pub use admit::ListenKind;
 pub use close::{deliver_closed, CloseCause, CloseEvent};
 pub use deadlines::{force_close_all, on_tick, start_shutdown};
 pub use lifecycle::{CloseStep, ConnState, Due, Ended, Lifecycle, Timing};
 pub use live::{live_writable, on_inbox, on_live_tick, settle_live};
+pub use media_stream::MAX_MEDIA_FRAME;
 pub use protocol::retry_stalled;
 pub use read::on_readable;
 pub use transport::Transport;
@@ -57,6 +61,7 @@ const F_DIRTY: u8 = 8; // in the flush list
 const F_READ_PENDING: u8 = 16; // edge seen but not read to EAGAIN (budget or pause)
 const F_SHRINK_ARMED: u8 = 32; // a second wheel entry, the TLS shrink check, is pending
 const F_PEER_HUP: u8 = 64; // the peer shut its side: read to EOF, a short read is not the end
+const F_MEDIA: u8 = 128; // a media stream: RFC 4571 frames, no WebSocket (media_stream.rs)
 
 /// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
 pub struct Conn {
@@ -195,6 +200,10 @@ pub enum SendError {
     /// The connection passed its outbound bound and was closed with 1008.
     #[error("slow consumer closed")]
     SlowConsumer,
+    /// The message does not fit one frame of the connection's protocol (a media stream's
+    /// 16-bit length).
+    #[error("message too large for the connection's framing")]
+    TooLarge,
 }
 
 /// What happened to a reply given to [`Shard::reply`].

@@ -2,7 +2,8 @@
 //! transmit queue and its bound (slow consumers).
 
 use super::{
-    CloseCause, ConnState, SendError, Shard, F_DIRTY, F_SHRINK_ARMED, F_SHUT_WR, F_WRITE_BLOCKED,
+    CloseCause, ConnState, SendError, Shard, F_DIRTY, F_MEDIA, F_SHRINK_ARMED, F_SHUT_WR,
+    F_WRITE_BLOCKED,
 };
 use crate::proto::ws::{self, DataKind, OpCode};
 use crate::shard::conn_table::ConnId;
@@ -123,11 +124,19 @@ impl Shard {
             self.close_slow(id);
             return Err(SendError::SlowConsumer);
         }
+        self.metrics.messages_out += 1;
+        if conn.flags & F_MEDIA != 0 {
+            // One RFC 4571 frame per message (`kind` means nothing on a media stream).
+            if payload.len() > usize::from(u16::MAX) {
+                return Err(SendError::TooLarge);
+            }
+            self.stage(id, |out| super::media_stream::frame_into(out, payload));
+            return Ok(());
+        }
         let op = match kind {
             DataKind::Text => OpCode::Text,
             DataKind::Binary => OpCode::Binary,
         };
-        self.metrics.messages_out += 1;
         self.stage(id, |out| frame_into(out, op, payload));
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! answered, the close handshake.
 
 use super::open::process_handshake;
-use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
+use super::{CloseCause, ConnState, Shard, F_MEDIA, F_READ_PAUSED};
 use crate::proto::ws::session::{self, Reaction};
 use crate::proto::ws::{DataKind, Decoder, Event, OpCode};
 use crate::shard::conn_table::ConnId;
@@ -15,6 +15,16 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
         return buf.len();
     };
     conn.life.on_input(io.now);
+    if conn.flags & F_MEDIA == 0
+        && conn.life.state() == ConnState::Handshake
+        && conn.transport.tls_mut().is_some_and(|t| t.is_media())
+    {
+        // ALPN `corelay-media` on a TLS listener: a media stream, not an upgrade request.
+        conn.flags |= F_MEDIA;
+    }
+    if conn.flags & F_MEDIA != 0 {
+        return super::media_stream::process(io, h, id, buf);
+    }
     if let Some(l) = conn.extra.as_ref().and_then(|x| x.live.as_ref()) {
         // Live connections: an RTMP session, or a viewer whose input means nothing (HTTP)
         // or is WebSocket control traffic (WebSocket-FLV).
@@ -133,7 +143,8 @@ fn shrink_tls(io: &mut Shard, id: ConnId) {
     }
 }
 
-fn deliver(
+/// Hand a complete message to the handler; true = stop reading (paused, not open, gone).
+pub(super) fn deliver(
     io: &mut Shard,
     h: &mut dyn Handler,
     id: ConnId,

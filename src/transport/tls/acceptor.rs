@@ -3,6 +3,7 @@
 
 use super::session::{Hs, State, TlsSession};
 use super::{TlsError, TlsSettings};
+use crate::proto::media::rfc4571::MEDIA_ALPN;
 use crate::transport::der;
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -224,6 +225,10 @@ fn build_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if settings.media_alpn {
+        // Media over TLS on the wss port: told apart by ALPN (docs/media.md).
+        cfg.alpn_protocols.push(MEDIA_ALPN.to_vec());
+    }
     cfg.session_storage = resumption.cache.clone();
     if let Some(t) = &resumption.ticketer {
         cfg.ticketer = t.clone();

@@ -3,8 +3,9 @@
 //! `dangerous_into_kernel_connection`) is what kTLS or a live-connection handover would take.
 
 use super::session::{Est, Hs, State, TlsSession, F_FAILED, F_PEER_CLOSED, F_SENT_CLOSE};
-use super::session::{F_ALPN, F_RESUMED};
+use super::session::{F_ALPN, F_ALPN_MEDIA, F_RESUMED};
 use super::TlsError;
+use crate::proto::media::rfc4571::MEDIA_ALPN;
 use crate::transport::record::{Established, RecordError};
 use rustls::{HandshakeKind, ProtocolVersion};
 
@@ -50,8 +51,10 @@ impl TlsSession {
             conn, flags, sni, ..
         } = *hs;
         let mut flags = flags;
-        if conn.alpn_protocol().is_some() {
-            flags |= F_ALPN;
+        match conn.alpn_protocol() {
+            Some(MEDIA_ALPN) => flags |= F_ALPN_MEDIA,
+            Some(_) => flags |= F_ALPN,
+            None => {}
         }
         if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
             flags |= F_RESUMED;

@@ -7,6 +7,7 @@ use super::rustls_phase::{
     append_with, encrypt_needed, read_tls_inner, sealed_len, with_write_traffic,
 };
 use super::TlsError;
+use crate::proto::media::rfc4571::MEDIA_ALPN;
 use crate::transport::record::Established;
 use rustls::server::{ServerConfig, UnbufferedServerConnection};
 use rustls::{HandshakeKind, ProtocolVersion};
@@ -55,6 +56,8 @@ pub(super) struct Est {
 
 pub(super) const F_ALPN: u8 = 16;
 pub(super) const F_RESUMED: u8 = 32;
+/// The client negotiated ALPN `corelay-media` (media over TLS).
+pub(super) const F_ALPN_MEDIA: u8 = 64;
 
 impl fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -227,12 +230,19 @@ impl TlsSession {
         }
     }
 
-    /// The negotiated ALPN protocol (`http/1.1`, the only one offered), if the client used ALPN.
+    /// The negotiated ALPN protocol (`http/1.1`, or `corelay-media` when media over TLS is
+    /// offered), if the client used ALPN.
     pub fn alpn(&self) -> Option<&[u8]> {
         match &self.state {
             State::Rustls(hs) => hs.conn.alpn_protocol(),
+            State::Established(e) if e.flags & F_ALPN_MEDIA != 0 => Some(MEDIA_ALPN),
             State::Established(e) => (e.flags & F_ALPN != 0).then_some(&b"http/1.1"[..]),
         }
+    }
+
+    /// Whether the client negotiated ALPN `corelay-media` (media over TLS).
+    pub fn is_media(&self) -> bool {
+        self.alpn() == Some(MEDIA_ALPN)
     }
 
     /// `TLSv1_3` / `TLSv1_2` once negotiated.

@@ -2,8 +2,8 @@
 //! bridge (itself in a namespace of its own, so the machine's own network is never touched).
 //!
 //! ```text
-//!   n1 n2 n3 (NATS cluster)   gw1 gw2 gw3 (gateway + bridge)   be (workers)   t (the test)
-//!   10.77.0.11-13             10.77.0.21-23                    10.77.0.31     10.77.0.100
+//!   n1 n2 n3 (NATS cluster)   gw1 gw2 gw3 (gateway + bridge)   be be2 (workers)   t (the test)
+//!   10.77.0.11-13             10.77.0.21-23                    10.77.0.31-32      10.77.0.100
 //!   └──────────── veth ── br0 in namespace "sw" (the back network) ── veth ─────────┘
 //!   t ══ veth ══ gwI: 10.78.I.1 / 10.78.I.2 (the front: clients → gateway I)
 //! ```
@@ -16,8 +16,8 @@
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
-/// NATS nodes, gateway hosts, the backend host and the test's own host, with back addresses.
-pub const HOSTS: [(&str, &str); 8] = [
+/// NATS nodes, gateway hosts, two backend hosts and the test's own host, with back addresses.
+pub const HOSTS: [(&str, &str); 9] = [
     ("n1", "10.77.0.11"),
     ("n2", "10.77.0.12"),
     ("n3", "10.77.0.13"),
@@ -25,6 +25,7 @@ pub const HOSTS: [(&str, &str); 8] = [
     ("gw2", "10.77.0.22"),
     ("gw3", "10.77.0.23"),
     ("be", "10.77.0.31"),
+    ("be2", "10.77.0.32"),
     ("t", "10.77.0.100"),
 ];
 
