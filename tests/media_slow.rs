@@ -590,7 +590,11 @@ impl Netns {
         let name = format!("mqslow{id}");
         let (h, n) = (format!("mqh{id}"), format!("mqn{id}"));
         let net = format!("10.{}.{}", 100 + id % 100, (id / 100) % 250);
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A leftover of an earlier run, if any (usually none: its error is not shown).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         let ns = Netns {
             name: name.clone(),
