@@ -169,4 +169,8 @@ fn drain_flag_in_load() {
     assert!(!draining());
     assert_eq!(http_get(admin, "/drain").0, 405);
     assert_eq!(post("/metrics"), 405);
+    // `/session` needs a u64 id, and a media plane to answer from (none here).
+    assert_eq!(http_get(admin, "/session").0, 400);
+    assert_eq!(http_get(admin, "/session?id=x").0, 400);
+    assert_eq!(http_get(admin, "/session?id=7").0, 404);
 }

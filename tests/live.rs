@@ -219,3 +219,62 @@ fn a_publisher_reconnecting_within_grace_is_an_hls_discontinuity() {
         "the second publisher starts with a keyframe"
     );
 }
+
+/// Runs `tests/py/hls_keepalive.py` in `mode` against the gateway.
+fn hls_keepalive_script(addr: std::net::SocketAddr, name: &str, query: &str, mode: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/hls_keepalive.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([&addr.to_string(), name, query, mode])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && so.contains(&format!("ok hls-keepalive {mode}")),
+        "{so}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn hls_requests_share_one_kept_alive_connection() {
+    let gw = start(2, "grace_ms = 300\nhls_segment_ms = 1000\nhls_window = 4");
+    let mut ff = publish(gw.rtmp[0], "ka", 8);
+    wait_status(gw.addr, "/live/ka.m3u8", 200, Duration::from_secs(20));
+    // Python's http.client and raw sockets: reuse, pipelining, Connection: close, HTTP/1.0.
+    hls_keepalive_script(gw.addr, "ka", "", "basic");
+    // curl fetches several URLs of the stream over one connection.
+    let pl = format!("http://{}/live/ka.m3u8", gw.addr);
+    let missing = format!("http://{}/live/ka-999999999.ts", gw.addr);
+    let out = Command::new("curl")
+        .args(["-sv", "--max-time", "20"])
+        .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+        .args([&pl, &missing, &pl])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("Re-using existing connection").count(),
+        2,
+        "curl did not reuse its connection:\n{err}"
+    );
+    assert_eq!(err.matches("< HTTP/1.1 200").count(), 2, "{err}");
+    assert_eq!(err.matches("< HTTP/1.1 404").count(), 1, "{err}");
+    // ffmpeg's HLS demuxer (persistent HTTP by default) still decodes the stream.
+    let frames = probe_frames(&pl);
+    check_gop_structure(&frames, 2 * FPS as usize);
+    assert!(ff.wait().unwrap().success());
+}
+
+#[test]
+fn hls_keepalive_ends_after_the_request_limit_and_when_idle() {
+    let gw = start(
+        1,
+        "grace_ms = 300\nhls_segment_ms = 1000\nhls_keepalive_requests = 3\n\
+         hls_keepalive_ms = 1000",
+    );
+    let mut ff = publish(gw.rtmp[0], "lim", 5);
+    wait_status(gw.addr, "/live/lim.m3u8", 200, Duration::from_secs(20));
+    hls_keepalive_script(gw.addr, "lim", "", "limits");
+    assert!(ff.wait().unwrap().success());
+}

@@ -96,6 +96,24 @@ fn backend(sock: std::path::PathBuf, stop: Arc<AtomicBool>, seen: Arc<Mutex<Hash
     }
 }
 
+/// Opens of HLS plays the backend saw.
+fn hls_opens(seen: &Mutex<HashMap<u64, Seen>>) -> usize {
+    let seen = seen.lock().unwrap();
+    seen.values()
+        .filter(|s| s.open.as_ref().is_some_and(|o| o.3 == "hls"))
+        .count()
+}
+
+fn python() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("tools/py/env.sh"))
+        .output()
+        .expect("run tools/py/env.sh");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 fn status(addr: SocketAddr, path: &str) -> u16 {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -137,7 +155,7 @@ fn backend_authorizes_publish_and_play_and_hears_of_every_end_once() {
         &format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\n\
              pin = false\n[backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n[live]\n\
-             rtmp_listen = [\"127.0.0.1:0\"]\ngrace_ms = 200\n",
+             rtmp_listen = [\"127.0.0.1:0\"]\ngrace_ms = 200\nhls_segment_ms = 1000\n",
             sock.display()
         ),
         &[],
@@ -160,7 +178,7 @@ fn backend_authorizes_publish_and_play_and_hears_of_every_end_once() {
     // A wrong key: the backend refuses, ffmpeg fails.
     let bad = publish(rtmp, "key=nope", 2).wait().unwrap();
     assert!(!bad.success(), "a publish with a wrong key was allowed");
-    let mut good = publish(rtmp, "key=k", 3);
+    let mut good = publish(rtmp, "key=k", 6);
     let deadline = Instant::now() + Duration::from_secs(20);
     while status(gw.addr, "/live/cam.flv?token=t") != 200 {
         assert!(Instant::now() < deadline, "stream never became playable");
@@ -168,6 +186,31 @@ fn backend_authorizes_publish_and_play_and_hears_of_every_end_once() {
     }
     assert_eq!(status(gw.addr, "/live/cam.flv?token=nope"), 403);
     assert_eq!(status(gw.addr, "/live/cam.flv"), 403);
+    // HLS with keep-alive: one Open per connection (the first request's, with its token),
+    // whatever number of requests follow on it; nine authorized connections in the script.
+    while status(gw.addr, "/live/cam.m3u8?token=t") != 200 {
+        assert!(Instant::now() < deadline, "no HLS playlist");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hls_before = hls_opens(&seen);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/hls_keepalive.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([&gw.addr.to_string(), "cam", "token=t", "basic"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        hls_opens(&seen) - hls_before,
+        9,
+        "{:?}",
+        seen.lock().unwrap()
+    );
     assert!(good.wait().unwrap().success());
     // Every connection gone: each Open got its Closed.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,7 +1,9 @@
 //! Real browser players on a live stream: headless Chromium plays HTTP-FLV and
-//! WebSocket-FLV with mpegts.js and HLS with hls.js, in the clear and over TLS (`https://`,
-//! `wss://` from the wss listener; the browser ignores the test certificate's issuer) (from npm, exact versions and integrity
-//! in tools/browser/package-lock.json), while ffmpeg publishes over RTMP. Each `<video>`
+//! WebSocket-FLV with mpegts.js and HLS with hls.js (from npm, exact versions and integrity
+//! in tools/browser/package-lock.json), in the clear and over TLS (`https://`, `wss://` from
+//! the wss listener; the browser trusts the test certificate by its pinned public key and
+//! nothing else: a gateway with another certificate is refused), while ffmpeg publishes
+//! over RTMP. Each `<video>`
 //! must advance (`currentTime`) and decode frames (`getVideoPlaybackQuality()`), with the
 //! players reporting H.264 + AAC and no fatal error.
 //!
@@ -112,6 +114,25 @@ fn wait_report(
     }
 }
 
+/// Chromium's pin of a certificate: base64 of the SHA-256 of its SubjectPublicKeyInfo
+/// (`--ignore-certificate-errors-spki-list`).
+fn spki_pin(key_pem: &str) -> String {
+    use base64::Engine as _;
+    use rcgen::PublicKeyData as _;
+    use sha2::Digest as _;
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(key.subject_public_key_info()))
+}
+
+/// What a `fetch` of `url` from the page `session` gives: `status N` or `error ...`.
+fn page_fetch(cdp: &mut Cdp, session: &str, url: &str) -> String {
+    let js = format!(
+        "fetch('{url}', {{cache: 'no-store'}}).then(r => 'status ' + r.status, e => 'error ' + e)"
+    );
+    cdp.eval(session, &js).as_str().unwrap_or("").to_owned()
+}
+
 fn num(r: &Value, k: &str) -> f64 {
     r[k].as_f64().unwrap_or(0.0)
 }
@@ -146,6 +167,31 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
     wait_status(gw.addr, "/live/web.flv", 200, Duration::from_secs(20));
     wait_status(gw.addr, "/live/web.m3u8", 200, Duration::from_secs(20));
 
+    // A second gateway with another self-signed certificate for the same names: what a
+    // wrong certificate looks like to the browser.
+    let other = tls_support::generate(
+        &["localhost", "127.0.0.1"],
+        tls_support::KeyKind::EcdsaP256,
+        false,
+    );
+    let (other_cert, other_key) = tls_support::write(&dir, "other", &other);
+    let wrong = common::Gw::start(
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+             admin = \"127.0.0.1:0\"\nshards = 1\npin = false\n[backend]\nmode = \"echo\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n[live]\nrtmp_listen = [\"127.0.0.1:0\"]\n",
+            other_cert.display(),
+            other_key.display()
+        ),
+        &[],
+    );
+    let wrong_tls = wrong.tls.expect("wss address");
+
+    // The test's certificate is trusted by its public key only (https://, wss://).
+    let pin = format!(
+        "--ignore-certificate-errors-spki-list={}",
+        spki_pin(&cert.key_pem)
+    );
     let mut browser = Browser::start(
         &binary,
         &[
@@ -155,8 +201,7 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
             "--disable-background-timer-throttling",
             "--disable-renderer-backgrounding",
             "--disable-backgrounding-occluded-windows",
-            // The test's self-signed certificate (https://, wss://).
-            "--ignore-certificate-errors",
+            &pin,
         ],
     );
     let cdp = &mut browser.cdp;
@@ -238,6 +283,24 @@ fn mpegts_js_and_hls_js_play_the_stream_in_chromium() {
         });
         eprintln!("{what}: {first} then {later}");
     }
+    // The pin trusts the test certificate and no other.
+    let probe = &sessions[0]; // loaded: its player is playing
+    let good = page_fetch(
+        cdp,
+        probe,
+        &format!("https://127.0.0.1:{}/live/web.m3u8", tls.port()),
+    );
+    assert_eq!(good, "status 200", "the pinned certificate was not trusted");
+    let bad = page_fetch(
+        cdp,
+        probe,
+        &format!("https://127.0.0.1:{}/live/web.m3u8", wrong_tls.port()),
+    );
+    assert!(
+        bad.starts_with("error"),
+        "a certificate that is not pinned was trusted: {bad}"
+    );
+
     // The FLV players are viewers of the stream on the gateway.
     assert!(live_metric(&gw, "corelay_live_viewers", "web") >= 4.0);
     let _ = ff.kill();

@@ -1,15 +1,12 @@
 //! Just enough HTTP/1.1 for the connection process: requests and answers with a
-//! Content-Length body (bounded), keep-alive, and a threaded TLS server loop.
+//! Content-Length body (bounded), keep-alive (the server loop is `server.rs`).
 
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// Largest head or body we read.
-const MAX_HEAD: usize = 8192;
+pub(crate) const MAX_HEAD: usize = 8192;
 const MAX_BODY: usize = 1 << 20;
 
 /// A parsed request.
@@ -21,6 +18,8 @@ pub struct Request {
     pub target: String,
     /// Body (Content-Length bytes).
     pub body: Vec<u8>,
+    /// The last `X-Forwarded-For` header's value (believed only from a trusted peer).
+    pub forwarded_for: Option<String>,
 }
 
 impl Request {
@@ -72,27 +71,39 @@ fn content_length(hs: &[httparse::Header<'_>]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The next request on `s`, or `None` when the peer closed between requests.
-pub fn read_request(s: &mut impl Read) -> io::Result<Option<Request>> {
-    let Some(head) = read_head(s)? else {
-        return Ok(None);
-    };
+/// A whole request at the start of `buf`: it and the bytes it took; `None` while incomplete.
+pub(crate) fn parse_request(buf: &[u8]) -> io::Result<Option<(Request, usize)>> {
     let mut hs = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Request::new(&mut hs);
-    if !matches!(r.parse(&head), Ok(httparse::Status::Complete(_))) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request"));
+    let head = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"))
+        }
+        Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request")),
+    };
+    if head > MAX_HEAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
     }
-    let (method, target) = (
-        r.method.unwrap_or("").to_string(),
-        r.path.unwrap_or("").to_string(),
-    );
-    let mut body = vec![0u8; content_length(r.headers)?];
-    s.read_exact(&mut body)?;
-    Ok(Some(Request {
-        method,
-        target,
-        body,
-    }))
+    let len = content_length(r.headers)?;
+    if buf.len() < head + len {
+        return Ok(None);
+    }
+    let forwarded_for = r
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::to_string);
+    let req = Request {
+        method: r.method.unwrap_or("").to_string(),
+        target: r.path.unwrap_or("").to_string(),
+        body: buf[head..head + len].to_vec(),
+        forwarded_for,
+    };
+    Ok(Some((req, head + len)))
 }
 
 /// Writes an answer with a body (keep-alive).
@@ -162,53 +173,33 @@ pub fn get_plain(url: &str, timeout: Duration) -> io::Result<(u16, Vec<u8>)> {
     request(&mut s, "GET", hostport, path, b"")
 }
 
-/// A TLS stream accepted by [`serve_tls`].
-pub type TlsStream = StreamOwned<ServerConnection, TcpStream>;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Accepts TLS connections on `listener` forever, each served by `handle` on its own thread;
-/// beyond `max_conns` at once, new connections are closed at once. The handshake and every
-/// read must complete within `idle`.
-pub fn serve_tls<F>(
-    listener: TcpListener,
-    cfg: Arc<ServerConfig>,
-    max_conns: usize,
-    idle: Duration,
-    handle: F,
-) where
-    F: Fn(TlsStream, SocketAddr) + Send + Sync + 'static,
-{
-    let handle = Arc::new(handle);
-    let live = Arc::new(AtomicUsize::new(0));
-    for s in listener.incoming() {
-        let Ok(s) = s else { continue };
-        if live.load(Ordering::Relaxed) >= max_conns {
-            continue;
-        }
-        let Ok(peer) = s.peer_addr() else { continue };
-        let (h, cfg, mine) = (handle.clone(), cfg.clone(), live.clone());
-        live.fetch_add(1, Ordering::Relaxed);
-        let spawned = std::thread::Builder::new()
-            .name("corelay-conn".into())
-            .spawn(move || {
-                if let Ok(tls) = accept(s, cfg, idle) {
-                    h(tls, peer);
-                }
-                mine.fetch_sub(1, Ordering::Relaxed);
-            });
-        if spawned.is_err() {
-            live.fetch_sub(1, Ordering::Relaxed);
-        }
+    #[test]
+    fn requests_are_parsed_whole_bounded_and_pipelined() {
+        let two = b"POST /test HTTP/1.1\r\nContent-Length: 3\r\nX-Forwarded-For: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nabcGET /x HTTP/1.1\r\n\r\n";
+        let (r, n) = parse_request(two).unwrap().unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.body.as_slice()),
+            ("POST", &b"abc"[..])
+        );
+        assert_eq!(r.forwarded_for.as_deref(), Some("1.2.3.4"));
+        let (r, m) = parse_request(&two[n..]).unwrap().unwrap();
+        assert_eq!((r.path(), n + m), ("/x", two.len()));
+        // The body not all there yet, or the head cut: wait for more.
+        assert!(parse_request(&two[..n - 1]).unwrap().is_none());
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
+        // Too long a head, too long a body, garbage: errors.
+        let mut long = b"GET / HTTP/1.1\r\nA: ".to_vec();
+        long.resize(MAX_HEAD + 10, b'a');
+        assert!(parse_request(&long).is_err());
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert!(parse_request(big.as_bytes()).is_err());
+        assert!(parse_request(b"\x16\x03\x01 not http\r\n\r\n").is_err());
     }
-}
-
-fn accept(s: TcpStream, cfg: Arc<ServerConfig>, idle: Duration) -> io::Result<TlsStream> {
-    s.set_read_timeout(Some(idle))?;
-    s.set_write_timeout(Some(idle))?;
-    s.set_nodelay(true)?;
-    let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
-    let mut tls = StreamOwned::new(conn, s);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    Ok(tls)
 }

@@ -705,6 +705,7 @@ mod tests {
             control: "h:443".into(),
             media_host: "h".into(),
             candidates: 1,
+            reason: "first".into(),
         };
         let (t, creds) = parse_notice(&text, &mmr).unwrap();
         assert_eq!((t.udp_port, t.tcp_port), (Some(8801), Some(8801)));

@@ -9,5 +9,6 @@ pub mod lookup;
 pub mod media;
 pub mod net;
 pub mod pump;
+pub mod server;
 pub mod tunnel;
 pub mod zone;

@@ -3,15 +3,22 @@
 //! allow-listed address (a zone controller, an MMR's wss or TCP media port) and relays bytes
 //! both ways. What runs inside (TLS to the MMR, RFC 4571 frames, WebSocket) is end to end
 //! between the client and the server: the tunnel never sees it in clear.
+//!
+//! It runs on one thread: a single-threaded tokio event loop holds every connection (a task
+//! and two 16 KiB buffers each, not a thread), up to `max_connections`.
 
-use crate::http::{read_request, respond, serve_tls, TlsStream};
-use rustls::ServerConnection;
 use serde::Deserialize;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 /// `corelay tunnel --config FILE` (TOML).
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +38,18 @@ pub struct TunnelConfig {
     /// A relayed connection with no traffic either way for this long is closed.
     #[serde(default = "default_idle")]
     pub idle_timeout_ms: u64,
+    /// Targets (same syntax as `allow`) told the client's address: a PROXY protocol v1 line
+    /// goes to them before the relayed bytes (the lookup, with the tunnel in its
+    /// `trusted_proxies`). Only targets that expect it: to others it would be garbage.
+    #[serde(default)]
+    pub proxy_protocol: Vec<String>,
+    /// Client connections held at once; further ones are closed at accept.
+    #[serde(default = "default_max")]
+    pub max_connections: usize,
+}
+
+fn default_max() -> usize {
+    16384
 }
 
 fn default_connect() -> u64 {
@@ -46,189 +65,250 @@ pub fn allowed(allow: &[String], target: &str) -> bool {
     allow.iter().any(|a| a == target || a == host)
 }
 
-/// Largest plaintext held for one direction.
-const CAP: usize = 256 << 10;
+/// Per-direction relay buffer.
+const BUF: usize = 16 << 10;
+/// Largest request head (`CONNECT`, `GET /ping`).
+const MAX_HEAD: usize = 8 << 10;
+/// TLS handshake and request head deadline.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
+/// Last traffic in either direction of one relay (ms since `t0`).
+struct Activity {
+    t0: Instant,
+    last_ms: AtomicU64,
 }
 
-/// Relays between the client's TLS (`tls` over `a`) and `b` until either side ends or `idle`
-/// passes without traffic.
-fn relay(mut tls: ServerConnection, a: TcpStream, b: TcpStream, idle: Duration) -> io::Result<()> {
-    a.set_nonblocking(true)?;
-    b.set_nonblocking(true)?;
-    tls.set_buffer_limit(Some(CAP));
-    let (mut to_b, mut from_b) = (Vec::new(), Vec::new());
-    let mut buf = vec![0u8; 16 << 10];
-    let (mut a_eof, mut b_eof) = (false, false);
+impl Activity {
+    fn touch(&self) {
+        let ms = self.t0.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn silent_for(&self) -> Duration {
+        let now = self.t0.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Copies `r` to `w` until `r` ends (then shuts `w` down: FIN, or TLS close_notify) or both
+/// directions have been silent for `idle`.
+async fn pipe<R, W>(mut r: R, mut w: W, idle: Duration, act: &Activity) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
     loop {
-        // Client plaintext → b.
-        while !a_eof && to_b.len() < CAP {
-            match tls.reader().read(&mut buf) {
-                Ok(0) => a_eof = true,
-                Ok(n) => to_b.extend_from_slice(&buf[..n]),
-                Err(e) if would_block(&e) => break,
-                Err(_) => a_eof = true,
+        match timeout(idle, r.read(&mut buf)).await {
+            // This side silent: end only if the other one is too.
+            Err(_) if act.silent_for() >= idle => return Ok(()),
+            Err(_) => continue,
+            Ok(Ok(0)) => return w.shutdown().await,
+            Ok(Ok(n)) => {
+                act.touch();
+                timeout(idle, w.write_all(&buf[..n]))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                w.flush().await?;
+                act.touch();
             }
-        }
-        if !to_b.is_empty() {
-            match (&b).write(&to_b) {
-                Ok(n) => drop(to_b.drain(..n)),
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        // b → client (TLS records).
-        if !from_b.is_empty() {
-            let n = tls.writer().write(&from_b)?;
-            from_b.drain(..n);
-        }
-        while tls.wants_write() {
-            match tls.write_tls(&mut &a) {
-                Ok(_) => {}
-                Err(e) if would_block(&e) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if a_eof || b_eof {
-            return finish(tls, a, b, to_b, from_b, a_eof);
-        }
-        let mut fds = [
-            libc::pollfd {
-                fd: a.as_raw_fd(),
-                events: if to_b.len() < CAP { libc::POLLIN } else { 0 }
-                    | if tls.wants_write() { libc::POLLOUT } else { 0 },
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: b.as_raw_fd(),
-                events: if from_b.len() < CAP { libc::POLLIN } else { 0 }
-                    | if to_b.is_empty() { 0 } else { libc::POLLOUT },
-                revents: 0,
-            },
-        ];
-        let ms = idle.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-        if r == 0 {
-            return Ok(());
-        }
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            match tls.read_tls(&mut &a) {
-                Ok(0) => a_eof = true,
-                Ok(_) => {
-                    tls.process_new_packets().map_err(io::Error::other)?;
-                }
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            match (&b).read(&mut buf) {
-                Ok(0) => b_eof = true,
-                Ok(n) => from_b.extend_from_slice(&buf[..n]),
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(e),
-            }
+            Ok(Err(e)) => return Err(e),
         }
     }
 }
 
-/// One side ended: hand the other what is pending (blocking, bounded by a write timeout)
-/// and close.
-fn finish(
-    mut tls: ServerConnection,
-    a: TcpStream,
-    b: TcpStream,
-    to_b: Vec<u8>,
-    from_b: Vec<u8>,
-    a_ended: bool,
+/// Relays between the client's TLS stream and `up` (after handing `up` the bytes that came
+/// behind the CONNECT head) until either side ends or `idle` passes without traffic.
+async fn relay(
+    tls: TlsStream<TcpStream>,
+    up: TcpStream,
+    early: Vec<u8>,
+    idle: Duration,
 ) -> io::Result<()> {
-    let t = Some(Duration::from_secs(5));
-    if a_ended {
-        b.set_nonblocking(false)?;
-        b.set_write_timeout(t)?;
-        (&b).write_all(&to_b)?;
-        let _ = b.shutdown(std::net::Shutdown::Both);
-    } else {
-        a.set_nonblocking(false)?;
-        a.set_write_timeout(t)?;
-        let mut rest = &from_b[..];
-        while !rest.is_empty() {
-            let n = tls.writer().write(rest)?;
-            rest = &rest[n..];
-            while tls.wants_write() {
-                tls.write_tls(&mut &a)?;
-            }
-        }
-        tls.send_close_notify();
-        while tls.wants_write() {
-            tls.write_tls(&mut &a)?;
-        }
+    let (cr, cw) = tokio::io::split(tls);
+    let (ur, mut uw) = up.into_split();
+    if !early.is_empty() {
+        uw.write_all(&early).await?;
     }
-    Ok(())
+    let act = Activity {
+        t0: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    // Whichever direction ends first ends the relay, once it has passed its end on.
+    tokio::select! {
+        r = pipe(cr, uw, idle, &act) => r,
+        r = pipe(ur, cw, idle, &act) => r,
+    }
 }
 
-fn serve(mut s: TlsStream, cfg: &TunnelConfig) {
-    while let Ok(Some(req)) = read_request(&mut s) {
-        match (req.method.as_str(), req.path()) {
-            ("GET", "/ping") => {
-                if respond(&mut s, 200, "text/plain", b"pong\n").is_err() {
-                    return;
-                }
+/// A parsed request head: method, target, whether it has a body.
+struct Head {
+    method: String,
+    target: String,
+    has_body: bool,
+}
+
+/// Reads one request head into `buf` (bytes after it stay there). `None`: the client closed.
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<Option<Head>> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let has_body = req.headers.iter().any(|h| {
+                    (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+                        || h.name.eq_ignore_ascii_case("transfer-encoding")
+                });
+                let head = Head {
+                    method: req.method.unwrap_or("").to_string(),
+                    target: req.path.unwrap_or("").to_string(),
+                    has_body,
+                };
+                buf.drain(..n);
+                return Ok(Some(head));
             }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad request head",
+                ))
+            }
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: u16, body: &[u8]) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => "Bad Gateway",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    s.write_all(&out).await?;
+    s.flush().await
+}
+
+/// The PROXY protocol v1 line telling `up` that `client` is behind this connection.
+pub fn proxy_v1_line(client: SocketAddr, up: SocketAddr) -> String {
+    // Both ends in one family (an IPv4 client to an IPv6 target is shown mapped).
+    let v6 = |a: SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    };
+    match (client, up) {
+        (SocketAddr::V4(c), SocketAddr::V4(u)) => format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            c.ip(),
+            u.ip(),
+            c.port(),
+            u.port()
+        ),
+        _ => format!(
+            "PROXY TCP6 {} {} {} {}\r\n",
+            v6(client),
+            v6(up),
+            client.port(),
+            up.port()
+        ),
+    }
+}
+
+/// One client connection: TLS, then requests until a CONNECT turns it into a relay.
+async fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    cfg: Arc<TunnelConfig>,
+) -> io::Result<()> {
+    sock.set_nodelay(true)?;
+    let late = || io::Error::from(io::ErrorKind::TimedOut);
+    let mut tls = timeout(HANDSHAKE, acceptor.accept(sock))
+        .await
+        .map_err(|_| late())??;
+    let mut buf = Vec::new();
+    loop {
+        let Some(head) = timeout(HANDSHAKE, read_head(&mut tls, &mut buf))
+            .await
+            .map_err(|_| late())??
+        else {
+            return Ok(());
+        };
+        match (head.method.as_str(), head.target.as_str()) {
             ("CONNECT", target) => {
                 if !allowed(&cfg.allow, target) {
-                    let _ = respond(&mut s, 403, "text/plain", b"not in the allow-list\n");
-                    return;
+                    return respond(&mut tls, 403, b"not in the allow-list\n").await;
                 }
                 let t = Duration::from_millis(cfg.connect_timeout_ms);
-                let up = target
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .and_then(|a| TcpStream::connect_timeout(&a, t).ok());
-                let Some(up) = up else {
-                    let _ = respond(&mut s, 502, "text/plain", b"cannot reach the target\n");
-                    return;
+                // An address literal resolves without the blocking pool.
+                let up = match timeout(t, TcpStream::connect(target)).await {
+                    Ok(Ok(up)) => up,
+                    _ => return respond(&mut tls, 502, b"cannot reach the target\n").await,
                 };
-                let _ = up.set_nodelay(true);
-                if s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-                    .and_then(|_| s.flush())
-                    .is_err()
-                {
-                    return;
+                up.set_nodelay(true)?;
+                let mut up = up;
+                if allowed(&cfg.proxy_protocol, target) {
+                    let line = proxy_v1_line(peer, up.peer_addr()?);
+                    up.write_all(line.as_bytes()).await?;
                 }
-                let (conn, sock) = (s.conn, s.sock);
-                let _ = relay(conn, sock, up, Duration::from_millis(cfg.idle_timeout_ms));
-                return;
+                tls.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await?;
+                tls.flush().await?;
+                let idle = Duration::from_millis(cfg.idle_timeout_ms);
+                return relay(tls, up, std::mem::take(&mut buf), idle).await;
             }
-            _ => {
-                if respond(&mut s, 404, "text/plain", b"GET /ping or CONNECT\n").is_err() {
-                    return;
-                }
-            }
+            // A body on these is not expected; answering and closing keeps the framing safe.
+            ("GET", "/ping") if !head.has_body => respond(&mut tls, 200, b"pong\n").await?,
+            _ => return respond(&mut tls, 404, b"GET /ping or CONNECT\n").await,
         }
     }
 }
 
-/// Serves the tunnel forever.
+/// Serves the tunnel forever on one thread.
 pub fn run(cfg: TunnelConfig) -> io::Result<()> {
     let tls = crate::net::server_config(&cfg.cert, &cfg.key)?;
-    let l = TcpListener::bind(cfg.listen)?;
-    eprintln!("tunnel listening on https://{}", l.local_addr()?);
-    serve_tls(l, tls, 4096, Duration::from_secs(10), move |s, _| {
-        serve(s, &cfg)
-    });
-    Ok(())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Host names in CONNECT resolve on the blocking pool: keep it small.
+        .max_blocking_threads(4)
+        .build()?;
+    rt.block_on(async move {
+        let l = TcpListener::bind(cfg.listen).await?;
+        eprintln!("tunnel listening on https://{}", l.local_addr()?);
+        let acceptor = TlsAcceptor::from(tls);
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+        let cfg = Arc::new(cfg);
+        loop {
+            let (sock, peer) = match l.accept().await {
+                Ok(a) => a,
+                // Out of descriptors and the like: back off instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue; // over max_connections: dropped, closed
+            };
+            let (a, c) = (acceptor.clone(), cfg.clone());
+            tokio::spawn(async move {
+                let _ = serve(sock, peer, a, c).await;
+                drop(slot);
+            });
+        }
+    })
 }
 
 #[cfg(test)]
@@ -240,5 +320,18 @@ mod tests {
         assert!(!super::allowed(&allow, "10.0.2.11:22"));
         assert!(super::allowed(&allow, "10.0.2.12:8801"));
         assert!(!super::allowed(&allow, "10.0.2.13:443"));
+    }
+
+    #[test]
+    fn proxy_lines() {
+        let a = |s: &str| s.parse().unwrap();
+        assert_eq!(
+            super::proxy_v1_line(a("192.0.2.1:5000"), a("10.0.0.2:443")),
+            "PROXY TCP4 192.0.2.1 10.0.0.2 5000 443\r\n"
+        );
+        assert_eq!(
+            super::proxy_v1_line(a("192.0.2.1:5000"), a("[2001:db8::2]:443")),
+            "PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 5000 443\r\n"
+        );
     }
 }

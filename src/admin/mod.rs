@@ -31,6 +31,9 @@ pub struct Page {
     pub body: Arc<Vec<u8>>,
 }
 
+/// Counts the members admitted to a media session.
+pub type SessionMembers = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
+
 /// What the admin server needs.
 #[derive(Clone)]
 pub struct AdminState {
@@ -47,6 +50,9 @@ pub struct AdminState {
     /// Set by `POST /drain`, cleared by `POST /undrain`; `/load` reports it so zone controllers
     /// stop sending new meetings here (the gateway itself keeps serving what it has).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Members of a media session now (when `[media]` is on), for `/session?id=`; given by
+    /// the binary, which owns the media plane (admin sits below it).
+    pub session_members: Option<SessionMembers>,
 }
 
 /// Bind the admin listener and serve it on a new thread. Returns the bound address.
@@ -131,6 +137,22 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
                 )
                 .as_bytes(),
             )
+        }
+        "/session" => {
+            // Whether a meeting is already here: zone controllers keep a meeting on an MMR
+            // above its high-water mark only if it holds members of it.
+            let id = path
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("id=")))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (id, &st.session_members) {
+                (None, _) => respond(&mut s, 400, "text/plain", b"id=<u64> missing\n"),
+                (Some(_), None) => respond(&mut s, 404, "text/plain", b"no media plane\n"),
+                (Some(id), Some(m)) => {
+                    let body = format!("{{\"session\":{id},\"members\":{}}}\n", m(id));
+                    respond(&mut s, 200, "application/json", body.as_bytes())
+                }
+            }
         }
         "/healthz" => {
             let snaps = st.gateway.snapshot(Duration::from_secs(1));
@@ -271,6 +293,26 @@ pub fn metrics_text_with(
         "bytes_out",
         "Bytes written to client sockets",
         |s: &ShardSnapshot| s.metrics.bytes_out
+    );
+    counter_family!(
+        "uring_sends",
+        "Sends made through the data-plane io_uring",
+        |s: &ShardSnapshot| s.metrics.uring_sends
+    );
+    counter_family!(
+        "uring_send_batches",
+        "io_uring_enter calls that submitted the data plane's sends",
+        |s: &ShardSnapshot| s.metrics.uring_send_batches
+    );
+    counter_family!(
+        "uring_recvs",
+        "Receives made through the data-plane io_uring",
+        |s: &ShardSnapshot| s.metrics.uring_recvs
+    );
+    counter_family!(
+        "uring_recv_batches",
+        "io_uring_enter calls that submitted the data plane's receives",
+        |s: &ShardSnapshot| s.metrics.uring_recv_batches
     );
     counter_family!(
         "stall_rescues",

@@ -143,6 +143,13 @@ fn apply_env(cfg: &mut GatewayConfig) -> Result<()> {
     if let Some(v) = var("CORELAY_ATTACH_SOCKET") {
         cfg.backend.attach_socket = v.into();
     }
+    if let Some(v) = var("CORELAY_IO_URING") {
+        cfg.io.uring = match v.trim() {
+            "auto" => corelay::config::UringMode::Auto,
+            "off" => corelay::config::UringMode::Off,
+            _ => anyhow::bail!("CORELAY_IO_URING (io.uring): expected auto or off, got {v:?}"),
+        };
+    }
     Ok(())
 }
 
@@ -314,6 +321,9 @@ fn serve(cfg: GatewayConfig, demo: bool, read_once: Option<&std::path::Path>) ->
             baseline_rss: admin::process_rss(),
             live: gw.live(),
             draining: Default::default(),
+            session_members: media
+                .clone()
+                .map(|m| Arc::new(move |id| m.dir.members_of(id)) as admin::SessionMembers),
             pages: vec![
                 admin::Page {
                     path: "/",

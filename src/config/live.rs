@@ -37,6 +37,12 @@ pub struct LiveConfig {
     pub hls_segment_ms: u32,
     /// HLS: segments kept and listed (sliding window).
     pub hls_window: usize,
+    /// HLS keep-alive: an idle connection (no request, nothing left to send) closes after
+    /// this long (0: every HLS response closes its connection).
+    pub hls_keepalive_ms: u64,
+    /// HLS keep-alive: the connection closes after answering this many requests (the last
+    /// response says `Connection: close`).
+    pub hls_keepalive_requests: u32,
 }
 
 impl Default for LiveConfig {
@@ -54,6 +60,8 @@ impl Default for LiveConfig {
             allow_all: false,
             hls_segment_ms: 2_000,
             hls_window: 6,
+            hls_keepalive_ms: 15_000,
+            hls_keepalive_requests: 1_000,
         }
     }
 }
@@ -72,6 +80,12 @@ impl GatewayConfig {
         }
         if !(64 << 10..=1 << 30).contains(&l.gop_cache_bytes) {
             return Err(invalid("live.gop_cache_bytes", "must be in 65536..=2^30"));
+        }
+        if l.hls_keepalive_ms > 600_000 || l.hls_keepalive_requests == 0 {
+            return Err(invalid(
+                "live.hls_keepalive_ms",
+                "hls_keepalive_ms at most 10 min, hls_keepalive_requests at least 1",
+            ));
         }
         if l.grace_ms > 3_600_000 || l.mw_latency_ms > 10_000 {
             return Err(invalid(

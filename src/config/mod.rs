@@ -45,7 +45,9 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+mod io;
 mod live;
+pub use io::{IoConfig, UringMode};
 pub use live::LiveConfig;
 
 /// The whole gateway configuration.
@@ -72,6 +74,8 @@ pub struct GatewayConfig {
     pub media: Option<MediaConfig>,
     /// Live streaming: RTMP ingest, HTTP-FLV / WebSocket-FLV / HLS egress (docs/live.md).
     pub live: LiveConfig,
+    /// How the shards do their I/O (`[io] uring`).
+    pub io: IoConfig,
 }
 
 /// What serves a listener's connections.

@@ -84,6 +84,15 @@ impl Directory {
         (d.sessions.len() as u64, d.members)
     }
 
+    /// Members admitted to `session` now (0 if it has none): what a zone controller asks
+    /// (admin `GET /session?id=`) to keep a meeting on an MMR that became loaded.
+    pub fn members_of(&self, session: u64) -> u64 {
+        self.lock()
+            .sessions
+            .get(&session)
+            .map_or(0, |s| s.members.len() as u64)
+    }
+
     /// Admits (or re-admits, replacing) a member; returns its new epoch.
     pub fn admit(
         &self,

@@ -39,6 +39,15 @@ pub struct ShardMetrics {
     /// Bytes written to sockets (frames, handshake responses, TLS records: the wire, like
     /// `bytes_in`).
     pub bytes_out: u64,
+    /// Sends made through the data-plane io_uring, and the batches (`io_uring_enter` calls)
+    /// they went in.
+    pub uring_sends: u64,
+    /// See `uring_sends`.
+    pub uring_send_batches: u64,
+    /// Receives made through the data-plane io_uring, and their batches.
+    pub uring_recvs: u64,
+    /// See `uring_recvs`.
+    pub uring_recv_batches: u64,
 }
 
 impl ShardMetrics {

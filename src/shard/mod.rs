@@ -23,6 +23,7 @@ pub mod reactor;
 mod run;
 pub mod services;
 pub mod timers;
+pub mod uring;
 mod watchdog;
 
 pub use gateway::{BoundListener, Gateway, GatewayHandle, ShardSnapshot};

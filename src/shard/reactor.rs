@@ -7,8 +7,10 @@
 //! connection record. The epoll fd is watched by a tiny io_uring of our own (a one-shot poll
 //! armed before each sleep) with a registered eventfd; glommio awaits that eventfd with an ordinary read, so the
 //! shard sleeps in glommio's own `io_uring_enter` and a busy shard makes no extra syscalls
-//! besides `epoll_wait`.
+//! besides `epoll_wait`. With the data ring (`uring.rs`) that poll is armed on the data ring
+//! instead, in the same `io_uring_enter` as the round's last sends.
 
+use super::uring::DataRing;
 use glommio::io::BufferedFile;
 use io_uring::{opcode, types, IoUring};
 use std::io;
@@ -48,7 +50,9 @@ pub struct Poller {
 /// Sleeps until the epoll set has new readiness (owned by the shard's I/O task).
 pub struct Waker {
     epfd: RawFd,
-    uring: IoUring,
+    /// The ring that arms the poll on the epoll fd: our own small one, or `None` when the
+    /// shard's data ring does it ([`DataRing::may_sleep`] before [`Waker::wait`]).
+    uring: Option<IoUring>,
     wake: BufferedFile,
     armed: bool,
 }
@@ -61,17 +65,27 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Create the epoll set, the wake eventfd and the io_uring watching them. Must be called
-/// on the shard's glommio executor (the eventfd is awaited there).
-pub fn new(batch: usize) -> io::Result<(Poller, Waker)> {
+/// Create the epoll set, the wake eventfd and the io_uring watching them (the shard's data
+/// ring if it has one, else a small ring of our own). Must be called on the shard's glommio
+/// executor (the eventfd is awaited there).
+pub fn new(batch: usize, data: Option<&mut DataRing>) -> io::Result<(Poller, Waker)> {
     // SAFETY: plain syscall; the result is checked and owned immediately.
     let epfd = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
     // Blocking eventfd on purpose: io_uring returns EAGAIN for O_NONBLOCK files instead of
     // waiting, and glommio's read must wait.
     // SAFETY: plain syscall; the result is checked and handed to BufferedFile which owns it.
     let efd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
-    let uring = IoUring::builder().build(8)?;
-    uring.submitter().register_eventfd(efd)?;
+    let uring = match data {
+        Some(ring) => {
+            ring.attach_waker(epfd.as_raw_fd(), efd)?;
+            None
+        }
+        None => {
+            let uring = IoUring::builder().build(8)?;
+            uring.submitter().register_eventfd(efd)?;
+            Some(uring)
+        }
+    };
     // SAFETY: efd is a fresh, valid descriptor that nothing else owns.
     let wake = unsafe { BufferedFile::from_raw_fd(efd) };
     let waker = Waker {
@@ -94,19 +108,19 @@ impl Waker {
     /// lost, and at most one completion is ever outstanding, so the tiny CQ cannot overflow.
     pub async fn wait(&mut self) -> io::Result<()> {
         self.reap();
-        if !self.armed {
+        if let Some(uring) = self.uring.as_mut().filter(|_| !self.armed) {
             let sqe = opcode::PollAdd::new(types::Fd(self.epfd), libc::POLLIN as u32)
                 .build()
                 .user_data(UD_EPOLL);
             // SAFETY: the SQE carries no pointers, only the epoll fd; if that fd is closed
             // first the kernel keeps its own reference until the request ends.
             unsafe {
-                self.uring
+                uring
                     .submission()
                     .push(&sqe)
                     .map_err(|_| io::Error::other("reactor ring full"))?;
             }
-            self.uring.submit()?;
+            uring.submit()?;
             self.armed = true;
         }
         self.wake
@@ -128,7 +142,10 @@ impl Waker {
     }
 
     fn reap(&mut self) {
-        for cqe in self.uring.completion() {
+        let Some(uring) = self.uring.as_mut() else {
+            return;
+        };
+        for cqe in uring.completion() {
             if cqe.user_data() == UD_EPOLL {
                 self.armed = false;
             }

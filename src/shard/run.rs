@@ -9,6 +9,7 @@ use super::conn_table::ConnId;
 use super::control_block::{read_counter, Control};
 use super::reactor::{self, Interest, Ready};
 use super::services::Services;
+use super::uring;
 use super::{listener, settings, HandlerFactory, ShardSnapshot};
 use crate::config::{GatewayConfig, ServiceKind};
 use std::cell::RefCell;
@@ -106,7 +107,17 @@ pub(super) async fn run_shard(
     tls: Option<crate::transport::TlsAcceptor>,
     live: Option<Arc<crate::live::Hub>>,
 ) -> io::Result<()> {
-    let (poller, mut waker) = reactor::new(1024)?;
+    let mut ring = match uring::open(cfg.io.uring) {
+        Ok(r) => {
+            tracing::info!(shard = id, "data plane: io_uring (batched send and recv)");
+            Some(r)
+        }
+        Err(why) => {
+            tracing::info!(shard = id, %why, "data plane: send/recv system calls");
+            None
+        }
+    };
+    let (poller, mut waker) = reactor::new(1024, ring.as_mut())?;
     let epfd = poller.raw_fd_hint();
     poller.add(control.efd.as_raw_fd(), TOK_CONTROL, Interest::Read)?;
     let tick = Duration::from_millis(cfg.timeouts.tick_ms);
@@ -122,6 +133,7 @@ pub(super) async fn run_shard(
         poller,
         cfg.limits.read_buffer_bytes,
         tls,
+        ring,
     );
     if let Some(hub) = live {
         if let Some(fd) = hub.inbox_fd(id) {
@@ -176,10 +188,22 @@ pub(super) async fn run_shard(
         if state.borrow().exit {
             break;
         }
-        if drained {
+        // With a data ring, it arms the sleep (often in the round's last batch of sends
+        // already) and says whether the epoll set is ready meanwhile.
+        let sleep = drained
+            && state
+                .borrow_mut()
+                .io
+                .ring
+                .as_mut()
+                .is_none_or(|r| r.may_sleep());
+        if sleep {
             waker.wait().await?;
         } else {
             glommio::executor().yield_now().await;
+        }
+        if let Some(r) = state.borrow_mut().io.ring.as_mut() {
+            r.awake();
         }
     }
     // Off the watchdog's list before the fds close.
@@ -200,6 +224,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
         for r in ready.iter() {
             dispatch(st, *r);
         }
+        conn::read_batch(&mut st.io, &mut st.services);
         settle(st);
         if n < batch {
             epoll_drained = true;
@@ -208,6 +233,12 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
     }
     // Connections that were cut off by their read budget get another turn.
     let pending = st.io.ready.len().min(4096);
+    if epoll_drained && pending == 0 {
+        // Likely the round's last output: arm the sleep poll in the same io_uring_enter.
+        if let Some(r) = st.io.ring.as_mut() {
+            r.arm_with_next();
+        }
+    }
     for _ in 0..pending {
         let Some(tok) = st.io.ready.pop_front() else {
             break;
@@ -222,6 +253,7 @@ fn run_round(st: &mut State, ready: &mut Vec<Ready>) -> io::Result<bool> {
             },
         );
     }
+    conn::read_batch(&mut st.io, &mut st.services);
     settle(st);
     st.services.each(&mut st.io, |h, io| h.on_round_end(io));
     if settle(st) {
@@ -294,7 +326,10 @@ fn dispatch(st: &mut State, r: Ready) {
         st.io.peer_hung_up(id);
     }
     if r.readable {
-        if let Some(service) = st.io.service_of(id) {
+        if st.io.ring.is_some() {
+            // Received together at the end of the dispatch pass (conn::read_batch).
+            st.io.rx_batch.push(id);
+        } else if let Some(service) = st.io.service_of(id) {
             st.services
                 .call(&mut st.io, service, |h, io| conn::on_readable(io, h, id));
         }

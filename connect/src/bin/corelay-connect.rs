@@ -173,6 +173,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Join(a) => do_join(*a).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Zone { config } => load::<zone::ZoneConfig>(&config)
+            .and_then(|c| c.check().map(|_| c))
             .and_then(|c| zone::run(c).map_err(|e| e.to_string()))
             .map(|_| 0),
         Cmd::Lookup { config } => lookup::LookupConfig::load(&config)

@@ -36,6 +36,20 @@ pub(super) enum Role {
     Publisher(Arc<Stream>),
     /// Watching a stream.
     Viewer(Box<Viewer>),
+    /// An HLS connection kept alive after its authorized first request.
+    Hls(Box<HlsConn>),
+}
+
+/// A kept-alive HLS connection: authorized once, for one stream, it answers that stream's
+/// playlist and segment requests in order until it closes.
+pub(super) struct HlsConn {
+    /// The stream the backend allowed.
+    pub(super) name: String,
+    /// Requests answered so far.
+    pub(super) served: u32,
+    /// The last request's arrival or the moment its response was fully written (idle
+    /// timeout).
+    pub(super) last: Instant,
 }
 
 /// A publish or play waiting for its authorization.
@@ -49,6 +63,8 @@ pub(super) struct Request {
     pub(super) ws_key: Option<[u8; 24]>,
     /// When the request was complete (time to first byte starts here).
     pub(super) at: Instant,
+    /// HLS: the client may keep the connection for further requests.
+    pub(super) keep_alive: bool,
 }
 
 impl LiveConn {
@@ -57,6 +73,11 @@ impl LiveConn {
             rtmp: Some(Box::new(session)),
             role: Role::Idle,
         }
+    }
+
+    /// Whether the connection is a kept-alive HLS connection (it reads requests).
+    pub(super) fn is_hls(&self) -> bool {
+        matches!(self.role, Role::Hls(_))
     }
 
     /// Whether the connection speaks WebSocket framing (WebSocket-FLV): close frames and
@@ -78,6 +99,9 @@ pub(crate) struct LiveShard {
     pub(super) viewers: HashMap<u64, Vec<ConnId>, ahash::RandomState>,
     /// Viewers with tags to write (deduplicated by `Viewer::scheduled`).
     pub(super) waiting: Vec<ConnId>,
+    /// Kept-alive HLS connections (their idle timeout is checked on the tick; removed ones
+    /// are dropped from the list there).
+    pub(super) hls: Vec<ConnId>,
     deliveries: Vec<Delivery>,
 }
 
@@ -88,6 +112,7 @@ impl Shard {
             hub,
             viewers: HashMap::default(),
             waiting: Vec::new(),
+            hls: Vec::new(),
             deliveries: Vec::new(),
         }));
     }
@@ -248,7 +273,7 @@ impl Shard {
                     }
                 }
             }
-            Role::Idle | Role::Pending(_) => {}
+            Role::Idle | Role::Pending(_) | Role::Hls(_) => {}
         }
     }
 }
@@ -304,6 +329,7 @@ pub fn on_live_tick(io: &mut Shard) {
     if let Some(l) = io.live.as_ref() {
         l.hub.expire(Instant::now());
     }
+    super::live_http::hls_idle_sweep(io);
     super::live_pump::pump_waiting(io, true);
 }
 
@@ -314,6 +340,7 @@ pub fn settle_live(io: &mut Shard) {
 
 /// The socket of `id` took output (EPOLLOUT): a live viewer continues writing.
 pub fn live_writable(io: &mut Shard, id: ConnId) {
+    super::live_http::hls_writable(io, id);
     if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
         v.force();
         if v.schedule() {

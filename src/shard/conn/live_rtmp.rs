@@ -133,6 +133,7 @@ fn request(action: LiveAction, name: String) -> Request {
         segment: None,
         ws_key: None,
         at: Instant::now(),
+        keep_alive: false,
     }
 }
 

@@ -16,6 +16,7 @@
 use super::conn_table::{ConnId, ConnTable};
 use super::reactor::{Interest, Poller};
 use super::timers::{Tick, Wheel};
+use super::uring::DataRing;
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::HandshakeLimits;
 use crate::proto::ws::{DataKind, Decoder, DecoderConfig};
@@ -49,24 +50,25 @@ pub use lifecycle::{CloseStep, ConnState, Due, Ended, Lifecycle, Timing};
 pub use live::{live_writable, on_inbox, on_live_tick, settle_live};
 pub use media_stream::MAX_MEDIA_FRAME;
 pub use protocol::retry_stalled;
-pub use read::on_readable;
+pub use read::{on_readable, read_batch};
 pub use transport::Transport;
 use txqueue::TxQueue;
 
 // Engine bookkeeping of a connection (its lifecycle marks live in [`Lifecycle`]).
-const F_WRITE_BLOCKED: u8 = 1; // last send hit EAGAIN; wait for EPOLLOUT
-const F_READ_PAUSED: u8 = 2; // stalled by backpressure, or awaiting the open decision
-const F_SHUT_WR: u8 = 4; // shutdown(SHUT_WR) done
-const F_DIRTY: u8 = 8; // in the flush list
-const F_READ_PENDING: u8 = 16; // edge seen but not read to EAGAIN (budget or pause)
-const F_SHRINK_ARMED: u8 = 32; // a second wheel entry, the TLS shrink check, is pending
-const F_PEER_HUP: u8 = 64; // the peer shut its side: read to EOF, a short read is not the end
-const F_MEDIA: u8 = 128; // a media stream: RFC 4571 frames, no WebSocket (media_stream.rs)
+const F_WRITE_BLOCKED: u16 = 1; // last send hit EAGAIN; wait for EPOLLOUT
+const F_READ_PAUSED: u16 = 2; // stalled by backpressure, or awaiting the open decision
+const F_SHUT_WR: u16 = 4; // shutdown(SHUT_WR) done
+const F_DIRTY: u16 = 8; // in the flush list
+const F_READ_PENDING: u16 = 16; // edge seen but not read to EAGAIN (budget or pause)
+const F_SHRINK_ARMED: u16 = 32; // a second wheel entry, the TLS shrink check, is pending
+const F_PEER_HUP: u16 = 64; // the peer shut its side: read to EOF, a short read is not the end
+const F_MEDIA: u16 = 128; // a media stream: RFC 4571 frames, no WebSocket (media_stream.rs)
+const F_IN_BATCH: u16 = 256; // a send of its output is in the data ring's current batch
 
 /// One connection: the whole cost of an idle WebSocket in user space besides its wheel entry.
 pub struct Conn {
     fd: OwnedFd,
-    flags: u8,
+    flags: u16,
     /// Handler routing data (the backend slot a ring handler bound this connection to).
     route: u8,
     /// The service (index into the shard's handlers) of the listener that accepted it.
@@ -275,6 +277,13 @@ pub struct Shard {
     closed: Vec<CloseEvent>,
     /// Live streaming on this shard ([`Shard::attach_live`]).
     live: Option<Box<live::LiveShard>>,
+    /// The data-plane io_uring (`None`: plain `send`/`recv` system calls).
+    pub(crate) ring: Option<DataRing>,
+    /// Readable connections collected during a round, to receive in one batch.
+    pub(crate) rx_batch: Vec<ConnId>,
+    /// Receive buffers of one batch ([`read::RX_SLOTS`] slots of [`read::RX_SLOT`] bytes;
+    /// empty without a data ring).
+    rx_arena: Vec<u8>,
     /// The service whose handler is running ([`ENGINE`] between handler calls): a handler
     /// sees and acts on its own service's connections only, so a backend naming another
     /// service's connection id (or closing "every connection of its slot") cannot reach it.
@@ -290,7 +299,16 @@ impl Shard {
         poller: Poller,
         read_buffer: usize,
         tls: Option<TlsAcceptor>,
+        ring: Option<DataRing>,
     ) -> Self {
+        let rx_arena = if ring.is_some() {
+            // Filled with a non-zero byte so that its pages are touched now (a zeroed vec
+            // comes untouched from calloc): the arena is a fixed cost of the shard, resident
+            // from its start, not something that grows with the connections.
+            vec![0x5a; read::RX_SLOTS * read::RX_SLOT]
+        } else {
+            Vec::new()
+        };
         Self {
             shard,
             settings,
@@ -315,6 +333,9 @@ impl Shard {
             seal_staging: Vec::new(),
             closed: Vec::new(),
             live: None,
+            ring,
+            rx_batch: Vec::new(),
+            rx_arena,
             caller: ENGINE,
         }
     }

@@ -121,11 +121,15 @@ pub(super) fn process_handshake(
         Ok(Some(req)) => req,
         Err(
             err @ (handshake::HandshakeError::NotWebSocketUpgrade
-            | handshake::HandshakeError::ConnectionNotUpgrade),
+            | handshake::HandshakeError::ConnectionNotUpgrade
+            | handshake::HandshakeError::UnsupportedHttpVersion
+            | handshake::HandshakeError::MissingHost),
         ) => {
-            // A plain GET: live egress (HTTP-FLV, HLS) if it asks for it.
+            // A plain GET (HTTP/1.0 too): live egress (HTTP-FLV, HLS) if it asks for it.
+            // Only its head is consumed: a kept-alive HLS connection's next request may
+            // follow.
             if let Some(used) = super::live_http::route_get(io, h, id, buf) {
-                return used.max(buf.len());
+                return used;
             }
             refuse_handshake(io, id, &err);
             return buf.len();

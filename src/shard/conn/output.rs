@@ -2,13 +2,22 @@
 //! transmit queue and its bound (slow consumers).
 
 use super::{
-    CloseCause, ConnState, SendError, Shard, F_DIRTY, F_MEDIA, F_SHRINK_ARMED, F_SHUT_WR,
-    F_WRITE_BLOCKED,
+    CloseCause, ConnState, SendError, Shard, F_DIRTY, F_IN_BATCH, F_MEDIA, F_SHRINK_ARMED,
+    F_SHUT_WR, F_WRITE_BLOCKED,
 };
 use crate::proto::ws::{self, DataKind, OpCode};
 use crate::shard::conn_table::ConnId;
+use crate::shard::uring::{self, DataRing};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+
+/// Where messages end inside the run `s..e` of the staging buffer, relative to `s` (only
+/// walked when the run is queued).
+fn run_ends(ends: &[u32], s: u32, e: u32) -> impl Iterator<Item = usize> + '_ {
+    let lo = ends.partition_point(|&x| x <= s);
+    let hi = ends.partition_point(|&x| x <= e);
+    ends[lo..hi].iter().map(move |&x| (x - s) as usize)
+}
 
 fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut hdr = [0u8; ws::MAX_HEADER_LEN];
@@ -193,57 +202,55 @@ impl Shard {
     }
 
     fn flush_once(&mut self) {
-        let mut segs = std::mem::take(&mut self.out_segs);
+        let segs = std::mem::take(&mut self.out_segs);
         let mut out = std::mem::take(&mut self.out);
         let mut ends = std::mem::take(&mut self.out_ends);
-        for &(id, s, e) in &segs {
+        // Out of `self` for the flush: the sends' results are handled with `&mut self`.
+        let mut ring = self.ring.take();
+        for (i, &(id, s, e)) in segs.iter().enumerate() {
             if s == e {
                 continue;
+            }
+            if let Some(r) = ring.as_mut() {
+                // One send per connection per batch: a second run of the same connection
+                // waits for the first one's result (a short first send queues the second).
+                let again = self
+                    .conns
+                    .get(id)
+                    .is_some_and(|c| c.flags & F_IN_BATCH != 0);
+                if again || !r.has_room() {
+                    self.complete_sends(r, &segs, &out, &ends);
+                }
             }
             let data = &out[s as usize..e as usize];
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
             };
-            // The message ends inside this run (slow path only: when it is queued).
-            let run_ends = || {
-                let lo = ends.partition_point(|&x| x <= s);
-                let hi = ends.partition_point(|&x| x <= e);
-                ends[lo..hi].iter().map(move |&x| (x - s) as usize)
-            };
             if conn.tx_queued() > 0 || conn.flags & F_WRITE_BLOCKED != 0 {
-                conn.extra().tx.push(data, 0, run_ends());
+                conn.extra().tx.push(data, 0, run_ends(&ends, s, e));
                 self.mark_dirty(id);
-            } else {
-                let sent = send(conn.fd.as_raw_fd(), data);
-                if let Ok(n) = sent {
-                    self.metrics.bytes_out += n as u64;
-                }
-                match sent {
-                    Ok(n) if n == data.len() => {}
-                    Ok(n) => {
-                        // Queue the whole run, its sent part counted as sent, so the queue
-                        // starts at a message boundary.
-                        conn.flags |= F_WRITE_BLOCKED;
-                        conn.extra().tx.push(data, n, run_ends());
-                        self.mark_dirty(id);
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        conn.flags |= F_WRITE_BLOCKED;
-                        conn.extra().tx.push(data, 0, run_ends());
-                        self.mark_dirty(id);
-                    }
-                    Err(_) => {
-                        self.abort(id, 1006, CloseCause::Reset);
-                        continue;
-                    }
-                }
+                self.check_backlog(id, data.len());
+                continue;
             }
-            if self.conns.get(id).is_some_and(|c| {
-                c.life.is_open() && c.tx_queued() > self.settings.max_outbound + data.len()
-            }) {
-                self.close_slow(id);
+            let fd = conn.fd.as_raw_fd();
+            match ring.as_mut() {
+                Some(r) => {
+                    conn.flags |= F_IN_BATCH;
+                    // SAFETY: `out` is neither changed nor dropped before complete_sends()
+                    // below (or above, for a later run) returns with this send completed.
+                    unsafe { r.push_send(fd, data.as_ptr(), data.len() as u32, i as u64) };
+                }
+                None => {
+                    let sent = send(fd, data);
+                    self.sent(id, data, sent, run_ends(&ends, s, e));
+                }
             }
         }
+        if let Some(r) = ring.as_mut() {
+            self.complete_sends(r, &segs, &out, &ends);
+        }
+        self.ring = ring;
+        let mut segs = segs;
         // Reuse the staging allocations unless something was staged meanwhile (which then
         // goes out on the next pass); never keep a burst-sized buffer.
         if self.out_segs.is_empty() {
@@ -270,6 +277,83 @@ impl Shard {
         if self.dirty.is_empty() {
             dirty.clear();
             self.dirty = dirty;
+        }
+    }
+
+    /// Submit the batched sends and hand each result to [`Shard::sent`].
+    fn complete_sends(
+        &mut self,
+        ring: &mut DataRing,
+        segs: &[(ConnId, u32, u32)],
+        out: &[u8],
+        ends: &[u32],
+    ) {
+        if ring.queued() == 0 {
+            return;
+        }
+        let n = ring.queued() as u64;
+        self.metrics.uring_send_batches += 1;
+        self.metrics.uring_sends += n;
+        // Indexing, not iterating: sent() needs `&mut self` while the results are read.
+        let done = ring.complete().len();
+        for k in 0..done {
+            let (ud, res) = ring.last()[k];
+            let Some(&(id, s, e)) = segs.get(ud as usize) else {
+                continue;
+            };
+            if let Some(c) = self.conns.get_mut(id) {
+                c.flags &= !F_IN_BATCH;
+            }
+            let data = &out[s as usize..e as usize];
+            self.sent(id, data, uring::result(res), run_ends(ends, s, e));
+        }
+    }
+
+    /// The outcome of sending `data` (a run of `id`'s staged output) with nothing queued
+    /// before it: all sent, or the rest queued behind a short send / EAGAIN (the connection
+    /// then waits for EPOLLOUT), or the connection is reset.
+    fn sent(
+        &mut self,
+        id: ConnId,
+        data: &[u8],
+        sent: io::Result<usize>,
+        run_ends: impl Iterator<Item = usize>,
+    ) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if let Ok(n) = sent {
+            self.metrics.bytes_out += n as u64;
+        }
+        match sent {
+            Ok(n) if n == data.len() => {}
+            Ok(n) => {
+                // Queue the whole run, its sent part counted as sent, so the queue starts at
+                // a message boundary.
+                conn.flags |= F_WRITE_BLOCKED;
+                conn.extra().tx.push(data, n, run_ends);
+                self.mark_dirty(id);
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                conn.flags |= F_WRITE_BLOCKED;
+                conn.extra().tx.push(data, 0, run_ends);
+                self.mark_dirty(id);
+            }
+            Err(_) => {
+                self.abort(id, 1006, CloseCause::Reset);
+                return;
+            }
+        }
+        self.check_backlog(id, data.len());
+    }
+
+    /// A connection whose backlog passed its bound (beyond the run just queued) is a slow
+    /// consumer.
+    fn check_backlog(&mut self, id: ConnId, just_queued: usize) {
+        if self.conns.get(id).is_some_and(|c| {
+            c.life.is_open() && c.tx_queued() > self.settings.max_outbound + just_queued
+        }) {
+            self.close_slow(id);
         }
     }
 

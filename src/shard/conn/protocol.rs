@@ -31,17 +31,31 @@ pub(super) fn process(io: &mut Shard, h: &mut dyn Handler, id: ConnId, buf: &mut
         if l.rtmp.is_some() {
             return super::live_rtmp::process(io, h, id, buf);
         }
+        if l.is_hls() {
+            return super::live_http::process_hls(io, id, buf);
+        }
         if !l.is_ws() {
             return buf.len();
         }
     }
     match conn.life.state() {
         ConnState::Handshake => {
-            let used = process_handshake(io, h, id, buf);
-            match io.conns.get(id).map(|c| c.life.state()) {
-                Some(ConnState::Open) => used + process_frames(io, h, id, &mut buf[used..]),
-                _ => used,
+            let mut used = 0;
+            for _ in 0..8 {
+                let n = process_handshake(io, h, id, &mut buf[used..]);
+                used += n;
+                match io.conns.get(id).map(|c| c.life.state()) {
+                    // What follows the request: frames, or an HLS connection's next requests.
+                    Some(ConnState::Open) => return used + process(io, h, id, &mut buf[used..]),
+                    // A request answered with the connection kept (an HLS 404 of an
+                    // unknown stream): the next request may be right behind it.
+                    Some(ConnState::Handshake) if n > 0 && used < buf.len() => {}
+                    _ => return used,
+                }
             }
+            // More requests buffered: after this round's output went out.
+            io.schedule_ready(id);
+            used
         }
         ConnState::AwaitOpen => 0,
         ConnState::Open | ConnState::Closing => process_frames(io, h, id, buf),

@@ -3,9 +3,10 @@
 
 use super::protocol::{process, retry_stalled};
 use super::transport::Ingested;
-use super::{CloseCause, ConnState, Shard, F_PEER_HUP, F_READ_PAUSED, F_READ_PENDING};
+use super::{CloseCause, ConnState, Shard, F_IN_BATCH, F_PEER_HUP, F_READ_PAUSED, F_READ_PENDING};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::Handler;
+use crate::shard::services::Services;
 use crate::transport::TlsError;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -53,13 +54,133 @@ fn finish_read(io: &mut Shard, id: ConnId, exhausted: bool) {
     }
 }
 
+/// Receive buffer slots of one batch, and their size. 64 × 4 KiB = 256 KiB per shard, fixed:
+/// a connection whose receive fills its slot goes on with plain receives into the shard's read
+/// buffer, so the slot only has to hold a typical round's input.
+pub(crate) const RX_SLOTS: usize = 64;
+pub(crate) const RX_SLOT: usize = 4096;
+
+/// A receive the data ring already made: its result (bytes or `-errno`), its buffer, and the
+/// length asked for (a full read means there may be more).
+type Received<'a> = (i32, &'a [u8], usize);
+
 /// Read and process everything readable on `id` (up to the read budget): one path for
 /// every transport. Leftover input goes first, new bytes right behind it; the transport
 /// turns them into plaintext (in place, or decrypted behind leftover plaintext), the
 /// protocol consumes what it can, the rest is kept for the next read.
 pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
+    read_loop(io, h, id, None);
+}
+
+/// Whether a receive for `id` may go into a batch, and its (fd, length): an open record
+/// not paused, with no stalled message, and room behind its leftover in the read buffer.
+fn batch_target(io: &Shard, id: ConnId) -> Option<(RawFd, u32)> {
+    let c = io.conns.get(id)?;
+    if c.flags & (F_READ_PAUSED | F_IN_BATCH) != 0 {
+        return None;
+    }
+    let have = match c.extra.as_ref() {
+        Some(x) if x.stalled.is_some() => return None,
+        Some(x) if c.transport.is_tls() => x.raw_rx.len(),
+        Some(x) => x.rx.len(),
+        None => 0,
+    };
+    let len = io.scratch.len().checked_sub(have)?.min(RX_SLOT);
+    (len > 0).then(|| (c.fd.as_raw_fd(), len as u32))
+}
+
+/// Read the connections collected in `io.rx_batch` (readable this round): one receive each
+/// through the data ring, up to [`RX_SLOTS`] in one `io_uring_enter`, then each result
+/// through the read path, which goes on with plain receives (up to the read budget) when a
+/// receive filled its slot. Connections that cannot batch (paused, stalled) take the plain
+/// path in their turn, so the order among them is kept.
+pub fn read_batch(io: &mut Shard, services: &mut Services) {
+    if io.rx_batch.is_empty() {
+        return;
+    }
+    let mut ids = std::mem::take(&mut io.rx_batch);
+    let mut arena = std::mem::take(&mut io.rx_arena);
+    for chunk in ids.chunks(RX_SLOTS) {
+        let mut lens = [0u32; RX_SLOTS];
+        let mut res = [0i32; RX_SLOTS];
+        if let Some(mut ring) = io.ring.take() {
+            for (k, &id) in chunk.iter().enumerate() {
+                let Some((fd, len)) = batch_target(io, id) else {
+                    continue;
+                };
+                if let Some(c) = io.conns.get_mut(id) {
+                    c.flags |= F_IN_BATCH;
+                }
+                lens[k] = len;
+                let buf = arena[k * RX_SLOT..].as_mut_ptr();
+                // SAFETY: slot k is RX_SLOT ≥ len bytes of `arena`, which nothing touches
+                // until complete() below returns with this receive done.
+                unsafe { ring.push_recv(fd, buf, len, k as u64) };
+            }
+            if ring.queued() > 0 {
+                io.metrics.uring_recv_batches += 1;
+                io.metrics.uring_recvs += ring.queued() as u64;
+            }
+            for &(ud, r) in ring.complete() {
+                if let Some(slot) = res.get_mut(ud as usize) {
+                    *slot = r;
+                }
+            }
+            io.ring = Some(ring);
+        }
+        for (k, &id) in chunk.iter().enumerate() {
+            if lens[k] != 0 {
+                if let Some(c) = io.conns.get_mut(id) {
+                    c.flags &= !F_IN_BATCH;
+                }
+            }
+        }
+        for (k, &id) in chunk.iter().enumerate() {
+            let Some(service) = io.service_of(id) else {
+                continue;
+            };
+            let first = (lens[k] != 0).then(|| {
+                let len = lens[k] as usize;
+                (res[k], &arena[k * RX_SLOT..k * RX_SLOT + len], len)
+            });
+            services.call(io, service, |h, io| read_loop(io, h, id, first));
+        }
+    }
+    ids.clear();
+    io.rx_batch = ids;
+    io.rx_arena = arena;
+}
+
+/// A batched receive's bytes for a connection that may not read now (paused meanwhile):
+/// kept as leftover input, in front of whatever it reads when it resumes. An EOF or error
+/// is found again by that read.
+fn stash(io: &mut Shard, id: ConnId, first: Option<Received<'_>>) {
+    let Some((res, buf, _)) = first else {
+        return;
+    };
+    let Ok(n) = super::super::uring::result(res) else {
+        return;
+    };
+    let Some(c) = io.conns.get_mut(id) else {
+        return;
+    };
+    if c.life.state() == ConnState::Draining || n == 0 {
+        return;
+    }
+    let tls = c.transport.is_tls();
+    let x = c.extra();
+    if tls {
+        x.raw_rx.extend_from_slice(&buf[..n]);
+    } else {
+        x.rx.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// [`on_readable`], its first receive possibly made already (`first`, by [`read_batch`]).
+fn read_loop(io: &mut Shard, h: &mut dyn Handler, id: ConnId, mut first: Option<Received<'_>>) {
     let budget = io.settings.read_budget;
     if !stalled_cleared(io, h, id) {
+        stash(io, id, first);
         return;
     }
     let mut scratch = std::mem::take(&mut io.scratch);
@@ -67,6 +188,7 @@ pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
     let mut exhausted = true;
     for _ in 0..budget {
         if !may_read(io, id) {
+            stash(io, id, first.take());
             exhausted = false;
             break;
         }
@@ -92,8 +214,21 @@ pub fn on_readable(io: &mut Shard, h: &mut dyn Handler, id: ConnId) {
             raw.clear();
         }
         let fd = conn.fd.as_raw_fd();
-        let room = scratch.len() - have;
-        let n = match recv(fd, &mut scratch[have..]) {
+        let mut room = scratch.len() - have;
+        let got = match first.take() {
+            // Checked against the leftover when it was batched; the leftover cannot have
+            // grown since (only this connection's own reads add to it).
+            Some((res, buf, asked)) => {
+                room = asked.min(room);
+                super::super::uring::result(res).map(|n| {
+                    let n = n.min(room);
+                    scratch[have..have + n].copy_from_slice(&buf[..n]);
+                    n
+                })
+            }
+            None => recv(fd, &mut scratch[have..]),
+        };
+        let n = match got {
             Ok(0) => {
                 on_eof(io, id);
                 exhausted = false;

@@ -29,8 +29,9 @@ pub(crate) struct CompareArgs {
     pub uws: Option<PathBuf>,
     /// Servers to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
-        Server::CorelayEcho, Server::CorelayRing, Server::Fastwebsockets,
-        Server::TokioTungstenite, Server::Uws])]
+        Server::CorelayEcho, Server::CorelayEchoSyscalls, Server::CorelayRing,
+        Server::CorelayRingSyscalls, Server::Fastwebsockets, Server::TokioTungstenite,
+        Server::Uws])]
     pub servers: Vec<Server>,
     /// Scenarios CONNSxSIZExINFLIGHT (comma-separated).
     #[arg(
@@ -74,6 +75,11 @@ pub(crate) enum Server {
     CorelayEcho,
     /// `corelay demo --shards 1`: gateway + demo backend process, both on the server CPU.
     CorelayRing,
+    /// `corelay run --echo` with `CORELAY_IO_URING=off`: the system-call data plane (one
+    /// `recv`/`send` per operation), the "before" of the io_uring data plane in the same run.
+    CorelayEchoSyscalls,
+    /// `corelay demo` with `CORELAY_IO_URING=off`.
+    CorelayRingSyscalls,
     /// `serve-peer --impl fastwebsockets`.
     Fastwebsockets,
     /// `serve-peer --impl tokio-tungstenite`.
@@ -87,6 +93,8 @@ impl Server {
         match self {
             Server::CorelayEcho => "corelay echo",
             Server::CorelayRing => "corelay ring",
+            Server::CorelayEchoSyscalls => "corelay echo (uring off)",
+            Server::CorelayRingSyscalls => "corelay ring (uring off)",
             Server::Fastwebsockets => PeerImpl::Fastwebsockets.name(),
             Server::TokioTungstenite => PeerImpl::TokioTungstenite.name(),
             Server::Uws => "uWebSockets",
@@ -232,27 +240,29 @@ fn start(a: &CompareArgs, s: Server, corelay: &Path, dir: &Path) -> Result<Runni
     c.args(["-c", &a.server_cpu.to_string()]);
     let log = dir.join(format!("{}.log", s.name().replace(' ', "-")));
     match s {
-        Server::CorelayEcho | Server::CorelayRing => {
+        Server::CorelayEcho
+        | Server::CorelayRing
+        | Server::CorelayEchoSyscalls
+        | Server::CorelayRingSyscalls => {
+            let echo = matches!(s, Server::CorelayEcho | Server::CorelayEchoSyscalls);
+            let uring = matches!(s, Server::CorelayEcho | Server::CorelayRing);
             c.arg(corelay)
-                .arg(if s == Server::CorelayEcho {
-                    "run"
-                } else {
-                    "demo"
-                })
+                .arg(if echo { "run" } else { "demo" })
                 .args(["--shards", "1", "--listen", "127.0.0.1:0", "--no-admin"])
                 .env("CORELAY_LOG", "info")
+                .env("CORELAY_IO_URING", if uring { "auto" } else { "off" })
                 .env("CORELAY_ATTACH_SOCKET", dir.join("attach.sock"));
-            if s == Server::CorelayEcho {
+            if echo {
                 c.arg("--echo");
             }
             let mut needles = vec!["listening on ws://"];
-            if s == Server::CorelayRing {
+            if !echo {
                 needles.push("demo backend attached");
             }
             let (root, found) = spawn_until(&mut c, &log, &needles)?;
             let url = url_in(&found["listening on ws://"])?;
             let mut pids = vec![("gateway", root.id())];
-            if s == Server::CorelayRing {
+            if !echo {
                 let kids = crate::cpu::children(root.id());
                 anyhow::ensure!(
                     kids.len() == 1,
@@ -460,10 +470,15 @@ pub(crate) fn run(a: CompareArgs, command: String) -> Result<CompareResult> {
             .context("executable directory")?
             .join("corelay"),
     };
-    if servers
-        .iter()
-        .any(|s| matches!(s, Server::CorelayEcho | Server::CorelayRing))
-    {
+    if servers.iter().any(|s| {
+        matches!(
+            s,
+            Server::CorelayEcho
+                | Server::CorelayRing
+                | Server::CorelayEchoSyscalls
+                | Server::CorelayRingSyscalls
+        )
+    }) {
         anyhow::ensure!(
             corelay.exists(),
             "{} not found (--corelay PATH)",
