@@ -1,6 +1,9 @@
 //! The media router's series in `/metrics` (docs/metrics.md "Media").
 
-use crate::metrics::{MEDIA_DROP_CAUSES, MEDIA_KINDS, MEDIA_TRANSPORTS};
+use crate::metrics::{
+    MEDIA_DROP_CAUSES, MEDIA_KEYFRAME_RESULTS, MEDIA_KINDS, MEDIA_QUEUE_DROP_CAUSES,
+    MEDIA_TRANSPORTS,
+};
 use crate::shard::ShardSnapshot;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -52,6 +55,7 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
     let drops = Family::<Labels, Counter<u64, AtomicU64>>::default();
     let refused = Family::<Labels, Counter<u64, AtomicU64>>::default();
     let kf = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    let qdrops = Family::<Labels, Counter<u64, AtomicU64>>::default();
     let conns = Family::<Labels, Gauge<i64, AtomicI64>>::default();
     let (mut sessions, mut members) = (0, 0);
     for s in snaps.iter().flatten() {
@@ -69,8 +73,23 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
             }
         }
         refused.get_or_create(&vec![shard()]).inc_by(m.refused);
-        kf.get_or_create(&vec![shard()]).inc_by(m.keyframe_requests);
+        for (i, r) in MEDIA_KEYFRAME_RESULTS.iter().enumerate() {
+            kf.get_or_create(&vec![shard(), ("result", r.to_string())])
+                .inc_by(m.keyframe_requests[i]);
+        }
         for (k, kind) in MEDIA_KINDS.iter().enumerate() {
+            for (t, tr) in MEDIA_TRANSPORTS.iter().enumerate() {
+                for (i, cause) in MEDIA_QUEUE_DROP_CAUSES.iter().enumerate() {
+                    qdrops
+                        .get_or_create(&vec![
+                            shard(),
+                            ("media", kind.to_string()),
+                            ("transport", tr.to_string()),
+                            ("cause", cause.to_string()),
+                        ])
+                        .inc_by(m.queue_drops[k][t][i]);
+                }
+            }
             conns
                 .get_or_create(&vec![shard(), ("media", kind.to_string())])
                 .set(m.connections[k] as i64);
@@ -90,8 +109,13 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
     );
     reg.register(
         "media_keyframe_requests",
-        "Keyframe requests (PLI/FIR) forwarded",
+        "Keyframe requests (PLI/FIR) towards publishers: forwarded or suppressed",
         kf,
+    );
+    reg.register(
+        "media_queue_drops",
+        "Packets dropped by destination queues, by media type, transport and cause",
+        qdrops,
     );
     reg.register(
         "media_connections",

@@ -654,7 +654,7 @@ impl Handler for RingHandler {
     fn on_round_end(&mut self, io: &mut Shard) {
         if let Some(m) = &mut self.media {
             m.register(io, MEDIA_FD_BASE);
-            m.on_round_end();
+            m.on_round_end(io);
         }
         // Slots handed over at construction (slot 0) are registered on the first round
         // (no allocation: this runs every round).

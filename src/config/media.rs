@@ -38,6 +38,20 @@ pub struct MediaConfig {
     pub dscp_video: u8,
     /// Bytes of packets queued from other shards per shard before new ones are dropped.
     pub cross_shard_bytes: usize,
+    /// Packets queued per destination media connection before the drop policy applies
+    /// (docs/media.md "Slow receivers"); each holds up to 2 KiB.
+    pub queue_packets: usize,
+    /// Local id (1..=255) of the frame-marking RTP header extension (docs/media.md
+    /// `keyframe`) the clients put on video and content; 0 = not used.
+    pub keyframe_extension_id: u8,
+    /// Payload format of video/content sent without end-to-end encryption, inspected for
+    /// keyframes when a packet has no frame-marking element: "h264", "vp8" or "" (opaque).
+    pub clear_codec: String,
+    /// Keyframe requests let through per publisher SSRC: at most one per this many ms.
+    pub keyframe_request_interval_ms: u64,
+    /// `SO_SNDBUF` of the UDP sockets (the kernel doubles it); what the socket cannot take
+    /// waits in the destinations' queues.
+    pub udp_send_buffer: usize,
 }
 
 impl Default for MediaConfig {
@@ -55,6 +69,11 @@ impl Default for MediaConfig {
             dscp_audio: 46,
             dscp_video: 34,
             cross_shard_bytes: 4 << 20,
+            queue_packets: 128,
+            keyframe_extension_id: 0,
+            clear_codec: String::new(),
+            keyframe_request_interval_ms: 300,
+            udp_send_buffer: 4 << 20,
         }
     }
 }
@@ -88,6 +107,24 @@ impl MediaConfig {
                 "media.cross_shard_bytes",
                 "must be at least 64 KiB",
             ));
+        }
+        if !(4..=4096).contains(&self.queue_packets) {
+            return Err(invalid("media.queue_packets", "must be 4..=4096"));
+        }
+        if !matches!(self.clear_codec.as_str(), "" | "h264" | "vp8") {
+            return Err(invalid(
+                "media.clear_codec",
+                "must be \"h264\", \"vp8\" or \"\"",
+            ));
+        }
+        if !(1..=60_000).contains(&self.keyframe_request_interval_ms) {
+            return Err(invalid(
+                "media.keyframe_request_interval_ms",
+                "must be 1..=60000",
+            ));
+        }
+        if self.udp_send_buffer < 4096 {
+            return Err(invalid("media.udp_send_buffer", "must be at least 4096"));
         }
         Ok(())
     }

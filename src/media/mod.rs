@@ -18,7 +18,9 @@
 //! (`shard`), like the backend plane that drives it.
 
 pub mod directory;
+mod egress;
 mod notice;
+mod queue;
 mod shard;
 pub mod udp;
 
@@ -26,7 +28,6 @@ pub use shard::ShardMedia;
 
 use crate::config::MediaConfig;
 use crate::proto::media::credential::Keyring;
-use crate::proto::media::MediaKind;
 use directory::Directory;
 use std::io;
 use std::net::SocketAddr;
@@ -62,9 +63,10 @@ pub(crate) struct Pending {
 
 #[derive(Clone, Copy)]
 pub(crate) struct Item {
-    session: u64,
-    from: u64,
-    kind: MediaKind,
+    meta: egress::Meta,
+    /// A keyframe request for the publisher `meta.from` (9 bytes: FIR flag, sender SSRC,
+    /// media SSRC), not a packet to fan out.
+    to_publisher: bool,
     at: u32,
     len: u32,
 }
@@ -111,7 +113,7 @@ impl MediaPlane {
         .map_err(|e| io::Error::other(format!("media secret: {e} (at least 16 bytes)")))?;
         let (udp, udp_addr) = match cfg.udp_listen {
             Some(a) => {
-                let (socks, at) = udp::bind_group(a, shards)?;
+                let (socks, at) = udp::bind_group(a, shards, cfg.udp_send_buffer)?;
                 (
                     socks.into_iter().map(|s| Mutex::new(Some(s))).collect(),
                     Some(at),
@@ -173,7 +175,7 @@ impl MediaPlane {
     }
 
     /// Copies a packet into shard `to`'s inbox; false if the inbox is full (dropped).
-    fn route(&self, to: u8, session: u64, from: u64, kind: MediaKind, pkt: &[u8]) -> bool {
+    fn route(&self, to: u8, meta: egress::Meta, to_publisher: bool, pkt: &[u8]) -> bool {
         let Some(inbox) = self.inboxes.get(to as usize) else {
             return false;
         };
@@ -184,9 +186,8 @@ impl MediaPlane {
         let at = q.bytes.len() as u32;
         q.bytes.extend_from_slice(pkt);
         q.items.push(Item {
-            session,
-            from,
-            kind,
+            meta,
+            to_publisher,
             at,
             len: pkt.len() as u32,
         });

@@ -5,12 +5,17 @@
 mod admission;
 
 use super::directory::kind_index;
+use super::egress::Meta;
 use super::notice::{self, Endpoints};
-use super::udp::{RxBatch, TxBatch, MAX_DATAGRAM};
+use super::queue::OutQueue;
+use super::udp::{RxBatch, TxBatch};
 use super::{signal, MediaPlane, Pending};
 use crate::metrics::MediaStats;
-use crate::proto::media::fanout::{OwnedSsrcs, OwnershipError};
-use crate::proto::media::hop::{HopReceiver, HopSender, TRAILER_LEN};
+use crate::proto::media::fanout::{OwnedSsrcs, OwnershipError, MAX_OWNED_SSRCS};
+use crate::proto::media::hop::{HopReceiver, HopSender};
+use crate::proto::media::keyframe::{
+    self, Codec, KeyframeRequest, KeyframeRequestLimiter, KeyframeSource, KeyframeTracker,
+};
 use crate::proto::media::stun::{self, Class, Rfc7983, StunMessage};
 use crate::proto::media::{rtp, MediaKind};
 use crate::proto::ws::DataKind;
@@ -29,24 +34,24 @@ pub(super) const FD_BELL: u32 = 0;
 /// Handler fd index of the shard's UDP socket.
 pub(super) const FD_UDP: u32 = 1;
 
-const T_UDP: usize = 0;
-const T_TCP: usize = 1;
-const T_TLS: usize = 2;
-const T_WS: usize = 3;
+pub(super) const T_UDP: usize = 0;
+pub(super) const T_TCP: usize = 1;
+pub(super) const T_TLS: usize = 2;
+pub(super) const T_WS: usize = 3;
 
 const D_FORGED: usize = 0;
 const D_UNBOUND: usize = 1;
 const D_HOP: usize = 2;
-const D_MALFORMED: usize = 3;
-const D_CROSS_FULL: usize = 4;
-const D_SEND: usize = 5;
+pub(super) const D_MALFORMED: usize = 3;
+pub(super) const D_CROSS_FULL: usize = 4;
+pub(super) const D_SEND: usize = 5;
 const D_NOT_BOUND: usize = 6;
 const D_WRONG_KIND: usize = 7;
 
 /// Datagram batches read per readiness event before yielding to other work.
 const UDP_ROUNDS: usize = 8;
 
-enum Link {
+pub(super) enum Link {
     /// Boxed: the hop keys are large next to a connection's id.
     Udp(Box<UdpLink>),
     /// An engine connection: a WebSocket tunnel, or a media stream (RFC 4571 over TCP, with
@@ -58,25 +63,44 @@ enum Link {
     },
 }
 
-struct UdpLink {
-    addr: SocketAddr,
+pub(super) struct UdpLink {
+    pub(super) addr: SocketAddr,
     rx: HopReceiver,
-    tx: HopSender,
+    pub(super) tx: HopSender,
+}
+
+/// Keyframe state of one SSRC a connection publishes.
+pub(super) struct PubSsrc {
+    pub(super) ssrc: u32,
+    /// Reduces keyframe signals to one start per access unit.
+    pub(super) tracker: KeyframeTracker,
+    /// Keyframe requests towards this SSRC.
+    pub(super) limiter: KeyframeRequestLimiter,
 }
 
 /// The hop protection of a clear link.
-struct Hop {
-    rx: HopReceiver,
-    tx: HopSender,
+pub(super) struct Hop {
+    pub(super) rx: HopReceiver,
+    pub(super) tx: HopSender,
 }
 
 /// What an engine media connection speaks.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub(super) enum Wire {
     /// WebSocket tunnel: one packet per binary message, refusal = close 1008.
     Tunnel,
     /// RFC 4571 stream: one packet per frame, refusal = a Binding error frame, then close.
     Stream { tls: bool },
+}
+
+impl Link {
+    /// The transport index of the connection (metrics).
+    pub(super) fn transport(&self) -> usize {
+        match self {
+            Link::Udp(_) => T_UDP,
+            Link::Conn { wire, .. } => wire.transport(),
+        }
+    }
 }
 
 impl Wire {
@@ -90,14 +114,20 @@ impl Wire {
 }
 
 /// One media connection of a member.
-struct MConn {
-    session: u64,
-    member: u64,
+pub(super) struct MConn {
+    pub(super) session: u64,
+    pub(super) member: u64,
     epoch: u64,
-    kind: MediaKind,
-    own: OwnedSsrcs,
+    pub(super) kind: MediaKind,
+    pub(super) own: OwnedSsrcs,
     key: [u8; 32],
-    link: Link,
+    pub(super) link: Link,
+    /// What waits for the transport (egress.rs).
+    pub(super) queue: OutQueue,
+    /// Listed in the shard's `udp_dirty`/`conn_dirty`.
+    pub(super) dirty: bool,
+    /// Per published SSRC (capacity reserved at binding).
+    pub(super) pubs: Vec<PubSsrc>,
 }
 
 /// A control channel's admission.
@@ -111,32 +141,45 @@ struct Admission {
 
 /// The media router of one shard.
 pub struct ShardMedia {
-    plane: Arc<MediaPlane>,
-    shard: u8,
-    udp: Option<OwnedFd>,
+    pub(super) plane: Arc<MediaPlane>,
+    pub(super) shard: u8,
+    pub(super) udp: Option<OwnedFd>,
     registered: bool,
     /// The handler's fd index base for this router.
     base: u32,
-    conns: Vec<Option<MConn>>,
+    pub(super) conns: Vec<Option<MConn>>,
     free: Vec<u32>,
     by_addr: Map<SocketAddr, u32>,
     by_conn: Map<ConnId, u32>,
     /// Tunnels and streams accepted whose credential has not been proven yet.
     unbound: Map<ConnId, Wire>,
     /// Local connections per (session, type).
-    local: Map<(u64, MediaKind), Vec<u32>>,
+    pub(super) local: Map<(u64, MediaKind), Vec<u32>>,
     /// Shards holding connections per (session, type): a cache of the directory.
     routes: Map<(u64, MediaKind), Vec<u8>>,
     seen_gen: u64,
     controls: Map<ConnId, Admission>,
     rx: RxBatch,
-    tx: TxBatch,
-    pending: Pending,
-    /// A packet being hop-sealed for a TCP stream.
-    seal: Vec<u8>,
+    /// STUN answers.
+    pub(super) tx: TxBatch,
+    pub(super) pending: Pending,
     /// Shards whose inbox got packets this round (their bell is rung at round end).
-    wake: Vec<bool>,
-    stats: MediaStats,
+    pub(super) wake: Vec<bool>,
+    pub(super) stats: MediaStats,
+    /// UDP / tunnel and stream connections with packets queued.
+    pub(super) udp_dirty: Vec<u32>,
+    pub(super) conn_dirty: Vec<u32>,
+    /// Connections whose queue gave up, to close once the fan-out is done.
+    pub(super) pending_close: Vec<u32>,
+    /// Keyframe requests queues raised during a fan-out: (session, SSRC, transport of the
+    /// queue).
+    pub(super) kf_wanted: Vec<(u64, u32, usize)>,
+    /// How keyframes are recognized (configuration).
+    pub(super) kf_src: KeyframeSource,
+    /// Traffic class per media type (DSCP << 2).
+    pub(super) tos: [u8; 3],
+    /// The keyframe-request limiters' clock.
+    pub(super) clock: std::time::Instant,
 }
 
 fn unix_now() -> u64 {
@@ -148,6 +191,20 @@ fn unix_now() -> u64 {
 impl ShardMedia {
     pub(super) fn new(plane: Arc<MediaPlane>, shard: u8, udp: Option<OwnedFd>) -> Self {
         let shards = plane.inboxes.len();
+        let cfg = &plane.cfg;
+        let kf_src = KeyframeSource {
+            extension_id: (cfg.keyframe_extension_id != 0).then_some(cfg.keyframe_extension_id),
+            codec: match cfg.clear_codec.as_str() {
+                "h264" => Some(Codec::H264),
+                "vp8" => Some(Codec::Vp8),
+                _ => None,
+            },
+        };
+        let tos = [
+            cfg.dscp_audio << 2,
+            cfg.dscp_video << 2,
+            cfg.dscp_video << 2,
+        ];
         Self {
             plane,
             shard,
@@ -166,9 +223,15 @@ impl ShardMedia {
             rx: RxBatch::default(),
             tx: TxBatch::default(),
             pending: Pending::default(),
-            seal: Vec::new(),
             wake: vec![false; shards],
             stats: MediaStats::default(),
+            udp_dirty: Vec::new(),
+            conn_dirty: Vec::new(),
+            pending_close: Vec::new(),
+            kf_wanted: Vec::new(),
+            kf_src,
+            tos,
+            clock: std::time::Instant::now(),
         }
     }
 
@@ -185,7 +248,8 @@ impl ShardMedia {
             tracing::error!(error = %e, "media: cannot register the doorbell");
         }
         if let Some(u) = &self.udp {
-            if let Err(e) = io.register_handler_fd(u.as_raw_fd(), base + FD_UDP) {
+            // Writability too: what a full socket could not take waits in the queues.
+            if let Err(e) = io.register_handler_fd_rw(u.as_raw_fd(), base + FD_UDP) {
                 tracing::error!(error = %e, "media: cannot register the UDP socket");
             }
         }
@@ -367,19 +431,15 @@ impl ShardMedia {
             None => msg.len(),
         };
         self.ingress(io, i, wire.transport(), &msg[..len]);
-        self.flush();
+        self.flush(io);
     }
 
     /// The traffic class byte (DSCP << 2) of a media type.
-    fn tos(&self, kind: MediaKind) -> u8 {
-        if kind == MediaKind::Audio {
-            self.plane.cfg.dscp_audio << 2
-        } else {
-            self.plane.cfg.dscp_video << 2
-        }
+    fn tos_of(&self, kind: MediaKind) -> u8 {
+        self.tos[kind_index(kind)]
     }
 
-    /// The doorbell or the UDP socket is readable.
+    /// The doorbell or the UDP socket is readable (or the UDP socket writable again).
     pub fn on_fd(&mut self, io: &mut Shard, index: u32) {
         match index {
             FD_BELL => {
@@ -393,23 +453,17 @@ impl ShardMedia {
             FD_UDP => self.read_udp(io),
             _ => {}
         }
-        self.flush();
+        self.flush(io);
     }
 
-    /// End of a shard round: wake the shards this one routed packets to.
-    pub fn on_round_end(&mut self) {
-        self.flush();
+    /// End of a shard round: hand queued packets to the transports that can take more (a
+    /// tunnel's socket drained during the round), wake the shards this one routed packets to.
+    pub fn on_round_end(&mut self, io: &mut Shard) {
+        self.flush(io);
         for (s, w) in self.wake.iter_mut().enumerate() {
             if std::mem::take(w) {
                 signal(&self.plane.inboxes[s].bell);
             }
-        }
-    }
-
-    fn flush(&mut self) {
-        if let (Some(u), false) = (&self.udp, self.tx.is_empty()) {
-            let f = self.tx.flush(u.as_raw_fd());
-            self.stats.drops[T_UDP][D_SEND] += f.dropped;
         }
     }
 
@@ -431,11 +485,16 @@ impl ShardMedia {
         }
     }
 
-    fn drop_conn(&mut self, io: &mut Shard, i: u32, close_tunnel: bool) {
-        let Some(c) = self.conns.get_mut(i as usize).and_then(Option::take) else {
+    pub(super) fn drop_conn(&mut self, io: &mut Shard, i: u32, close_tunnel: bool) {
+        let Some(mut c) = self.conns.get_mut(i as usize).and_then(Option::take) else {
             return;
         };
         self.free.push(i);
+        self.stats.queue_drops[kind_index(c.kind)][c.link.transport()][super::egress::Q_CLOSED] +=
+            c.queue.clear();
+        self.udp_dirty.retain(|&x| x != i);
+        self.conn_dirty.retain(|&x| x != i);
+        self.pending_close.retain(|&x| x != i);
         self.plane.dir.unbind(c.session, c.member, c.epoch, c.kind);
         if let Some(v) = self.local.get_mut(&(c.session, c.kind)) {
             v.retain(|&x| x != i);
@@ -478,7 +537,7 @@ impl ShardMedia {
                 }
             }
             self.rx = rx;
-            self.flush();
+            self.flush(io);
             if n < super::udp::BATCH {
                 return;
             }
@@ -529,9 +588,24 @@ impl ShardMedia {
             return;
         };
         let (session, member, kind) = (c.session, c.member, c.kind);
+        let mut meta = Meta {
+            session,
+            from: member,
+            kind,
+            ssrc: 0,
+            rtcp: false,
+            keyframe_start: false,
+        };
+        let mut rest = [0u8; super::queue::SLOT];
+        let mut pkt = pkt;
         match rtp::demux(pkt) {
             rtp::Demux::Rtp => match c.own.check_rtp(pkt) {
-                Ok(k) if k == kind => {}
+                Ok(k) if k == kind => {
+                    meta.ssrc = rtp::RtpPacket::parse(pkt).map_or(0, |p| p.ssrc());
+                    if kind != MediaKind::Audio {
+                        meta.keyframe_start = self.publisher_packet(i, pkt, meta.ssrc);
+                    }
+                }
                 Ok(_) => {
                     self.stats.drops[transport][D_WRONG_KIND] += 1;
                     return;
@@ -547,9 +621,11 @@ impl ShardMedia {
             },
             rtp::Demux::Rtcp => match c.own.check_rtcp(pkt) {
                 Ok(()) => {
-                    if is_keyframe_request(pkt) {
-                        self.stats.keyframe_requests += 1;
-                    }
+                    meta.rtcp = true;
+                    // Keyframe requests go to their publisher only; the rest of the
+                    // compound packet (reports, SDES...) is fanned out.
+                    let n = self.take_keyframe_requests(session, transport, pkt, &mut rest);
+                    pkt = &rest[..n];
                 }
                 Err(OwnershipError::NotOwned(_)) => {
                     self.stats.drops[transport][D_FORGED] += 1;
@@ -568,7 +644,11 @@ impl ShardMedia {
         let k = kind_index(kind);
         self.stats.packets_in[k][transport] += 1;
         self.stats.bytes_in[k][transport] += pkt.len() as u64;
-        self.deliver_local(io, session, member, kind, pkt);
+        if pkt.is_empty() {
+            self.after_enqueue(io);
+            return;
+        }
+        self.deliver_local(io, meta, pkt);
         if !self.routes.contains_key(&(session, kind)) {
             let mut v = Vec::new();
             self.plane.dir.shards_of(session, kind, &mut v);
@@ -581,7 +661,7 @@ impl ShardMedia {
             if s == self.shard {
                 continue;
             }
-            if self.plane.route(s, session, member, kind, pkt) {
+            if self.plane.route(s, meta, false, pkt) {
                 if let Some(w) = self.wake.get_mut(s as usize) {
                     *w = true;
                 }
@@ -591,103 +671,41 @@ impl ShardMedia {
         }
     }
 
-    /// Sends `pkt` to every local connection of (session, kind) except `from`'s.
-    fn deliver_local(
+    /// Routes the PLI/FIR packets of a compound RTCP packet to their publishers; copies the
+    /// other packets into `rest` and returns their length.
+    fn take_keyframe_requests(
         &mut self,
-        io: &mut Shard,
         session: u64,
-        from: u64,
-        kind: MediaKind,
+        via: usize,
         pkt: &[u8],
-    ) {
-        let Some(list) = self.local.get(&(session, kind)) else {
-            return;
-        };
-        let tos = self.tos(kind);
-        let k = kind_index(kind);
-        for &i in list {
-            let Some(Some(c)) = self.conns.get_mut(i as usize) else {
-                continue;
+        rest: &mut [u8],
+    ) -> usize {
+        let mut n = 0;
+        for h in rtp::rtcp_packets(pkt) {
+            let Ok(h) = h else {
+                break; // checked by check_rtcp: not reached
             };
-            if c.member == from {
-                continue;
-            }
-            match &mut c.link {
-                Link::Udp(u) => {
-                    let UdpLink { addr, tx, .. } = &mut **u;
-                    let max = pkt.len() + TRAILER_LEN;
-                    if max > MAX_DATAGRAM {
-                        self.stats.drops[T_UDP][D_MALFORMED] += 1;
-                        continue;
+            match keyframe::keyframe_request(&h) {
+                Ok(Some(KeyframeRequest::Pli {
+                    sender_ssrc,
+                    media_ssrc,
+                })) => self.request_keyframe(session, via, sender_ssrc, media_ssrc, false),
+                Ok(Some(KeyframeRequest::Fir {
+                    sender_ssrc,
+                    entries,
+                })) => {
+                    for (target, _) in entries.take(MAX_OWNED_SSRCS) {
+                        self.request_keyframe(session, via, sender_ssrc, target, true);
                     }
-                    let b = self.tx.begin(max);
-                    b[..pkt.len()].copy_from_slice(pkt);
-                    match tx.seal(b, pkt.len()) {
-                        Ok(n) => self.tx.commit(max, n, *addr, tos),
-                        Err(_) => {
-                            self.tx.commit(max, 0, *addr, tos);
-                            self.stats.drops[T_UDP][D_SEND] += 1;
-                            continue;
-                        }
-                    }
-                    self.stats.packets_out[k][T_UDP] += 1;
-                    self.stats.bytes_out[k][T_UDP] += pkt.len() as u64;
                 }
-                Link::Conn { conn, wire, hop } => {
-                    let t = wire.transport();
-                    let sent = match hop {
-                        Some(h) => {
-                            // TCP: the packet with its hop trailer, in one frame.
-                            self.seal.clear();
-                            self.seal.extend_from_slice(pkt);
-                            self.seal.resize(pkt.len() + TRAILER_LEN, 0);
-                            match h.tx.seal(&mut self.seal, pkt.len()) {
-                                Ok(n) => io.send(*conn, DataKind::Binary, &self.seal[..n]).is_ok(),
-                                Err(_) => false,
-                            }
-                        }
-                        None => io.send(*conn, DataKind::Binary, pkt).is_ok(),
-                    };
-                    if sent {
-                        self.stats.packets_out[k][t] += 1;
-                        self.stats.bytes_out[k][t] += pkt.len() as u64;
-                    } else {
-                        self.stats.drops[t][D_SEND] += 1;
+                Ok(None) | Err(_) => {
+                    if let Some(d) = rest.get_mut(n..n + h.bytes.len()) {
+                        d.copy_from_slice(h.bytes);
+                        n += h.bytes.len();
                     }
                 }
             }
         }
+        n
     }
-
-    /// Fans out what other shards routed here.
-    fn drain_inbox(&mut self, io: &mut Shard) {
-        {
-            let mut q = self.plane.inboxes[self.shard as usize]
-                .q
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            std::mem::swap(&mut *q, &mut self.pending);
-        }
-        let p = std::mem::take(&mut self.pending);
-        for it in &p.items {
-            let pkt = &p.bytes[it.at as usize..(it.at + it.len) as usize];
-            self.deliver_local(io, it.session, it.from, it.kind, pkt);
-        }
-        self.pending = p;
-        self.pending.bytes.clear();
-        self.pending.items.clear();
-    }
-}
-
-/// Whether a compound RTCP packet holds a PLI or FIR.
-fn is_keyframe_request(pkt: &[u8]) -> bool {
-    rtp::rtcp_packets(pkt).any(|h| {
-        h.ok()
-            .and_then(|h| {
-                crate::proto::media::keyframe::keyframe_request(&h)
-                    .ok()
-                    .flatten()
-            })
-            .is_some()
-    })
 }

@@ -13,12 +13,17 @@ pub const BATCH: usize = 32;
 /// Largest datagram handled (larger ones are truncated by the kernel and dropped here).
 pub const MAX_DATAGRAM: usize = 2048;
 
-/// Binds `n` sockets to `addr` with `SO_REUSEPORT` (port 0: the first picks, the rest follow).
-pub fn bind_group(addr: SocketAddr, n: usize) -> io::Result<(Vec<OwnedFd>, SocketAddr)> {
+/// Binds `n` sockets to `addr` with `SO_REUSEPORT` (port 0: the first picks, the rest follow)
+/// and a send buffer of `sndbuf` bytes.
+pub fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    sndbuf: usize,
+) -> io::Result<(Vec<OwnedFd>, SocketAddr)> {
     let mut out = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n {
-        let fd = bind_one(at)?;
+        let fd = bind_one(at, sndbuf)?;
         if at.port() == 0 {
             at = local_addr(fd.as_raw_fd())?;
         }
@@ -27,7 +32,7 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> io::Result<(Vec<OwnedFd>, Socke
     Ok((out, at))
 }
 
-fn bind_one(addr: SocketAddr) -> io::Result<OwnedFd> {
+fn bind_one(addr: SocketAddr, sndbuf: usize) -> io::Result<OwnedFd> {
     let fam = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -49,7 +54,12 @@ fn bind_one(addr: SocketAddr) -> io::Result<OwnedFd> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     // Bursts of video arrive faster than one round drains them.
     let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
-    let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+    let _ = setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        sndbuf.min(i32::MAX as usize) as i32,
+    );
     let (sa, len) = to_sockaddr(addr);
     // SAFETY: sa is a properly initialised sockaddr of `len` bytes.
     if unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) } < 0 {
@@ -267,75 +277,113 @@ impl TxBatch {
         self.msgs.is_empty()
     }
 
-    /// Sends everything queued (a full socket buffer drops the rest: real-time media is not
-    /// worth queueing behind the kernel's buffer) and clears the batch.
+    /// Sends everything queued (a full socket buffer drops the rest: these are STUN
+    /// answers, which the client repeats) and clears the batch.
     pub fn flush(&mut self, fd: i32) -> Flushed {
         let mut f = Flushed::default();
         let total = self.msgs.len();
         let mut done = 0;
         while done < total {
             let n = (total - done).min(BATCH);
-            let chunk = &self.msgs[done..done + n];
-            let mut names = [(
-                // SAFETY: all-zero is a valid sockaddr_storage.
-                unsafe { zeroed::<libc::sockaddr_storage>() },
-                0u32,
-            ); BATCH];
-            // SAFETY: zeroed iovec/mmsghdr are valid; pointers are set below.
-            let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-            // SAFETY: as above.
-            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-            // One control message per datagram: its traffic class.
-            let mut cmsgs = [[0u64; 4]; BATCH];
-            for (i, &(to, at, len, tos)) in chunk.iter().enumerate() {
-                names[i] = to_sockaddr(to);
-                iov[i].iov_base = self.bytes[at as usize..].as_mut_ptr().cast();
-                iov[i].iov_len = len as usize;
-                let h = &mut hdrs[i].msg_hdr;
-                h.msg_name = (&mut names[i].0 as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = names[i].1;
-                h.msg_iov = &mut iov[i];
-                h.msg_iovlen = 1;
-                if tos != 0 {
-                    let (level, typ) = if to.is_ipv4() {
-                        (libc::IPPROTO_IP, libc::IP_TOS)
-                    } else {
-                        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
-                    };
-                    // SAFETY: CMSG_SPACE is a pure size computation.
-                    let space = unsafe { libc::CMSG_SPACE(size_of::<i32>() as u32) } as usize;
-                    h.msg_control = cmsgs[i].as_mut_ptr().cast();
-                    h.msg_controllen = space;
-                    // SAFETY: the control buffer (32 bytes, 8-aligned) holds one cmsg with
-                    // an i32 (CMSG_SPACE(4) = 24 on 64-bit Linux); CMSG_FIRSTHDR points into it.
-                    unsafe {
-                        let c = libc::CMSG_FIRSTHDR(h);
-                        (*c).cmsg_level = level;
-                        (*c).cmsg_type = typ;
-                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), tos as i32);
-                    }
-                }
+            let mut batch: [Datagram<'_>; BATCH] = [(&[], NO_ADDR, 0); BATCH];
+            for (b, &(to, at, len, tos)) in batch.iter_mut().zip(&self.msgs[done..done + n]) {
+                *b = (&self.bytes[at as usize..(at + len) as usize], to, tos);
             }
-            // SAFETY: hdrs[..n] are initialised and point at live buffers.
-            let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
-            if r <= 0 {
-                let e = io::Error::last_os_error();
-                if r == 0 || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
+            match send_datagrams(fd, &batch[..n]) {
+                Ok(r) => {
+                    f.sent += r as u64;
+                    done += r;
+                }
+                Err(e) if is_full(&e) => {
                     f.dropped += (total - done) as u64;
                     break;
                 }
-                // This destination failed (unreachable...): drop it, go on with the rest.
-                f.dropped += 1;
-                done += 1;
-                continue;
+                Err(_) => {
+                    // This destination failed (unreachable...): drop it, go on.
+                    f.dropped += 1;
+                    done += 1;
+                }
             }
-            f.sent += r as u64;
-            done += r as usize;
         }
         self.bytes.clear();
         self.msgs.clear();
         f
+    }
+}
+
+/// One datagram to send: bytes, destination, traffic class (0 = unmarked).
+pub type Datagram<'a> = (&'a [u8], SocketAddr, u8);
+
+/// A placeholder address for unused [`Datagram`] array entries.
+pub const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+/// Whether a send error means "the socket buffer is full" (wait for writability).
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS))
+}
+
+/// One `sendmmsg` of up to [`BATCH`] datagrams; returns how many the kernel took (at least
+/// one), or the error of the first one (see [`is_full`]).
+pub fn send_datagrams(fd: i32, msgs: &[Datagram<'_>]) -> io::Result<usize> {
+    let n = msgs.len().min(BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut names = [(
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        unsafe { zeroed::<libc::sockaddr_storage>() },
+        0u32,
+    ); BATCH];
+    // SAFETY: zeroed iovec/mmsghdr are valid; pointers are set below.
+    let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    // One control message per datagram: its traffic class.
+    let mut cmsgs = [[0u64; 4]; BATCH];
+    for (i, &(bytes, to, tos)) in msgs[..n].iter().enumerate() {
+        names[i] = to_sockaddr(to);
+        // The kernel only reads through iov_base (sendmmsg).
+        iov[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
+        iov[i].iov_len = bytes.len();
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&mut names[i].0 as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = names[i].1;
+        h.msg_iov = &mut iov[i];
+        h.msg_iovlen = 1;
+        if tos != 0 {
+            let (level, typ) = if to.is_ipv4() {
+                (libc::IPPROTO_IP, libc::IP_TOS)
+            } else {
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+            };
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            let space = unsafe { libc::CMSG_SPACE(size_of::<i32>() as u32) } as usize;
+            h.msg_control = cmsgs[i].as_mut_ptr().cast();
+            h.msg_controllen = space;
+            // SAFETY: the control buffer (32 bytes, 8-aligned) holds one cmsg with an i32
+            // (CMSG_SPACE(4) = 24 on 64-bit Linux); CMSG_FIRSTHDR points into it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = typ;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), tos as i32);
+            }
+        }
+    }
+    loop {
+        // SAFETY: hdrs[..n] are initialised and point at live buffers.
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+        if r > 0 {
+            return Ok(r as usize);
+        }
+        if r == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -345,7 +393,7 @@ mod tests {
 
     #[test]
     fn reuseport_group_batches_and_marks() {
-        let (socks, addr) = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let (socks, addr) = bind_group("127.0.0.1:0".parse().unwrap(), 2, 1 << 20).unwrap();
         assert_ne!(addr.port(), 0);
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         // IP_RECVTOS on the peer: each datagram's TOS byte comes with it.

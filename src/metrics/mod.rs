@@ -83,6 +83,13 @@ pub const MEDIA_DROP_CAUSES: [&str; 8] = [
     "wrong_kind",
 ];
 
+/// Outcomes of [`MediaStats::keyframe_requests`], in index order.
+pub const MEDIA_KEYFRAME_RESULTS: [&str; 2] = ["forwarded", "suppressed"];
+/// Causes of [`MediaStats::queue_drops`], in index order: evicted from a full queue (video
+/// purged, oldest audio), refused by it (full, or its stream waits for a keyframe), or
+/// still queued when the destination closed.
+pub const MEDIA_QUEUE_DROP_CAUSES: [&str; 3] = ["evicted", "refused", "closed"];
+
 /// Media router counters of one shard (plain integers, summed on scrape).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MediaStats {
@@ -100,8 +107,12 @@ pub struct MediaStats {
     /// Media connections refused at their credential check (expired, foreign, bad
     /// integrity, not admitted).
     pub refused: u64,
-    /// Keyframe requests (PLI/FIR) forwarded to publishers.
-    pub keyframe_requests: u64,
+    /// Keyframe requests (PLI/FIR) towards publishers, by [`MEDIA_KEYFRAME_RESULTS`] index:
+    /// sent to the publisher, or suppressed (rate limit, no such publisher).
+    pub keyframe_requests: [u64; 2],
+    /// Packets dropped by destination queues, by `[media type][transport of the
+    /// destination][`[`MEDIA_QUEUE_DROP_CAUSES`]`]`.
+    pub queue_drops: [[[u64; 3]; 4]; 3],
     /// Media connections bound on this shard now, by media type.
     pub connections: [u64; 3],
     /// Sessions with members (process-wide; reported by shard 0 only).
@@ -127,7 +138,12 @@ impl MediaStats {
         }
         sum(&mut self.connections, &o.connections);
         self.refused += o.refused;
-        self.keyframe_requests += o.keyframe_requests;
+        sum(&mut self.keyframe_requests, &o.keyframe_requests);
+        for k in 0..3 {
+            for t in 0..4 {
+                sum(&mut self.queue_drops[k][t], &o.queue_drops[k][t]);
+            }
+        }
         self.sessions += o.sessions;
         self.members += o.members;
     }

@@ -6,7 +6,9 @@ use super::{
     unix_now, Hop, Link, MConn, ShardMedia, UdpLink, Wire, D_MALFORMED, D_NOT_BOUND, T_UDP,
 };
 use crate::media::directory::BindError;
+use crate::media::queue::OutQueue;
 use crate::proto::media::credential::{token_from_username, Verified};
+use crate::proto::media::fanout::MAX_OWNED_SSRCS;
 use crate::proto::media::hop::{Direction, HopKey, HopReceiver, HopSender};
 use crate::proto::media::stun::{self, Class, StunMessage};
 use crate::proto::ws::DataKind;
@@ -48,7 +50,7 @@ impl ShardMedia {
         if let Some(i) = bound {
             // DSCP by media type on the connection's socket (UDP marks each datagram).
             if let Some(Some(c)) = self.conns.get(i as usize) {
-                io.set_tos(conn, self.tos(c.kind));
+                io.set_tos(conn, self.tos_of(c.kind));
             }
         }
     }
@@ -143,6 +145,9 @@ impl ShardMedia {
             own: member.own,
             key: v.media_key,
             link,
+            queue: OutQueue::new(self.plane.cfg.queue_packets),
+            dirty: false,
+            pubs: Vec::with_capacity(MAX_OWNED_SSRCS),
         };
         let i = match self.free.pop() {
             Some(i) => {

@@ -97,6 +97,15 @@ impl<T> DestQueue<T> {
     pub fn pop(&mut self) -> Option<Queued<T>> {
         self.q.pop_front()
     }
+    /// The packet [`DestQueue::pop`] would return, left in place (a transport that could not
+    /// take it keeps it queued).
+    pub fn front(&self) -> Option<&Queued<T>> {
+        self.q.front()
+    }
+    /// The `i`-th queued packet from the front.
+    pub fn get(&self, i: usize) -> Option<&Queued<T>> {
+        self.q.get(i)
+    }
     /// Is `ssrc` waiting for a keyframe?
     pub fn is_waiting(&self, ssrc: u32) -> bool {
         self.waiting.iter().any(|w| w.ssrc == ssrc)
@@ -111,9 +120,17 @@ impl<T> DestQueue<T> {
 
     /// Offers one packet to the queue (see the module docs for the policy).
     pub fn push(&mut self, p: Queued<T>) -> Push {
+        self.push_with(p, |_| {})
+    }
+
+    /// [`DestQueue::push`], handing every packet the queue lets go of (evicted ones, and the
+    /// offered one when it is dropped) to `release`, so that a caller whose items are slots
+    /// of its own storage gets them back.
+    pub fn push_with(&mut self, p: Queued<T>, mut release: impl FnMut(Queued<T>)) -> Push {
         if p.kind != MediaKind::Audio {
             if let Some(i) = self.waiting.iter().position(|w| w.ssrc == p.ssrc) {
                 if !p.keyframe_start {
+                    release(p);
                     return Push::Dropped { evicted: 0 };
                 }
                 self.waiting.swap_remove(i);
@@ -125,20 +142,29 @@ impl<T> DestQueue<T> {
         }
         let mut evicted = 0;
         if self.q.iter().any(|e| e.kind == MediaKind::Video) {
-            let before = self.q.len();
             let mut ok = true;
-            for e in self.q.iter().filter(|e| e.kind == MediaKind::Video) {
-                ok &= wait_for_keyframe(&mut self.waiting, self.max_waiting, e.ssrc);
+            // One rotation keeps the order of what stays, without allocating.
+            for _ in 0..self.q.len() {
+                let Some(e) = self.q.pop_front() else {
+                    break;
+                };
+                if e.kind == MediaKind::Video {
+                    ok &= wait_for_keyframe(&mut self.waiting, self.max_waiting, e.ssrc);
+                    evicted += 1;
+                    release(e);
+                } else {
+                    self.q.push_back(e);
+                }
             }
-            self.q.retain(|e| e.kind != MediaKind::Video);
             if !ok {
+                release(p);
                 return Push::Close;
             }
-            evicted = before - self.q.len();
             // The incoming packet's own stream may just have been cut: it resumes only at a
             // keyframe start.
             if p.kind == MediaKind::Video && self.is_waiting(p.ssrc) {
                 if !p.keyframe_start {
+                    release(p);
                     return Push::Dropped { evicted };
                 }
                 self.waiting.retain(|w| w.ssrc != p.ssrc);
@@ -150,7 +176,9 @@ impl<T> DestQueue<T> {
         }
         match p.kind {
             MediaKind::Video | MediaKind::Content => {
-                if wait_for_keyframe(&mut self.waiting, self.max_waiting, p.ssrc) {
+                let ok = wait_for_keyframe(&mut self.waiting, self.max_waiting, p.ssrc);
+                release(p);
+                if ok {
                     Push::Dropped { evicted }
                 } else {
                     Push::Close
@@ -158,15 +186,28 @@ impl<T> DestQueue<T> {
             }
             MediaKind::Audio => match self.q.iter().position(|e| e.kind == MediaKind::Audio) {
                 Some(i) => {
-                    let _ = self.q.remove(i);
+                    if let Some(e) = self.q.remove(i) {
+                        release(e);
+                    }
                     self.q.push_back(p);
                     Push::Queued {
                         evicted: evicted + 1,
                     }
                 }
-                None => Push::Dropped { evicted },
+                None => {
+                    release(p);
+                    Push::Dropped { evicted }
+                }
             },
         }
+    }
+
+    /// Empties the queue, handing every packet to `release` (the destination is closing).
+    pub fn clear_with(&mut self, mut release: impl FnMut(Queued<T>)) {
+        while let Some(e) = self.q.pop_front() {
+            release(e);
+        }
+        self.waiting.clear();
     }
 }
 

@@ -119,3 +119,31 @@ fn ownership() {
     let bad = [0x81, 202, 0, 2, 0, 0, 0, 0x11, 1, 9, b'a', b'b'];
     assert_eq!(own.check_rtcp(&bad), Err(OwnershipError::Malformed));
 }
+
+#[test]
+fn push_with_releases_every_packet_it_lets_go_exactly_once() {
+    // A caller whose items are slots of its own storage must get each one back: whatever was
+    // pushed is either still queued, or was released once (evicted or refused).
+    let mut q = DestQueue::new(3, 4);
+    let mut released = Vec::new();
+    let kinds = [V, A, V, C, A, V, V, C, A, V];
+    for (i, &k) in kinds.iter().enumerate() {
+        let key = i % 4 == 0;
+        let ssrc = match k {
+            A => 20,
+            V => 10,
+            C => 30,
+        };
+        let _ = q.push_with(pkt(i as u32, k, ssrc, key), |e| released.push(e.item));
+    }
+    let mut all: Vec<u32> = drain(&mut q);
+    all.extend(&released);
+    all.sort_unstable();
+    assert_eq!(all, (0..kinds.len() as u32).collect::<Vec<_>>());
+    assert!(!released.is_empty());
+    // clear_with hands back what is left.
+    let _ = q.push(pkt(100, A, 20, false));
+    let mut left = Vec::new();
+    q.clear_with(|e| left.push(e.item));
+    assert_eq!((left, q.len()), (vec![100], 0));
+}

@@ -387,6 +387,30 @@ impl Shard {
             .add(fd, TOK_HANDLER | tagged as u64, Interest::Read)
     }
 
+    /// [`Shard::register_handler_fd`] for a socket the handler also writes: writability
+    /// (edge-triggered, after the socket was full) comes back the same way as readability.
+    pub fn register_handler_fd_rw(&self, fd: RawFd, index: u32) -> io::Result<()> {
+        if self.caller == ENGINE || index >> HANDLER_INDEX_BITS != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "handler fd index out of range, or no handler running",
+            ));
+        }
+        let tagged = (self.caller as u32) << HANDLER_INDEX_BITS | index;
+        self.poller
+            .add(fd, TOK_HANDLER | tagged as u64, Interest::ReadWrite)
+    }
+
+    /// Bytes of a connection's output still waiting for its socket (written in earlier
+    /// rounds and not taken yet; `None`: gone, or another service's). A handler with its own
+    /// queue uses it to hand over only what the peer keeps up with.
+    pub fn tx_backlog(&self, id: ConnId) -> Option<usize> {
+        if !self.mine(id) {
+            return None;
+        }
+        self.conns.get(id).map(|c| c.tx_queued())
+    }
+
     /// Offer handler fd `index` again after other work (as if it were readable): for a
     /// handler that stopped reading an edge-triggered fd before it was drained.
     pub fn retry_handler_fd(&mut self, index: u32) {

@@ -6,6 +6,7 @@ mod cpu;
 mod density;
 mod echo;
 mod live;
+mod media;
 mod mem;
 mod multi;
 mod peer;
@@ -69,6 +70,11 @@ enum Cmd {
     /// Internal: one live viewer worker process (spawned by live-viewers).
     #[command(hide = true)]
     LiveWorker(live::worker::WorkerArgs),
+    /// Media router: one publisher to N receivers (UDP or the WebSocket tunnel) through a
+    /// gateway it starts; forwarded packets per gateway CPU-second, latency, RSS.
+    Media(media::MediaArgs),
+    /// The loopback limit of `sendmmsg` alone: 1,200-byte datagrams to loopback sockets.
+    SendmmsgProbe(media::ProbeArgs),
     /// Internal: one worker process (spawned by density/storm).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -100,6 +106,8 @@ fn main() -> Result<()> {
             println!("{}", live::summary(&r));
             Ok(())
         }
+        Cmd::Media(a) => media::run(a),
+        Cmd::SendmmsgProbe(a) => media::probe(a),
         Cmd::ServePeer(a) => peer::run(a),
         Cmd::Compare(a) => {
             worker::install_signals();
