@@ -2,6 +2,7 @@
 //! only to 127.0.0.0/8. Every mode is bounded in time and stops by itself.
 
 mod compare;
+mod cores;
 mod cpu;
 mod density;
 mod echo;

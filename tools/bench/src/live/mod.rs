@@ -93,6 +93,9 @@ pub(crate) struct ViewersResult {
     /// CPU of the viewer workers in the window, in cores (near 1.0: the load, not the
     /// server, may be what falls behind).
     pub client_core_share: f64,
+    /// Every core's busy share over the window, irq and softirq included (charged to no
+    /// process, so absent from `core_share`).
+    pub cores: Vec<crate::cores::CoreBusy>,
     pub report: Report,
 }
 
@@ -212,6 +215,7 @@ pub(crate) fn viewers(a: ViewersArgs, command: String) -> Result<ViewersResult> 
             .sum()
     };
     let client0 = kid_ticks(&kids);
+    let cores0 = crate::cores::read();
     let w0 = Instant::now();
     for k in kids.iter_mut() {
         writeln!(k.stdin.as_mut().context("worker stdin")?, "window")?;
@@ -219,6 +223,7 @@ pub(crate) fn viewers(a: ViewersArgs, command: String) -> Result<ViewersResult> 
     std::thread::sleep(Duration::from_secs(a.secs));
     let tick1 = server_ticks(a.server_pid)?;
     let client1 = kid_ticks(&kids);
+    let cores = crate::cores::window(&cores0, &crate::cores::read());
     let window = w0.elapsed().as_secs_f64();
     let rss_end = server_rss(a.server_pid)?;
     for k in kids.iter_mut() {
@@ -257,6 +262,7 @@ pub(crate) fn viewers(a: ViewersArgs, command: String) -> Result<ViewersResult> 
         core_share,
         cpu_us_per_viewer_sec: core_share * 1e6 / n,
         client_core_share,
+        cores,
         report,
     })
 }
@@ -278,6 +284,7 @@ pub(crate) fn summary(r: &ViewersResult) -> String {
     format!(
         "{label}: {conn}/{req} viewers connected (ramp {ramp:.1} s), failures {fail:?}, ended early {early:?}\n\
          {label}: server CPU {cpu:.2} s in {win:.1} s = {share:.1}% of a core = {us:.2} µs per viewer-second (viewers' own CPU {cli:.0}% of a core)\n\
+         {label}: cores over the window: {cores}\n\
          {label}: server RSS {base:.1} MB before, {with:.1} MB with viewers, {end:.1} MB at the end = {bpv:.0} B per viewer\n\
          {label}: first video frame {ttff}; first keyframe {ttkf}; first frame a keyframe {key}/{keyall}\n\
          {label}: audio+video within {av}s {avok}/{conn}; no audio frame {noa}, no AAC header {noah}, FLV header without audio {hna}, no video {nov}\n\
@@ -294,6 +301,7 @@ pub(crate) fn summary(r: &ViewersResult) -> String {
         share = r.core_share * 100.0,
         us = r.cpu_us_per_viewer_sec,
         cli = r.client_core_share * 100.0,
+        cores = crate::cores::describe(&r.cores),
         base = r.rss_base as f64 / 1e6,
         with = r.rss_with as f64 / 1e6,
         end = r.rss_end as f64 / 1e6,
