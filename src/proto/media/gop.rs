@@ -30,19 +30,28 @@ impl Default for Limits {
     }
 }
 
+/// What a tag is to the GOP cache and the viewer queues. A live tag is classified once, then
+/// offered to every viewer with its class ([`ViewerQueue::push_classified`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub enum Class {
+    /// Script data (onMetaData).
     Metadata,
+    /// AVC/HEVC sequence header.
     VideoConfig,
+    /// AAC sequence header.
     AudioConfig,
     /// Other configuration (enhanced-RTMP metadata, multichannel config...).
     Config,
+    /// A video keyframe (a sync point).
     Key,
+    /// Any other video frame.
     Frame,
+    /// An audio frame.
     Audio,
 }
 
-fn classify(tag: &[u8]) -> Option<Class> {
+/// The class of an FLV tag; `None` for a malformed tag or an unknown tag type.
+pub fn classify(tag: &[u8]) -> Option<Class> {
     let t = FlvTag::parse(tag).ok()?;
     Some(match t.header.tag_type {
         TagType::Script => Class::Metadata,
@@ -184,7 +193,14 @@ impl ViewerQueue {
 
     /// Queues a tag; returns whether it was kept.
     pub fn push(&mut self, tag: Bytes) -> bool {
-        let Some(class) = classify(&tag) else {
+        let class = classify(&tag);
+        self.push_classified(tag, class)
+    }
+
+    /// [`push`](Self::push) of a tag already classified (`classify(&tag)`): a stream's tag
+    /// goes to thousands of queues and is parsed once.
+    pub fn push_classified(&mut self, tag: Bytes, class: Option<Class>) -> bool {
+        let Some(class) = class else {
             self.dropped += 1;
             return false;
         };

@@ -8,13 +8,14 @@
 //! (HTTP-FLV, HLS) and the WebSocket-FLV upgrade in `live_http.rs`, the viewers' queues and
 //! merged writes in `live_pump.rs`.
 
-use super::live_pump::Viewer;
+use super::live_pump::{Slot, Viewer};
 use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
 use crate::live::{Delivery, Hub, Stream};
+use crate::proto::media::gop::classify;
 use crate::proto::rtmp::RtmpSession;
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::{Handler, LiveAction, LiveEgress, LiveOpenInfo, OpenDecision};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,12 +98,38 @@ pub(crate) struct LiveShard {
     pub(super) hub: Arc<Hub>,
     /// Stream id → viewers on this shard.
     pub(super) viewers: HashMap<u64, Vec<ConnId>, ahash::RandomState>,
-    /// Viewers with tags to write (deduplicated by `Viewer::scheduled`).
-    pub(super) waiting: Vec<ConnId>,
+    /// Viewers waiting for their latency budget to be spent, in deadline order (one mw
+    /// budget per shard, so entries are appended in order; deduplicated by
+    /// `Viewer::scheduled`).
+    pub(super) waiting: VecDeque<(Instant, ConnId)>,
+    /// Viewers to write this round (deduplicated by `Viewer::urgent`).
+    pub(super) urgent: Vec<ConnId>,
+    /// The buffer of the last round's batch, kept for the next.
+    pub(super) spare: Vec<ConnId>,
     /// Kept-alive HLS connections (their idle timeout is checked on the tick; removed ones
     /// are dropped from the list there).
     pub(super) hls: Vec<ConnId>,
     deliveries: Vec<Delivery>,
+}
+
+impl LiveShard {
+    /// Puts a viewer on the list [`Viewer::schedule`] chose.
+    pub(super) fn put(&mut self, id: ConnId, slot: Option<Slot>) {
+        put(&mut self.waiting, &mut self.urgent, id, slot);
+    }
+}
+
+fn put(
+    waiting: &mut VecDeque<(Instant, ConnId)>,
+    urgent: &mut Vec<ConnId>,
+    id: ConnId,
+    slot: Option<Slot>,
+) {
+    match slot {
+        Some(Slot::Now) => urgent.push(id),
+        Some(Slot::At(at)) => waiting.push_back((at, id)),
+        None => {}
+    }
 }
 
 impl Shard {
@@ -111,7 +138,9 @@ impl Shard {
         self.live = Some(Box::new(LiveShard {
             hub,
             viewers: HashMap::default(),
-            waiting: Vec::new(),
+            waiting: VecDeque::new(),
+            urgent: Vec::new(),
+            spare: Vec::new(),
             hls: Vec::new(),
             deliveries: Vec::new(),
         }));
@@ -287,20 +316,25 @@ pub fn on_inbox(io: &mut Shard) {
     let mut deliveries = std::mem::take(&mut live.deliveries);
     live.hub.drain(io.shard, &mut deliveries);
     let max_skips = live.hub.config().max_skips_in_row;
+    let now = Instant::now();
     for d in deliveries.drain(..) {
         let (stream, tag) = match d {
-            Delivery::Tag { stream, seq, tag } => (stream, Some((seq, tag))),
+            Delivery::Tag { stream, seq, tag } => {
+                let class = classify(&tag);
+                (stream, Some((seq, tag, class)))
+            }
             Delivery::End { stream } => (stream, None),
         };
         let Some(ids) = live.viewers.get(&stream.id) else {
             continue;
         };
+        let mut slow = 0;
         for &id in ids {
             let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
                 continue;
             };
             let keep = match &tag {
-                Some((seq, tag)) => v.offer(*seq, tag.clone(), max_skips),
+                Some((seq, tag, class)) => v.offer(*seq, tag.clone(), *class, max_skips),
                 None => {
                     v.end();
                     true
@@ -309,15 +343,13 @@ pub fn on_inbox(io: &mut Shard) {
             if !keep {
                 // Behind for too many GOPs in a row.
                 stream.count_slow_close();
-                io.metrics.slow_consumer_closes += 1;
-                live.waiting.push(id);
-                if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
-                    v.fail_slow();
-                }
-            } else if v.schedule() {
-                live.waiting.push(id);
+                slow += 1;
+                v.fail_slow();
             }
+            let slot = v.schedule(now);
+            put(&mut live.waiting, &mut live.urgent, id, slot);
         }
+        io.metrics.slow_consumer_closes += slow;
     }
     live.deliveries = deliveries;
     io.live = Some(live);
@@ -344,10 +376,9 @@ pub fn live_writable(io: &mut Shard, id: ConnId) {
     super::live_http::hls_writable(io, id);
     if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
         v.force();
-        if v.schedule() {
-            if let Some(l) = io.live.as_mut() {
-                l.waiting.push(id);
-            }
+        let slot = v.schedule(Instant::now());
+        if let Some(l) = io.live.as_mut() {
+            l.put(id, slot);
         }
     }
 }

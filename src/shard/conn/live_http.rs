@@ -290,9 +290,9 @@ pub(super) fn accepted(io: &mut Shard, id: ConnId, req: Request) -> bool {
         join,
         req.at,
     );
-    v.schedule();
+    let slot = v.schedule(Instant::now());
     if let Some(l) = io.live.as_mut() {
-        l.waiting.push(id);
+        l.put(id, slot);
     }
     if let Some(l) = io.live_conn(id) {
         l.role = Role::Viewer(Box::new(v));

@@ -6,8 +6,7 @@
 use super::live::Role;
 use super::{CloseCause, Shard, F_WRITE_BLOCKED};
 use crate::live::Stream;
-use crate::proto::media::flv::FlvTag;
-use crate::proto::media::gop::{Limits, ViewerQueue};
+use crate::proto::media::gop::{classify, Class, Limits, ViewerQueue};
 use crate::proto::ws::{self, OpCode};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::LiveEgress;
@@ -43,14 +42,24 @@ pub(crate) struct Viewer {
     ttfb_from: Option<Instant>,
     ending: bool,
     slow: bool,
-    /// In the shard's waiting list.
+    /// On the shard's timed list (`LiveShard::waiting`) with a deadline.
     scheduled: bool,
+    /// On the shard's list for this round (`LiveShard::urgent`).
+    urgent: bool,
     /// Write now, whatever the latency budget (the socket just drained).
     forced: bool,
 }
 
 fn is_key(tag: &[u8]) -> bool {
-    FlvTag::parse(tag).is_ok_and(|t| t.is_keyframe() && !t.is_sequence_header())
+    classify(tag) == Some(Class::Key)
+}
+
+/// Which of the shard's lists a viewer goes on to be written (see [`Viewer::schedule`]).
+pub(super) enum Slot {
+    /// This round.
+    Now,
+    /// When its latency budget is spent.
+    At(Instant),
 }
 
 impl Viewer {
@@ -91,6 +100,7 @@ impl Viewer {
             ending: false,
             slow: false,
             scheduled: false,
+            urgent: false,
             forced: true,
         }
     }
@@ -105,13 +115,20 @@ impl Viewer {
 
     /// A live tag: queue it. Returns false when the viewer has overflowed its queue
     /// `max_skips` times without catching up in between (it must be closed).
-    pub(super) fn offer(&mut self, seq: u64, tag: Bytes, max_skips: u32) -> bool {
+    /// `class` is `classify(&tag)`, computed once for all viewers.
+    pub(super) fn offer(
+        &mut self,
+        seq: u64,
+        tag: Bytes,
+        class: Option<Class>,
+        max_skips: u32,
+    ) -> bool {
         if seq < self.start_seq || self.ending || self.slow {
             return true;
         }
         let (was_skipping, dropped) = (self.queue.skipping(), self.queue.dropped());
-        let key = is_key(&tag);
-        self.queue.push(tag);
+        let key = class == Some(Class::Key);
+        self.queue.push_classified(tag, class);
         // A new overflow: the queue was not already skipping, or a keyframe found it still
         // full (one more GOP behind).
         if (key || !was_skipping) && self.queue.dropped() > dropped {
@@ -143,18 +160,31 @@ impl Viewer {
         self.forced = true;
     }
 
-    /// Mark for the waiting list; true if it was not on it.
-    pub(super) fn schedule(&mut self) -> bool {
-        !std::mem::replace(&mut self.scheduled, true)
+    /// Marks the viewer for a write: on this round's list when it must write now (or its
+    /// budget is already spent), else on the timed list at the end of its latency budget.
+    /// `None`: already on that list, or nothing to write (the next queued tag schedules it).
+    pub(super) fn schedule(&mut self, now: Instant) -> Option<Slot> {
+        if !self.must_write() {
+            // A deadline is only taken from a set `since`: `since` changes only after a write,
+            // which takes the viewer off the timed list, so its entry's deadline stays true.
+            let at = self.since? + self.mw;
+            if at > now {
+                return (!std::mem::replace(&mut self.scheduled, true)).then_some(Slot::At(at));
+            }
+        }
+        (!std::mem::replace(&mut self.urgent, true)).then_some(Slot::Now)
     }
 
-    fn due(&self, now: Instant) -> bool {
+    fn must_write(&self) -> bool {
         self.forced
             || self.ending
             || self.slow
             || self.mw.is_zero()
             || self.queue.bytes() >= MW_FLUSH_BYTES
-            || self.since.is_some_and(|t| now.duration_since(t) >= self.mw)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.must_write() || self.since.is_some_and(|t| now.duration_since(t) >= self.mw)
     }
 
     fn idle(&self) -> bool {
@@ -213,37 +243,47 @@ impl Viewer {
     }
 }
 
-/// Write every waiting viewer whose latency budget is spent (or that must write now).
+/// Write the viewers on this round's list and those on the timed list whose latency budget
+/// is spent. The timed list is in deadline order, so a round touches only the viewers it
+/// writes, not every viewer holding tags (8,000 viewers, a round every few ms).
 pub(super) fn pump_waiting(io: &mut Shard) {
     let Some(live) = io.live.as_mut() else {
         return;
     };
-    if live.waiting.is_empty() {
-        return;
-    }
-    let waiting = std::mem::take(&mut live.waiting);
     let now = Instant::now();
+    let mut batch = std::mem::take(&mut live.spare);
+    batch.append(&mut live.urgent);
+    while let Some(&(at, id)) = live.waiting.front() {
+        if at > now {
+            break;
+        }
+        live.waiting.pop_front();
+        batch.push(id);
+    }
     let mut again = Vec::new();
-    for id in waiting {
+    for &id in &batch {
         let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
             continue;
         };
-        if !v.due(now) {
-            again.push(id);
+        // Listed twice (written already this round), or an early deadline left behind by a
+        // write that caught up since: its current entry comes later.
+        if !(v.urgent || v.scheduled && v.due(now)) {
             continue;
         }
         v.scheduled = false;
+        v.urgent = false;
         v.forced = false;
         if write_viewer(io, id) {
             if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
-                v.scheduled = true;
+                v.urgent = true;
                 again.push(id);
             }
         }
     }
     if let Some(live) = io.live.as_mut() {
-        again.append(&mut live.waiting);
-        live.waiting = again;
+        live.urgent.append(&mut again);
+        batch.clear();
+        live.spare = batch;
     }
 }
 
