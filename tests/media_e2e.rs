@@ -4,6 +4,7 @@
 //! producing and decoding the media.
 
 mod common;
+mod media_support;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
@@ -51,21 +52,7 @@ fn setup() -> Setup {
         &gw.wait_log("media on udp://", Duration::from_secs(5))
             .expect("gateway did not report its media UDP address"),
     );
-    let backend = Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .arg("backend")
-        .arg("--attach")
-        .arg(&sock)
-        .env("CORELAY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let v = wait_metric(
-        &gw,
-        "corelay_backends_attached",
-        1.0,
-        Duration::from_secs(10),
-    );
-    assert!(v >= 1.0, "backend did not attach");
+    let backend = media_support::attach_backend(&gw, &sock);
     Setup {
         gw,
         udp,

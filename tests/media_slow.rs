@@ -74,21 +74,7 @@ fn setup(udp_ip: &str, media: &str, extra: &str) -> Setup {
         .unwrap()
         .parse()
         .unwrap();
-    let backend = Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .arg("backend")
-        .arg("--attach")
-        .arg(&sock)
-        .env("CORELAY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let v = wait_metric(
-        &gw,
-        "corelay_backends_attached",
-        1.0,
-        Duration::from_secs(10),
-    );
-    assert!(v >= 1.0, "backend did not attach");
+    let backend = media_support::attach_backend(&gw, &sock);
     Setup {
         gw,
         udp,

@@ -29,17 +29,6 @@ struct Setup {
 }
 
 /// Starts `corelay backend` (the demo service) attached to `sock`.
-fn spawn_backend(sock: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .arg("backend")
-        .arg("--attach")
-        .arg(sock)
-        .env("CORELAY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = self.backend.kill();
@@ -90,14 +79,7 @@ fn setup_with(extra: &str) -> Setup {
     let udp = logged_addr(&gw, "media on udp://");
     let tcp = logged_addr(&gw, "media on tcp://");
     let tls = gw.tls.expect("no wss listener");
-    let backend = spawn_backend(&sock);
-    let v = wait_metric(
-        &gw,
-        "corelay_backends_attached",
-        1.0,
-        Duration::from_secs(10),
-    );
-    assert!(v >= 1.0, "backend did not attach");
+    let backend = attach_backend(&gw, &sock);
     Setup {
         gw,
         udp,

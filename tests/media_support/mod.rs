@@ -22,6 +22,31 @@ use std::time::{Duration, Instant};
 
 pub const SECRET: &[u8] = b"media-e2e-secret-0123456789abcdef";
 
+/// The demo backend (`corelay backend --attach SOCK`).
+pub fn spawn_backend(sock: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_corelay"))
+        .arg("backend")
+        .arg("--attach")
+        .arg(sock)
+        .env("CORELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The demo backend, attached to `gw`'s rings: returns once the gateway counts it.
+pub fn attach_backend(gw: &Gw, sock: &std::path::Path) -> Child {
+    let backend = spawn_backend(sock);
+    let v = wait_metric(
+        gw,
+        "corelay_backends_attached",
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert!(v >= 1.0, "backend did not attach");
+    backend
+}
+
 /// One credential from the notice.
 #[derive(Clone, Debug)]
 pub struct Cred {
