@@ -376,20 +376,16 @@ impl Shard {
     /// comes back as [`Handler::on_handler_fd`] with `index` (below 2^24), to the handler
     /// that registered it. Only a running handler (a callback) can register.
     pub fn register_handler_fd(&self, fd: RawFd, index: u32) -> io::Result<()> {
-        if self.caller == ENGINE || index >> HANDLER_INDEX_BITS != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "handler fd index out of range, or no handler running",
-            ));
-        }
-        let tagged = (self.caller as u32) << HANDLER_INDEX_BITS | index;
-        self.poller
-            .add(fd, TOK_HANDLER | tagged as u64, Interest::Read)
+        self.add_handler_fd(fd, index, Interest::Read)
     }
 
     /// [`Shard::register_handler_fd`] for a socket the handler also writes: writability
     /// (edge-triggered, after the socket was full) comes back the same way as readability.
     pub fn register_handler_fd_rw(&self, fd: RawFd, index: u32) -> io::Result<()> {
+        self.add_handler_fd(fd, index, Interest::ReadWrite)
+    }
+
+    fn add_handler_fd(&self, fd: RawFd, index: u32, interest: Interest) -> io::Result<()> {
         if self.caller == ENGINE || index >> HANDLER_INDEX_BITS != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -397,8 +393,7 @@ impl Shard {
             ));
         }
         let tagged = (self.caller as u32) << HANDLER_INDEX_BITS | index;
-        self.poller
-            .add(fd, TOK_HANDLER | tagged as u64, Interest::ReadWrite)
+        self.poller.add(fd, TOK_HANDLER | tagged as u64, interest)
     }
 
     /// Bytes of a connection's output still waiting for its socket (written in earlier
