@@ -47,11 +47,7 @@ fn setup() -> Setup {
         secret.display()
     );
     let gw = Gw::start(&toml, &[]);
-    // Logged after the ready line, so still in the log channel.
-    let udp = parse_udp(
-        &gw.wait_log("media on udp://", Duration::from_secs(5))
-            .expect("gateway did not report its media UDP address"),
-    );
+    let udp = media_support::logged_addr(&gw, "media on udp://");
     let backend = media_support::attach_backend(&gw, &sock);
     Setup {
         gw,
@@ -59,17 +55,6 @@ fn setup() -> Setup {
         backend,
         _dir: dir,
     }
-}
-
-fn parse_udp(l: &str) -> SocketAddr {
-    l.split("media on udp://")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// One credential from the notice.

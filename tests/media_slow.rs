@@ -55,25 +55,8 @@ fn setup(udp_ip: &str, media: &str, extra: &str) -> Setup {
         secret.display()
     );
     let gw = Gw::start(&toml, &[]);
-    let line = gw
-        .wait_log("media on udp://", Duration::from_secs(5))
-        .expect("gateway did not report its media UDP address");
-    let udp = line
-        .split("media on udp://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let tcp = gw
-        .wait_log("media on tcp://", Duration::from_secs(5))
-        .expect("gateway did not report its media TCP address")
-        .split("media on tcp://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let udp = media_support::logged_addr(&gw, "media on udp://");
+    let tcp = media_support::logged_addr(&gw, "media on tcp://");
     let backend = media_support::attach_backend(&gw, &sock);
     Setup {
         gw,

@@ -36,19 +36,6 @@ impl Drop for Setup {
     }
 }
 
-fn logged_addr(gw: &Gw, prefix: &str) -> SocketAddr {
-    gw.wait_log(prefix, Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("gateway did not log {prefix}"))
-        .split(prefix)
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn setup() -> Setup {
     setup_with("")
 }

@@ -22,6 +22,21 @@ use std::time::{Duration, Instant};
 
 pub const SECRET: &[u8] = b"media-e2e-secret-0123456789abcdef";
 
+/// The address the gateway logged after `prefix` (e.g. `media on udp://`; logged after the
+/// ready line, so still in the log channel).
+pub fn logged_addr(gw: &Gw, prefix: &str) -> SocketAddr {
+    gw.wait_log(prefix, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("gateway did not log {prefix}"))
+        .split(prefix)
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The demo backend (`corelay backend --attach SOCK`).
 pub fn spawn_backend(sock: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_corelay"))
