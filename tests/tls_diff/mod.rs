@@ -600,6 +600,9 @@ impl Pair {
                         pending[last + at] ^= 1 << (pos % 8);
                         if tls13 && (at == 0 || at == 2) {
                             diverged = Some(HEADER);
+                        } else if !tls13 && at == 0 && pending[last] == 20 {
+                            // TLS 1.2: the record now claims to be change_cipher_spec.
+                            diverged = Some(CCS);
                         } else if len > max_record(self.sealer.suite) {
                             diverged = Some(LONG);
                         }
