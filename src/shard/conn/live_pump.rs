@@ -10,8 +10,8 @@ use crate::proto::media::gop::{classify, Class, Limits, ViewerQueue};
 use crate::proto::ws::{self, OpCode};
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::LiveEgress;
-use bytes::Bytes;
-use std::io;
+use bytes::{Bytes, BytesMut};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ const BATCH_TAGS: usize = 64;
 const BATCH_BYTES: usize = 512 << 10;
 /// Queued bytes that go out without waiting for the latency budget.
 const MW_FLUSH_BYTES: usize = 256 << 10;
+/// A viewer's arena for the small headers of its writes (HTTP chunk sizes, WebSocket frame
+/// headers): one allocation serves dozens of them instead of one each.
+const HDR_ARENA: usize = 128;
 
 /// A viewer of a stream on this shard.
 pub(crate) struct Viewer {
@@ -32,6 +35,8 @@ pub(crate) struct Viewer {
     start_seq: u64,
     /// The merged write in flight: its parts, the first unsent part and the offset in it.
     parts: Vec<Bytes>,
+    /// Where the headers in `parts` are cut from (see [`HDR_ARENA`]).
+    hdrs: BytesMut,
     part: usize,
     off: usize,
     /// When the oldest unsent tag was queued (merged-write latency budget).
@@ -91,6 +96,7 @@ impl Viewer {
             queue,
             start_seq: join.start_seq,
             parts: Vec::new(),
+            hdrs: BytesMut::new(),
             part: 0,
             off: 0,
             since: Some(at),
@@ -196,35 +202,48 @@ impl Viewer {
         self.parts.clear();
         self.part = 0;
         self.off = 0;
-        let mut bytes = 0;
-        let mut tags = Vec::new();
-        while tags.len() < BATCH_TAGS && bytes < BATCH_BYTES {
+        let http = self.egress == LiveEgress::HttpFlv;
+        if http {
+            // One HTTP chunk per merged write: its size line goes here once it is known.
+            self.parts.push(Bytes::new());
+        }
+        let (mut bytes, mut tags) = (0, 0);
+        while tags < BATCH_TAGS && bytes < BATCH_BYTES {
             let Some(t) = self.queue.pop() else { break };
             bytes += t.len();
-            tags.push(t);
+            tags += 1;
+            if self.egress == LiveEgress::WsFlv {
+                // One binary message per tag, as flv.js / mpegts.js take them.
+                let mut hdr = [0u8; ws::MAX_HEADER_LEN];
+                let n = ws::write_header(&mut hdr, true, OpCode::Binary, t.len(), None);
+                let h = self.header(&hdr[..n]);
+                self.parts.push(h);
+            }
+            self.parts.push(t);
         }
-        if tags.is_empty() {
+        if tags == 0 {
+            self.parts.clear();
             return;
         }
-        match self.egress {
-            LiveEgress::HttpFlv => {
-                // One HTTP chunk per merged write.
-                self.parts
-                    .push(Bytes::from(format!("{bytes:x}\r\n").into_bytes()));
-                self.parts.extend(tags);
-                self.parts.push(Bytes::from_static(b"\r\n"));
-            }
-            LiveEgress::WsFlv => {
-                // One binary message per tag, as flv.js / mpegts.js take them.
-                for t in tags {
-                    let mut hdr = [0u8; ws::MAX_HEADER_LEN];
-                    let n = ws::write_header(&mut hdr, true, OpCode::Binary, t.len(), None);
-                    self.parts.push(Bytes::copy_from_slice(&hdr[..n]));
-                    self.parts.push(t);
-                }
-            }
-            LiveEgress::Rtmp | LiveEgress::Hls => self.parts.extend(tags),
+        if http {
+            let mut line = [0u8; 20];
+            let mut w = &mut line[..];
+            // Cannot fail: 16 hex digits and CRLF fit.
+            let _ = write!(w, "{bytes:x}\r\n");
+            let n = 20 - w.len();
+            self.parts[0] = self.header(&line[..n]);
+            self.parts.push(Bytes::from_static(b"\r\n"));
         }
+    }
+
+    /// `b` as shared bytes cut from the viewer's header arena.
+    fn header(&mut self, b: &[u8]) -> Bytes {
+        if self.hdrs.capacity() - self.hdrs.len() < b.len() {
+            // Reuses the arena in place once every header cut from it is gone.
+            self.hdrs.reserve(HDR_ARENA.max(b.len()));
+        }
+        self.hdrs.extend_from_slice(b);
+        self.hdrs.split().freeze()
     }
 
     /// `n` bytes of the write in flight went out.
@@ -362,6 +381,12 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             stream.count_out(out as u64);
             if let Some(c) = io.conns.get_mut(id) {
                 c.life.on_input(io.now);
+            }
+            // Keep the list's allocation for the next batch.
+            if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
+                let mut parts = parts;
+                parts.clear();
+                v.parts = parts;
             }
             return more;
         }
