@@ -8,17 +8,15 @@ mod media_support;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
-use corelay::proto::media::credential::{Claims, Keyring, TOKEN_LEN};
+use corelay::proto::media::credential::TOKEN_LEN;
 use corelay::proto::media::hop::{Direction, HopKey, HopReceiver, HopSender, TRAILER_LEN};
-use corelay::proto::media::rtp::{RtpPacket, RtpWriter};
+use corelay::proto::media::rtp::RtpPacket;
 use corelay::proto::media::stun::{self, Class, StunMessage};
-use corelay::proto::media::MediaKind;
+use media_support::{binding, ffmpeg_h264, free_port_pair, mint, rtp, unix_now, Cred, SECRET};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const SECRET: &[u8] = b"media-e2e-secret-0123456789abcdef";
 
 struct Setup {
     gw: Gw,
@@ -55,13 +53,6 @@ fn setup() -> Setup {
         backend,
         _dir: dir,
     }
-}
-
-/// One credential from the notice.
-#[derive(Clone)]
-struct Cred {
-    token: String,
-    key: [u8; 32],
 }
 
 /// A member's control channel and the credentials the gateway sent on it.
@@ -109,13 +100,6 @@ fn read_notice(ws: &mut Client) -> Vec<(String, Cred)> {
             )
         })
         .collect()
-}
-
-fn binding(token: &[u8], key: &[u8]) -> (Vec<u8>, [u8; 12]) {
-    let tid: [u8; 12] = rand_u64().to_le_bytes().repeat(2)[..12].try_into().unwrap();
-    let mut out = [0u8; 512];
-    let n = stun::binding_request(&mut out, &tid, token, key).unwrap();
-    (out[..n].to_vec(), tid)
 }
 
 /// A UDP media connection: STUN-bound, hop-tagged.
@@ -216,25 +200,6 @@ fn tunnel(s: &Setup, c: &Cred) -> Client {
     ws
 }
 
-fn rtp(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; 12 + payload.len()];
-    let n = RtpWriter {
-        payload_type: 96,
-        sequence: seq,
-        timestamp: seq as u32 * 3000,
-        ssrc,
-        csrcs: &[],
-        extension: None,
-        payload,
-        padding: 0,
-        marker: true,
-    }
-    .write(&mut out)
-    .unwrap();
-    out.truncate(n);
-    out
-}
-
 fn media_metric(s: &Setup, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
     metric(&body, name, labels)
@@ -250,34 +215,6 @@ fn wait_media_metric(s: &Setup, name: &str, labels: &[(&str, &str)], want: f64) 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Mints a credential with our own keyring (the gateway's secret or another one).
-fn mint(secret: &[u8], key_id: u8, session: &str, member: u64, expires: u64) -> Cred {
-    let ring = Keyring::new(key_id, secret, None).unwrap();
-    let mut tok = [0u8; TOKEN_LEN];
-    let key = ring
-        .issue(
-            &Claims {
-                session: corelay::sdk::group_id(session),
-                member,
-                media: MediaKind::Video,
-                expires,
-            },
-            &mut tok,
-        )
-        .unwrap();
-    Cred {
-        token: String::from_utf8(tok.to_vec()).unwrap(),
-        key,
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[test]
@@ -411,79 +348,6 @@ fn credentials_forged_ssrc_leave_rejoin_and_close() {
     };
     assert_eq!(v, 2.0, "C is still a member");
     drop(a);
-}
-
-/// ffmpeg's RTP (H.264, 100 frames of testsrc, GOP 25) and the SDP it wrote for it.
-fn ffmpeg_h264(dir: &std::path::Path) -> (Vec<Vec<u8>>, String) {
-    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let rtcp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rtp.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let sdp = dir.join("a.sdp");
-    let url = format!(
-        "rtp://127.0.0.1:{}?rtcpport={}&pkt_size=1200",
-        rtp.local_addr().unwrap().port(),
-        rtcp.local_addr().unwrap().port()
-    );
-    let mut child = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
-        .args([
-            "-frames:v",
-            "100",
-            "-g",
-            "25",
-            "-keyint_min",
-            "25",
-            "-bf",
-            "0",
-        ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-ssrc", "2222", "-payload_type", "96", "-sdp_file"])
-        .arg(&sdp)
-        .args(["-f", "rtp", &url])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ffmpeg not found: tools/test.sh installs it");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut exited = None;
-    loop {
-        match rtp.recv(&mut buf) {
-            Ok(n) => out.push(buf[..n].to_vec()),
-            Err(_) if exited.is_some() => break,
-            Err(_) => {}
-        }
-        if exited.is_none() {
-            exited = child.try_wait().unwrap();
-        }
-        assert!(
-            exited.is_some() || Instant::now() < deadline,
-            "ffmpeg did not finish"
-        );
-    }
-    assert!(child.wait().unwrap().success(), "ffmpeg failed");
-    (out, std::fs::read_to_string(&sdp).unwrap())
-}
-
-/// Two free adjacent UDP ports (RTP, RTCP) for ffmpeg to listen on.
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p % 2 == 0 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair");
 }
 
 #[test]

@@ -520,7 +520,7 @@ pub fn ffmpeg_h264(dir: &std::path::Path) -> (Vec<Vec<u8>>, String) {
 }
 
 /// Two free adjacent UDP ports (RTP, RTCP) for ffmpeg to listen on.
-fn free_port_pair() -> u16 {
+pub fn free_port_pair() -> u16 {
     for _ in 0..100 {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = a.local_addr().unwrap().port();
