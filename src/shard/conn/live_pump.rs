@@ -55,10 +55,6 @@ pub(crate) struct Viewer {
     forced: bool,
 }
 
-fn is_key(tag: &[u8]) -> bool {
-    classify(tag) == Some(Class::Key)
-}
-
 /// Which of the shard's lists a viewer goes on to be written (see [`Viewer::schedule`]).
 pub(super) enum Slot {
     /// This round.
@@ -84,8 +80,9 @@ impl Viewer {
         // configuration only: live frames are dropped until the next keyframe.
         let mut has_key = false;
         for t in join.burst {
-            has_key |= is_key(&t);
-            queue.push(t);
+            let class = classify(&t);
+            has_key |= class == Some(Class::Key);
+            queue.push_classified(t, class);
         }
         if !has_key {
             queue.skip_to_keyframe();
