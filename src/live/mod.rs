@@ -15,6 +15,7 @@
 //! Layer: imports `proto` and `config` only; the engine drives it (docs/architecture.md).
 
 mod stream;
+pub mod taglog;
 
 pub use stream::{Join, Stream, StreamStats};
 

@@ -250,6 +250,15 @@ impl ViewerQueue {
         self.skipping = true;
     }
 
+    /// Drops the queued frames, keeping configuration tags (the viewer jumps ahead to a
+    /// keyframe it gets from elsewhere).
+    pub fn drop_frames(&mut self) {
+        let before = self.q.len();
+        self.q.retain(|(_, c)| *c);
+        self.dropped += (before - self.q.len()) as u64;
+        self.bytes = self.q.iter().map(|(t, _)| t.len()).sum();
+    }
+
     /// The next tag to write.
     pub fn pop(&mut self) -> Option<Bytes> {
         let (t, _) = self.q.pop_front()?;
@@ -275,6 +284,11 @@ impl ViewerQueue {
     /// Dropping frames until the next keyframe (after an overflow).
     pub fn skipping(&self) -> bool {
         self.skipping
+    }
+
+    /// A video sequence header went through this queue.
+    pub fn has_video(&self) -> bool {
+        self.has_video
     }
 
     /// Tags dropped so far (overflow, skipping, malformed).

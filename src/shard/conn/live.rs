@@ -8,10 +8,11 @@
 //! (HTTP-FLV, HLS) and the WebSocket-FLV upgrade in `live_http.rs`, the viewers' queues and
 //! merged writes in `live_pump.rs`.
 
-use super::live_pump::{Slot, Viewer};
+use super::live_pump::{Lag, Slot, Viewer, MW_FLUSH_BYTES};
 use super::{CloseCause, ConnState, Shard, F_READ_PAUSED};
+use crate::live::taglog::{Pushed, TagLog};
 use crate::live::{Delivery, Hub, Stream};
-use crate::proto::media::gop::classify;
+use crate::proto::media::gop::{classify, Class};
 use crate::proto::rtmp::RtmpSession;
 use crate::shard::conn_table::ConnId;
 use crate::shard::handler::{Handler, LiveAction, LiveEgress, LiveOpenInfo, OpenDecision};
@@ -96,8 +97,8 @@ impl LiveConn {
 /// the viewers waiting for a write.
 pub(crate) struct LiveShard {
     pub(super) hub: Arc<Hub>,
-    /// Stream id → viewers on this shard.
-    pub(super) viewers: HashMap<u64, Vec<ConnId>, ahash::RandomState>,
+    /// Stream id → this shard's viewers of it and its log.
+    pub(super) streams: HashMap<u64, ShardStream, ahash::RandomState>,
     /// Viewers waiting for their latency budget to be spent, in deadline order (one mw
     /// budget per shard, so entries are appended in order; deduplicated by
     /// `Viewer::scheduled`).
@@ -110,6 +111,17 @@ pub(crate) struct LiveShard {
     /// are dropped from the list there).
     pub(super) hls: Vec<ConnId>,
     deliveries: Vec<Delivery>,
+}
+
+/// A stream as one shard sees it: its viewers here, the log they read, and those of them
+/// that are caught up (a new tag starts their latency budget).
+pub(super) struct ShardStream {
+    pub(super) viewers: Vec<ConnId>,
+    pub(super) log: TagLog,
+    pub(super) idle: Vec<ConnId>,
+    /// The log's end (bytes) when its viewers were last all pushed to write: a stream
+    /// outrunning the latency budget by [`MW_FLUSH_BYTES`] is written early.
+    flush_mark: u64,
 }
 
 impl LiveShard {
@@ -137,7 +149,7 @@ impl Shard {
     pub fn attach_live(&mut self, hub: Arc<Hub>) {
         self.live = Some(Box::new(LiveShard {
             hub,
-            viewers: HashMap::default(),
+            streams: HashMap::default(),
             waiting: VecDeque::new(),
             urgent: Vec::new(),
             spare: Vec::new(),
@@ -276,9 +288,22 @@ impl Shard {
     }
 
     /// Put a viewer on this shard's list of `stream` (after `Stream::join`).
-    pub(super) fn add_viewer(&mut self, id: ConnId, stream: &Stream) {
+    pub(super) fn add_viewer(&mut self, id: ConnId, v: &Viewer) {
+        let stream = v.stream();
         if let Some(l) = self.live.as_mut() {
-            l.viewers.entry(stream.id).or_default().push(id);
+            // Room for a viewer's whole budget plus a GOP before anyone falls off its front;
+            // in steady state it holds about a GOP (`trim` at each keyframe).
+            let cap = 2 * l.hub.config().viewer_queue_bytes + (4 << 20);
+            let s = l.streams.entry(stream.id).or_insert_with(|| ShardStream {
+                viewers: Vec::new(),
+                log: TagLog::new(cap),
+                idle: Vec::new(),
+                flush_mark: 0,
+            });
+            if v.has_video() {
+                s.log.note_video();
+            }
+            s.viewers.push(id);
         }
     }
 
@@ -294,10 +319,10 @@ impl Shard {
                 let stream = v.stream();
                 stream.leave(self.shard);
                 if let Some(l) = self.live.as_mut() {
-                    if let Some(list) = l.viewers.get_mut(&stream.id) {
-                        list.retain(|&c| c != id);
-                        if list.is_empty() {
-                            l.viewers.remove(&stream.id);
+                    if let Some(s) = l.streams.get_mut(&stream.id) {
+                        s.viewers.retain(|&c| c != id);
+                        if s.viewers.is_empty() {
+                            l.streams.remove(&stream.id);
                         }
                     }
                 }
@@ -307,52 +332,101 @@ impl Shard {
     }
 }
 
-/// The inbox eventfd is readable: hand every delivered tag to this shard's viewers of its
-/// stream, end the viewers of ended streams.
+/// The inbox eventfd is readable: append every delivered tag to its stream's log on this
+/// shard (once, whatever the number of viewers), wake the viewers that were caught up, check
+/// the backlogs at each keyframe, end the viewers of ended streams.
 pub fn on_inbox(io: &mut Shard) {
     let Some(mut live) = io.live.take() else {
         return;
     };
     let mut deliveries = std::mem::take(&mut live.deliveries);
     live.hub.drain(io.shard, &mut deliveries);
-    let max_skips = live.hub.config().max_skips_in_row;
     let now = Instant::now();
     for d in deliveries.drain(..) {
-        let (stream, tag) = match d {
+        match d {
             Delivery::Tag { stream, seq, tag } => {
                 let class = classify(&tag);
-                (stream, Some((seq, tag, class)))
-            }
-            Delivery::End { stream } => (stream, None),
-        };
-        let Some(ids) = live.viewers.get(&stream.id) else {
-            continue;
-        };
-        let mut slow = 0;
-        for &id in ids {
-            let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
-                continue;
-            };
-            let keep = match &tag {
-                Some((seq, tag, class)) => v.offer(*seq, tag.clone(), *class, max_skips),
-                None => {
-                    v.end();
-                    true
+                let LiveShard {
+                    streams,
+                    waiting,
+                    urgent,
+                    ..
+                } = &mut *live;
+                let Some(s) = streams.get_mut(&stream.id) else {
+                    continue;
+                };
+                if s.log.push(seq, tag, class) == Pushed::Stale {
+                    continue;
                 }
-            };
-            if !keep {
-                // Behind for too many GOPs in a row.
-                stream.count_slow_close();
-                slow += 1;
-                v.fail_slow();
+                for id in s.idle.drain(..) {
+                    let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+                        continue;
+                    };
+                    v.woken(now);
+                    put(waiting, urgent, id, v.schedule(now));
+                }
+                if class == Some(Class::Key) {
+                    keyframe(io, s, &stream, seq, waiting, urgent, now);
+                } else if s.log.end() >= s.flush_mark + MW_FLUSH_BYTES as u64 {
+                    // The stream outran the latency budget: write everyone now.
+                    s.flush_mark = s.log.end();
+                    for &id in &s.viewers {
+                        if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
+                            v.force();
+                            put(waiting, urgent, id, v.schedule(now));
+                        }
+                    }
+                }
             }
-            let slot = v.schedule(now);
-            put(&mut live.waiting, &mut live.urgent, id, slot);
+            Delivery::End { stream } => {
+                let Some(s) = live.streams.get(&stream.id) else {
+                    continue;
+                };
+                for &id in &s.viewers {
+                    let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+                        continue;
+                    };
+                    v.end();
+                    put(&mut live.waiting, &mut live.urgent, id, v.schedule(now));
+                }
+            }
         }
-        io.metrics.slow_consumer_closes += slow;
     }
     live.deliveries = deliveries;
     io.live = Some(live);
+}
+
+/// Keyframe `key` reached the log of `s`: viewers more than their budget behind skip to it
+/// (those behind for too many GOPs in a row are closed), and the log forgets what every
+/// viewer has read.
+fn keyframe(
+    io: &mut Shard,
+    s: &mut ShardStream,
+    stream: &Stream,
+    key: u64,
+    waiting: &mut VecDeque<(Instant, ConnId)>,
+    urgent: &mut Vec<ConnId>,
+    now: Instant,
+) {
+    let mut oldest = key;
+    let mut slow = 0;
+    for &id in &s.viewers {
+        let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+            continue;
+        };
+        match v.on_keyframe(&s.log, key) {
+            Lag::Fine => {}
+            Lag::Skipped => put(waiting, urgent, id, v.schedule(now)),
+            Lag::Hopeless => {
+                stream.count_slow_close();
+                slow += 1;
+                put(waiting, urgent, id, v.schedule(now));
+            }
+        }
+        oldest = oldest.min(v.cursor());
+    }
+    io.metrics.slow_consumer_closes += slow;
+    s.log.trim(oldest);
 }
 
 /// The shard's tick: streams whose grace period is over end. Viewers holding tags for merged

@@ -280,16 +280,17 @@ pub(super) fn accepted(io: &mut Shard, id: ConnId, req: Request) -> bool {
             out.extend_from_slice(b"\r\n");
         }),
     }
-    io.add_viewer(id, &stream);
     let cfg = hub.config();
     let mut v = Viewer::new(
         stream,
         req.egress,
         cfg.viewer_queue_bytes,
+        cfg.max_skips_in_row,
         Duration::from_millis(cfg.mw_latency_ms),
         join,
         req.at,
     );
+    io.add_viewer(id, &v);
     let slot = v.schedule(Instant::now());
     if let Some(l) = io.live.as_mut() {
         l.put(id, slot);

@@ -5,6 +5,7 @@
 
 use super::live::Role;
 use super::{CloseCause, Shard, F_WRITE_BLOCKED};
+use crate::live::taglog::TagLog;
 use crate::live::Stream;
 use crate::proto::media::gop::{classify, Class, Limits, ViewerQueue};
 use crate::proto::ws::{self, OpCode};
@@ -21,18 +22,27 @@ const BATCH_TAGS: usize = 64;
 /// ...or about this many bytes.
 const BATCH_BYTES: usize = 512 << 10;
 /// Queued bytes that go out without waiting for the latency budget.
-const MW_FLUSH_BYTES: usize = 256 << 10;
+pub(super) const MW_FLUSH_BYTES: usize = 256 << 10;
 /// A viewer's arena for the small headers of its writes (HTTP chunk sizes, WebSocket frame
 /// headers): one allocation serves dozens of them instead of one each.
 const HDR_ARENA: usize = 128;
 
-/// A viewer of a stream on this shard.
+/// A viewer of a stream on this shard. Its live tags are read from the shard's log of the
+/// stream ([`TagLog`]) at its cursor; its own queue holds only the start-up burst and the
+/// configuration tags it must not lose when it skips ahead.
 pub(crate) struct Viewer {
     stream: Arc<Stream>,
     egress: LiveEgress,
-    queue: ViewerQueue,
-    /// Inbox tags before this sequence number were in the burst.
-    start_seq: u64,
+    /// The burst (metadata, sequence headers, the cached GOP) and configuration kept across
+    /// skips: written before anything from the log.
+    pre: ViewerQueue,
+    /// The next tag of the shard's log this viewer takes.
+    cursor: u64,
+    /// Log frames are dropped until a sync point (no GOP in the burst, or fell behind).
+    skipping: bool,
+    /// Backlog (bytes) above which the viewer skips ahead to the next keyframe.
+    limit: u64,
+    max_skips: u32,
     /// The merged write in flight: its parts, the first unsent part and the offset in it.
     parts: Vec<Bytes>,
     /// Where the headers in `parts` are cut from (see [`HDR_ARENA`]).
@@ -42,7 +52,7 @@ pub(crate) struct Viewer {
     /// When the oldest unsent tag was queued (merged-write latency budget).
     since: Option<Instant>,
     mw: Duration,
-    /// Overflows since the queue was last empty (caught up).
+    /// Overflows since the viewer was last caught up.
     skips_in_row: u32,
     ttfb_from: Option<Instant>,
     ending: bool,
@@ -53,6 +63,8 @@ pub(crate) struct Viewer {
     urgent: bool,
     /// Write now, whatever the latency budget (the socket just drained).
     forced: bool,
+    /// On its stream's list of caught-up viewers (`ShardStream::idle`).
+    pub(super) idle_listed: bool,
 }
 
 /// Which of the shard's lists a viewer goes on to be written (see [`Viewer::schedule`]).
@@ -63,16 +75,28 @@ pub(super) enum Slot {
     At(Instant),
 }
 
+/// What the shard's log of a stream told a viewer when a keyframe arrived.
+pub(super) enum Lag {
+    /// Within its budget (or not concerned).
+    Fine,
+    /// Skipped ahead to the keyframe.
+    Skipped,
+    /// Skipped `max_skips` times without catching up: it must be closed.
+    Hopeless,
+}
+
 impl Viewer {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         stream: Arc<Stream>,
         egress: LiveEgress,
         queue_bytes: usize,
+        max_skips: u32,
         mw: Duration,
         join: crate::live::Join,
         at: Instant,
     ) -> Self {
-        let mut queue = ViewerQueue::new(Limits {
+        let mut pre = ViewerQueue::new(Limits {
             max_bytes: queue_bytes,
             max_tags: Limits::default().max_tags,
         });
@@ -82,16 +106,16 @@ impl Viewer {
         for t in join.burst {
             let class = classify(&t);
             has_key |= class == Some(Class::Key);
-            queue.push_classified(t, class);
-        }
-        if !has_key {
-            queue.skip_to_keyframe();
+            pre.push_classified(t, class);
         }
         Self {
             stream,
             egress,
-            queue,
-            start_seq: join.start_seq,
+            pre,
+            cursor: join.start_seq,
+            skipping: !has_key,
+            limit: queue_bytes as u64,
+            max_skips,
             parts: Vec::new(),
             hdrs: BytesMut::new(),
             part: 0,
@@ -105,6 +129,7 @@ impl Viewer {
             scheduled: false,
             urgent: false,
             forced: true,
+            idle_listed: false,
         }
     }
 
@@ -116,46 +141,72 @@ impl Viewer {
         &self.stream
     }
 
-    /// A live tag: queue it. Returns false when the viewer has overflowed its queue
-    /// `max_skips` times without catching up in between (it must be closed).
-    /// `class` is `classify(&tag)`, computed once for all viewers.
-    pub(super) fn offer(
-        &mut self,
-        seq: u64,
-        tag: Bytes,
-        class: Option<Class>,
-        max_skips: u32,
-    ) -> bool {
-        if seq < self.start_seq || self.ending || self.slow {
-            return true;
+    /// The next sequence number it takes from the log.
+    pub(super) fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Whether the burst carried video configuration (the shard's log may not have seen it).
+    pub(super) fn has_video(&self) -> bool {
+        self.pre.has_video()
+    }
+
+    /// A tag reached the log while this viewer was caught up: its latency budget starts.
+    pub(super) fn woken(&mut self, now: Instant) {
+        self.idle_listed = false;
+        if self.since.is_none() {
+            self.since = Some(now);
         }
-        let (was_skipping, dropped) = (self.queue.skipping(), self.queue.dropped());
-        let key = class == Some(Class::Key);
-        self.queue.push_classified(tag, class);
-        // A new overflow: the queue was not already skipping, or a keyframe found it still
-        // full (one more GOP behind).
-        if (key || !was_skipping) && self.queue.dropped() > dropped {
-            self.stream.count_skip();
-            self.skips_in_row += 1;
-            if self.skips_in_row >= max_skips {
-                return false;
+    }
+
+    /// Keyframe `key` was appended to `log`: a viewer more than its budget behind skips to
+    /// it (keeping the configuration it would have passed).
+    pub(super) fn on_keyframe(&mut self, log: &TagLog, key: u64) -> Lag {
+        if self.ending || self.slow || key < self.cursor {
+            return Lag::Fine;
+        }
+        if self.cursor >= log.first_seq() {
+            if self.pre.bytes() as u64 + log.between(self.cursor, key) <= self.limit {
+                return Lag::Fine;
             }
+            self.pre.drop_frames();
+            for s in self.cursor..key {
+                if let Some(e) = log.get(s).filter(|e| e.is_config()) {
+                    self.pre.push_classified(e.tag.clone(), e.class);
+                }
+            }
+        } else {
+            self.pre.drop_frames();
+            self.catch_lost(log);
         }
-        if self.since.is_none() && !self.queue.is_empty() {
-            self.since = Some(Instant::now());
+        self.cursor = key;
+        self.skipping = false;
+        self.skipped()
+    }
+
+    /// The configuration tags that fell off the log's front before this viewer read them.
+    fn catch_lost(&mut self, log: &TagLog) {
+        let lost: Vec<Bytes> = log.lost_config(self.cursor).cloned().collect();
+        for t in lost {
+            let class = classify(&t);
+            self.pre.push_classified(t, class);
         }
-        true
+    }
+
+    fn skipped(&mut self) -> Lag {
+        self.stream.count_skip();
+        self.skips_in_row += 1;
+        if self.skips_in_row >= self.max_skips {
+            self.slow = true;
+            return Lag::Hopeless;
+        }
+        Lag::Skipped
     }
 
     /// The stream ended: write what is queued, then end the response.
     pub(super) fn end(&mut self) {
         self.ending = true;
         self.forced = true;
-    }
-
-    /// Close at the next write: it stayed behind.
-    pub(super) fn fail_slow(&mut self) {
-        self.slow = true;
     }
 
     /// Write without waiting for the latency budget.
@@ -165,7 +216,7 @@ impl Viewer {
 
     /// Marks the viewer for a write: on this round's list when it must write now (or its
     /// budget is already spent), else on the timed list at the end of its latency budget.
-    /// `None`: already on that list, or nothing to write (the next queued tag schedules it).
+    /// `None`: already on that list, or nothing to write (the next tag schedules it).
     pub(super) fn schedule(&mut self, now: Instant) -> Option<Slot> {
         if !self.must_write() {
             // A deadline is only taken from a set `since`: `since` changes only after a write,
@@ -179,26 +230,35 @@ impl Viewer {
     }
 
     fn must_write(&self) -> bool {
-        self.forced
-            || self.ending
-            || self.slow
-            || self.mw.is_zero()
-            || self.queue.bytes() >= MW_FLUSH_BYTES
+        self.forced || self.ending || self.slow || self.mw.is_zero()
     }
 
     fn due(&self, now: Instant) -> bool {
         self.must_write() || self.since.is_some_and(|t| now.duration_since(t) >= self.mw)
     }
 
-    fn idle(&self) -> bool {
-        self.part >= self.parts.len() && self.queue.is_empty()
+    /// Nothing in flight, nothing queued, nothing left in the log for it.
+    fn idle(&self, log: Option<&TagLog>) -> bool {
+        self.part >= self.parts.len()
+            && self.pre.is_empty()
+            && log.is_none_or(|l| self.cursor >= l.next_seq())
     }
 
-    /// Take the next merged write from the queue into `parts`.
-    fn fill(&mut self) {
+    /// Take the next merged write into `parts`: the viewer's own queue first, then the log.
+    fn fill(&mut self, log: Option<&TagLog>) {
         self.parts.clear();
         self.part = 0;
         self.off = 0;
+        if let Some(l) = log {
+            if self.cursor < l.first_seq() && !self.ending {
+                // Fell off the log's front (it is bounded whatever the viewers do).
+                self.pre.drop_frames();
+                self.catch_lost(l);
+                self.cursor = l.first_seq();
+                self.skipping = true;
+                let _ = self.skipped();
+            }
+        }
         let http = self.egress == LiveEgress::HttpFlv;
         if http {
             // One HTTP chunk per merged write: its size line goes here once it is known.
@@ -206,7 +266,13 @@ impl Viewer {
         }
         let (mut bytes, mut tags) = (0, 0);
         while tags < BATCH_TAGS && bytes < BATCH_BYTES {
-            let Some(t) = self.queue.pop() else { break };
+            let t = match self.pre.pop() {
+                Some(t) => t,
+                None => match log.and_then(|l| self.next_live(l)) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
             bytes += t.len();
             tags += 1;
             if self.egress == LiveEgress::WsFlv {
@@ -231,6 +297,25 @@ impl Viewer {
             self.parts[0] = self.header(&line[..n]);
             self.parts.push(Bytes::from_static(b"\r\n"));
         }
+    }
+
+    /// The next tag of the log this viewer sends (frames before a sync point are passed
+    /// over while it skips; malformed tags never go out).
+    fn next_live(&mut self, log: &TagLog) -> Option<Bytes> {
+        while let Some(e) = log.get(self.cursor) {
+            self.cursor += 1;
+            if e.class.is_none() {
+                continue;
+            }
+            if self.skipping && !e.is_config() {
+                if !log.is_sync(e.class) {
+                    continue;
+                }
+                self.skipping = false;
+            }
+            return Some(e.tag.clone());
+        }
+        None
     }
 
     /// `b` as shared bytes cut from the viewer's header arena.
@@ -331,14 +416,27 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             // EPOLLOUT brings it back (`live_writable`).
             return false;
         }
+        let sid = v.stream.id;
+        let log = io
+            .live
+            .as_deref()
+            .and_then(|l| l.streams.get(&sid))
+            .map(|s| &s.log);
         if v.part >= v.parts.len() {
-            v.fill();
+            v.fill(log);
         }
         if v.part >= v.parts.len() {
-            // Caught up: whatever it skipped before, it keeps up now.
+            // Caught up: whatever it skipped before, it keeps up now. The next tag of the
+            // stream wakes it (`ShardStream::idle`).
             v.skips_in_row = 0;
             v.since = None;
-            if v.ending {
+            let ending = v.ending;
+            if !ending && !std::mem::replace(&mut v.idle_listed, true) {
+                if let Some(s) = io.live.as_deref_mut().and_then(|l| l.streams.get_mut(&sid)) {
+                    s.idle.push(id);
+                }
+            }
+            if ending {
                 finish(io, id);
             }
             return false;
@@ -354,7 +452,7 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             let (start, off) = (v.part, v.off);
             v.part = 0;
             v.off = 0;
-            let more = !v.queue.is_empty();
+            let more = !v.pre.is_empty() || log.is_some_and(|l| v.cursor < l.next_seq());
             let mut out = 0;
             if let Some(s) = l.rtmp.as_deref_mut() {
                 for p in &parts[start..] {
@@ -380,12 +478,25 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
                 c.life.on_input(io.now);
             }
             // Keep the list's allocation for the next batch.
-            if let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) {
-                let mut parts = parts;
-                parts.clear();
-                v.parts = parts;
+            let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+                return false;
+            };
+            let mut parts = parts;
+            parts.clear();
+            v.parts = parts;
+            if more || v.ending {
+                // Next round: the rest, or the end of the response after what was staged.
+                return true;
             }
-            return more;
+            // Caught up as far as the log goes: the next tag wakes it.
+            v.skips_in_row = 0;
+            v.since = None;
+            if !std::mem::replace(&mut v.idle_listed, true) {
+                if let Some(s) = io.live.as_deref_mut().and_then(|l| l.streams.get_mut(&sid)) {
+                    s.idle.push(id);
+                }
+            }
+            return false;
         }
         let n = match writev(fd, &v.parts[v.part..], v.off) {
             Ok(n) => n,
@@ -399,7 +510,7 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             }
         };
         v.advance(n);
-        let idle = v.idle();
+        let idle = v.idle(log);
         let blocked = v.part < v.parts.len();
         stream.count_out(n as u64);
         io.metrics.bytes_out += n as u64;

@@ -184,16 +184,17 @@ pub(super) fn accepted(io: &mut Shard, id: ConnId, req: Request) -> bool {
             if let Some(s) = io.live_conn(id).and_then(|l| l.rtmp.as_deref_mut()) {
                 let _ = s.accept_play();
             }
-            io.add_viewer(id, &stream);
             let cfg = hub.config();
             let mut v = Viewer::new(
                 stream,
                 LiveEgress::Rtmp,
                 cfg.viewer_queue_bytes,
+                cfg.max_skips_in_row,
                 Duration::from_millis(cfg.mw_latency_ms),
                 join,
                 req.at,
             );
+            io.add_viewer(id, &v);
             let slot = v.schedule(Instant::now());
             if let Some(l) = io.live.as_mut() {
                 l.put(id, slot);
