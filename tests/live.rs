@@ -13,7 +13,8 @@ use std::time::Duration;
 
 #[test]
 fn http_flv_viewers_on_every_shard_decode_the_stream_from_a_keyframe() {
-    let gw = start(2, "grace_ms = 300");
+    // Every viewer sends from the shard's splice file (`sendfile`, one chunk per tag).
+    let gw = start(2, "grace_ms = 300\nzero_copy_viewers = 1");
     let rtmp = gw.rtmp[0];
     assert_eq!(status(gw.addr, "/live/cam.flv"), 404, "no such stream yet");
     let mut ff = publish(rtmp, "cam", 6);
@@ -50,7 +51,7 @@ fn hls_from_the_remuxer_decodes_with_keyframes_at_segment_starts() {
 
 #[test]
 fn websocket_flv_to_a_python_client_assembles_a_decodable_flv() {
-    let gw = start(2, "grace_ms = 300");
+    let gw = start(2, "grace_ms = 300\nzero_copy_viewers = 1");
     let mut ff = publish(gw.rtmp[0], "wsflv", 5);
     wait_status(gw.addr, "/live/wsflv.flv", 200, Duration::from_secs(20));
     let dir = common::TempDir::new("wsflv");
@@ -111,11 +112,24 @@ fn second_publisher_is_refused_and_a_reconnect_within_grace_keeps_viewers() {
 
 #[test]
 fn stalled_viewer_skips_to_a_keyframe_and_one_that_stays_behind_is_closed() {
+    stalled_viewers(0);
+}
+
+/// The same from the splice file: a viewer stalls in the middle of a tag's framed bytes and
+/// finishes that tag from the log before it skips.
+#[test]
+fn stalled_viewer_sending_from_the_splice_file_skips_to_a_keyframe_too() {
+    stalled_viewers(1);
+}
+
+fn stalled_viewers(zero_copy_viewers: u32) {
     let gw = Gw::start(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\npin = false\n\
-         [tcp]\nsend_buffer = 4096\n[backend]\nmode = \"echo\"\n[live]\n\
-         rtmp_listen = [\"127.0.0.1:0\"]\ngrace_ms = 300\nviewer_queue_bytes = 65536\n\
-         max_skips_in_row = 3\n",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 2\n\
+             pin = false\n[tcp]\nsend_buffer = 4096\n[backend]\nmode = \"echo\"\n[live]\n\
+             rtmp_listen = [\"127.0.0.1:0\"]\ngrace_ms = 300\nviewer_queue_bytes = 65536\n\
+             max_skips_in_row = 3\nzero_copy_viewers = {zero_copy_viewers}\n"
+        ),
         &[],
     );
     let mut ff = publish_with(gw.rtmp[0], "big", 12, "640x480", "k");

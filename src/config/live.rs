@@ -31,6 +31,11 @@ pub struct LiveConfig {
     /// Merged writes: tags wait up to this long to go out in one writev (0 = every round).
     /// Granularity: `timeouts.tick_ms`.
     pub mw_latency_ms: u64,
+    /// Once a stream has this many plain-socket HTTP-FLV (or WebSocket-FLV) viewers on a
+    /// shard, the shard frames its tags once into a file they `sendfile` from (no copy per
+    /// viewer into its socket buffer; each tag then costs the shard a `pwrite`). 0: never,
+    /// every viewer's tags are copied by `sendmsg`.
+    pub zero_copy_viewers: usize,
     /// Accept every publish and play without asking the handler (no Open to a backend).
     pub allow_all: bool,
     /// HLS: target segment duration (ms).
@@ -57,6 +62,7 @@ impl Default for LiveConfig {
             viewer_queue_bytes: 4 << 20,
             max_skips_in_row: 3,
             mw_latency_ms: 0,
+            zero_copy_viewers: 16,
             allow_all: false,
             hls_segment_ms: 2_000,
             hls_window: 6,

@@ -14,6 +14,7 @@
 //!
 //! Layer: imports `proto` and `config` only; the engine drives it (docs/architecture.md).
 
+pub mod splice_file;
 mod stream;
 pub mod taglog;
 

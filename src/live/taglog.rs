@@ -5,12 +5,62 @@
 //! needs (`trim`) and is bounded in bytes whatever the viewers do (`max_bytes`): a viewer whose
 //! cursor fell off the front resumes at a sync point with the latest configuration tags
 //! ([`TagLog::lost_config`]).
+//!
+//! With many plain-socket viewers of one egress framing, the log also keeps the framed bytes
+//! in a [`SpliceFile`] (HTTP chunks or WebSocket binary messages, one per tag), which viewers
+//! send with `sendfile` from their position in it: see `splice_file`.
 
 use std::collections::VecDeque;
+use std::io::Write;
 
 use bytes::Bytes;
 
+use super::splice_file::SpliceFile;
 use crate::proto::media::gop::Class;
+use crate::proto::ws::{self, OpCode};
+
+/// How a tag is framed in a splice file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One HTTP/1.1 chunk per tag (HTTP-FLV).
+    HttpChunk = 0,
+    /// One WebSocket binary message per tag (WebSocket-FLV).
+    WsBinary = 1,
+}
+
+/// A tag's place in a splice file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Offset of its first framed byte.
+    pub off: u64,
+    /// Framed length (header, tag, trailer).
+    pub len: u32,
+    /// Length of the header before the tag.
+    pub hdr: u8,
+}
+
+impl Span {
+    /// Offset after its last byte.
+    pub fn end(&self) -> u64 {
+        self.off + self.len as u64
+    }
+}
+
+/// The header and trailer of `tag_len` bytes framed as `f`; returns the header length.
+pub fn frame_header(f: Framing, tag_len: usize, hdr: &mut [u8; 20]) -> (usize, &'static [u8]) {
+    match f {
+        Framing::HttpChunk => {
+            let mut w = &mut hdr[..];
+            // Cannot fail: 16 hex digits and CRLF fit.
+            let _ = write!(w, "{tag_len:x}\r\n");
+            (20 - w.len(), b"\r\n")
+        }
+        Framing::WsBinary => (
+            ws::write_header(hdr, true, OpCode::Binary, tag_len, None),
+            b"",
+        ),
+    }
+}
 
 /// One tag of the log.
 #[derive(Debug)]
@@ -21,9 +71,16 @@ pub struct Entry {
     pub class: Option<Class>,
     /// Bytes of the stream before this tag (cumulative offset).
     start: u64,
+    /// Where it is in each splice file (`None`: not there).
+    spans: [Option<Span>; 2],
 }
 
 impl Entry {
+    /// Where it is in the splice file of `f`.
+    pub fn span(&self, f: Framing) -> Option<Span> {
+        self.spans[f as usize]
+    }
+
     /// Configuration (metadata, sequence headers): kept through skips.
     pub fn is_config(&self) -> bool {
         matches!(
@@ -47,6 +104,10 @@ pub struct TagLog {
     has_video: bool,
     /// The newest metadata, video and audio configuration, with their sequence numbers.
     config: [Option<(u64, Bytes)>; 3],
+    /// The framed tags, per [`Framing`], once enabled (`enable`).
+    files: [Option<SpliceFile>; 2],
+    /// A file's append failed: later tags are not in it (viewers take them from the log).
+    broken: [bool; 2],
 }
 
 /// What [`TagLog::push`] did with a tag.
@@ -71,6 +132,8 @@ impl TagLog {
             started: false,
             has_video: false,
             config: [None, None, None],
+            files: [None, None],
+            broken: [false, false],
         }
     }
 
@@ -130,16 +193,106 @@ impl TagLog {
         }
         let start = self.end;
         self.end += tag.len() as u64;
-        self.entries.push_back(Entry { tag, class, start });
+        let mut spans = [None, None];
+        if class.is_some() {
+            for f in [Framing::HttpChunk, Framing::WsBinary] {
+                spans[f as usize] = self.append_framed(f, &tag);
+            }
+        }
+        self.entries.push_back(Entry {
+            tag,
+            class,
+            start,
+            spans,
+        });
         while self.bytes() > self.max_bytes && self.entries.len() > 1 {
             self.pop_front();
         }
         r
     }
 
+    fn append_framed(&mut self, f: Framing, tag: &[u8]) -> Option<Span> {
+        let i = f as usize;
+        if self.broken[i] {
+            return None;
+        }
+        let file = self.files[i].as_mut()?;
+        let mut hdr = [0u8; 20];
+        let (n, trailer) = frame_header(f, tag.len(), &mut hdr);
+        match file.append(&[&hdr[..n], tag, trailer]) {
+            Ok(off) => Some(Span {
+                off,
+                len: (n + tag.len() + trailer.len()) as u32,
+                hdr: n as u8,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "live: splice file append failed; copying instead");
+                self.broken[i] = true;
+                None
+            }
+        }
+    }
+
+    /// Keeps the tags from now on framed as `f` in a splice file too (for `sendfile`);
+    /// false if the file cannot be made (viewers then copy from the log).
+    pub fn enable(&mut self, f: Framing) -> bool {
+        let i = f as usize;
+        if self.files[i].is_some() {
+            return true;
+        }
+        match SpliceFile::new() {
+            Ok(file) => {
+                self.files[i] = Some(file);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "live: no splice file; copying instead");
+                false
+            }
+        }
+    }
+
+    /// The splice file of `f`, if enabled.
+    pub fn file(&self, f: Framing) -> Option<&SpliceFile> {
+        self.files[f as usize].as_ref()
+    }
+
+    /// From tag `seq` (in the file of `f`) on, the end offset of the run of tags that lie
+    /// back to back in that file, stopping once `max` bytes are covered.
+    pub fn run_end(&self, f: Framing, seq: u64, max: u64) -> Option<u64> {
+        let i = f as usize;
+        let first = self.get(seq)?.spans[i]?;
+        let mut end = first.end();
+        for e in self
+            .entries
+            .range(usize::try_from(seq - self.first).ok()? + 1..)
+        {
+            if end - first.off >= max {
+                break;
+            }
+            match e.spans[i] {
+                Some(s) if s.off == end => end = s.end(),
+                // Malformed: never framed, never sent.
+                None if e.class.is_none() => {}
+                _ => break,
+            }
+        }
+        Some(end)
+    }
+
     fn pop_front(&mut self) {
-        if self.entries.pop_front().is_some() {
+        if let Some(e) = self.entries.pop_front() {
             self.first += 1;
+            self.release_before(&e);
+        }
+    }
+
+    /// The files' pages wholly before what follows `gone` are no longer needed.
+    fn release_before(&mut self, gone: &Entry) {
+        for i in 0..2 {
+            if let (Some(f), Some(s)) = (self.files[i].as_mut(), gone.spans[i]) {
+                f.release(s.end());
+            }
         }
     }
 
@@ -186,6 +339,9 @@ impl TagLog {
     }
 
     /// Forgets the tags before `seq` (no viewer needs them).
+    ///
+    /// A viewer in the middle of a tag's framed bytes has its cursor on that tag, so the pages
+    /// it still reads are kept.
     pub fn trim(&mut self, seq: u64) {
         while self.first < seq && !self.entries.is_empty() {
             self.pop_front();

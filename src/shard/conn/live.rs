@@ -122,6 +122,8 @@ pub(super) struct ShardStream {
     /// The log's end (bytes) when its viewers were last all pushed to write: a stream
     /// outrunning the latency budget by [`MW_FLUSH_BYTES`] is written early.
     flush_mark: u64,
+    /// Plain-socket viewers that joined, per [`Framing`](crate::live::taglog::Framing).
+    plain: [usize; 2],
 }
 
 impl LiveShard {
@@ -287,23 +289,38 @@ impl Shard {
         true
     }
 
-    /// Put a viewer on this shard's list of `stream` (after `Stream::join`).
-    pub(super) fn add_viewer(&mut self, id: ConnId, v: &Viewer) {
-        let stream = v.stream();
-        if let Some(l) = self.live.as_mut() {
-            // Room for a viewer's whole budget plus a GOP before anyone falls off its front;
-            // in steady state it holds about a GOP (`trim` at each keyframe).
-            let cap = 2 * l.hub.config().viewer_queue_bytes + (4 << 20);
-            let s = l.streams.entry(stream.id).or_insert_with(|| ShardStream {
+    /// Put a viewer on this shard's list of `stream` (after `Stream::join`). Once a stream
+    /// has `live.zero_copy_viewers` plain-socket viewers of one framing here, its log keeps
+    /// that framing in a splice file they send from.
+    pub(super) fn add_viewer(&mut self, id: ConnId, v: &mut Viewer) {
+        let tls = self.conns.get(id).is_some_and(|c| c.transport.is_tls());
+        let Some(l) = self.live.as_mut() else {
+            return;
+        };
+        let cfg = l.hub.config();
+        // Room for a viewer's whole budget plus a GOP before anyone falls off its front; in
+        // steady state it holds about a GOP (`trim` at each keyframe).
+        let cap = 2 * cfg.viewer_queue_bytes + (4 << 20);
+        let min = cfg.zero_copy_viewers;
+        let s = l
+            .streams
+            .entry(v.stream().id)
+            .or_insert_with(|| ShardStream {
                 viewers: Vec::new(),
                 log: TagLog::new(cap),
                 idle: Vec::new(),
                 flush_mark: 0,
+                plain: [0; 2],
             });
-            if v.has_video() {
-                s.log.note_video();
+        if v.has_video() {
+            s.log.note_video();
+        }
+        s.viewers.push(id);
+        if let Some(f) = (min > 0 && !tls).then(|| v.set_plain()).flatten() {
+            s.plain[f as usize] += 1;
+            if s.plain[f as usize] >= min {
+                s.log.enable(f);
             }
-            s.viewers.push(id);
         }
     }
 

@@ -5,7 +5,7 @@
 
 use super::live::Role;
 use super::{CloseCause, Shard, F_WRITE_BLOCKED};
-use crate::live::taglog::TagLog;
+use crate::live::taglog::{frame_header, Framing, TagLog};
 use crate::live::Stream;
 use crate::proto::media::gop::{classify, Class, Limits, ViewerQueue};
 use crate::proto::ws::{self, OpCode};
@@ -65,6 +65,11 @@ pub(crate) struct Viewer {
     forced: bool,
     /// On its stream's list of caught-up viewers (`ShardStream::idle`).
     pub(super) idle_listed: bool,
+    /// A plain (not TLS) HTTP-FLV or WebSocket-FLV viewer: it may send from the log's splice
+    /// file of this framing.
+    framing: Option<Framing>,
+    /// Its position in that file when in the middle of a tag's framed bytes.
+    fpos: Option<u64>,
 }
 
 /// Which of the shard's lists a viewer goes on to be written (see [`Viewer::schedule`]).
@@ -130,6 +135,8 @@ impl Viewer {
             urgent: false,
             forced: true,
             idle_listed: false,
+            framing: None,
+            fpos: None,
         }
     }
 
@@ -139,6 +146,16 @@ impl Viewer {
 
     pub(super) fn stream(&self) -> &Arc<Stream> {
         &self.stream
+    }
+
+    /// A plain-socket viewer: the framing it could send from a splice file.
+    pub(super) fn set_plain(&mut self) -> Option<Framing> {
+        self.framing = match self.egress {
+            LiveEgress::HttpFlv => Some(Framing::HttpChunk),
+            LiveEgress::WsFlv => Some(Framing::WsBinary),
+            _ => None,
+        };
+        self.framing
     }
 
     /// The next sequence number it takes from the log.
@@ -169,6 +186,8 @@ impl Viewer {
             if self.pre.bytes() as u64 + log.between(self.cursor, key) <= self.limit {
                 return Lag::Fine;
             }
+            // The tag being sent is finished from its own bytes, never cut.
+            self.detach(log);
             self.pre.drop_frames();
             for s in self.cursor..key {
                 if let Some(e) = log.get(s).filter(|e| e.is_config()) {
@@ -182,6 +201,68 @@ impl Viewer {
         self.cursor = key;
         self.skipping = false;
         self.skipped()
+    }
+
+    /// Moves the rest of a tag half sent from the splice file into the write in flight, so
+    /// the cursor can move elsewhere.
+    fn detach(&mut self, log: &TagLog) {
+        let (Some(p), Some(f)) = (self.fpos.take(), self.framing) else {
+            return;
+        };
+        let Some((e, s)) = log.get(self.cursor).and_then(|e| Some((e, e.span(f)?))) else {
+            // Fell off the log mid-tag: it cannot be finished.
+            self.slow = true;
+            return;
+        };
+        let mut hdr = [0u8; 20];
+        let (n, trailer) = frame_header(f, e.tag.len(), &mut hdr);
+        self.parts.clear();
+        self.part = 0;
+        self.off = 0;
+        let h = self.header(&hdr[..n]);
+        self.parts.push(h);
+        self.parts.push(e.tag.clone());
+        if !trailer.is_empty() {
+            self.parts.push(Bytes::from_static(trailer));
+        }
+        self.advance(p.saturating_sub(s.off) as usize);
+        self.cursor += 1;
+    }
+
+    /// What to send from the splice file: `(from, to)` offsets, when this viewer can (a
+    /// plain socket, nothing of its own queued, not skipping, the log's file holding its next
+    /// tag). A viewer in the middle of a tag always continues from the file.
+    fn splice_range(&mut self, log: &TagLog) -> Option<(Framing, u64, u64)> {
+        let f = self.framing?;
+        log.file(f)?;
+        if self.fpos.is_none() && (!self.pre.is_empty() || self.skipping) {
+            return None;
+        }
+        let Some(span) = log.get(self.cursor).and_then(|e| e.span(f)) else {
+            if self.fpos.take().is_some() {
+                // Fell off the log mid-tag: it cannot be finished.
+                self.slow = true;
+            }
+            return None;
+        };
+        let from = self.fpos.unwrap_or(span.off);
+        let to = log.run_end(f, self.cursor, BATCH_BYTES as u64)?;
+        Some((f, from, to))
+    }
+
+    /// The splice file was sent up to `pos`: the cursor moves past the tags wholly sent.
+    fn advance_file(&mut self, log: &TagLog, f: Framing, pos: u64) {
+        while let Some(e) = log.get(self.cursor) {
+            match e.span(f) {
+                Some(s) if s.end() <= pos => self.cursor += 1,
+                None if e.class.is_none() => self.cursor += 1,
+                _ => break,
+            }
+        }
+        self.fpos = match log.get(self.cursor).and_then(|e| e.span(f)) {
+            Some(s) if pos > s.off => Some(pos),
+            _ => None,
+        };
     }
 
     /// The configuration tags that fell off the log's front before this viewer read them.
@@ -239,7 +320,8 @@ impl Viewer {
 
     /// Nothing in flight, nothing queued, nothing left in the log for it.
     fn idle(&self, log: Option<&TagLog>) -> bool {
-        self.part >= self.parts.len()
+        self.fpos.is_none()
+            && self.part >= self.parts.len()
             && self.pre.is_empty()
             && log.is_none_or(|l| self.cursor >= l.next_seq())
     }
@@ -422,6 +504,42 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             .as_deref()
             .and_then(|l| l.streams.get(&sid))
             .map(|s| &s.log);
+        if v.part >= v.parts.len() && !tls {
+            if let Some((f, from, to)) = log.and_then(|l| v.splice_range(l)) {
+                let Some(l) = log else { return false };
+                let Some(file) = l.file(f) else { return false };
+                if let Some(at) = v.ttfb_from.take() {
+                    v.stream.count_ttfb(at.elapsed().as_micros() as u64);
+                }
+                let n = match file.send(fd, from, (to - from) as usize) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        c.flags |= F_WRITE_BLOCKED;
+                        return false;
+                    }
+                    Err(_) => {
+                        io.abort(id, 1006, CloseCause::Reset);
+                        return false;
+                    }
+                };
+                v.advance_file(l, f, from + n as u64);
+                v.stream.count_out(n as u64);
+                io.metrics.bytes_out += n as u64;
+                c.life.on_input(io.now);
+                if from + (n as u64) < to {
+                    c.flags |= F_WRITE_BLOCKED;
+                    return false;
+                }
+                continue;
+            }
+        }
+        if v.fpos.is_some() || v.slow {
+            // Half a tag sent from a file it can no longer read (it fell off the log's
+            // front): the stream cannot be continued; closed at the top of the loop.
+            v.fpos = None;
+            v.slow = true;
+            continue;
+        }
         if v.part >= v.parts.len() {
             v.fill(log);
         }

@@ -194,7 +194,7 @@ pub(super) fn accepted(io: &mut Shard, id: ConnId, req: Request) -> bool {
                 join,
                 req.at,
             );
-            io.add_viewer(id, &v);
+            io.add_viewer(id, &mut v);
             let slot = v.schedule(Instant::now());
             if let Some(l) = io.live.as_mut() {
                 l.put(id, slot);
