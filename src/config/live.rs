@@ -22,11 +22,10 @@ pub struct LiveConfig {
     /// A publisher that drops ends its stream after this long; viewers stay for a
     /// reconnect within it.
     pub grace_ms: u64,
-    /// Bound of each viewer's queue of tags (bytes); on overflow the viewer skips to the
-    /// next keyframe.
+    /// Bound of each viewer's backlog (bytes of the shard's log from its cursor); a viewer over
+    /// it when a keyframe arrives skips to that keyframe.
     pub viewer_queue_bytes: usize,
-    /// A viewer that overflows its queue this many times without catching up in between
-    /// (its queue empty) is closed.
+    /// A viewer that skips this many times without catching up in between is closed.
     pub max_skips_in_row: u32,
     /// Merged writes: tags wait up to this long to go out in one writev (0 = every round).
     /// Granularity: `timeouts.tick_ms`.
