@@ -434,4 +434,29 @@ mod tests {
         assert_eq!(l.push(10, t(1), Some(Class::Key)), Pushed::Appended);
         assert!(!l.is_sync(Some(Class::Audio)) && l.is_sync(Some(Class::Key)));
     }
+
+    #[test]
+    fn framed_tags_lie_back_to_back_in_the_splice_file() {
+        let mut l = TagLog::new(1 << 20);
+        l.push(0, t(100), Some(Class::Key));
+        // Tags before the file was enabled are not in it.
+        assert!(l.enable(Framing::HttpChunk));
+        l.push(1, t(300), Some(Class::Frame));
+        l.push(2, t(7), None); // malformed: never framed
+        l.push(3, t(20), Some(Class::Audio));
+        assert!(l.get(0).unwrap().span(Framing::HttpChunk).is_none());
+        assert!(l.get(1).unwrap().span(Framing::WsBinary).is_none());
+        let a = l.get(1).unwrap().span(Framing::HttpChunk).unwrap();
+        let b = l.get(3).unwrap().span(Framing::HttpChunk).unwrap();
+        // "12c\r\n" + 300 + "\r\n", then "14\r\n" + 20 + "\r\n".
+        assert_eq!((a.off, a.len, a.hdr), (0, 307, 5));
+        assert_eq!((b.off, b.len, b.hdr), (307, 26, 4));
+        assert_eq!(l.run_end(Framing::HttpChunk, 1, 1 << 20), Some(333));
+        assert_eq!(l.run_end(Framing::HttpChunk, 1, 100), Some(307));
+        assert_eq!(l.run_end(Framing::HttpChunk, 0, 1 << 20), None);
+        assert_eq!(l.file(Framing::HttpChunk).unwrap().end(), 333);
+        let mut h = [0u8; 20];
+        let (n, trailer) = frame_header(Framing::WsBinary, 300, &mut h);
+        assert_eq!((&h[..n], trailer), (&[0x82, 126, 1, 44][..], &b""[..]));
+    }
 }
