@@ -4,7 +4,7 @@ set -u
 n=${1:-8000}; gop=${2:-on}; out=/work/peers/live/prof-$gop-$n; mkdir -p $out
 R=/work/rtarget/release
 ulimit -n 20000
-taskset -c 0 $R/corelay run --config /work/peers/live/q1/corelay-gop-$gop.toml --no-admin > $out/gw.log 2>&1 &
+taskset -c 0 ${GW:-$R/corelay} run --config /work/peers/live/q1/corelay-gop-$gop.toml --no-admin > $out/gw.log 2>&1 &
 gw=$!
 sleep 1
 rm -f $out/clock
