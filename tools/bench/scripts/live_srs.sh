@@ -4,12 +4,18 @@
 #
 #   tools/bench/scripts/live_srs.sh --srs /path/to/srs [--viewers "2000 8000"] [--gop "on off"]
 #                                   [--secs 20] [--out DIR] [--workers 4] [--mw 350]
+#                                   [--steer-rx]
 #
 # The servers, the publisher and the viewers run at nice $PRIO (default -10: ahead of
 # whatever else the machine is building; both servers alike).
 # --mw is corelay's live.mw_latency_ms (merged writes): 350 by default, SRS's own default
 # mw_latency for HTTP-FLV, so that both servers batch a viewer's writes over the same budget
 # (0: corelay writes every tag as it comes, the lowest latency).
+#
+# --steer-rx (root) sets loopback's Receive Packet Steering to CPU 1 for the run (restored on
+# exit): a loopback segment is then received on the viewers' CPU, as it would be on the
+# viewers' own hosts, instead of in the sending server's context. Without it each server is
+# also charged for its viewers' TCP receive path and wake-ups. Both servers run alike.
 #
 # --srs is a checkout of github.com/ossrs/srs (the directory holding trunk/). If trunk/objs/srs
 # is missing it is built: ./configure --rtc=off --srt=off --ffmpeg-fit=off --sys-ssl=on
@@ -24,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 repo=$PWD
 srs="" viewers="2000 8000" gops="on off" secs=20 out=/tmp/live-srs workers=4 settle=5 mw=350 prio=${PRIO:--10}
+steer=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --srs) srs=$2; shift 2 ;;
@@ -34,6 +41,7 @@ while [[ $# -gt 0 ]]; do
         --out) out=$2; shift 2 ;;
         --workers) workers=$2; shift 2 ;;
         --mw) mw=$2; shift 2 ;;
+        --steer-rx) steer=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +50,12 @@ srs=$(cd "$srs" && pwd)
 mkdir -p "$out"
 log="$out/run.log"
 say() { echo "$@" | tee -a "$log"; }
+rps=/sys/class/net/lo/queues/rx-0/rps_cpus
+if [[ $steer == 1 ]]; then
+    old_rps=$(cat "$rps")
+    echo 2 > "$rps"
+    say "loopback receive steered to CPU 1 (rps_cpus $old_rps -> 2)"
+fi
 
 if [[ ! -x $srs/trunk/objs/srs ]]; then
     say "building SRS in $srs/trunk"
@@ -69,7 +83,12 @@ cleanup() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
 }
-trap cleanup EXIT
+# Every server stopped, and loopback's steering as it was.
+finish() {
+    cleanup
+    if [[ -n ${old_rps:-} ]]; then echo "$old_rps" > "$rps"; fi
+}
+trap finish EXIT
 
 wait_port() { # port: bounded wait until something listens
     for _ in $(seq 100); do
