@@ -292,3 +292,44 @@ fn hls_keepalive_ends_after_the_request_limit_and_when_idle() {
     hls_keepalive_script(gw.addr, "lim", "", "limits");
     assert!(ff.wait().unwrap().success());
 }
+
+/// An audio-only stream (no video at all): every audio frame is a sync point. Viewers from
+/// the splice file and from copies get the AAC header first, then frames in order.
+#[test]
+fn audio_only_stream_reaches_viewers_in_order() {
+    for zero_copy in [1, 0] {
+        let gw = start(
+            2,
+            &format!("grace_ms = 300\nzero_copy_viewers = {zero_copy}"),
+        );
+        let mut ff = publish_to(
+            &format!("rtmp://{}/live/radio?key=k", gw.rtmp[0]),
+            4,
+            "320x240",
+            // `-re` paces only the (unused) video input: pace the audio itself.
+            &["-vn", "-af", "arealtime"].map(String::from),
+        );
+        wait_status(gw.addr, "/live/radio.flv", 200, Duration::from_secs(20));
+        let viewers: Vec<_> = (0..3)
+            .map(|_| {
+                let s = raw_viewer(gw.addr, "/live/radio.flv", None);
+                std::thread::spawn(move || read_body(s, Vec::new()))
+            })
+            .collect();
+        assert!(ff.wait().unwrap().success());
+        for v in viewers {
+            let tags = flv_tags(&v.join().unwrap());
+            assert!(tags.iter().all(|t| !t.video), "audio only");
+            let first = tags.iter().position(|t| !t.config).expect("audio frames");
+            assert!(tags[..first].iter().any(|t| t.config), "AAC header first");
+            let frames: Vec<u32> = tags[first..].iter().map(|t| t.ts).collect();
+            // ~43 AAC frames a second; joined within the first second of 4.
+            assert!(
+                frames.len() > 80,
+                "{} frames (zero_copy {zero_copy})",
+                frames.len()
+            );
+            assert!(frames.windows(2).all(|w| w[0] <= w[1]), "in order");
+        }
+    }
+}

@@ -382,7 +382,12 @@ pub fn on_inbox(io: &mut Shard) {
                     v.woken(now);
                     put(waiting, urgent, id, v.schedule(now));
                 }
-                if class == Some(Class::Key) {
+                // Audio only: every frame is a sync point; the check (a pass over the
+                // viewers) runs every SYNC_CHECK_AUDIO frames instead of every frame.
+                let audio_sync = !s.log.has_video()
+                    && class == Some(Class::Audio)
+                    && seq % SYNC_CHECK_AUDIO == 0;
+                if class == Some(Class::Key) || audio_sync {
                     keyframe(io, s, &stream, seq, waiting, urgent, now);
                 } else if s.log.end() >= s.flush_mark + MW_FLUSH_BYTES as u64 {
                     // The stream outran the latency budget: write everyone now.
@@ -413,7 +418,10 @@ pub fn on_inbox(io: &mut Shard) {
     io.live = Some(live);
 }
 
-/// Keyframe `key` reached the log of `s`: viewers more than their budget behind skip to it
+/// In an audio-only stream, the backlog check and trim run at every this many-th audio frame.
+const SYNC_CHECK_AUDIO: u64 = 64;
+
+/// Keyframe `key` (or, audio only, a sync audio frame) reached the log of `s`: viewers more than their budget behind skip to it
 /// (those behind for too many GOPs in a row are closed), and the log forgets what every
 /// viewer has read.
 fn keyframe(
