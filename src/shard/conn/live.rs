@@ -440,7 +440,14 @@ fn keyframe(
             continue;
         };
         match v.on_keyframe(&s.log, key) {
-            Lag::Fine => {}
+            Lag::Fine => {
+                if v.stranded() {
+                    // Holding tags but on no list: written now rather than never.
+                    tracing::debug!(conn = id.0, "live: stranded viewer rescheduled");
+                    v.force();
+                    put(waiting, urgent, id, v.schedule(now));
+                }
+            }
             Lag::Skipped => put(waiting, urgent, id, v.schedule(now)),
             Lag::Hopeless => {
                 stream.count_slow_close();

@@ -158,6 +158,12 @@ impl Viewer {
         self.framing
     }
 
+    /// On no list (not waiting for a deadline, a round or its stream's next tag) and not
+    /// finished: nothing would ever write it.
+    pub(super) fn stranded(&self) -> bool {
+        !self.urgent && !self.scheduled && !self.idle_listed && !self.forced
+    }
+
     /// The next sequence number it takes from the log.
     pub(super) fn cursor(&self) -> u64 {
         self.cursor
@@ -480,7 +486,8 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
         if !c.life.is_open() {
             return false;
         }
-        let blocked = c.tx_queued() > 0 || c.flags & F_WRITE_BLOCKED != 0;
+        let write_blocked = c.flags & F_WRITE_BLOCKED != 0;
+        let staged = c.tx_queued() > 0;
         let tls = c.transport.is_tls();
         let fd = c.fd.as_raw_fd();
         let Some(l) = c.extra.as_mut().and_then(|x| x.live.as_deref_mut()) else {
@@ -494,9 +501,15 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             io.abort(id, 1008, CloseCause::SlowConsumer);
             return false;
         }
-        if blocked {
+        if write_blocked {
             // EPOLLOUT brings it back (`live_writable`).
             return false;
+        }
+        if staged {
+            // The engine's own output (a response head, a batch sealed into TLS records) is
+            // still on its way out, e.g. a send in flight on the data ring, which completes in
+            // a later round without any EPOLLOUT: try again next round, behind it.
+            return true;
         }
         let sid = v.stream.id;
         let log = io
@@ -526,10 +539,13 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
                 v.stream.count_out(n as u64);
                 io.metrics.bytes_out += n as u64;
                 c.life.on_input(io.now);
-                if from + (n as u64) < to {
+                if n == 0 {
                     c.flags |= F_WRITE_BLOCKED;
                     return false;
                 }
+                // A short `sendfile` does not mean a full socket (it can stop at a page of
+                // its internal pipe with room left, and then no EPOLLOUT would come): go on
+                // until it sends all or says EAGAIN.
                 continue;
             }
         }
