@@ -11,7 +11,7 @@ use super::queue::{Outcome, SLOT};
 use super::shard::{Link, PubSsrc, ShardMedia, D_CROSS_FULL, D_MALFORMED, D_SEND, T_UDP};
 use super::udp::{self, Datagram, BATCH, NO_ADDR};
 use crate::proto::media::fanout::MAX_OWNED_SSRCS;
-use crate::proto::media::hop::TRAILER_LEN;
+use crate::proto::media::hop::{self, PacketDigest, TRAILER_LEN};
 use crate::proto::media::keyframe::{self, KeyframeRequestLimiter};
 use crate::proto::media::MediaKind;
 use crate::proto::ws::DataKind;
@@ -39,6 +39,9 @@ pub(super) struct Meta {
     pub(super) ssrc: u32,
     pub(super) rtcp: bool,
     pub(super) keyframe_start: bool,
+    /// SHA-256 of the packet, once known (the UDP/TCP ingress check computed it, or the
+    /// first hop-tagged destination did): every hop seal of the packet reuses it.
+    pub(super) digest: Option<PacketDigest>,
 }
 
 /// Send order on the shared UDP socket: audio first, then content, then video (what a
@@ -52,8 +55,9 @@ fn priority(k: MediaKind) -> u8 {
 }
 
 impl ShardMedia {
-    /// Queues `pkt` for every local connection of (session, kind) except the sender's.
-    pub(super) fn deliver_local(&mut self, io: &mut Shard, m: Meta, pkt: &[u8]) {
+    /// Queues `pkt` for every local connection of (session, kind) except the sender's
+    /// (`m.digest` is filled in if a destination needed it).
+    pub(super) fn deliver_local(&mut self, io: &mut Shard, m: &mut Meta, pkt: &[u8]) {
         let key = (m.session, m.kind);
         // Taken out for the loop (put back below): no copy of the list per packet.
         let Some(list) = self.local.get_mut(&key).map(std::mem::take) else {
@@ -85,8 +89,9 @@ impl ShardMedia {
     }
 
     /// Offers one packet to connection `i`'s queue (UDP and TCP: sealed with its hop trailer
-    /// now, so that what waits is exactly what goes out).
-    pub(super) fn enqueue(&mut self, i: u32, m: Meta, pkt: &[u8]) {
+    /// now, so that what waits is exactly what goes out; the packet's digest is computed at
+    /// most once, into `m.digest`).
+    pub(super) fn enqueue(&mut self, i: u32, m: &mut Meta, pkt: &[u8]) {
         let Some(Some(c)) = self.conns.get_mut(i as usize) else {
             return;
         };
@@ -102,13 +107,16 @@ impl ShardMedia {
         }
         let prio = if m.rtcp { MediaKind::Audio } else { c.kind };
         let crate::media::shard::MConn { queue, link, .. } = c;
+        let digest = &mut m.digest;
         let o: Outcome = queue.offer(prio, m.ssrc, m.keyframe_start, |slot| {
             slot[..pkt.len()].copy_from_slice(pkt);
-            match link {
-                Link::Udp(u) => u.tx.seal(slot, pkt.len()).unwrap_or(0),
-                Link::Conn { hop: Some(h), .. } => h.tx.seal(slot, pkt.len()).unwrap_or(0),
-                Link::Conn { hop: None, .. } => pkt.len(),
-            }
+            let tx = match link {
+                Link::Udp(u) => &mut u.tx,
+                Link::Conn { hop: Some(h), .. } => &mut h.tx,
+                Link::Conn { hop: None, .. } => return pkt.len(),
+            };
+            let d = digest.get_or_insert_with(|| hop::digest(pkt));
+            tx.seal_digest(d, slot, pkt.len()).unwrap_or(0)
         });
         self.stats.queue_drops[k][t][Q_EVICTED] += o.evicted;
         if !o.queued && !o.close {
@@ -319,6 +327,7 @@ impl ShardMedia {
             ssrc: media,
             rtcp: true,
             keyframe_start: false,
+            digest: None,
         };
         if self.plane.route(shard, m, true, &req) {
             if let Some(w) = self.wake.get_mut(shard as usize) {
@@ -380,15 +389,16 @@ impl ShardMedia {
             return;
         };
         self.stats.keyframe_requests[0] += 1;
-        let m = Meta {
+        let mut m = Meta {
             session: c.session,
             from: u64::MAX,
             kind: c.kind,
             ssrc: 0,
             rtcp: true,
             keyframe_start: false,
+            digest: None,
         };
-        self.enqueue(i, m, &b[..n]);
+        self.enqueue(i, &mut m, &b[..n]);
     }
 
     /// A packet arrived from publisher connection `i` with `ssrc`: whether it starts a
@@ -468,7 +478,8 @@ impl ShardMedia {
                     self.keyframe_to_publisher(m.session, m.from, m.kind, sender, media, fir != 0);
                 }
             } else {
-                self.deliver_local(io, it.meta, pkt);
+                let mut m = it.meta;
+                self.deliver_local(io, &mut m, pkt);
             }
         }
         self.after_enqueue(io);

@@ -12,7 +12,7 @@ use super::udp::{RxBatch, TxBatch};
 use super::{signal, MediaPlane, Pending};
 use crate::metrics::MediaStats;
 use crate::proto::media::fanout::{OwnedSsrcs, OwnershipError, MAX_OWNED_SSRCS};
-use crate::proto::media::hop::{HopReceiver, HopSender};
+use crate::proto::media::hop::{HopReceiver, HopSender, PacketDigest};
 use crate::proto::media::keyframe::{
     self, Codec, KeyframeRequest, KeyframeRequestLimiter, KeyframeSource, KeyframeTracker,
 };
@@ -420,17 +420,17 @@ impl ShardMedia {
             }
             return;
         }
-        let len = match hop {
-            Some(h) => match h.rx.open(msg) {
-                Ok(inner) => inner.len(),
+        let (len, digest) = match hop {
+            Some(h) => match h.rx.open_packet(msg) {
+                Ok(o) => (o.inner.len(), Some(o.digest)),
                 Err(_) => {
                     self.stats.drops[wire.transport()][D_HOP] += 1;
                     return;
                 }
             },
-            None => msg.len(),
+            None => (msg.len(), None),
         };
-        self.ingress(io, i, wire.transport(), &msg[..len]);
+        self.ingress(io, i, wire.transport(), &msg[..len], digest);
         self.flush(io);
     }
 
@@ -569,21 +569,29 @@ impl ShardMedia {
                 let Link::Udp(u) = &mut c.link else {
                     return;
                 };
-                let len = match u.rx.open(buf) {
-                    Ok(inner) => inner.len(),
+                let (len, digest) = match u.rx.open_packet(buf) {
+                    Ok(o) => (o.inner.len(), o.digest),
                     Err(_) => {
                         self.stats.drops[T_UDP][D_HOP] += 1;
                         return;
                     }
                 };
-                self.ingress(io, i, T_UDP, &buf[..len]);
+                self.ingress(io, i, T_UDP, &buf[..len], Some(digest));
             }
             _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
         }
     }
 
-    /// A packet from media connection `i` (hop trailer removed): ownership, then routing.
-    fn ingress(&mut self, io: &mut Shard, i: u32, transport: usize, pkt: &[u8]) {
+    /// A packet from media connection `i` (hop trailer removed, `digest` its SHA-256 if the
+    /// hop check computed it): ownership, then routing.
+    fn ingress(
+        &mut self,
+        io: &mut Shard,
+        i: u32,
+        transport: usize,
+        pkt: &[u8],
+        digest: Option<PacketDigest>,
+    ) {
         let Some(Some(c)) = self.conns.get(i as usize) else {
             return;
         };
@@ -595,6 +603,7 @@ impl ShardMedia {
             ssrc: 0,
             rtcp: false,
             keyframe_start: false,
+            digest,
         };
         let mut rest = [0u8; super::queue::SLOT];
         let mut pkt = pkt;
@@ -625,6 +634,9 @@ impl ShardMedia {
                     // Keyframe requests go to their publisher only; the rest of the
                     // compound packet (reports, SDES...) is fanned out.
                     let n = self.take_keyframe_requests(session, transport, pkt, &mut rest);
+                    if n != pkt.len() {
+                        meta.digest = None; // other bytes now
+                    }
                     pkt = &rest[..n];
                 }
                 Err(OwnershipError::NotOwned(_)) => {
@@ -648,7 +660,7 @@ impl ShardMedia {
             self.after_enqueue(io);
             return;
         }
-        self.deliver_local(io, meta, pkt);
+        self.deliver_local(io, &mut meta, pkt);
         if !self.routes.contains_key(&(session, kind)) {
             let mut v = Vec::new();
             self.plane.dir.shards_of(session, kind, &mut v);
