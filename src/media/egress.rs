@@ -9,7 +9,6 @@
 use super::directory::kind_index;
 use super::queue::{Outcome, SLOT};
 use super::shard::{Link, PubSsrc, ShardMedia, D_CROSS_FULL, D_MALFORMED, D_SEND, T_UDP};
-use super::udp::{self, Datagram, BATCH, NO_ADDR};
 use crate::proto::media::fanout::MAX_OWNED_SSRCS;
 use crate::proto::media::hop::{self, PacketDigest, TRAILER_LEN};
 use crate::proto::media::keyframe::{self, KeyframeRequestLimiter};
@@ -46,7 +45,7 @@ pub(super) struct Meta {
 
 /// Send order on the shared UDP socket: audio first, then content, then video (what a
 /// full socket holds back is what the queues may drop first).
-fn priority(k: MediaKind) -> u8 {
+pub(super) fn priority(k: MediaKind) -> u8 {
     match k {
         MediaKind::Audio => 0,
         MediaKind::Content => 1,
@@ -161,91 +160,6 @@ impl ShardMedia {
             let f = self.tx.flush(u.as_raw_fd());
             self.stats.drops[T_UDP][D_SEND] += f.dropped;
         }
-    }
-
-    fn flush_udp(&mut self) {
-        let Some(fd) = self.udp.as_ref().map(|u| u.as_raw_fd()) else {
-            return;
-        };
-        if self.udp_dirty.is_empty() {
-            return;
-        }
-        // In place, no allocation.
-        let conns = &self.conns;
-        // By the front packet's priority: a keyframe request queued for a video publisher
-        // goes out with the audio.
-        self.udp_dirty.sort_unstable_by_key(|&i| {
-            conns
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .and_then(|c| c.queue.front_kind())
-                .map_or(u8::MAX, priority)
-        });
-        loop {
-            // Gather up to BATCH datagrams, connection by connection in priority order.
-            let mut batch: [Datagram<'_>; BATCH] = [(&[], NO_ADDR, 0); BATCH];
-            let mut owner = [0u32; BATCH];
-            let mut n = 0;
-            'gather: for &i in &self.udp_dirty {
-                let Some(Some(c)) = self.conns.get(i as usize) else {
-                    continue;
-                };
-                let Link::Udp(u) = &c.link else {
-                    continue;
-                };
-                let tos = self.tos[kind_index(c.kind)];
-                let mut j = 0;
-                while let Some(b) = c.queue.get(j) {
-                    if n == BATCH {
-                        break 'gather;
-                    }
-                    batch[n] = (b, u.addr, tos);
-                    owner[n] = i;
-                    n += 1;
-                    j += 1;
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            let taken = match udp::send_datagrams(fd, &batch[..n]) {
-                Ok(r) => r,
-                Err(e) if udp::is_full(&e) => {
-                    // The socket's buffer is full: the rest waits in the queues, and the
-                    // socket's writability (EPOLLOUT) brings us back.
-                    break;
-                }
-                Err(_) => {
-                    // This destination failed (unreachable...): drop that packet, go on.
-                    if let Some(Some(c)) = self.conns.get_mut(owner[0] as usize) {
-                        c.queue.pop();
-                        self.stats.drops[T_UDP][D_SEND] += 1;
-                    }
-                    continue;
-                }
-            };
-            for &i in &owner[..taken] {
-                if let Some(Some(c)) = self.conns.get_mut(i as usize) {
-                    let k = kind_index(c.kind);
-                    let len = c.queue.get(0).map_or(0, |b| b.len() - TRAILER_LEN);
-                    c.queue.pop();
-                    self.stats.packets_out[k][T_UDP] += 1;
-                    self.stats.bytes_out[k][T_UDP] += len as u64;
-                }
-            }
-            if taken < n {
-                break;
-            }
-        }
-        let conns = &mut self.conns;
-        self.udp_dirty.retain(|&i| match conns.get_mut(i as usize) {
-            Some(Some(c)) if !c.queue.is_empty() => true,
-            Some(Some(c)) => {
-                c.dirty = false;
-                false
-            }
-            _ => false,
-        });
     }
 
     /// Tunnels and streams: each takes packets while its engine-side backlog is small; the

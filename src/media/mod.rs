@@ -19,10 +19,12 @@
 
 pub mod directory;
 mod egress;
+mod egress_udp;
 mod notice;
 mod queue;
 mod shard;
 pub mod udp;
+mod udp_tx;
 
 pub use shard::ShardMedia;
 

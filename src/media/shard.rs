@@ -180,6 +180,8 @@ pub struct ShardMedia {
     pub(super) tos: [u8; 3],
     /// The keyframe-request limiters' clock.
     pub(super) clock: std::time::Instant,
+    /// UDP GSO on the shard's socket: configured, probed at start, off after a refusal.
+    pub(super) gso: bool,
 }
 
 fn unix_now() -> u64 {
@@ -200,6 +202,17 @@ impl ShardMedia {
                 _ => None,
             },
         };
+        let gso = cfg.udp_gso
+            && udp.as_ref().is_some_and(|u| {
+                let on = super::udp_tx::gso_supported(u.as_raw_fd());
+                if !on {
+                    tracing::info!(
+                        shard,
+                        "media: UDP GSO not supported by the kernel; plain sendmmsg"
+                    );
+                }
+                on
+            });
         let tos = [
             cfg.dscp_audio << 2,
             cfg.dscp_video << 2,
@@ -232,6 +245,7 @@ impl ShardMedia {
             kf_src,
             tos,
             clock: std::time::Instant::now(),
+            gso,
         }
     }
 
