@@ -3,6 +3,7 @@
 //! them (`admission`), and the packet path.
 
 mod admission;
+mod udp_in;
 
 use super::directory::kind_index;
 use super::egress::Meta;
@@ -40,16 +41,13 @@ pub(super) const T_TLS: usize = 2;
 pub(super) const T_WS: usize = 3;
 
 const D_FORGED: usize = 0;
-const D_UNBOUND: usize = 1;
-const D_HOP: usize = 2;
+pub(super) const D_UNBOUND: usize = 1;
+pub(super) const D_HOP: usize = 2;
 pub(super) const D_MALFORMED: usize = 3;
 pub(super) const D_CROSS_FULL: usize = 4;
 pub(super) const D_SEND: usize = 5;
 const D_NOT_BOUND: usize = 6;
 const D_WRONG_KIND: usize = 7;
-
-/// Datagram batches read per readiness event before yielding to other work.
-const UDP_ROUNDS: usize = 8;
 
 pub(super) enum Link {
     /// Boxed: the hop keys are large next to a connection's id.
@@ -65,6 +63,9 @@ pub(super) enum Link {
 
 pub(super) struct UdpLink {
     pub(super) addr: SocketAddr,
+    /// A new source address that proved the credential (a Binding request) and may take
+    /// over once it sends hop-tagged media with a fresh index (NAT rebinding).
+    candidate: Option<SocketAddr>,
     rx: HopReceiver,
     pub(super) tx: HopSender,
 }
@@ -150,6 +151,8 @@ pub struct ShardMedia {
     pub(super) conns: Vec<Option<MConn>>,
     free: Vec<u32>,
     by_addr: Map<SocketAddr, u32>,
+    /// Rebinding candidates (at most one per UDP connection): address → connection.
+    candidates: Map<SocketAddr, u32>,
     by_conn: Map<ConnId, u32>,
     /// Tunnels and streams accepted whose credential has not been proven yet.
     unbound: Map<ConnId, Wire>,
@@ -227,6 +230,7 @@ impl ShardMedia {
             conns: Vec::new(),
             free: Vec::new(),
             by_addr: Map::default(),
+            candidates: Map::default(),
             by_conn: Map::default(),
             unbound: Map::default(),
             local: Map::default(),
@@ -519,6 +523,11 @@ impl ShardMedia {
         match c.link {
             Link::Udp(u) => {
                 self.by_addr.remove(&u.addr);
+                if let Some(a) = u.candidate {
+                    if self.candidates.get(&a) == Some(&i) {
+                        self.candidates.remove(&a);
+                    }
+                }
             }
             Link::Conn { conn, .. } => {
                 self.by_conn.remove(&conn);
@@ -530,75 +539,9 @@ impl ShardMedia {
         }
     }
 
-    fn read_udp(&mut self, io: &mut Shard) {
-        let Some(fd) = self.udp.as_ref().map(|u| u.as_raw_fd()) else {
-            return;
-        };
-        self.refresh(io);
-        for _ in 0..UDP_ROUNDS {
-            let n = match self.rx.recv(fd) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "media: UDP receive failed");
-                    return;
-                }
-            };
-            let mut rx = std::mem::take(&mut self.rx);
-            for i in 0..n {
-                let (buf, from) = rx.get(i);
-                if let Some(from) = from {
-                    self.on_datagram(io, buf, from);
-                }
-            }
-            self.rx = rx;
-            self.flush(io);
-            if n < super::udp::BATCH {
-                return;
-            }
-        }
-        // More may be queued: come back after other work (edge-triggered).
-        io.retry_handler_fd(self.base + FD_UDP);
-    }
-
-    fn on_datagram(&mut self, io: &mut Shard, buf: &mut [u8], from: SocketAddr) {
-        match stun::demux(buf) {
-            Rfc7983::Stun => {
-                let existing = self.by_addr.get(&from).copied().unwrap_or(u32::MAX);
-                let mut out = [0u8; 256];
-                let (n, _) = self.stun(buf, Some((existing, from)), None, &mut out);
-                if n > 0 {
-                    let b = self.tx.begin(n);
-                    b.copy_from_slice(&out[..n]);
-                    self.tx.commit(n, n, from, 0);
-                }
-            }
-            Rfc7983::RtpRtcp => {
-                let Some(&i) = self.by_addr.get(&from) else {
-                    self.stats.drops[T_UDP][D_UNBOUND] += 1;
-                    return;
-                };
-                let Some(Some(c)) = self.conns.get_mut(i as usize) else {
-                    return;
-                };
-                let Link::Udp(u) = &mut c.link else {
-                    return;
-                };
-                let (len, digest) = match u.rx.open_packet(buf) {
-                    Ok(o) => (o.inner.len(), o.digest),
-                    Err(_) => {
-                        self.stats.drops[T_UDP][D_HOP] += 1;
-                        return;
-                    }
-                };
-                self.ingress(io, i, T_UDP, &buf[..len], Some(digest));
-            }
-            _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
-        }
-    }
-
     /// A packet from media connection `i` (hop trailer removed, `digest` its SHA-256 if the
     /// hop check computed it): ownership, then routing.
-    fn ingress(
+    pub(super) fn ingress(
         &mut self,
         io: &mut Shard,
         i: u32,

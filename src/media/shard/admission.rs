@@ -110,6 +110,27 @@ impl ShardMedia {
             return refuse(self, out, 401, b"bad MESSAGE-INTEGRITY");
         }
         let cl = v.claims;
+        if udp.is_some() {
+            // The member's UDP connection of this type, bound here at another address: a
+            // rebinding candidate (udp_in.rs), answered, nothing moved yet.
+            let bound = self.local.get(&(cl.session, cl.media)).and_then(|l| {
+                l.iter().copied().find(|&i| {
+                    self.conns
+                        .get(i as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|c| {
+                            c.member == cl.member
+                                && c.key == v.media_key
+                                && matches!(c.link, Link::Udp(_))
+                        })
+                })
+            });
+            if let Some(i) = bound {
+                self.rebinding_candidate(i, from);
+                let n = stun::binding_success(out, &tid, from, &v.media_key).unwrap_or(0);
+                return (n, Some(i));
+            }
+        }
         let member = match self
             .plane
             .dir
@@ -133,6 +154,7 @@ impl ShardMedia {
             },
             None => Link::Udp(Box::new(UdpLink {
                 addr: from,
+                candidate: None,
                 rx: HopReceiver::new(hop.clone(), Direction::Upstream),
                 tx: HopSender::new(hop, Direction::Downstream),
             })),

@@ -1,0 +1,126 @@
+//! The shard's UDP socket, inbound: batches of datagrams, STUN (admission, keepalives) or
+//! hop-tagged RTP/RTCP of a bound address, and NAT rebinding.
+//!
+//! Rebinding (docs/media.md "NAT rebinding"): a datagram carries no connection id, so a new
+//! source address first names its connection with a Binding request (the client's keepalive
+//! from behind the new NAT mapping; ICE consent does the same), which is answered and makes
+//! the address the connection's candidate, without moving anything: the whole request is
+//! replayable by anyone who saw it. The first hop-tagged packet from the candidate that
+//! verifies with the connection's key and carries an index newer than any accepted so far
+//! moves the binding (latching, as SRTP/ICE endpoints do); a bad tag or an old index from it
+//! never does.
+
+use super::{ShardMedia, D_HOP, D_MALFORMED, D_UNBOUND, T_UDP};
+use crate::media::shard::Link;
+use crate::proto::media::stun::{self, Rfc7983};
+use crate::shard::conn::Shard;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+/// Datagram batches read per readiness event before yielding to other work.
+const UDP_ROUNDS: usize = 8;
+
+impl ShardMedia {
+    pub(super) fn read_udp(&mut self, io: &mut Shard) {
+        let Some(fd) = self.udp.as_ref().map(|u| u.as_raw_fd()) else {
+            return;
+        };
+        self.refresh(io);
+        for _ in 0..UDP_ROUNDS {
+            let n = match self.rx.recv(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "media: UDP receive failed");
+                    return;
+                }
+            };
+            let mut rx = std::mem::take(&mut self.rx);
+            for i in 0..n {
+                let (buf, from) = rx.get(i);
+                if let Some(from) = from {
+                    self.on_datagram(io, buf, from);
+                }
+            }
+            self.rx = rx;
+            self.flush(io);
+            if n < crate::media::udp::BATCH {
+                return;
+            }
+        }
+        // More may be queued: come back after other work (edge-triggered).
+        io.retry_handler_fd(self.base + super::FD_UDP);
+    }
+
+    fn on_datagram(&mut self, io: &mut Shard, buf: &mut [u8], from: SocketAddr) {
+        match stun::demux(buf) {
+            Rfc7983::Stun => {
+                let existing = self.by_addr.get(&from).copied().unwrap_or(u32::MAX);
+                let mut out = [0u8; 256];
+                let (n, _) = self.stun(buf, Some((existing, from)), None, &mut out);
+                if n > 0 {
+                    let b = self.tx.begin(n);
+                    b.copy_from_slice(&out[..n]);
+                    self.tx.commit(n, n, from, 0);
+                }
+            }
+            Rfc7983::RtpRtcp => {
+                let (i, moving) = match self.by_addr.get(&from) {
+                    Some(&i) => (i, false),
+                    None => match self.candidates.get(&from) {
+                        Some(&i) => (i, true),
+                        None => {
+                            self.stats.drops[T_UDP][D_UNBOUND] += 1;
+                            return;
+                        }
+                    },
+                };
+                let Some(Some(c)) = self.conns.get_mut(i as usize) else {
+                    return;
+                };
+                let Link::Udp(u) = &mut c.link else {
+                    return;
+                };
+                let (len, digest, fresh) = match u.rx.open_packet(buf) {
+                    Ok(o) => (o.inner.len(), o.digest, o.fresh),
+                    Err(_) => {
+                        self.stats.drops[T_UDP][D_HOP] += 1;
+                        return;
+                    }
+                };
+                if moving && fresh && u.candidate == Some(from) {
+                    tracing::debug!(old = %u.addr, new = %from, "media: UDP binding moved");
+                    self.by_addr.remove(&u.addr);
+                    self.by_addr.insert(from, i);
+                    self.candidates.remove(&from);
+                    u.addr = from;
+                    u.candidate = None;
+                    self.stats.udp_rebinds += 1;
+                }
+                self.ingress(io, i, T_UDP, &buf[..len], Some(digest));
+            }
+            _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
+        }
+    }
+
+    /// A Binding request that proved the credential of UDP connection `i` came from `from`,
+    /// not its address: `from` becomes its rebinding candidate (replacing an older one).
+    pub(super) fn rebinding_candidate(&mut self, i: u32, from: SocketAddr) {
+        let Some(Some(c)) = self.conns.get_mut(i as usize) else {
+            return;
+        };
+        let Link::Udp(u) = &mut c.link else {
+            return;
+        };
+        if let Some(old) = u.candidate.replace(from) {
+            if self.candidates.get(&old) == Some(&i) {
+                self.candidates.remove(&old);
+            }
+        }
+        // An address already bound to another connection cannot be a candidate for this one.
+        if self.by_addr.contains_key(&from) {
+            u.candidate = None;
+            return;
+        }
+        self.candidates.insert(from, i);
+    }
+}
