@@ -27,9 +27,15 @@ pub(crate) struct MediaArgs {
     /// The corelay binary (a release build).
     #[arg(long)]
     corelay: PathBuf,
-    /// Receivers' transport: udp or ws (the tunnel).
+    /// Receivers' transport: udp, tcp (RFC 4571, hop-tagged) or ws (the tunnel).
     #[arg(long, default_value = "udp")]
     transport: String,
+    /// Packets the publisher sends back to back per frame (the rate stays packets/s).
+    #[arg(long, default_value_t = 1)]
+    burst: u64,
+    /// The gateway's `media.udp_gso`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    gso: bool,
     /// Receivers.
     #[arg(long, default_value_t = 10)]
     receivers: usize,
@@ -56,6 +62,9 @@ pub(crate) struct ProbeArgs {
     /// Datagram size.
     #[arg(long, default_value_t = 1200)]
     size: usize,
+    /// Datagrams per destination per message with UDP GSO (`UDP_SEGMENT`); 1 = plain.
+    #[arg(long, default_value_t = 1)]
+    gso_segments: usize,
 }
 
 fn now_ns(t0: Instant) -> u64 {
@@ -68,6 +77,7 @@ struct Gateway {
     pid: u32,
     ws: SocketAddr,
     udp: SocketAddr,
+    tcp: SocketAddr,
     _dir: PathBuf,
 }
 
@@ -93,9 +103,11 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
             "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\npin = false\n\
              [limits]\nmax_connections_per_shard = 4096\n\
              [backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n\
-             [media]\nsecret_file = \"{}\"\nudp_listen = \"127.0.0.1:0\"\n",
+             [media]\nsecret_file = \"{}\"\nudp_listen = \"127.0.0.1:0\"\n\
+             tcp_listen = \"127.0.0.1:0\"\nudp_gso = {}\n",
             sock.display(),
-            secret.display()
+            secret.display(),
+            a.gso
         ),
     )?;
     let mut cmd = match a.gateway_cpu {
@@ -124,9 +136,9 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
             let _ = tx.send(l);
         }
     });
-    let (mut ws, mut udp) = (None, None);
+    let (mut ws, mut udp, mut tcp) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ws.is_none() || udp.is_none() {
+    while ws.is_none() || udp.is_none() || tcp.is_none() {
         let l = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .context("gateway did not start")?;
@@ -135,6 +147,9 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
         }
         if let Some(r) = l.split("media on udp://").nth(1) {
             udp = Some(r.split_whitespace().next().unwrap_or("").parse()?);
+        }
+        if let Some(r) = l.split("media on tcp://").nth(1) {
+            tcp = Some(r.split_whitespace().next().unwrap_or("").parse()?);
         }
     }
     // Keep draining the log so the gateway never blocks on a full pipe.
@@ -152,6 +167,7 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
         pid,
         ws: ws.context("ws")?,
         udp: udp.context("udp")?,
+        tcp: tcp.context("tcp")?,
         _dir: dir,
     };
     // The backend attaches within a moment; admissions before that are refused: retry below.
@@ -302,6 +318,25 @@ fn udp_bind(g: &Gateway, token: &str, key: &[u8; 32], n: u64) -> Result<UdpSocke
     bail!("no STUN answer")
 }
 
+/// A media stream over TCP (RFC 4571): the Binding request as its first frame, its answer.
+fn tcp_bind(g: &Gateway, token: &str, key: &[u8; 32], n: u64) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(g.tcp)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = binding(token, key, n);
+    let mut f = (req.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&req);
+    s.write_all(&f)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut ans = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut ans)?;
+    match StunMessage::parse(&ans) {
+        Ok(m) if m.class() == stun::Class::SuccessResponse => Ok(s),
+        _ => bail!("TCP binding refused"),
+    }
+}
+
 /// Latencies (ns) and packet counts gathered by the receivers.
 #[derive(Default)]
 struct Tally {
@@ -345,6 +380,39 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
                 }
                 lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
             }));
+        } else if a.transport == "tcp" {
+            let mut s = tcp_bind(&g, t, k, i as u64 + 10)?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            threads.push(std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut have = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = match s.read(&mut buf[have..]) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    };
+                    have += n;
+                    let mut at = 0;
+                    while have - at >= 2 {
+                        let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
+                        if have - at < 2 + len {
+                            break;
+                        }
+                        let p = &buf[at + 2..at + 2 + len];
+                        if len >= 12 + 8 + TRAILER_LEN && p[1] & 0x7F == 96 {
+                            let sent = u64::from_be_bytes(p[12..20].try_into().unwrap_or([0; 8]));
+                            mine.push(now_ns(t0).saturating_sub(sent));
+                            tally.got.fetch_add(1, Ordering::Relaxed);
+                        }
+                        at += 2 + len;
+                    }
+                    buf.copy_within(at..have, 0);
+                    have -= at;
+                }
+                lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+            }));
         } else {
             let mut w = Ws::connect(g.ws, "/media")?;
             w.send(OpCode::Binary, &binding(t, k, i as u64 + 10))?;
@@ -376,11 +444,15 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
     let ticks0 = proc_ticks(g.pid).unwrap_or(0);
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
+    let burst = a.burst.max(1);
     for n in 0..a.packets {
-        let due = start + period * n as u32;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        // A frame of `burst` packets leaves back to back, frames at rate / burst.
+        if n % burst == 0 {
+            let due = start + period * n as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
         }
         let mut p = payload.clone();
         p[..8].copy_from_slice(&now_ns(t0).to_be_bytes());
@@ -424,8 +496,10 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
             .unwrap_or(0)
     };
     println!(
-        "media {} receivers={} packets_in={} delivered={} of {} ({:.2}% lost) wall={:.2}s",
+        "media {} gso={} burst={} receivers={} packets_in={} delivered={} of {} ({:.2}% lost) wall={:.2}s",
         a.transport,
+        a.gso,
+        burst,
         a.receivers,
         a.packets,
         got,
@@ -490,40 +564,62 @@ pub(crate) fn probe(a: ProbeArgs) -> Result<()> {
         })
         .collect();
     let mut names = names;
+    // With GSO: each message is `segs` datagrams to one destination (UDP_SEGMENT = size).
+    let segs = a.gso_segments.clamp(1, 64);
     let cpu0 = thread_cpu_ns();
     let w0 = Instant::now();
     let mut sent = 0u64;
     let mut i = 0usize;
+    // One iovec per segment, all pointing at `data`.
+    let iov: Vec<libc::iovec> = (0..segs)
+        .map(|_| libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        })
+        .collect();
+    let mut cmsg = [0u64; 4];
+    // SAFETY: CMSG_* are size computations and writes inside the 32-byte, 8-aligned `cmsg`
+    // (CMSG_SPACE(2) = 24 on 64-bit Linux).
+    let cmsg_len = unsafe {
+        let c = cmsg.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), a.size as u16);
+        libc::CMSG_SPACE(2) as usize
+    };
     while sent < a.datagrams {
-        // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below points at `data`
-        // or `names`, which outlive the call (the kernel only reads through them).
-        let mut iov: [libc::iovec; 32] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
+        // SAFETY: a zeroed mmsghdr is valid; every pointer set below points at `iov` (and
+        // through it `data`), `names` or `cmsg`, which outlive the call (the kernel only
+        // reads through them).
         let mut hdrs: [libc::mmsghdr; 32] = unsafe { std::mem::zeroed() };
-        for k in 0..32 {
-            iov[k].iov_base = data.as_mut_ptr().cast();
-            iov[k].iov_len = data.len();
+        for h in hdrs.iter_mut() {
             let j = i % names.len();
             i += 1;
-            hdrs[k].msg_hdr.msg_name = (&mut names[j] as *mut libc::sockaddr_in).cast();
-            hdrs[k].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            hdrs[k].msg_hdr.msg_iov = &mut iov[k];
-            hdrs[k].msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (&mut names[j] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            h.msg_hdr.msg_iovlen = segs;
+            if segs > 1 {
+                h.msg_hdr.msg_control = cmsg.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = cmsg_len;
+            }
         }
         // SAFETY: 32 initialised headers pointing at live buffers.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), 32, 0) };
         if r < 0 {
             bail!("sendmmsg: {}", std::io::Error::last_os_error());
         }
-        sent += r as u64;
+        sent += r as u64 * segs as u64;
     }
     let cpu = (thread_cpu_ns() - cpu0) as f64 / 1e9;
     println!(
-        "sendmmsg-probe: {} datagrams of {} bytes to {} loopback sockets, batches of 32: \
-         cpu={:.2}s wall={:.2}s -> {:.0} datagrams per cpu-second",
+        "sendmmsg-probe: {} datagrams of {} bytes to {} loopback sockets, batches of 32, \
+         {} per message (GSO when > 1): cpu={:.2}s wall={:.2}s -> {:.0} datagrams per cpu-second",
         sent,
         a.size,
         addrs.len(),
+        segs,
         cpu,
         w0.elapsed().as_secs_f64(),
         sent as f64 / cpu.max(1e-9)
