@@ -33,6 +33,11 @@ pub(crate) struct MediaArgs {
     /// Packets the publisher sends back to back per frame (the rate stays packets/s).
     #[arg(long, default_value_t = 1)]
     burst: u64,
+    /// UDP/TCP receivers: 0 = block in `recv` (each arrival may wake a receiver thread, work
+    /// that loopback charges to the gateway's CPU); N = drain the socket without blocking,
+    /// then sleep N µs (no thread waits on the socket, as with receivers on other hosts).
+    #[arg(long, default_value_t = 0)]
+    poll_us: u64,
     /// The gateway's `media.udp_gso`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     gso: bool,
@@ -337,6 +342,71 @@ fn tcp_bind(g: &Gateway, token: &str, key: &[u8; 32], n: u64) -> Result<TcpStrea
     }
 }
 
+/// The one-way latency of a received RTP packet of the publisher (hop trailer or not).
+fn latency(p: &[u8], t0: Instant) -> Option<u64> {
+    if p.len() >= 12 + 8 && p[1] & 0x7F == 96 {
+        let sent = u64::from_be_bytes(p[12..20].try_into().unwrap_or([0; 8]));
+        return Some(now_ns(t0).saturating_sub(sent));
+    }
+    None
+}
+
+/// Counts the complete RFC 4571 frames in `buf[..have]`; keeps the partial rest at the
+/// front and returns its length.
+fn frames(buf: &mut [u8], have: usize, t0: Instant, tally: &Tally, mine: &mut Vec<u64>) -> usize {
+    let mut at = 0;
+    while have - at >= 2 {
+        let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
+        if have - at < 2 + len {
+            break;
+        }
+        if let Some(l) = latency(&buf[at + 2..at + 2 + len], t0) {
+            mine.push(l);
+            tally.got.fetch_add(1, Ordering::Relaxed);
+        }
+        at += 2 + len;
+    }
+    buf.copy_within(at..have, 0);
+    have - at
+}
+
+/// `--poll-us`: one thread drains every receiver socket without blocking, then sleeps: no
+/// thread ever waits on a socket, so the gateway's loopback sends wake nobody (as with
+/// receivers on other hosts).
+fn poll_receivers(
+    udp: Vec<UdpSocket>,
+    mut tcp: Vec<TcpStream>,
+    poll_us: u64,
+    t0: Instant,
+    tally: &Tally,
+    lat: &std::sync::Mutex<Vec<u64>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut mine = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut bufs: Vec<(Vec<u8>, usize)> = tcp.iter().map(|_| (vec![0u8; 1 << 16], 0)).collect();
+    while !stop.load(Ordering::Relaxed) {
+        for s in &udp {
+            while let Ok(n) = s.recv(&mut buf) {
+                if let Some(l) = latency(&buf[..n], t0) {
+                    mine.push(l);
+                    tally.got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        for (s, (b, have)) in tcp.iter_mut().zip(bufs.iter_mut()) {
+            while let Ok(n) = s.read(&mut b[*have..]) {
+                if n == 0 {
+                    break;
+                }
+                *have = frames(b, *have + n, t0, tally, &mut mine);
+            }
+        }
+        std::thread::sleep(Duration::from_micros(poll_us));
+    }
+    lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+}
+
 /// Latencies (ns) and packet counts gathered by the receivers.
 #[derive(Default)]
 struct Tally {
@@ -362,18 +432,23 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
     let lat = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut threads = Vec::new();
+    let (mut polled_udp, mut polled_tcp) = (Vec::new(), Vec::new());
     for (i, (t, k)) in creds.iter().enumerate() {
         let (tally, lat, stop) = (tally.clone(), lat.clone(), stop.clone());
         if a.transport == "udp" {
             let s = udp_bind(&g, t, k, i as u64 + 10)?;
+            if a.poll_us > 0 {
+                s.set_nonblocking(true)?;
+                polled_udp.push(s);
+                continue;
+            }
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
                 let mut mine = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(n) = s.recv(&mut buf) {
-                        if n >= 12 + 8 + TRAILER_LEN && buf[1] & 0x7F == 96 {
-                            let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap_or([0; 8]));
-                            mine.push(now_ns(t0).saturating_sub(sent));
+                        if let Some(l) = latency(&buf[..n], t0) {
+                            mine.push(l);
                             tally.got.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -383,6 +458,11 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
         } else if a.transport == "tcp" {
             let mut s = tcp_bind(&g, t, k, i as u64 + 10)?;
             s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            if a.poll_us > 0 {
+                s.set_nonblocking(true)?;
+                polled_tcp.push(s);
+                continue;
+            }
             threads.push(std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 let mut buf = vec![0u8; 1 << 16];
@@ -394,22 +474,7 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
                         Err(_) => continue,
                     };
                     have += n;
-                    let mut at = 0;
-                    while have - at >= 2 {
-                        let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
-                        if have - at < 2 + len {
-                            break;
-                        }
-                        let p = &buf[at + 2..at + 2 + len];
-                        if len >= 12 + 8 + TRAILER_LEN && p[1] & 0x7F == 96 {
-                            let sent = u64::from_be_bytes(p[12..20].try_into().unwrap_or([0; 8]));
-                            mine.push(now_ns(t0).saturating_sub(sent));
-                            tally.got.fetch_add(1, Ordering::Relaxed);
-                        }
-                        at += 2 + len;
-                    }
-                    buf.copy_within(at..have, 0);
-                    have -= at;
+                    have = frames(&mut buf, have, t0, &tally, &mut mine);
                 }
                 lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
             }));
@@ -432,6 +497,12 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
                 lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
             }));
         }
+    }
+    if a.poll_us > 0 {
+        let (tally, lat, stop, poll) = (tally.clone(), lat.clone(), stop.clone(), a.poll_us);
+        threads.push(std::thread::spawn(move || {
+            poll_receivers(polled_udp, polled_tcp, poll, t0, &tally, &lat, &stop)
+        }));
     }
     std::thread::sleep(Duration::from_millis(300));
     let rss_conns = proc_rss(g.pid).map_or(0, |r| r.0);
@@ -496,10 +567,11 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
             .unwrap_or(0)
     };
     println!(
-        "media {} gso={} burst={} receivers={} packets_in={} delivered={} of {} ({:.2}% lost) wall={:.2}s",
+        "media {} gso={} burst={} poll_us={} receivers={} packets_in={} delivered={} of {} ({:.2}% lost) wall={:.2}s",
         a.transport,
         a.gso,
         burst,
+        a.poll_us,
         a.receivers,
         a.packets,
         got,
