@@ -8,7 +8,7 @@ use super::directory::kind_index;
 use super::egress::priority;
 use super::shard::{Link, ShardMedia, D_SEND, T_UDP};
 use super::udp::{self, BATCH, NO_ADDR};
-use super::udp_tx::{self, Burst, MAX_GSO_BYTES, MAX_GSO_SEGMENT, MAX_PARTS, MAX_SEGMENTS};
+use super::udp_tx::{self, Burst, MAX_GSO_SEGMENT, MAX_PARTS, MAX_SEGMENTS};
 use crate::proto::media::hop::TRAILER_LEN;
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
@@ -40,6 +40,7 @@ impl ShardMedia {
                 .and_then(|c| c.queue.front_kind())
                 .map_or(u8::MAX, priority)
         });
+        let gso_bytes = self.gso_bytes;
         loop {
             let gso = self.gso;
             // Gather up to BATCH messages (MAX_PARTS packets), connection by connection in
@@ -72,7 +73,7 @@ impl ShardMedia {
                             if np == MAX_PARTS
                                 || np - first == MAX_SEGMENTS
                                 || b.len() > seg
-                                || bytes + b.len() > MAX_GSO_BYTES
+                                || bytes + b.len() > gso_bytes
                             {
                                 break;
                             }
@@ -120,9 +121,10 @@ impl ShardMedia {
                     self.gso = false;
                     continue;
                 }
-                Err(_) => {
+                Err(e) => {
                     // This destination failed (unreachable...): drop that message, go on.
                     let m = msgs[0];
+                    tracing::debug!(error = %e, parts = m.parts, "media: UDP send failed");
                     if let Some(Some(c)) = self.conns.get_mut(m.owner as usize) {
                         for _ in 0..m.parts {
                             c.queue.pop();

@@ -185,6 +185,9 @@ pub struct ShardMedia {
     pub(super) clock: std::time::Instant,
     /// UDP GSO on the shard's socket: configured, probed at start, off after a refusal.
     pub(super) gso: bool,
+    /// Bytes per GSO message: at most a quarter of the socket's (doubled) send buffer, so
+    /// that one video run never fills a congested socket ahead of the audio queues.
+    pub(super) gso_bytes: usize,
 }
 
 fn unix_now() -> u64 {
@@ -216,6 +219,7 @@ impl ShardMedia {
                 }
                 on
             });
+        let gso_bytes = (cfg.udp_send_buffer / 2).min(super::udp_tx::MAX_GSO_BYTES);
         let tos = [
             cfg.dscp_audio << 2,
             cfg.dscp_video << 2,
@@ -250,6 +254,7 @@ impl ShardMedia {
             tos,
             clock: std::time::Instant::now(),
             gso,
+            gso_bytes,
         }
     }
 
