@@ -47,11 +47,17 @@ pub(super) fn gso_supported(fd: i32) -> bool {
     r == 0
 }
 
-/// Whether a send error on a GSO message means "this socket cannot do GSO here".
+/// Whether a send error on a GSO message means "this socket cannot do GSO here" (`EIO`: a
+/// device without checksum offload on older kernels; `EINVAL`/`EMSGSIZE`: a segment the path
+/// MTU cannot carry, or `SO_NO_CHECK`; the others: no GSO at all).
 pub(super) fn is_gso_refusal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+        Some(libc::EIO)
+            | Some(libc::EINVAL)
+            | Some(libc::EMSGSIZE)
+            | Some(libc::ENOPROTOOPT)
+            | Some(libc::EOPNOTSUPP)
     )
 }
 
@@ -182,6 +188,42 @@ mod tests {
                 let n = rx.recv(&mut buf).unwrap();
                 assert_eq!(&buf[..n], &p[..], "gso {use_gso}");
             }
+        }
+    }
+
+    /// A socket that cannot segment (`SO_NO_CHECK`: the kernel refuses GSO without UDP
+    /// checksums) refuses the GSO message with an error the egress takes as "fall back", and
+    /// the same packets then go through as plain datagrams.
+    #[test]
+    fn a_refused_gso_send_is_recognized_and_plain_sends_still_work() {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let one: i32 = 1;
+        // SAFETY: passes a live i32 of the stated size.
+        let r = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const i32).cast(),
+                size_of::<i32>() as u32,
+            )
+        };
+        assert_eq!(r, 0);
+        let to = rx.local_addr().unwrap();
+        let pkts: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000]).collect();
+        let parts: Vec<IoSlice<'_>> = pkts.iter().map(|p| IoSlice::new(p)).collect();
+        let e = send_bursts(tx.as_raw_fd(), &[(&parts[..], to, 0)]).unwrap_err();
+        assert!(is_gso_refusal(&e), "{e}");
+        assert!(!crate::media::udp::is_full(&e));
+        let plain: Vec<Burst<'_>> = parts.chunks(1).map(|p| (p, to, 0)).collect();
+        assert_eq!(send_bursts(tx.as_raw_fd(), &plain).unwrap(), 4);
+        let mut buf = [0u8; 2048];
+        for p in &pkts {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &p[..]);
         }
     }
 }
