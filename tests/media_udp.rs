@@ -1,10 +1,12 @@
 //! The media router's UDP specifics over real sockets: bursts through the GSO egress
-//! (`media.udp_gso` on and off) and NAT rebinding of a member's UDP media connection.
-//! One shard, so that a member's new source address reaches the shard holding its binding.
+//! (`media.udp_gso` on and off, and its fallback when a path refuses it) and NAT rebinding of
+//! a member's UDP media connection. One shard, so that a member's new source address reaches
+//! the shard holding its binding.
 
 mod common;
 mod media_support;
 use common::*;
+use corelay::proto::media::hop::{Direction, HopKey, HopReceiver, HopSender};
 use corelay::proto::media::stun::{Class, StunMessage};
 use media_support::{attach_backend, binding, logged_addr, rtp, Control, Media, SECRET};
 use std::net::{SocketAddr, UdpSocket};
@@ -26,6 +28,10 @@ impl Drop for Setup {
 }
 
 fn setup(gso: bool) -> Setup {
+    setup_on("127.0.0.1", gso)
+}
+
+fn setup_on(udp_ip: &str, gso: bool) -> Setup {
     let dir = TempDir::new("media-udp");
     let sock = dir.0.join("attach.sock");
     let secret = dir.0.join("media.secret");
@@ -33,7 +39,7 @@ fn setup(gso: bool) -> Setup {
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n\
          [backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n\
-         [media]\nsecret_file = \"{}\"\nkey_id = 3\nudp_listen = \"127.0.0.1:0\"\n\
+         [media]\nsecret_file = \"{}\"\nkey_id = 3\nudp_listen = \"{udp_ip}:0\"\n\
          udp_gso = {gso}\n",
         sock.display(),
         secret.display()
@@ -253,5 +259,136 @@ fn nat_rebinding_moves_on_fresh_hop_tagged_media_and_never_on_a_forgery() {
     assert_eq!(bm.recv(Duration::from_secs(5)), Some(rtp(5151, 5, b"end")));
     assert!(thief.recv(&mut buf).is_err(), "the thief got media");
     assert_eq!(media_metric(&s, "corelay_media_udp_rebinds_total"), 1.0);
+    drop((a, b));
+}
+
+/// A network namespace joined to the host by a veth pair with a small MTU (root and
+/// iproute2, as tests/media_slow.rs).
+struct SmallMtu {
+    name: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip(8)");
+    assert!(
+        st.success(),
+        "ip {args:?} failed (the test needs root and iproute2)"
+    );
+}
+
+impl SmallMtu {
+    fn new(mtu: u32) -> SmallMtu {
+        let id = std::process::id() % 50_000;
+        let (name, h, n) = (format!("mqmtu{id}"), format!("mth{id}"), format!("mtn{id}"));
+        let net = format!("10.{}.{}", 200 + id % 50, (id / 50) % 250);
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", &name]);
+        let ns = SmallMtu {
+            name: name.clone(),
+            host_ip: format!("{net}.1"),
+            ns_ip: format!("{net}.2"),
+        };
+        let mtu = mtu.to_string();
+        ip(&[
+            "link", "add", &h, "mtu", &mtu, "type", "veth", "peer", "name", &n, "mtu", &mtu,
+        ]);
+        ip(&["link", "set", &n, "netns", &name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &h]);
+        ip(&["link", "set", &h, "up"]);
+        for a in [
+            vec!["addr", "add", &format!("{}/30", ns.ns_ip), "dev", &n],
+            vec!["link", "set", &n, "up"],
+        ] {
+            let mut v = vec!["netns", "exec", &name, "ip"];
+            v.extend(a);
+            ip(&v);
+        }
+        ns
+    }
+
+    /// A UDP socket bound inside the namespace (created on a thread that joins it).
+    fn udp_socket(&self) -> UdpSocket {
+        let path = format!("/var/run/netns/{}", self.name);
+        let addr = format!("{}:0", self.ns_ip);
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd; affects only this thread.
+            let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            UdpSocket::bind(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for SmallMtu {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A receiver behind a 1,280-byte MTU: GSO segments of 1,326 bytes do not fit the path, the
+/// kernel refuses the GSO message, the shard falls back to plain datagrams (logged once), and
+/// every packet arrives (fragmented by IP on the way).
+#[test]
+fn a_path_that_refuses_gso_falls_back_to_plain_datagrams_and_loses_nothing() {
+    let ns = SmallMtu::new(1280);
+    let s = setup_on("0.0.0.0", true);
+    let gw_lo: SocketAddr = format!("127.0.0.1:{}", s.udp.port()).parse().unwrap();
+    let gw_ns: SocketAddr = format!("{}:{}", ns.host_ip, s.udp.port()).parse().unwrap();
+    let a = Control::open(s.gw.addr, "m", "member=1&video=6161");
+    let b = Control::open(s.gw.addr, "m", "member=2&media=video");
+    let mut am = Media::udp(gw_lo, &a.cred("video")).unwrap();
+    let bc = b.cred("video");
+    // B's media connection from inside the namespace.
+    let bs = ns.udp_socket();
+    assert_eq!(
+        keepalive(&bs, gw_ns, bc.token.as_bytes(), &bc.key),
+        Class::SuccessResponse
+    );
+    let key = HopKey::new(&bc.key);
+    let mut bm = Media::Udp {
+        sock: bs,
+        gw: gw_ns,
+        tx: HopSender::new(key.clone(), Direction::Upstream),
+        rx: HopReceiver::new(key, Direction::Downstream),
+    };
+    for n in 0..20u16 {
+        let pkts: Vec<Vec<u8>> = (0..6u16)
+            .map(|k| rtp(6161, n * 6 + k, &vec![(n + k) as u8; 1300]))
+            .collect();
+        for p in &pkts {
+            am.send(p);
+        }
+        for (k, p) in pkts.iter().enumerate() {
+            let got = bm.recv(Duration::from_secs(5));
+            assert_eq!(got.as_ref(), Some(p), "burst {n}, packet {k}");
+        }
+    }
+    assert!(
+        s.gw.wait_log("UDP GSO send refused", Duration::from_secs(1))
+            .is_some(),
+        "no fallback logged (did a burst go out as one GSO message?)"
+    );
+    let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
+    assert_eq!(
+        metric(
+            &body,
+            "corelay_media_drops_total",
+            &[("cause", "send_failed")]
+        ),
+        0.0
+    );
     drop((a, b));
 }
