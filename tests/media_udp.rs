@@ -214,13 +214,13 @@ fn nat_rebinding_moves_on_fresh_hop_tagged_media_and_never_on_a_forgery() {
         keepalive(&moved, s.udp, bc.token.as_bytes(), &bc.key),
         Class::SuccessResponse
     );
-    // B's next packet (an RTCP-less stand-in: RTP with an SSRC B does not own, so it is
-    // dropped as forged after its hop tag verified), sealed here so its bytes can be
-    // replayed below.
+    // B's next packet: B only receives, so this is the empty RTCP receiver report the client
+    // library (corelay-connect) sends when its keepalive answer shows a new mapped address;
+    // sealed here so its bytes can be replayed below.
     let Media::Udp { tx, .. } = &mut bm else {
         unreachable!()
     };
-    let p = rtp(0, 1, b"from B's new address");
+    let p = vec![0x80, 201, 0, 1, 0, 0, 0, 0];
     let mut sealed = p.clone();
     sealed.resize(p.len() + 14, 0);
     let n = tx.seal(&mut sealed, p.len()).unwrap();
