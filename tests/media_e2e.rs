@@ -281,9 +281,10 @@ fn credentials_forged_ssrc_leave_rejoin_and_close() {
             (Class::ErrorResponse, code)
         );
     }
-    // The replayed binding: a shard that does not hold B's binding refuses it (409); the
-    // shard that holds it answers (the address becomes a NAT-rebinding candidate,
-    // docs/media.md) but moves nothing: only fresh hop-tagged media from there would.
+    // The replayed binding: B's connection is a UDP binding, so it is answered (by the shard
+    // holding it, forwarded there if the kernel handed it to the other one) and the address
+    // becomes a NAT-rebinding candidate (docs/media.md), but nothing moves: only fresh
+    // hop-tagged media from there would. (409 accepted too: what a TCP binding gets.)
     let bc = b.cred("video");
     let r = stun_exchange(&probe, s.udp, bc.token.as_bytes(), &bc.key);
     assert!(

@@ -1,7 +1,7 @@
 //! The media router's UDP specifics over real sockets: bursts through the GSO egress
 //! (`media.udp_gso` on and off, and its fallback when a path refuses it) and NAT rebinding of
-//! a member's UDP media connection. One shard, so that a member's new source address reaches
-//! the shard holding its binding.
+//! a member's UDP media connection, on one shard and across two (the new address's datagrams
+//! reach the other shard's socket and are forwarded to the one holding the binding).
 
 mod common;
 mod media_support;
@@ -28,16 +28,16 @@ impl Drop for Setup {
 }
 
 fn setup(gso: bool) -> Setup {
-    setup_on("127.0.0.1", gso)
+    setup_on("127.0.0.1", gso, 1)
 }
 
-fn setup_on(udp_ip: &str, gso: bool) -> Setup {
+fn setup_on(udp_ip: &str, gso: bool, shards: u8) -> Setup {
     let dir = TempDir::new("media-udp");
     let sock = dir.0.join("attach.sock");
     let secret = dir.0.join("media.secret");
     std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
     let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = 1\npin = false\n\
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nshards = {shards}\npin = false\n\
          [backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n\
          [media]\nsecret_file = \"{}\"\nkey_id = 3\nudp_listen = \"{udp_ip}:0\"\n\
          udp_gso = {gso}\n",
@@ -344,7 +344,7 @@ impl Drop for SmallMtu {
 #[test]
 fn a_path_that_refuses_gso_falls_back_to_plain_datagrams_and_loses_nothing() {
     let ns = SmallMtu::new(1280);
-    let s = setup_on("0.0.0.0", true);
+    let s = setup_on("0.0.0.0", true, 1);
     let gw_lo: SocketAddr = format!("127.0.0.1:{}", s.udp.port()).parse().unwrap();
     let gw_ns: SocketAddr = format!("{}:{}", ns.host_ip, s.udp.port()).parse().unwrap();
     let a = Control::open(s.gw.addr, "m", "member=1&video=6161");
@@ -389,6 +389,122 @@ fn a_path_that_refuses_gso_falls_back_to_plain_datagrams_and_loses_nothing() {
             &[("cause", "send_failed")]
         ),
         0.0
+    );
+    drop((a, b));
+}
+
+/// Per-shard values of a metric (shards 0 and 1).
+fn per_shard(s: &Setup, name: &str, labels: &[(&str, &str)]) -> [f64; 2] {
+    let (_, body) = http_get(s.gw.admin.unwrap(), "/metrics");
+    [0, 1].map(|k| {
+        let k = k.to_string();
+        let mut l = labels.to_vec();
+        l.push(("shard", &k));
+        metric(&body, name, &l)
+    })
+}
+
+/// Two shards: B's new address lands on the shard that does not hold its binding (the kernel
+/// hashes the 4-tuple); that shard forwards the address's datagrams to the holder, which
+/// answers the Binding request, moves the binding on B's fresh tagged packet, and sends to
+/// the new address from then on.
+#[test]
+fn nat_rebinding_across_shards_is_forwarded_to_the_holder() {
+    let s = setup_on("127.0.0.1", true, 2);
+    let a = Control::open(s.gw.addr, "x", "member=1&video=7171");
+    let b = Control::open(s.gw.addr, "x", "member=2&media=video");
+    let mut am = Media::udp(s.udp, &a.cred("video")).unwrap();
+    let video = [("media", "video")];
+    let before = per_shard(&s, "corelay_media_connections", &video);
+    let bc = b.cred("video");
+    let mut bm = Media::udp(s.udp, &bc).unwrap();
+    let after = per_shard(&s, "corelay_media_connections", &video);
+    let holder = if after[0] > before[0] { 0 } else { 1 };
+    assert_eq!(
+        after[holder],
+        before[holder] + 1.0,
+        "{before:?} -> {after:?}"
+    );
+    am.send(&rtp(7171, 1, b"before"));
+    assert_eq!(
+        bm.recv(Duration::from_secs(5)),
+        Some(rtp(7171, 1, b"before"))
+    );
+
+    // A new local socket whose datagrams the kernel hands to the other shard.
+    let unbound = [("cause", "unbound")];
+    let mut moved = None;
+    for _ in 0..200 {
+        let t = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let was = per_shard(&s, "corelay_media_drops_total", &unbound);
+        t.send_to(&rtp(9, 9, b"where"), s.udp).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let now = loop {
+            let now = per_shard(&s, "corelay_media_drops_total", &unbound);
+            if now != was {
+                break now;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unbound datagram not counted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if now[1 - holder] > was[1 - holder] {
+            moved = Some(t);
+            break;
+        }
+    }
+    let moved = moved.expect("no source port hashed to the other shard in 200 tries");
+    let Media::Udp { sock, tx, .. } = &mut bm else {
+        unreachable!()
+    };
+    let old = std::mem::replace(sock, moved.try_clone().unwrap());
+    // Answered (by the holder, through the other shard), nothing moved yet.
+    assert_eq!(
+        keepalive(&moved, s.udp, bc.token.as_bytes(), &bc.key),
+        Class::SuccessResponse
+    );
+    am.send(&rtp(7171, 2, b"still old"));
+    let mut buf = [0u8; 2048];
+    old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = old.recv(&mut buf).unwrap();
+    assert_eq!(n, rtp(7171, 2, b"still old").len() + 14);
+    // B's fresh tagged packet from the new address: forwarded, the binding moves.
+    let rr = [0x80, 201, 0, 1, 0, 0, 0, 0];
+    let mut sealed = [0u8; 8 + 14];
+    sealed[..8].copy_from_slice(&rr);
+    let n = tx.seal(&mut sealed, 8).unwrap();
+    moved.send_to(&sealed[..n], s.udp).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while media_metric(&s, "corelay_media_udp_rebinds_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binding did not move"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        per_shard(&s, "corelay_media_udp_rebinds_total", &[])[holder],
+        1.0
+    );
+    for k in 3..6u16 {
+        am.send(&rtp(7171, k, b"after"));
+        assert_eq!(
+            bm.recv(Duration::from_secs(5)),
+            Some(rtp(7171, k, b"after"))
+        );
+    }
+    old.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        old.recv(&mut buf).is_err(),
+        "the old address still gets media"
+    );
+    // Keepalives from the new address keep being answered, through the other shard.
+    assert_eq!(
+        keepalive(&moved, s.udp, bc.token.as_bytes(), &bc.key),
+        Class::SuccessResponse
     );
     drop((a, b));
 }

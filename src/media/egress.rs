@@ -384,7 +384,9 @@ impl ShardMedia {
             let Some(pkt) = p.bytes.get(it.at as usize..(it.at + it.len) as usize) else {
                 continue;
             };
-            if it.to_publisher {
+            if let Some(from) = it.udp_from {
+                self.on_datagram(io, pkt, from);
+            } else if it.to_publisher {
                 if let [fir, s0, s1, s2, s3, m0, m1, m2, m3] = *pkt {
                     let sender = u32::from_be_bytes([s0, s1, s2, s3]);
                     let media = u32::from_be_bytes([m0, m1, m2, m3]);

@@ -70,6 +70,16 @@ pub(super) struct UdpLink {
     pub(super) tx: HopSender,
 }
 
+/// Where the datagrams of a foreign address go: the shard holding (session, member, kind)'s
+/// binding.
+#[derive(Clone, Copy)]
+pub(super) struct Foreign {
+    shard: u8,
+    session: u64,
+    member: u64,
+    kind: MediaKind,
+}
+
 /// Keyframe state of one SSRC a connection publishes.
 pub(super) struct PubSsrc {
     pub(super) ssrc: u32,
@@ -153,6 +163,10 @@ pub struct ShardMedia {
     by_addr: Map<SocketAddr, u32>,
     /// Rebinding candidates (at most one per UDP connection): address → connection.
     candidates: Map<SocketAddr, u32>,
+    /// Addresses whose datagrams go to the shard holding their binding (NAT rebinding
+    /// across shards, `udp_in.rs`), at most `FOREIGN_PER_CONN` per (session, member, type).
+    foreign: Map<SocketAddr, Foreign>,
+    foreign_of: Map<(u64, u64, MediaKind), [Option<SocketAddr>; udp_in::FOREIGN_PER_CONN]>,
     by_conn: Map<ConnId, u32>,
     /// Tunnels and streams accepted whose credential has not been proven yet.
     unbound: Map<ConnId, Wire>,
@@ -235,6 +249,8 @@ impl ShardMedia {
             free: Vec::new(),
             by_addr: Map::default(),
             candidates: Map::default(),
+            foreign: Map::default(),
+            foreign_of: Map::default(),
             by_conn: Map::default(),
             unbound: Map::default(),
             local: Map::default(),
@@ -506,6 +522,7 @@ impl ShardMedia {
                 self.drop_conn(io, i as u32, true);
             }
         }
+        self.prune_foreign();
     }
 
     pub(super) fn drop_conn(&mut self, io: &mut Shard, i: u32, close_tunnel: bool) {

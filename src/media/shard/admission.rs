@@ -137,7 +137,16 @@ impl ShardMedia {
             .bind(cl.session, cl.member, cl.media, self.shard)
         {
             Ok(m) => m,
-            Err(BindError::AlreadyBound) => return refuse(self, out, 409, b"already bound"),
+            Err(BindError::AlreadyBound) => {
+                // Bound over UDP on another shard: the kernel's hash of this new address
+                // picked this shard; that shard decides (udp_in.rs).
+                if udp.is_some()
+                    && self.forward_to_holder(msg, from, cl.session, cl.member, cl.media)
+                {
+                    return (0, None);
+                }
+                return refuse(self, out, 409, b"already bound");
+            }
             Err(_) => return refuse(self, out, 403, b"not admitted"),
         };
         let hop = HopKey::new(&v.media_key);
@@ -188,6 +197,7 @@ impl ShardMedia {
             }
             None => {
                 self.by_addr.insert(from, i);
+                self.forget_foreign(from);
             }
         }
         self.local
