@@ -61,7 +61,9 @@ impl ShardMedia {
 
     /// A datagram from `from`, read here or routed here by the shard that read it.
     pub(in crate::media) fn on_datagram(&mut self, io: &mut Shard, buf: &[u8], from: SocketAddr) {
-        if !self.by_addr.contains_key(&from) {
+        // One lookup per datagram on the hot path (a bound address).
+        let bound = self.by_addr.get(&from).copied();
+        if bound.is_none() && !self.foreign.is_empty() {
             if let Some(f) = self.foreign.get(&from).copied() {
                 self.route_foreign(f, from, buf);
                 return;
@@ -69,7 +71,7 @@ impl ShardMedia {
         }
         match stun::demux(buf) {
             Rfc7983::Stun => {
-                let existing = self.by_addr.get(&from).copied().unwrap_or(u32::MAX);
+                let existing = bound.unwrap_or(u32::MAX);
                 let mut out = [0u8; 256];
                 let (n, _) = self.stun(buf, Some((existing, from)), None, &mut out);
                 if n > 0 {
@@ -79,8 +81,8 @@ impl ShardMedia {
                 }
             }
             Rfc7983::RtpRtcp => {
-                let (i, moving) = match self.by_addr.get(&from) {
-                    Some(&i) => (i, false),
+                let (i, moving) = match bound {
+                    Some(i) => (i, false),
                     None => match self.candidates.get(&from) {
                         Some(&i) => (i, true),
                         None => {
