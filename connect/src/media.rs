@@ -10,7 +10,7 @@ use corelay::proto::media::stun::{self, Class, StunMessage};
 use rustls::ClientConfig;
 use serde::Serialize;
 use std::io::{self, Read, Write};
-use std::net::{ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -143,6 +143,8 @@ pub enum Link {
         last_ping: Instant,
         /// The credential (keepalives).
         cred: Cred,
+        /// Our address as the MMR sees it (the keepalive answers' XOR-MAPPED-ADDRESS).
+        mapped: Option<SocketAddr>,
     },
     /// RFC 4571 over TCP (hop-tagged) or TLS (not).
     Framed {
@@ -246,11 +248,12 @@ impl Link {
             match self {
                 Link::Udp {
                     sock,
+                    tx,
                     rx,
                     last_answer,
                     last_ping,
                     cred,
-                    ..
+                    mapped,
                 } => {
                     if last_answer.elapsed() > dead_after {
                         return Err(io::Error::new(
@@ -280,6 +283,21 @@ impl Link {
                                 && m.check_integrity(&cred.key).is_ok()
                             {
                                 *last_answer = Instant::now();
+                                // Our NAT mapping changed: the MMR moves our binding on
+                                // the first hop-tagged packet from the new address
+                                // (docs/media.md "NAT rebinding"); a receive-only member
+                                // may have none to send, so send an empty RTCP receiver
+                                // report now.
+                                let now = m.xor_mapped_address().ok();
+                                if mapped.is_some() && now.is_some() && now != *mapped {
+                                    *mapped = now;
+                                    let rr = [0x80, 201, 0, 1, 0, 0, 0, 0];
+                                    let mut b = [0u8; 8 + TRAILER_LEN];
+                                    b[..8].copy_from_slice(&rr);
+                                    if let Ok(n) = tx.seal(&mut b, 8) {
+                                        sock.send(&b[..n])?;
+                                    }
+                                }
                             } else if m.class() == Class::ErrorResponse {
                                 return Err(io::Error::new(
                                     io::ErrorKind::PermissionDenied,
@@ -352,7 +370,7 @@ pub fn attempt(
                 .to_socket_addrs()?
                 .next()
                 .ok_or(io::ErrorKind::NotFound)?;
-            let any: std::net::SocketAddr = if peer.is_ipv4() {
+            let any: SocketAddr = if peer.is_ipv4() {
                 "0.0.0.0:0"
             } else {
                 "[::]:0"
@@ -377,6 +395,9 @@ pub fn attempt(
                     match sock.recv(&mut buf) {
                         Ok(n) if check_answer(&buf[..n], &tid, &c.key)? => {
                             let k = HopKey::new(&c.key);
+                            let mapped = StunMessage::parse(&buf[..n])
+                                .ok()
+                                .and_then(|m| m.xor_mapped_address().ok());
                             return Ok(Link::Udp {
                                 sock,
                                 tx: HopSender::new(k.clone(), Direction::Upstream),
@@ -384,6 +405,7 @@ pub fn attempt(
                                 last_answer: Instant::now(),
                                 last_ping: Instant::now(),
                                 cred: c.clone(),
+                                mapped,
                             });
                         }
                         Ok(_) => {}
@@ -581,4 +603,72 @@ pub fn race(
         }
     }
     (winner, rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keepalive answer with another mapped address than before (our NAT rebound) makes
+    /// the client send one hop-tagged empty receiver report, which the MMR needs to move the
+    /// binding; an unchanged address sends nothing.
+    #[test]
+    fn a_changed_mapping_sends_one_tagged_receiver_report() {
+        let mmr = UdpSocket::bind("127.0.0.1:0").unwrap();
+        mmr.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect(mmr.local_addr().unwrap()).unwrap();
+        let cred = Cred {
+            media: "video".into(),
+            token: "t".repeat(58),
+            key: [9u8; 32],
+        };
+        let k = HopKey::new(&cred.key);
+        let first: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let mut link = Link::Udp {
+            sock,
+            tx: HopSender::new(k.clone(), Direction::Upstream),
+            rx: HopReceiver::new(k.clone(), Direction::Downstream),
+            last_answer: Instant::now(),
+            last_ping: Instant::now() - Duration::from_secs(2),
+            cred: cred.clone(),
+            mapped: Some(first),
+        };
+        let mut up = HopReceiver::new(k, Direction::Upstream);
+        for (mapped, want_rr) in [(first, false), ("192.0.2.1:5000".parse().unwrap(), true)] {
+            // The client's keepalive, answered with `mapped`.
+            let mut buf = [0u8; 2048];
+            let t = std::thread::scope(|s| {
+                let h = s.spawn(|| {
+                    link.recv(
+                        Instant::now() + Duration::from_millis(700),
+                        Duration::from_secs(30),
+                    )
+                });
+                let (n, from) = mmr.recv_from(&mut buf).unwrap();
+                let req = StunMessage::parse(&buf[..n]).unwrap();
+                let mut out = [0u8; 256];
+                let m = stun::binding_success(&mut out, &req.transaction_id(), mapped, &cred.key)
+                    .unwrap();
+                mmr.send_to(&out[..m], from).unwrap();
+                h.join().unwrap()
+            });
+            assert!(matches!(t, Ok(None)), "{t:?}");
+            mmr.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut got_rr = false;
+            while let Ok(n) = mmr.recv(&mut buf) {
+                if stun::demux(&buf[..n]) == stun::Rfc7983::Stun {
+                    continue; // another keepalive
+                }
+                assert_eq!(up.open(&buf[..n]).unwrap(), &[0x80, 201, 0, 1, 0, 0, 0, 0]);
+                got_rr = true;
+            }
+            assert_eq!(got_rr, want_rr, "mapped {mapped}");
+            mmr.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if let Link::Udp { last_ping, .. } = &mut link {
+                *last_ping = Instant::now() - Duration::from_secs(2);
+            }
+        }
+    }
 }

@@ -57,6 +57,9 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
     let kf = Family::<Labels, Counter<u64, AtomicU64>>::default();
     let qdrops = Family::<Labels, Counter<u64, AtomicU64>>::default();
     let conns = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+    let gso = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    let gso_pkts = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    let rebinds = Family::<Labels, Counter<u64, AtomicU64>>::default();
     let (mut sessions, mut members) = (0, 0);
     for s in snaps.iter().flatten() {
         let m = &s.handler.media;
@@ -73,6 +76,9 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
             }
         }
         refused.get_or_create(&vec![shard()]).inc_by(m.refused);
+        gso.get_or_create(&vec![shard()]).inc_by(m.udp_gso[0]);
+        gso_pkts.get_or_create(&vec![shard()]).inc_by(m.udp_gso[1]);
+        rebinds.get_or_create(&vec![shard()]).inc_by(m.udp_rebinds);
         for (i, r) in MEDIA_KEYFRAME_RESULTS.iter().enumerate() {
             kf.get_or_create(&vec![shard(), ("result", r.to_string())])
                 .inc_by(m.keyframe_requests[i]);
@@ -106,6 +112,21 @@ pub(super) fn register(reg: &mut Registry, snaps: &[Option<ShardSnapshot>]) {
         "media_refused",
         "Media connections refused at their credential check",
         refused,
+    );
+    reg.register(
+        "media_udp_gso_messages",
+        "UDP GSO sends (one message, several datagrams to one destination)",
+        gso,
+    );
+    reg.register(
+        "media_udp_gso_packets",
+        "Media packets sent inside UDP GSO messages",
+        gso_pkts,
+    );
+    reg.register(
+        "media_udp_rebinds",
+        "UDP media connections moved to a new source address by hop-tagged media",
+        rebinds,
     );
     reg.register(
         "media_keyframe_requests",

@@ -52,6 +52,10 @@ pub struct MediaConfig {
     /// `SO_SNDBUF` of the UDP sockets (the kernel doubles it); what the socket cannot take
     /// waits in the destinations' queues.
     pub udp_send_buffer: usize,
+    /// Send a destination's queued run of equal-size packets as one UDP GSO message
+    /// (`UDP_SEGMENT`) where the kernel has it; off, or refused by the kernel or device (then
+    /// logged once per shard), every packet is its own `sendmmsg` entry.
+    pub udp_gso: bool,
 }
 
 impl Default for MediaConfig {
@@ -74,6 +78,7 @@ impl Default for MediaConfig {
             clear_codec: String::new(),
             keyframe_request_interval_ms: 300,
             udp_send_buffer: 4 << 20,
+            udp_gso: true,
         }
     }
 }

@@ -184,6 +184,15 @@ impl Directory {
         }
     }
 
+    /// The shard holding the member's connection of type `kind`, if bound.
+    pub fn holder(&self, session: u64, member: u64, kind: MediaKind) -> Option<u8> {
+        self.lock()
+            .sessions
+            .get(&session)
+            .and_then(|s| s.members.get(&member))
+            .and_then(|m| m.bound[kind_index(kind)])
+    }
+
     /// Whether the member is admitted with this epoch.
     pub fn is_current(&self, session: u64, member: u64, epoch: u64) -> bool {
         self.lock()

@@ -9,9 +9,8 @@
 use super::directory::kind_index;
 use super::queue::{Outcome, SLOT};
 use super::shard::{Link, PubSsrc, ShardMedia, D_CROSS_FULL, D_MALFORMED, D_SEND, T_UDP};
-use super::udp::{self, Datagram, BATCH, NO_ADDR};
 use crate::proto::media::fanout::MAX_OWNED_SSRCS;
-use crate::proto::media::hop::TRAILER_LEN;
+use crate::proto::media::hop::{self, PacketDigest, TRAILER_LEN};
 use crate::proto::media::keyframe::{self, KeyframeRequestLimiter};
 use crate::proto::media::MediaKind;
 use crate::proto::ws::DataKind;
@@ -39,11 +38,14 @@ pub(super) struct Meta {
     pub(super) ssrc: u32,
     pub(super) rtcp: bool,
     pub(super) keyframe_start: bool,
+    /// SHA-256 of the packet, once known (the UDP/TCP ingress check computed it, or the
+    /// first hop-tagged destination did): every hop seal of the packet reuses it.
+    pub(super) digest: Option<PacketDigest>,
 }
 
 /// Send order on the shared UDP socket: audio first, then content, then video (what a
 /// full socket holds back is what the queues may drop first).
-fn priority(k: MediaKind) -> u8 {
+pub(super) fn priority(k: MediaKind) -> u8 {
     match k {
         MediaKind::Audio => 0,
         MediaKind::Content => 1,
@@ -52,8 +54,9 @@ fn priority(k: MediaKind) -> u8 {
 }
 
 impl ShardMedia {
-    /// Queues `pkt` for every local connection of (session, kind) except the sender's.
-    pub(super) fn deliver_local(&mut self, io: &mut Shard, m: Meta, pkt: &[u8]) {
+    /// Queues `pkt` for every local connection of (session, kind) except the sender's
+    /// (`m.digest` is filled in if a destination needed it).
+    pub(super) fn deliver_local(&mut self, io: &mut Shard, m: &mut Meta, pkt: &[u8]) {
         let key = (m.session, m.kind);
         // Taken out for the loop (put back below): no copy of the list per packet.
         let Some(list) = self.local.get_mut(&key).map(std::mem::take) else {
@@ -85,8 +88,9 @@ impl ShardMedia {
     }
 
     /// Offers one packet to connection `i`'s queue (UDP and TCP: sealed with its hop trailer
-    /// now, so that what waits is exactly what goes out).
-    pub(super) fn enqueue(&mut self, i: u32, m: Meta, pkt: &[u8]) {
+    /// now, so that what waits is exactly what goes out; the packet's digest is computed at
+    /// most once, into `m.digest`).
+    pub(super) fn enqueue(&mut self, i: u32, m: &mut Meta, pkt: &[u8]) {
         let Some(Some(c)) = self.conns.get_mut(i as usize) else {
             return;
         };
@@ -102,13 +106,16 @@ impl ShardMedia {
         }
         let prio = if m.rtcp { MediaKind::Audio } else { c.kind };
         let crate::media::shard::MConn { queue, link, .. } = c;
+        let digest = &mut m.digest;
         let o: Outcome = queue.offer(prio, m.ssrc, m.keyframe_start, |slot| {
             slot[..pkt.len()].copy_from_slice(pkt);
-            match link {
-                Link::Udp(u) => u.tx.seal(slot, pkt.len()).unwrap_or(0),
-                Link::Conn { hop: Some(h), .. } => h.tx.seal(slot, pkt.len()).unwrap_or(0),
-                Link::Conn { hop: None, .. } => pkt.len(),
-            }
+            let tx = match link {
+                Link::Udp(u) => &mut u.tx,
+                Link::Conn { hop: Some(h), .. } => &mut h.tx,
+                Link::Conn { hop: None, .. } => return pkt.len(),
+            };
+            let d = digest.get_or_insert_with(|| hop::digest(pkt));
+            tx.seal_digest(d, slot, pkt.len()).unwrap_or(0)
         });
         self.stats.queue_drops[k][t][Q_EVICTED] += o.evicted;
         if !o.queued && !o.close {
@@ -153,91 +160,6 @@ impl ShardMedia {
             let f = self.tx.flush(u.as_raw_fd());
             self.stats.drops[T_UDP][D_SEND] += f.dropped;
         }
-    }
-
-    fn flush_udp(&mut self) {
-        let Some(fd) = self.udp.as_ref().map(|u| u.as_raw_fd()) else {
-            return;
-        };
-        if self.udp_dirty.is_empty() {
-            return;
-        }
-        // In place, no allocation.
-        let conns = &self.conns;
-        // By the front packet's priority: a keyframe request queued for a video publisher
-        // goes out with the audio.
-        self.udp_dirty.sort_unstable_by_key(|&i| {
-            conns
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .and_then(|c| c.queue.front_kind())
-                .map_or(u8::MAX, priority)
-        });
-        loop {
-            // Gather up to BATCH datagrams, connection by connection in priority order.
-            let mut batch: [Datagram<'_>; BATCH] = [(&[], NO_ADDR, 0); BATCH];
-            let mut owner = [0u32; BATCH];
-            let mut n = 0;
-            'gather: for &i in &self.udp_dirty {
-                let Some(Some(c)) = self.conns.get(i as usize) else {
-                    continue;
-                };
-                let Link::Udp(u) = &c.link else {
-                    continue;
-                };
-                let tos = self.tos[kind_index(c.kind)];
-                let mut j = 0;
-                while let Some(b) = c.queue.get(j) {
-                    if n == BATCH {
-                        break 'gather;
-                    }
-                    batch[n] = (b, u.addr, tos);
-                    owner[n] = i;
-                    n += 1;
-                    j += 1;
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            let taken = match udp::send_datagrams(fd, &batch[..n]) {
-                Ok(r) => r,
-                Err(e) if udp::is_full(&e) => {
-                    // The socket's buffer is full: the rest waits in the queues, and the
-                    // socket's writability (EPOLLOUT) brings us back.
-                    break;
-                }
-                Err(_) => {
-                    // This destination failed (unreachable...): drop that packet, go on.
-                    if let Some(Some(c)) = self.conns.get_mut(owner[0] as usize) {
-                        c.queue.pop();
-                        self.stats.drops[T_UDP][D_SEND] += 1;
-                    }
-                    continue;
-                }
-            };
-            for &i in &owner[..taken] {
-                if let Some(Some(c)) = self.conns.get_mut(i as usize) {
-                    let k = kind_index(c.kind);
-                    let len = c.queue.get(0).map_or(0, |b| b.len() - TRAILER_LEN);
-                    c.queue.pop();
-                    self.stats.packets_out[k][T_UDP] += 1;
-                    self.stats.bytes_out[k][T_UDP] += len as u64;
-                }
-            }
-            if taken < n {
-                break;
-            }
-        }
-        let conns = &mut self.conns;
-        self.udp_dirty.retain(|&i| match conns.get_mut(i as usize) {
-            Some(Some(c)) if !c.queue.is_empty() => true,
-            Some(Some(c)) => {
-                c.dirty = false;
-                false
-            }
-            _ => false,
-        });
     }
 
     /// Tunnels and streams: each takes packets while its engine-side backlog is small; the
@@ -319,6 +241,7 @@ impl ShardMedia {
             ssrc: media,
             rtcp: true,
             keyframe_start: false,
+            digest: None,
         };
         if self.plane.route(shard, m, true, &req) {
             if let Some(w) = self.wake.get_mut(shard as usize) {
@@ -380,15 +303,16 @@ impl ShardMedia {
             return;
         };
         self.stats.keyframe_requests[0] += 1;
-        let m = Meta {
+        let mut m = Meta {
             session: c.session,
             from: u64::MAX,
             kind: c.kind,
             ssrc: 0,
             rtcp: true,
             keyframe_start: false,
+            digest: None,
         };
-        self.enqueue(i, m, &b[..n]);
+        self.enqueue(i, &mut m, &b[..n]);
     }
 
     /// A packet arrived from publisher connection `i` with `ssrc`: whether it starts a
@@ -460,7 +384,9 @@ impl ShardMedia {
             let Some(pkt) = p.bytes.get(it.at as usize..(it.at + it.len) as usize) else {
                 continue;
             };
-            if it.to_publisher {
+            if let Some(from) = it.udp_from {
+                self.on_datagram(io, pkt, from);
+            } else if it.to_publisher {
                 if let [fir, s0, s1, s2, s3, m0, m1, m2, m3] = *pkt {
                     let sender = u32::from_be_bytes([s0, s1, s2, s3]);
                     let media = u32::from_be_bytes([m0, m1, m2, m3]);
@@ -468,7 +394,8 @@ impl ShardMedia {
                     self.keyframe_to_publisher(m.session, m.from, m.kind, sender, media, fir != 0);
                 }
             } else {
-                self.deliver_local(io, it.meta, pkt);
+                let mut m = it.meta;
+                self.deliver_local(io, &mut m, pkt);
             }
         }
         self.after_enqueue(io);

@@ -19,10 +19,12 @@
 
 pub mod directory;
 mod egress;
+mod egress_udp;
 mod notice;
 mod queue;
 mod shard;
 pub mod udp;
+mod udp_tx;
 
 pub use shard::ShardMedia;
 
@@ -67,6 +69,9 @@ pub(crate) struct Item {
     /// A keyframe request for the publisher `meta.from` (9 bytes: FIR flag, sender SSRC,
     /// media SSRC), not a packet to fan out.
     to_publisher: bool,
+    /// A raw datagram another shard's socket received from this source address, for the
+    /// binding this shard holds (NAT rebinding across shards), not a packet to fan out.
+    udp_from: Option<SocketAddr>,
     at: u32,
     len: u32,
 }
@@ -188,6 +193,29 @@ impl MediaPlane {
         q.items.push(Item {
             meta,
             to_publisher,
+            udp_from: None,
+            at,
+            len: pkt.len() as u32,
+        });
+        true
+    }
+
+    /// Copies a datagram from `from` into shard `to`'s inbox (it holds that address's
+    /// binding); false if the inbox is full (dropped).
+    fn route_datagram(&self, to: u8, from: SocketAddr, meta: egress::Meta, pkt: &[u8]) -> bool {
+        let Some(inbox) = self.inboxes.get(to as usize) else {
+            return false;
+        };
+        let mut q = inbox.q.lock().unwrap_or_else(|e| e.into_inner());
+        if q.bytes.len() + pkt.len() > self.cfg.cross_shard_bytes {
+            return false;
+        }
+        let at = q.bytes.len() as u32;
+        q.bytes.extend_from_slice(pkt);
+        q.items.push(Item {
+            meta,
+            to_publisher: false,
+            udp_from: Some(from),
             at,
             len: pkt.len() as u32,
         });

@@ -3,6 +3,7 @@
 //! them (`admission`), and the packet path.
 
 mod admission;
+mod udp_in;
 
 use super::directory::kind_index;
 use super::egress::Meta;
@@ -12,7 +13,7 @@ use super::udp::{RxBatch, TxBatch};
 use super::{signal, MediaPlane, Pending};
 use crate::metrics::MediaStats;
 use crate::proto::media::fanout::{OwnedSsrcs, OwnershipError, MAX_OWNED_SSRCS};
-use crate::proto::media::hop::{HopReceiver, HopSender};
+use crate::proto::media::hop::{HopReceiver, HopSender, PacketDigest};
 use crate::proto::media::keyframe::{
     self, Codec, KeyframeRequest, KeyframeRequestLimiter, KeyframeSource, KeyframeTracker,
 };
@@ -40,16 +41,13 @@ pub(super) const T_TLS: usize = 2;
 pub(super) const T_WS: usize = 3;
 
 const D_FORGED: usize = 0;
-const D_UNBOUND: usize = 1;
-const D_HOP: usize = 2;
+pub(super) const D_UNBOUND: usize = 1;
+pub(super) const D_HOP: usize = 2;
 pub(super) const D_MALFORMED: usize = 3;
 pub(super) const D_CROSS_FULL: usize = 4;
 pub(super) const D_SEND: usize = 5;
 const D_NOT_BOUND: usize = 6;
 const D_WRONG_KIND: usize = 7;
-
-/// Datagram batches read per readiness event before yielding to other work.
-const UDP_ROUNDS: usize = 8;
 
 pub(super) enum Link {
     /// Boxed: the hop keys are large next to a connection's id.
@@ -65,8 +63,21 @@ pub(super) enum Link {
 
 pub(super) struct UdpLink {
     pub(super) addr: SocketAddr,
+    /// A new source address that proved the credential (a Binding request) and may take
+    /// over once it sends hop-tagged media with a fresh index (NAT rebinding).
+    candidate: Option<SocketAddr>,
     rx: HopReceiver,
     pub(super) tx: HopSender,
+}
+
+/// Where the datagrams of a foreign address go: the shard holding (session, member, kind)'s
+/// binding.
+#[derive(Clone, Copy)]
+pub(super) struct Foreign {
+    shard: u8,
+    session: u64,
+    member: u64,
+    kind: MediaKind,
 }
 
 /// Keyframe state of one SSRC a connection publishes.
@@ -150,6 +161,12 @@ pub struct ShardMedia {
     pub(super) conns: Vec<Option<MConn>>,
     free: Vec<u32>,
     by_addr: Map<SocketAddr, u32>,
+    /// Rebinding candidates (at most one per UDP connection): address → connection.
+    candidates: Map<SocketAddr, u32>,
+    /// Addresses whose datagrams go to the shard holding their binding (NAT rebinding
+    /// across shards, `udp_in.rs`), at most `FOREIGN_PER_CONN` per (session, member, type).
+    foreign: Map<SocketAddr, Foreign>,
+    foreign_of: Map<(u64, u64, MediaKind), [Option<SocketAddr>; udp_in::FOREIGN_PER_CONN]>,
     by_conn: Map<ConnId, u32>,
     /// Tunnels and streams accepted whose credential has not been proven yet.
     unbound: Map<ConnId, Wire>,
@@ -180,6 +197,11 @@ pub struct ShardMedia {
     pub(super) tos: [u8; 3],
     /// The keyframe-request limiters' clock.
     pub(super) clock: std::time::Instant,
+    /// UDP GSO on the shard's socket: configured, probed at start, off after a refusal.
+    pub(super) gso: bool,
+    /// Bytes per GSO message: at most a quarter of the socket's (doubled) send buffer, so
+    /// that one video run never fills a congested socket ahead of the audio queues.
+    pub(super) gso_bytes: usize,
 }
 
 fn unix_now() -> u64 {
@@ -200,6 +222,18 @@ impl ShardMedia {
                 _ => None,
             },
         };
+        let gso = cfg.udp_gso
+            && udp.as_ref().is_some_and(|u| {
+                let on = super::udp_tx::gso_supported(u.as_raw_fd());
+                if !on {
+                    tracing::info!(
+                        shard,
+                        "media: UDP GSO not supported by the kernel; plain sendmmsg"
+                    );
+                }
+                on
+            });
+        let gso_bytes = (cfg.udp_send_buffer / 2).min(super::udp_tx::MAX_GSO_BYTES);
         let tos = [
             cfg.dscp_audio << 2,
             cfg.dscp_video << 2,
@@ -214,6 +248,9 @@ impl ShardMedia {
             conns: Vec::new(),
             free: Vec::new(),
             by_addr: Map::default(),
+            candidates: Map::default(),
+            foreign: Map::default(),
+            foreign_of: Map::default(),
             by_conn: Map::default(),
             unbound: Map::default(),
             local: Map::default(),
@@ -232,6 +269,8 @@ impl ShardMedia {
             kf_src,
             tos,
             clock: std::time::Instant::now(),
+            gso,
+            gso_bytes,
         }
     }
 
@@ -420,17 +459,17 @@ impl ShardMedia {
             }
             return;
         }
-        let len = match hop {
-            Some(h) => match h.rx.open(msg) {
-                Ok(inner) => inner.len(),
+        let (len, digest) = match hop {
+            Some(h) => match h.rx.open_packet(msg) {
+                Ok(o) => (o.inner.len(), Some(o.digest)),
                 Err(_) => {
                     self.stats.drops[wire.transport()][D_HOP] += 1;
                     return;
                 }
             },
-            None => msg.len(),
+            None => (msg.len(), None),
         };
-        self.ingress(io, i, wire.transport(), &msg[..len]);
+        self.ingress(io, i, wire.transport(), &msg[..len], digest);
         self.flush(io);
     }
 
@@ -483,6 +522,7 @@ impl ShardMedia {
                 self.drop_conn(io, i as u32, true);
             }
         }
+        self.prune_foreign();
     }
 
     pub(super) fn drop_conn(&mut self, io: &mut Shard, i: u32, close_tunnel: bool) {
@@ -505,6 +545,11 @@ impl ShardMedia {
         match c.link {
             Link::Udp(u) => {
                 self.by_addr.remove(&u.addr);
+                if let Some(a) = u.candidate {
+                    if self.candidates.get(&a) == Some(&i) {
+                        self.candidates.remove(&a);
+                    }
+                }
             }
             Link::Conn { conn, .. } => {
                 self.by_conn.remove(&conn);
@@ -516,74 +561,16 @@ impl ShardMedia {
         }
     }
 
-    fn read_udp(&mut self, io: &mut Shard) {
-        let Some(fd) = self.udp.as_ref().map(|u| u.as_raw_fd()) else {
-            return;
-        };
-        self.refresh(io);
-        for _ in 0..UDP_ROUNDS {
-            let n = match self.rx.recv(fd) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "media: UDP receive failed");
-                    return;
-                }
-            };
-            let mut rx = std::mem::take(&mut self.rx);
-            for i in 0..n {
-                let (buf, from) = rx.get(i);
-                if let Some(from) = from {
-                    self.on_datagram(io, buf, from);
-                }
-            }
-            self.rx = rx;
-            self.flush(io);
-            if n < super::udp::BATCH {
-                return;
-            }
-        }
-        // More may be queued: come back after other work (edge-triggered).
-        io.retry_handler_fd(self.base + FD_UDP);
-    }
-
-    fn on_datagram(&mut self, io: &mut Shard, buf: &mut [u8], from: SocketAddr) {
-        match stun::demux(buf) {
-            Rfc7983::Stun => {
-                let existing = self.by_addr.get(&from).copied().unwrap_or(u32::MAX);
-                let mut out = [0u8; 256];
-                let (n, _) = self.stun(buf, Some((existing, from)), None, &mut out);
-                if n > 0 {
-                    let b = self.tx.begin(n);
-                    b.copy_from_slice(&out[..n]);
-                    self.tx.commit(n, n, from, 0);
-                }
-            }
-            Rfc7983::RtpRtcp => {
-                let Some(&i) = self.by_addr.get(&from) else {
-                    self.stats.drops[T_UDP][D_UNBOUND] += 1;
-                    return;
-                };
-                let Some(Some(c)) = self.conns.get_mut(i as usize) else {
-                    return;
-                };
-                let Link::Udp(u) = &mut c.link else {
-                    return;
-                };
-                let len = match u.rx.open(buf) {
-                    Ok(inner) => inner.len(),
-                    Err(_) => {
-                        self.stats.drops[T_UDP][D_HOP] += 1;
-                        return;
-                    }
-                };
-                self.ingress(io, i, T_UDP, &buf[..len]);
-            }
-            _ => self.stats.drops[T_UDP][D_MALFORMED] += 1,
-        }
-    }
-
-    /// A packet from media connection `i` (hop trailer removed): ownership, then routing.
-    fn ingress(&mut self, io: &mut Shard, i: u32, transport: usize, pkt: &[u8]) {
+    /// A packet from media connection `i` (hop trailer removed, `digest` its SHA-256 if the
+    /// hop check computed it): ownership, then routing.
+    pub(super) fn ingress(
+        &mut self,
+        io: &mut Shard,
+        i: u32,
+        transport: usize,
+        pkt: &[u8],
+        digest: Option<PacketDigest>,
+    ) {
         let Some(Some(c)) = self.conns.get(i as usize) else {
             return;
         };
@@ -595,6 +582,7 @@ impl ShardMedia {
             ssrc: 0,
             rtcp: false,
             keyframe_start: false,
+            digest,
         };
         let mut rest = [0u8; super::queue::SLOT];
         let mut pkt = pkt;
@@ -625,6 +613,9 @@ impl ShardMedia {
                     // Keyframe requests go to their publisher only; the rest of the
                     // compound packet (reports, SDES...) is fanned out.
                     let n = self.take_keyframe_requests(session, transport, pkt, &mut rest);
+                    if n != pkt.len() {
+                        meta.digest = None; // other bytes now
+                    }
                     pkt = &rest[..n];
                 }
                 Err(OwnershipError::NotOwned(_)) => {
@@ -648,7 +639,7 @@ impl ShardMedia {
             self.after_enqueue(io);
             return;
         }
-        self.deliver_local(io, meta, pkt);
+        self.deliver_local(io, &mut meta, pkt);
         if !self.routes.contains_key(&(session, kind)) {
             let mut v = Vec::new();
             self.plane.dir.shards_of(session, kind, &mut v);

@@ -103,7 +103,7 @@ fn local_addr(fd: i32) -> io::Result<SocketAddr> {
     from_sockaddr(&ss).ok_or_else(|| io::Error::other("unexpected address family"))
 }
 
-fn to_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
+pub(super) fn to_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     match a {

@@ -119,6 +119,10 @@ pub struct MediaStats {
     pub sessions: u64,
     /// Admitted members (process-wide; reported by shard 0 only).
     pub members: u64,
+    /// UDP GSO sends: `[messages, packets they carried]`.
+    pub udp_gso: [u64; 2],
+    /// UDP media connections moved to a new source address (NAT rebinding).
+    pub udp_rebinds: u64,
 }
 
 impl MediaStats {
@@ -146,5 +150,7 @@ impl MediaStats {
         }
         self.sessions += o.sessions;
         self.members += o.members;
+        sum(&mut self.udp_gso, &o.udp_gso);
+        self.udp_rebinds += o.udp_rebinds;
     }
 }

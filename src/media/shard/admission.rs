@@ -110,13 +110,43 @@ impl ShardMedia {
             return refuse(self, out, 401, b"bad MESSAGE-INTEGRITY");
         }
         let cl = v.claims;
+        if udp.is_some() {
+            // The member's UDP connection of this type, bound here at another address: a
+            // rebinding candidate (udp_in.rs), answered, nothing moved yet.
+            let bound = self.local.get(&(cl.session, cl.media)).and_then(|l| {
+                l.iter().copied().find(|&i| {
+                    self.conns
+                        .get(i as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|c| {
+                            c.member == cl.member
+                                && c.key == v.media_key
+                                && matches!(c.link, Link::Udp(_))
+                        })
+                })
+            });
+            if let Some(i) = bound {
+                self.rebinding_candidate(i, from);
+                let n = stun::binding_success(out, &tid, from, &v.media_key).unwrap_or(0);
+                return (n, Some(i));
+            }
+        }
         let member = match self
             .plane
             .dir
             .bind(cl.session, cl.member, cl.media, self.shard)
         {
             Ok(m) => m,
-            Err(BindError::AlreadyBound) => return refuse(self, out, 409, b"already bound"),
+            Err(BindError::AlreadyBound) => {
+                // Bound over UDP on another shard: the kernel's hash of this new address
+                // picked this shard; that shard decides (udp_in.rs).
+                if udp.is_some()
+                    && self.forward_to_holder(msg, from, cl.session, cl.member, cl.media)
+                {
+                    return (0, None);
+                }
+                return refuse(self, out, 409, b"already bound");
+            }
             Err(_) => return refuse(self, out, 403, b"not admitted"),
         };
         let hop = HopKey::new(&v.media_key);
@@ -133,6 +163,7 @@ impl ShardMedia {
             },
             None => Link::Udp(Box::new(UdpLink {
                 addr: from,
+                candidate: None,
                 rx: HopReceiver::new(hop.clone(), Direction::Upstream),
                 tx: HopSender::new(hop, Direction::Downstream),
             })),
@@ -166,6 +197,7 @@ impl ShardMedia {
             }
             None => {
                 self.by_addr.insert(from, i);
+                self.forget_foreign(from);
             }
         }
         self.local

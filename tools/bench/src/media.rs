@@ -27,9 +27,20 @@ pub(crate) struct MediaArgs {
     /// The corelay binary (a release build).
     #[arg(long)]
     corelay: PathBuf,
-    /// Receivers' transport: udp or ws (the tunnel).
+    /// Receivers' transport: udp, tcp (RFC 4571, hop-tagged) or ws (the tunnel).
     #[arg(long, default_value = "udp")]
     transport: String,
+    /// Packets the publisher sends back to back per frame (the rate stays packets/s).
+    #[arg(long, default_value_t = 1)]
+    burst: u64,
+    /// UDP/TCP receivers: 0 = block in `recv` (each arrival may wake a receiver thread, work
+    /// that loopback charges to the gateway's CPU); N = drain the socket without blocking,
+    /// then sleep N µs (no thread waits on the socket, as with receivers on other hosts).
+    #[arg(long, default_value_t = 0)]
+    poll_us: u64,
+    /// The gateway's `media.udp_gso`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    gso: bool,
     /// Receivers.
     #[arg(long, default_value_t = 10)]
     receivers: usize,
@@ -56,6 +67,9 @@ pub(crate) struct ProbeArgs {
     /// Datagram size.
     #[arg(long, default_value_t = 1200)]
     size: usize,
+    /// Datagrams per destination per message with UDP GSO (`UDP_SEGMENT`); 1 = plain.
+    #[arg(long, default_value_t = 1)]
+    gso_segments: usize,
 }
 
 fn now_ns(t0: Instant) -> u64 {
@@ -68,6 +82,7 @@ struct Gateway {
     pid: u32,
     ws: SocketAddr,
     udp: SocketAddr,
+    tcp: SocketAddr,
     _dir: PathBuf,
 }
 
@@ -93,9 +108,11 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
             "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\npin = false\n\
              [limits]\nmax_connections_per_shard = 4096\n\
              [backend]\nmode = \"ring\"\nattach_socket = \"{}\"\n\
-             [media]\nsecret_file = \"{}\"\nudp_listen = \"127.0.0.1:0\"\n",
+             [media]\nsecret_file = \"{}\"\nudp_listen = \"127.0.0.1:0\"\n\
+             tcp_listen = \"127.0.0.1:0\"\nudp_gso = {}\n",
             sock.display(),
-            secret.display()
+            secret.display(),
+            a.gso
         ),
     )?;
     let mut cmd = match a.gateway_cpu {
@@ -124,9 +141,9 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
             let _ = tx.send(l);
         }
     });
-    let (mut ws, mut udp) = (None, None);
+    let (mut ws, mut udp, mut tcp) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ws.is_none() || udp.is_none() {
+    while ws.is_none() || udp.is_none() || tcp.is_none() {
         let l = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .context("gateway did not start")?;
@@ -135,6 +152,9 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
         }
         if let Some(r) = l.split("media on udp://").nth(1) {
             udp = Some(r.split_whitespace().next().unwrap_or("").parse()?);
+        }
+        if let Some(r) = l.split("media on tcp://").nth(1) {
+            tcp = Some(r.split_whitespace().next().unwrap_or("").parse()?);
         }
     }
     // Keep draining the log so the gateway never blocks on a full pipe.
@@ -152,6 +172,7 @@ fn start(a: &MediaArgs) -> Result<Gateway> {
         pid,
         ws: ws.context("ws")?,
         udp: udp.context("udp")?,
+        tcp: tcp.context("tcp")?,
         _dir: dir,
     };
     // The backend attaches within a moment; admissions before that are refused: retry below.
@@ -302,6 +323,90 @@ fn udp_bind(g: &Gateway, token: &str, key: &[u8; 32], n: u64) -> Result<UdpSocke
     bail!("no STUN answer")
 }
 
+/// A media stream over TCP (RFC 4571): the Binding request as its first frame, its answer.
+fn tcp_bind(g: &Gateway, token: &str, key: &[u8; 32], n: u64) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(g.tcp)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = binding(token, key, n);
+    let mut f = (req.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&req);
+    s.write_all(&f)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut ans = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut ans)?;
+    match StunMessage::parse(&ans) {
+        Ok(m) if m.class() == stun::Class::SuccessResponse => Ok(s),
+        _ => bail!("TCP binding refused"),
+    }
+}
+
+/// The one-way latency of a received RTP packet of the publisher (hop trailer or not).
+fn latency(p: &[u8], t0: Instant) -> Option<u64> {
+    if p.len() >= 12 + 8 && p[1] & 0x7F == 96 {
+        let sent = u64::from_be_bytes(p[12..20].try_into().unwrap_or([0; 8]));
+        return Some(now_ns(t0).saturating_sub(sent));
+    }
+    None
+}
+
+/// Counts the complete RFC 4571 frames in `buf[..have]`; keeps the partial rest at the
+/// front and returns its length.
+fn frames(buf: &mut [u8], have: usize, t0: Instant, tally: &Tally, mine: &mut Vec<u64>) -> usize {
+    let mut at = 0;
+    while have - at >= 2 {
+        let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
+        if have - at < 2 + len {
+            break;
+        }
+        if let Some(l) = latency(&buf[at + 2..at + 2 + len], t0) {
+            mine.push(l);
+            tally.got.fetch_add(1, Ordering::Relaxed);
+        }
+        at += 2 + len;
+    }
+    buf.copy_within(at..have, 0);
+    have - at
+}
+
+/// `--poll-us`: one thread drains every receiver socket without blocking, then sleeps: no
+/// thread ever waits on a socket, so the gateway's loopback sends wake nobody (as with
+/// receivers on other hosts).
+fn poll_receivers(
+    udp: Vec<UdpSocket>,
+    mut tcp: Vec<TcpStream>,
+    poll_us: u64,
+    t0: Instant,
+    tally: &Tally,
+    lat: &std::sync::Mutex<Vec<u64>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut mine = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut bufs: Vec<(Vec<u8>, usize)> = tcp.iter().map(|_| (vec![0u8; 1 << 16], 0)).collect();
+    while !stop.load(Ordering::Relaxed) {
+        for s in &udp {
+            while let Ok(n) = s.recv(&mut buf) {
+                if let Some(l) = latency(&buf[..n], t0) {
+                    mine.push(l);
+                    tally.got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        for (s, (b, have)) in tcp.iter_mut().zip(bufs.iter_mut()) {
+            while let Ok(n) = s.read(&mut b[*have..]) {
+                if n == 0 {
+                    break;
+                }
+                *have = frames(b, *have + n, t0, tally, &mut mine);
+            }
+        }
+        std::thread::sleep(Duration::from_micros(poll_us));
+    }
+    lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+}
+
 /// Latencies (ns) and packet counts gathered by the receivers.
 #[derive(Default)]
 struct Tally {
@@ -327,21 +432,49 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
     let lat = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut threads = Vec::new();
+    let (mut polled_udp, mut polled_tcp) = (Vec::new(), Vec::new());
     for (i, (t, k)) in creds.iter().enumerate() {
         let (tally, lat, stop) = (tally.clone(), lat.clone(), stop.clone());
         if a.transport == "udp" {
             let s = udp_bind(&g, t, k, i as u64 + 10)?;
+            if a.poll_us > 0 {
+                s.set_nonblocking(true)?;
+                polled_udp.push(s);
+                continue;
+            }
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
                 let mut mine = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(n) = s.recv(&mut buf) {
-                        if n >= 12 + 8 + TRAILER_LEN && buf[1] & 0x7F == 96 {
-                            let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap_or([0; 8]));
-                            mine.push(now_ns(t0).saturating_sub(sent));
+                        if let Some(l) = latency(&buf[..n], t0) {
+                            mine.push(l);
                             tally.got.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                }
+                lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+            }));
+        } else if a.transport == "tcp" {
+            let mut s = tcp_bind(&g, t, k, i as u64 + 10)?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            if a.poll_us > 0 {
+                s.set_nonblocking(true)?;
+                polled_tcp.push(s);
+                continue;
+            }
+            threads.push(std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut have = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = match s.read(&mut buf[have..]) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    };
+                    have += n;
+                    have = frames(&mut buf, have, t0, &tally, &mut mine);
                 }
                 lat.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
             }));
@@ -365,6 +498,12 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
             }));
         }
     }
+    if a.poll_us > 0 {
+        let (tally, lat, stop, poll) = (tally.clone(), lat.clone(), stop.clone(), a.poll_us);
+        threads.push(std::thread::spawn(move || {
+            poll_receivers(polled_udp, polled_tcp, poll, t0, &tally, &lat, &stop)
+        }));
+    }
     std::thread::sleep(Duration::from_millis(300));
     let rss_conns = proc_rss(g.pid).map_or(0, |r| r.0);
 
@@ -376,11 +515,15 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
     let ticks0 = proc_ticks(g.pid).unwrap_or(0);
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
+    let burst = a.burst.max(1);
     for n in 0..a.packets {
-        let due = start + period * n as u32;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        // A frame of `burst` packets leaves back to back, frames at rate / burst.
+        if n % burst == 0 {
+            let due = start + period * n as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
         }
         let mut p = payload.clone();
         p[..8].copy_from_slice(&now_ns(t0).to_be_bytes());
@@ -424,8 +567,11 @@ pub(crate) fn run(a: MediaArgs) -> Result<()> {
             .unwrap_or(0)
     };
     println!(
-        "media {} receivers={} packets_in={} delivered={} of {} ({:.2}% lost) wall={:.2}s",
+        "media {} gso={} burst={} poll_us={} receivers={} packets_in={} delivered={} of {} ({:.2}% lost) wall={:.2}s",
         a.transport,
+        a.gso,
+        burst,
+        a.poll_us,
         a.receivers,
         a.packets,
         got,
@@ -490,40 +636,62 @@ pub(crate) fn probe(a: ProbeArgs) -> Result<()> {
         })
         .collect();
     let mut names = names;
+    // With GSO: each message is `segs` datagrams to one destination (UDP_SEGMENT = size).
+    let segs = a.gso_segments.clamp(1, 64);
     let cpu0 = thread_cpu_ns();
     let w0 = Instant::now();
     let mut sent = 0u64;
     let mut i = 0usize;
+    // One iovec per segment, all pointing at `data`.
+    let iov: Vec<libc::iovec> = (0..segs)
+        .map(|_| libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        })
+        .collect();
+    let mut cmsg = [0u64; 4];
+    // SAFETY: CMSG_* are size computations and writes inside the 32-byte, 8-aligned `cmsg`
+    // (CMSG_SPACE(2) = 24 on 64-bit Linux).
+    let cmsg_len = unsafe {
+        let c = cmsg.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), a.size as u16);
+        libc::CMSG_SPACE(2) as usize
+    };
     while sent < a.datagrams {
-        // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below points at `data`
-        // or `names`, which outlive the call (the kernel only reads through them).
-        let mut iov: [libc::iovec; 32] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
+        // SAFETY: a zeroed mmsghdr is valid; every pointer set below points at `iov` (and
+        // through it `data`), `names` or `cmsg`, which outlive the call (the kernel only
+        // reads through them).
         let mut hdrs: [libc::mmsghdr; 32] = unsafe { std::mem::zeroed() };
-        for k in 0..32 {
-            iov[k].iov_base = data.as_mut_ptr().cast();
-            iov[k].iov_len = data.len();
+        for h in hdrs.iter_mut() {
             let j = i % names.len();
             i += 1;
-            hdrs[k].msg_hdr.msg_name = (&mut names[j] as *mut libc::sockaddr_in).cast();
-            hdrs[k].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            hdrs[k].msg_hdr.msg_iov = &mut iov[k];
-            hdrs[k].msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (&mut names[j] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            h.msg_hdr.msg_iovlen = segs;
+            if segs > 1 {
+                h.msg_hdr.msg_control = cmsg.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = cmsg_len;
+            }
         }
         // SAFETY: 32 initialised headers pointing at live buffers.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), 32, 0) };
         if r < 0 {
             bail!("sendmmsg: {}", std::io::Error::last_os_error());
         }
-        sent += r as u64;
+        sent += r as u64 * segs as u64;
     }
     let cpu = (thread_cpu_ns() - cpu0) as f64 / 1e9;
     println!(
-        "sendmmsg-probe: {} datagrams of {} bytes to {} loopback sockets, batches of 32: \
-         cpu={:.2}s wall={:.2}s -> {:.0} datagrams per cpu-second",
+        "sendmmsg-probe: {} datagrams of {} bytes to {} loopback sockets, batches of 32, \
+         {} per message (GSO when > 1): cpu={:.2}s wall={:.2}s -> {:.0} datagrams per cpu-second",
         sent,
         a.size,
         addrs.len(),
+        segs,
         cpu,
         w0.elapsed().as_secs_f64(),
         sent as f64 / cpu.max(1e-9)
