@@ -371,9 +371,16 @@ pub fn send_datagrams(fd: i32, msgs: &[Datagram<'_>]) -> io::Result<usize> {
             }
         }
     }
+    sendmmsg(fd, &mut hdrs[..n])
+}
+
+/// `sendmmsg(2)` of `hdrs` without blocking, retried on EINTR; 0 sent is `EAGAIN`. The
+/// caller keeps every buffer the headers point at alive over the call.
+pub(super) fn sendmmsg(fd: i32, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
     loop {
-        // SAFETY: hdrs[..n] are initialised and point at live buffers.
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+        // SAFETY: the caller's headers are initialised and point at live buffers.
+        let r =
+            unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, libc::MSG_DONTWAIT) };
         if r > 0 {
             return Ok(r as usize);
         }

@@ -134,21 +134,9 @@ pub(super) fn send_bursts(fd: i32, msgs: &[Burst<'_>]) -> io::Result<usize> {
             }
         }
     }
-    loop {
-        // SAFETY: hdrs[..n] are initialised and point at live buffers (names, cmsgs, and
-        // the callers' parts, which outlive the call).
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
-        if r > 0 {
-            return Ok(r as usize);
-        }
-        if r == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // hdrs[..n] point at live buffers: names, cmsgs, and the callers' parts, which outlive
+    // the call.
+    super::udp::sendmmsg(fd, &mut hdrs[..n])
 }
 
 #[cfg(test)]

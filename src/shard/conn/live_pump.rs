@@ -3,7 +3,7 @@
 //! straight from the shared buffers on plain connections (a tag is never copied per viewer),
 //! sealed into TLS records on TLS ones, chunked into RTMP messages for RTMP players.
 
-use super::live::Role;
+use super::live::{LiveShard, Role};
 use super::{CloseCause, Shard, F_WRITE_BLOCKED};
 use crate::live::taglog::{frame_header, Framing, TagLog};
 use crate::live::Stream;
@@ -172,6 +172,18 @@ impl Viewer {
     /// Whether the burst carried video configuration (the shard's log may not have seen it).
     pub(super) fn has_video(&self) -> bool {
         self.pre.has_video()
+    }
+
+    /// Nothing left to write: whatever it skipped before, it keeps up now; it waits on its
+    /// stream's idle list for the next tag.
+    fn caught_up(&mut self, live: Option<&mut LiveShard>, id: ConnId) {
+        self.skips_in_row = 0;
+        self.since = None;
+        if !std::mem::replace(&mut self.idle_listed, true) {
+            if let Some(s) = live.and_then(|l| l.streams.get_mut(&self.stream.id)) {
+                s.idle.push(id);
+            }
+        }
     }
 
     /// A tag reached the log while this viewer was caught up: its latency budget starts.
@@ -562,13 +574,9 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
         if v.part >= v.parts.len() {
             // Caught up: whatever it skipped before, it keeps up now. The next tag of the
             // stream wakes it (`ShardStream::idle`).
-            v.skips_in_row = 0;
-            v.since = None;
             let ending = v.ending;
-            if !ending && !std::mem::replace(&mut v.idle_listed, true) {
-                if let Some(s) = io.live.as_deref_mut().and_then(|l| l.streams.get_mut(&sid)) {
-                    s.idle.push(id);
-                }
+            if !ending {
+                v.caught_up(io.live.as_deref_mut(), id);
             }
             if ending {
                 finish(io, id);
@@ -611,8 +619,15 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
             if let Some(c) = io.conns.get_mut(id) {
                 c.life.on_input(io.now);
             }
-            // Keep the list's allocation for the next batch.
-            let Some(Role::Viewer(v)) = io.live_conn(id).map(|l| &mut l.role) else {
+            // Keep the list's allocation for the next batch. (The connection's fields, not
+            // `live_conn`: `io.live` is borrowed below.)
+            let role = io
+                .conns
+                .get_mut(id)
+                .and_then(|c| c.extra.as_mut())
+                .and_then(|x| x.live.as_deref_mut())
+                .map(|l| &mut l.role);
+            let Some(Role::Viewer(v)) = role else {
                 return false;
             };
             let mut parts = parts;
@@ -623,13 +638,7 @@ fn write_viewer(io: &mut Shard, id: ConnId) -> bool {
                 return true;
             }
             // Caught up as far as the log goes: the next tag wakes it.
-            v.skips_in_row = 0;
-            v.since = None;
-            if !std::mem::replace(&mut v.idle_listed, true) {
-                if let Some(s) = io.live.as_deref_mut().and_then(|l| l.streams.get_mut(&sid)) {
-                    s.idle.push(id);
-                }
-            }
+            v.caught_up(io.live.as_deref_mut(), id);
             return false;
         }
         let n = match writev(fd, &v.parts[v.part..], v.off) {
