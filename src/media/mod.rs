@@ -181,6 +181,23 @@ impl MediaPlane {
 
     /// Copies a packet into shard `to`'s inbox; false if the inbox is full (dropped).
     fn route(&self, to: u8, meta: egress::Meta, to_publisher: bool, pkt: &[u8]) -> bool {
+        self.enqueue(to, meta, to_publisher, None, pkt)
+    }
+
+    /// Copies a datagram from `from` into shard `to`'s inbox (it holds that address's
+    /// binding); false if the inbox is full (dropped).
+    fn route_datagram(&self, to: u8, from: SocketAddr, meta: egress::Meta, pkt: &[u8]) -> bool {
+        self.enqueue(to, meta, false, Some(from), pkt)
+    }
+
+    fn enqueue(
+        &self,
+        to: u8,
+        meta: egress::Meta,
+        to_publisher: bool,
+        udp_from: Option<SocketAddr>,
+        pkt: &[u8],
+    ) -> bool {
         let Some(inbox) = self.inboxes.get(to as usize) else {
             return false;
         };
@@ -193,29 +210,7 @@ impl MediaPlane {
         q.items.push(Item {
             meta,
             to_publisher,
-            udp_from: None,
-            at,
-            len: pkt.len() as u32,
-        });
-        true
-    }
-
-    /// Copies a datagram from `from` into shard `to`'s inbox (it holds that address's
-    /// binding); false if the inbox is full (dropped).
-    fn route_datagram(&self, to: u8, from: SocketAddr, meta: egress::Meta, pkt: &[u8]) -> bool {
-        let Some(inbox) = self.inboxes.get(to as usize) else {
-            return false;
-        };
-        let mut q = inbox.q.lock().unwrap_or_else(|e| e.into_inner());
-        if q.bytes.len() + pkt.len() > self.cfg.cross_shard_bytes {
-            return false;
-        }
-        let at = q.bytes.len() as u32;
-        q.bytes.extend_from_slice(pkt);
-        q.items.push(Item {
-            meta,
-            to_publisher: false,
-            udp_from: Some(from),
+            udp_from,
             at,
             len: pkt.len() as u32,
         });
