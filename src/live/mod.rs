@@ -7,7 +7,8 @@
 //! [`Bytes`], never copied) to the inbox of every shard that has viewers of the stream and
 //! wakes that shard through the inbox's eventfd (only when the inbox was empty: the shard
 //! drains it whole). The per-stream lock is taken once per tag by the publisher and once per
-//! join/leave by viewers; viewers' data path (queues, writes) stays on their own shard.
+//! join/leave by viewers; viewers' data path (the shard's log of the stream, their cursors,
+//! writes: `taglog`, `splice_file`) stays on their own shard.
 //!
 //! Each tag carries the stream's sequence number: a viewer joining at sequence `s` got the
 //! GOP cache up to `s - 1` as its burst, and takes from its shard's inbox only tags `>= s`.
