@@ -220,10 +220,7 @@ impl ViewerQueue {
             self.skipping = false;
         }
         if self.bytes + tag.len() > self.limits.max_bytes || self.q.len() >= self.limits.max_tags {
-            let before = self.q.len();
-            self.q.retain(|(_, c)| *c);
-            self.dropped += (before - self.q.len()) as u64;
-            self.bytes = self.q.iter().map(|(t, _)| t.len()).sum();
+            self.drop_frames();
             if !sync && !config {
                 self.skipping = true;
                 self.dropped += 1;
